@@ -1,0 +1,167 @@
+//! Transcript benchmark: one task printing 200 MB as fast as it can, end to end into the
+//! embedded control plane, against `docker logs CONTAINER > /dev/null` of the same output in
+//! the same run; then the worker process's peak RSS while four such tasks run at once.
+//!
+//!   cargo bench --bench transcript                 # 200 MB
+//!   BERTH_BENCH_MB=50 cargo bench --bench transcript
+//!
+//! The worker runs as its own process (the real binary) so its RSS is its own. Prints figures
+//! and ratios; never fails on a time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::{BENCH_KEY, IMAGE, control_plane, import_image};
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::devserver::ControlPlane;
+use berth::devserver::state::SubmitRequest;
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+fn script(bytes: u64) -> String {
+    // ~80-byte lines, like a chatty agent.
+    format!(
+        "yes 'berth transcript benchmark line: the quick brown fox jumps over the lazy dog 0123' | head -c {bytes}"
+    )
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn worker(cp: &ControlPlane, state: &std::path::Path) -> Child {
+    Command::new(BIN)
+        .args([
+            "run",
+            "--worker-id",
+            &format!("bench-tr-{}", std::process::id()),
+            "--control-plane-url",
+            &cp.ws_url(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--max-concurrent-tasks",
+            "4",
+            "--log-level",
+            "warn",
+            "--shutdown-mode",
+            "cancel",
+        ])
+        .env("BERTH_API_KEY", BENCH_KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn until(cond: impl Fn() -> bool, limit: Duration) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "benchmark step timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn submit(cp: &ControlPlane, bytes: u64) -> String {
+    cp.submit(SubmitRequest {
+        image: Some(IMAGE.into()),
+        command: vec!["sh".into(), "-c".into(), script(bytes)],
+        ..SubmitRequest::default()
+    })
+    .id
+}
+
+fn main() {
+    berth::tls::install_default_provider();
+    let mb: u64 = std::env::var("BERTH_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let bytes = mb * 1_000_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        import_image().await;
+        let cp = control_plane().await;
+        let mut w = worker(&cp, state.path());
+        let pid = w.id();
+        until(|| !cp.workers().is_empty(), Duration::from_secs(30)).await;
+        let idle_rss = rss_kib(pid, "VmRSS:");
+
+        // 1. One task, end to end: submit -> whole transcript stored by the control plane.
+        let t0 = Instant::now();
+        let id = submit(&cp, bytes);
+        until(|| cp.task(&id).is_some_and(|t| t.complete()), Duration::from_secs(900)).await;
+        let berth_secs = t0.elapsed().as_secs_f64();
+        let stored = cp.task(&id).unwrap().transcript_bytes;
+
+        // 2. The same output through Docker alone: run it, then read it back with docker logs.
+        let t1 = Instant::now();
+        let out = Command::new("docker")
+            .args(["run", "-d", "--log-driver", "local", "--log-opt", "max-size=1g", IMAGE, "sh", "-c", &script(bytes)])
+            .output()
+            .unwrap();
+        let cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Command::new("docker").args(["wait", &cid]).output().unwrap();
+        let produce_secs = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        let logs = Command::new("sh")
+            .args(["-c", &format!("docker logs {cid} > /dev/null 2>&1")])
+            .status()
+            .unwrap();
+        assert!(logs.success());
+        let logs_secs = t2.elapsed().as_secs_f64();
+        Command::new("docker").args(["rm", "-f", &cid]).output().unwrap();
+
+        // 3. Four such tasks at once: the worker's peak RSS.
+        let ids: Vec<String> = (0..4).map(|_| submit(&cp, bytes)).collect();
+        let mut peak = 0;
+        let t3 = Instant::now();
+        while !ids.iter().all(|i| cp.task(i).is_some_and(|t| t.complete())) {
+            peak = peak.max(rss_kib(pid, "VmRSS:"));
+            assert!(t3.elapsed() < Duration::from_secs(1800));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let four_secs = t3.elapsed().as_secs_f64();
+        let hwm = rss_kib(pid, "VmHWM:");
+
+        let mbps = |secs: f64| bytes as f64 / 1e6 / secs;
+        println!();
+        println!("berth transcript throughput ({mb} MB of ~80-byte lines, image {IMAGE})");
+        println!("{:<58} {:>10} {:>10}", "measure", "seconds", "MB/s");
+        println!("{:<58} {:>10.2} {:>10.1}", "berth: submit -> whole transcript stored by control plane", berth_secs, mbps(berth_secs));
+        println!("{:<58} {:>10.2} {:>10.1}", "docker: run -d ... until exit (output into the log)", produce_secs, mbps(produce_secs));
+        println!("{:<58} {:>10.2} {:>10.1}", "docker logs CONTAINER > /dev/null (read back)", logs_secs, mbps(logs_secs));
+        println!("{:<58} {:>10.2} {:>10.1}", "docker total: produce + read back", produce_secs + logs_secs, mbps(produce_secs + logs_secs));
+        println!(
+            "ratio berth / docker logs (read back only): {:.2}x   berth / docker total: {:.2}x   (target >= 0.8x)",
+            mbps(berth_secs) / mbps(logs_secs),
+            mbps(berth_secs) / mbps(produce_secs + logs_secs)
+        );
+        println!("transcript bytes stored: {stored}");
+        println!();
+        println!("worker process memory");
+        println!("  idle RSS:                           {:>8.1} MiB", idle_rss as f64 / 1024.0);
+        println!("  peak RSS, 4 x {mb} MB tasks at once: {:>8.1} MiB (VmHWM over the whole run {:.1} MiB; target <= 64 MiB)", peak as f64 / 1024.0, hwm as f64 / 1024.0);
+        println!("  4 tasks finished in {four_secs:.1} s ({:.1} MB/s aggregate)", 4.0 * bytes as f64 / 1e6 / four_secs);
+        let _ = w.kill();
+        let _ = w.wait();
+        let _ = Command::new("sh")
+            .args(["-c", "docker ps -aq --filter label=berth.worker_id | xargs -r docker rm -f >/dev/null"])
+            .status();
+        cp.shutdown();
+    });
+    let _ = Command::new("docker").args(["rmi", "-f", IMAGE]).output();
+}

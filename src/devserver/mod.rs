@@ -1,0 +1,373 @@
+//! The embedded control plane behind `berth dev`: a real server for the server side of
+//! PROTOCOL.md (WebSocket endpoint for workers, in-memory queue, requeue on rejection) plus a
+//! small JSON HTTP API. The CLI, the integration tests and the benchmarks all use this one.
+
+mod http;
+pub use http::TranscriptLine;
+pub mod state;
+mod ws;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use state::{Outgoing, State, SubmitRequest, TaskRecord};
+
+/// A run of transcript bytes of one stream: `(offset, stream, bytes)`.
+pub type Run = (u64, crate::protocol::Stream, Vec<u8>);
+
+/// Path of the worker WebSocket endpoint (the Oz path).
+pub const WS_PATH: &str = "/api/v1/selfhosted/worker/ws";
+
+/// How the server behaves.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Bearer key workers must present.
+    pub api_key: String,
+    /// Answer the berth/1 offer (false emulates a plain oz/1 server).
+    pub accept_berth: bool,
+    /// Largest inbound message.
+    pub max_message_size: usize,
+    /// Serve `wss://`/`https://` with this TLS configuration (may require client certificates).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            api_key: String::new(),
+            accept_berth: true,
+            max_message_size: 16 << 20,
+            tls: None,
+        }
+    }
+}
+
+fn spawn_serve<L>(listener: L, app: axum::Router, stop: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = serve.await {
+            warn!(error = %e, "control plane server stopped with an error");
+        }
+    });
+}
+
+/// A TCP listener that terminates TLS; failed handshakes are logged and skipped.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.tcp.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Handshakes run inline: this is a development server, not a front door.
+            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await
+            {
+                Ok(Ok(tls)) => return (tls, peer),
+                Ok(Err(e)) => warn!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => warn!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source} (is another berth dev running? pick another --listen)"
+    )]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+struct Shared {
+    opts: ServerOptions,
+    state: Mutex<State>,
+    conns: Mutex<HashMap<u64, mpsc::Sender<String>>>,
+    changed: watch::Sender<u64>,
+    next_conn: std::sync::atomic::AtomicU64,
+}
+
+/// A handle on the running control plane (cheap to clone).
+#[derive(Clone)]
+pub struct ControlPlane {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl ControlPlane {
+    /// Binds `addr` and serves until [`ControlPlane::shutdown`].
+    pub async fn start(addr: SocketAddr, opts: ServerOptions) -> Result<Self, ServerError> {
+        let (changed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            opts,
+            state: Mutex::new(State::default()),
+            conns: Mutex::new(HashMap::new()),
+            changed,
+            next_conn: std::sync::atomic::AtomicU64::new(0),
+        });
+        Self::listen(addr, shared).await
+    }
+
+    /// Simulates a restart of the control-plane process with durable state: every worker
+    /// connection drops and the listener goes away, then a new one serves the same state on
+    /// the same address.
+    pub async fn restart(&self, down_for: Duration) -> Result<Self, ServerError> {
+        self.shutdown();
+        tokio::time::sleep(down_for).await;
+        let mut last = None;
+        for _ in 0..50 {
+            match Self::listen(self.addr, self.shared.clone()).await {
+                Ok(cp) => return Ok(cp),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.unwrap_or(ServerError::Bind {
+            addr: self.addr,
+            source: std::io::Error::other("cannot rebind"),
+        }))
+    }
+
+    async fn listen(addr: SocketAddr, shared: Arc<Shared>) -> Result<Self, ServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let cp = ControlPlane {
+            shared: shared.clone(),
+            addr: local,
+            stop: CancellationToken::new(),
+        };
+        let app = http::router(cp.clone());
+        let stop = cp.stop.clone();
+        match shared.opts.tls.clone() {
+            None => spawn_serve(listener, app, stop),
+            Some(cfg) => spawn_serve(
+                TlsListener {
+                    tcp: listener,
+                    acceptor: tokio_rustls::TlsAcceptor::from(cfg),
+                },
+                app,
+                stop,
+            ),
+        }
+        info!(%local, "control plane listening");
+        Ok(cp)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn tls(&self) -> bool {
+        self.shared.opts.tls.is_some()
+    }
+
+    /// `ws://addr/api/v1/selfhosted/worker/ws` (`wss://` with TLS).
+    pub fn ws_url(&self) -> String {
+        let scheme = if self.tls() { "wss" } else { "ws" };
+        format!("{scheme}://{}{WS_PATH}", self.addr)
+    }
+
+    /// `http://addr` (`https://` with TLS).
+    pub fn http_url(&self) -> String {
+        let scheme = if self.tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Stops listening and drops every worker connection.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Transcript runs of a task from `from` on, and whether the transcript is complete.
+    pub fn transcript_since(&self, id: &str, from: u64) -> Option<(Vec<Run>, bool)> {
+        let s = self.state();
+        let t = s.task(id)?;
+        let runs = s
+            .transcript(id)
+            .map(|tr| {
+                tr.since(from)
+                    .into_iter()
+                    .map(|(o, st, b)| (o, st, b.to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some((runs, t.complete()))
+    }
+
+    /// A task's whole transcript.
+    pub fn transcript(&self, id: &str) -> Option<Vec<u8>> {
+        let s = self.state();
+        s.task(id)?;
+        Some(
+            s.transcript(id)
+                .map(|t| t.bytes.clone())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Notified on every state change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        match self.shared.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Applies a change to the state and delivers the frames it produced.
+    fn apply<R>(&self, f: impl FnOnce(&mut State) -> (R, Vec<Outgoing>)) -> R {
+        let (r, out, version) = {
+            let mut s = self.state();
+            let (r, out) = f(&mut s);
+            (r, out, s.version)
+        };
+        self.deliver(out);
+        self.shared.changed.send_replace(version);
+        r
+    }
+
+    fn deliver(&self, out: Vec<Outgoing>) {
+        for o in out {
+            let sent = {
+                let conns = match self.shared.conns.lock() {
+                    Ok(c) => c,
+                    Err(p) => p.into_inner(),
+                };
+                conns
+                    .get(&o.conn)
+                    .is_some_and(|tx| tx.try_send(o.frame.clone()).is_ok())
+            };
+            if !sent {
+                warn!(worker = %o.worker_id, "cannot deliver frame; requeueing");
+                let more = {
+                    let mut s = self.state();
+                    s.undeliverable(&o);
+                    s.dispatch()
+                };
+                // Frames produced by a retry go to other connections; one level is enough.
+                if !more.is_empty() {
+                    self.deliver_once(more);
+                }
+            }
+        }
+    }
+
+    fn deliver_once(&self, out: Vec<Outgoing>) {
+        let conns = match self.shared.conns.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        for o in out {
+            if let Some(tx) = conns.get(&o.conn) {
+                let _ = tx.try_send(o.frame);
+            }
+        }
+    }
+
+    /// Queues a task.
+    pub fn submit(&self, req: SubmitRequest) -> TaskRecord {
+        self.apply(|s| s.submit(req, chrono::Utc::now()))
+    }
+
+    /// One task.
+    pub fn task(&self, id: &str) -> Option<TaskRecord> {
+        self.state().task(id).cloned()
+    }
+
+    /// All tasks.
+    pub fn tasks(&self) -> Vec<TaskRecord> {
+        self.state().tasks()
+    }
+
+    /// Connected workers.
+    pub fn workers(&self) -> Vec<state::WorkerRecord> {
+        self.state().workers()
+    }
+
+    /// `(message type, task id)` of worker messages about tasks this server never had.
+    pub fn unknown_task_messages(&self) -> Vec<(String, String)> {
+        self.state().unknown_task_messages()
+    }
+
+    /// Sends `drain` (true) or `resume` (false) to a worker (berth/1).
+    pub fn set_draining(&self, worker_id: &str, drain: bool) {
+        self.apply(|s| ((), s.set_draining(worker_id, drain)));
+    }
+
+    /// Requests cancellation.
+    pub fn cancel(&self, id: &str) -> Result<(), state::CancelError> {
+        self.apply(|s| match s.cancel(id, chrono::Utc::now()) {
+            Ok(out) => (Ok(()), out),
+            Err(e) => (Err(e), Vec::new()),
+        })
+    }
+
+    /// Waits until the task is terminal or `timeout` passes; returns its latest record.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Option<TaskRecord> {
+        let mut rx = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let rec = self.task(id)?;
+            if rec.state.is_terminal() {
+                return Some(rec);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.task(id),
+            }
+        }
+    }
+
+    /// Sends a raw text frame to a connected worker (debugging and fault-injection tests).
+    pub fn send_raw(&self, worker_id: &str, frame: &str) -> bool {
+        let conn = self.state().conn_of(worker_id);
+        let conns = match self.shared.conns.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        conn.and_then(|c| conns.get(&c))
+            .is_some_and(|tx| tx.try_send(frame.to_string()).is_ok())
+    }
+}

@@ -1,0 +1,107 @@
+//! The bounded failure vocabulary shared by the protocol, metrics and logs.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a task failed (`failure_reason` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// Nothing more specific is known.
+    Unknown,
+    /// The time limit expired.
+    TaskTimeout,
+    /// A cancellation interrupted the task.
+    TaskCancelled,
+    /// Worker shutdown interrupted the task.
+    GracefulShutdown,
+    /// The image could not be pulled or found.
+    ImagePull,
+    /// A sidecar volume could not be prepared.
+    SidecarPrep,
+    /// The container could not be created.
+    ContainerCreate,
+    /// The container could not be started.
+    ContainerStart,
+    /// Waiting for the container failed.
+    ContainerWait,
+    /// The container exited non-zero.
+    ContainerExit,
+    /// The OOM killer ended the container.
+    ContainerOom,
+    /// Workspace preparation (repos) failed.
+    WorkspaceSetup,
+    /// A setup command failed.
+    SetupCommand,
+    /// The image reference is invalid or not allowed.
+    InvalidImage,
+    /// Removing the container failed.
+    Cleanup,
+}
+
+impl FailureReason {
+    /// Every reason, in protocol order.
+    pub const ALL: [FailureReason; 15] = [
+        FailureReason::Unknown,
+        FailureReason::TaskTimeout,
+        FailureReason::TaskCancelled,
+        FailureReason::GracefulShutdown,
+        FailureReason::ImagePull,
+        FailureReason::SidecarPrep,
+        FailureReason::ContainerCreate,
+        FailureReason::ContainerStart,
+        FailureReason::ContainerWait,
+        FailureReason::ContainerExit,
+        FailureReason::ContainerOom,
+        FailureReason::WorkspaceSetup,
+        FailureReason::SetupCommand,
+        FailureReason::InvalidImage,
+        FailureReason::Cleanup,
+    ];
+
+    /// Wire spelling, also used as the metrics label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Unknown => "unknown",
+            FailureReason::TaskTimeout => "task_timeout",
+            FailureReason::TaskCancelled => "task_cancelled",
+            FailureReason::GracefulShutdown => "graceful_shutdown",
+            FailureReason::ImagePull => "image_pull",
+            FailureReason::SidecarPrep => "sidecar_prep",
+            FailureReason::ContainerCreate => "container_create",
+            FailureReason::ContainerStart => "container_start",
+            FailureReason::ContainerWait => "container_wait",
+            FailureReason::ContainerExit => "container_exit",
+            FailureReason::ContainerOom => "container_oom",
+            FailureReason::WorkspaceSetup => "workspace_setup",
+            FailureReason::SetupCommand => "setup_command",
+            FailureReason::InvalidImage => "invalid_image",
+            FailureReason::Cleanup => "cleanup",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_spelling_matches_serde_and_parse_for_every_reason() {
+        for r in FailureReason::ALL {
+            let json = serde_json::to_string(&r).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(FailureReason::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(FailureReason::parse("nope"), None);
+    }
+}

@@ -1,0 +1,27 @@
+//! berth: a self-hosted worker daemon that runs control-plane tasks in Docker containers.
+//!
+//! The crate is one library plus the `berth` binary; see DESIGN.md for the shape.
+
+pub mod backoff;
+pub mod capacity;
+pub mod capture;
+pub mod config;
+pub mod credentials;
+pub mod devserver;
+pub mod docker;
+pub mod environment;
+pub mod failure;
+pub mod image;
+pub mod journal;
+pub mod policy;
+pub mod protocol;
+pub mod rootfs;
+pub mod session;
+pub mod shipper;
+pub mod spec;
+pub mod spool;
+pub mod supervisor;
+pub mod task;
+pub mod tls;
+pub mod transcript;
+pub mod worker;

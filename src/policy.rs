@@ -1,0 +1,416 @@
+//! Operator policy: which images may run, what every container is allowed to do, how much it
+//! may use, and how long it may take. Pure: evaluated before anything is pulled or created, and
+//! every refusal names the rule and the value.
+
+use std::time::Duration;
+
+use crate::failure::FailureReason;
+use crate::image::ImageRef;
+use crate::protocol::InstanceShape;
+
+/// Settings every task container gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Security {
+    /// `no-new-privileges` (setuid binaries cannot gain privileges).
+    pub no_new_privileges: bool,
+    /// Capabilities dropped (`ALL` allowed).
+    pub cap_drop: Vec<String>,
+    /// Capabilities added back.
+    pub cap_add: Vec<String>,
+    /// Process limit (fork bombs); `None` = engine default.
+    pub pids_limit: Option<i64>,
+    /// Read-only root filesystem (volumes and `/workspace` binds stay writable).
+    pub read_only_rootfs: bool,
+    /// `user[:group]` inside the container; `None` = the image's.
+    pub user: Option<String>,
+    /// OCI runtime (e.g. `runsc`); `None` = the engine default.
+    pub runtime: Option<String>,
+    /// Network mode: `bridge` (default), `none`, or a named network.
+    pub network: String,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            no_new_privileges: true,
+            cap_drop: Vec::new(),
+            cap_add: Vec::new(),
+            pids_limit: Some(4096),
+            read_only_rootfs: false,
+            user: None,
+            runtime: None,
+            network: "bridge".to_string(),
+        }
+    }
+}
+
+/// CPU and memory amounts (either may be unset).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    /// CPUs (fractions allowed).
+    pub cpus: Option<f64>,
+    /// Bytes.
+    pub memory: Option<u64>,
+}
+
+/// The operator's policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Glob patterns over normalised references; empty = any image.
+    pub allowed_images: Vec<String>,
+    /// Container settings.
+    pub security: Security,
+    /// Reservation when the assignment has no instance shape.
+    pub default_resources: Resources,
+    /// Upper bound for any request.
+    pub max_resources: Resources,
+    /// Time limit of every task (a berth/1 `timeout_secs` may only shorten it).
+    pub timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allowed_images: Vec::new(),
+            security: Security::default(),
+            default_resources: Resources::default(),
+            max_resources: Resources::default(),
+            timeout: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+/// A policy refusal.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// The image matches no `allowed_images` pattern.
+    #[error(
+        "image {image} is not allowed by policy allowed_images ({patterns}); ask the operator to allow it or use an allowed image"
+    )]
+    ImageNotAllowed {
+        /// What was asked for (sidecar images say so).
+        image: String,
+        /// The configured patterns.
+        patterns: String,
+    },
+    /// A request exceeds `max_resources`.
+    #[error(
+        "the task asks for {asked} but policy max_resources.{axis} allows at most {max}; request less or ask the operator to raise the limit"
+    )]
+    TooLarge {
+        /// `cpus` or `memory`.
+        axis: &'static str,
+        /// The request.
+        asked: String,
+        /// The limit.
+        max: String,
+    },
+}
+
+impl PolicyError {
+    /// The protocol failure reason.
+    pub fn failure_reason(&self) -> FailureReason {
+        match self {
+            PolicyError::ImageNotAllowed { .. } => FailureReason::InvalidImage,
+            PolicyError::TooLarge { .. } => FailureReason::ContainerCreate,
+        }
+    }
+}
+
+/// Glob match: `*` matches within one path segment (no `/`), `**` across segments, `?` one
+/// character other than `/`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some(b'*') if p.get(1) == Some(&b'*') => {
+                let rest = &p[2..];
+                (0..=t.len()).any(|i| go(rest, &t[i..]))
+            }
+            Some(b'*') => {
+                let rest = &p[1..];
+                let mut i = 0;
+                loop {
+                    if go(rest, &t[i..]) {
+                        return true;
+                    }
+                    if i >= t.len() || t[i] == b'/' {
+                        return false;
+                    }
+                    i += 1;
+                }
+            }
+            Some(b'?') => !t.is_empty() && t[0] != b'/' && go(&p[1..], &t[1..]),
+            Some(c) => t.first() == Some(c) && go(&p[1..], &t[1..]),
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+/// Container limits derived from the request and the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU limit in 1e-9 CPUs.
+    pub nano_cpus: Option<i64>,
+    /// Memory limit in bytes (swap pinned to it).
+    pub memory_bytes: Option<i64>,
+}
+
+fn gib(bytes: u64) -> String {
+    let g = bytes as f64 / (1u64 << 30) as f64;
+    if g.fract() == 0.0 {
+        format!("{g:.0} GiB")
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+impl Policy {
+    /// Checks an image against `allowed_images` (`what` says which image it is).
+    pub fn check_image(&self, image: &ImageRef, what: &str) -> Result<(), PolicyError> {
+        if self.allowed_images.is_empty() {
+            return Ok(());
+        }
+        let name = image.to_string();
+        if self.allowed_images.iter().any(|p| glob_match(p, &name)) {
+            return Ok(());
+        }
+        Err(PolicyError::ImageNotAllowed {
+            image: if what.is_empty() {
+                name
+            } else {
+                format!("{name} ({what})")
+            },
+            patterns: self.allowed_images.join(", "),
+        })
+    }
+
+    /// What a task reserves: its instance shape (positive axes), else `default_resources`.
+    pub fn reservation(&self, shape: Option<InstanceShape>) -> Resources {
+        let shape = shape.unwrap_or_default();
+        let cpus = shape.vcpus.filter(|c| *c > 0).map(|c| c as f64);
+        let memory = shape
+            .memory_gb
+            .filter(|g| *g > 0)
+            .map(|g| (g as u64).saturating_mul(1 << 30));
+        Resources {
+            cpus: cpus.or(self.default_resources.cpus),
+            memory: memory.or(self.default_resources.memory),
+        }
+    }
+
+    /// The container limits for a task, refused when the request exceeds `max_resources`.
+    /// Without a request on an axis, `max_resources` becomes the limit.
+    pub fn limits(&self, shape: Option<InstanceShape>) -> Result<Limits, PolicyError> {
+        let r = self.reservation(shape);
+        if let (Some(asked), Some(max)) = (r.cpus, self.max_resources.cpus)
+            && asked > max
+        {
+            return Err(PolicyError::TooLarge {
+                axis: "cpus",
+                asked: format!("{asked} CPUs"),
+                max: format!("{max} CPUs"),
+            });
+        }
+        if let (Some(asked), Some(max)) = (r.memory, self.max_resources.memory)
+            && asked > max
+        {
+            return Err(PolicyError::TooLarge {
+                axis: "memory",
+                asked: gib(asked),
+                max: gib(max),
+            });
+        }
+        let cpus = r.cpus.or(self.max_resources.cpus);
+        let memory = r.memory.or(self.max_resources.memory);
+        Ok(Limits {
+            nano_cpus: cpus.map(|c| (c * 1e9).round() as i64),
+            memory_bytes: memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+        })
+    }
+
+    /// The time limit of a task: the policy's, shortened by a berth/1 `timeout_secs`.
+    pub fn timeout(&self, timeout_secs: Option<u64>, berth: bool) -> Option<Duration> {
+        let task = timeout_secs
+            .filter(|t| berth && *t > 0)
+            .map(Duration::from_secs);
+        let policy = Some(self.timeout).filter(|t| !t.is_zero());
+        match (task, policy) {
+            (Some(t), Some(p)) => Some(t.min(p)),
+            (t, p) => t.or(p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let cases = [
+            (
+                "registry.example.com/**",
+                "registry.example.com/team/app:1.0",
+                true,
+            ),
+            (
+                "registry.example.com/**",
+                "docker.io/library/ubuntu:22.04",
+                false,
+            ),
+            (
+                "registry.example.com/*",
+                "registry.example.com/team/app:1.0",
+                false,
+            ),
+            (
+                "registry.example.com/*/*",
+                "registry.example.com/team/app:1.0",
+                true,
+            ),
+            (
+                "docker.io/library/ubuntu:*",
+                "docker.io/library/ubuntu:22.04",
+                true,
+            ),
+            (
+                "docker.io/library/ubuntu:*",
+                "docker.io/library/ubuntu-evil:1",
+                false,
+            ),
+            (
+                "docker.io/library/ubuntu:2?.04",
+                "docker.io/library/ubuntu:22.04",
+                true,
+            ),
+            ("**", "anything/at/all:1", true),
+            ("exact:1", "exact:1", true),
+            ("exact:1", "exact:12", false),
+        ];
+        for (p, t, want) in cases {
+            assert_eq!(glob_match(p, t), want, "{p} ~ {t}");
+        }
+    }
+
+    fn img(s: &str) -> ImageRef {
+        ImageRef::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn image_refusals_name_the_rule_and_the_value() {
+        let p = Policy {
+            allowed_images: vec!["registry.example.com/**".into()],
+            ..Policy::default()
+        };
+        assert_eq!(
+            p.check_image(&img("registry.example.com/a/b:1"), ""),
+            Ok(())
+        );
+        let e = p.check_image(&img("ubuntu:22.04"), "sidecar");
+        let msg = e
+            .as_ref()
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(
+            msg.contains("docker.io/library/ubuntu:22.04 (sidecar)")
+                && msg.contains("allowed_images (registry.example.com/**)"),
+            "{msg}"
+        );
+        assert_eq!(
+            e.map_err(|e| e.failure_reason()),
+            Err(FailureReason::InvalidImage)
+        );
+        assert_eq!(Policy::default().check_image(&img("anything"), ""), Ok(()));
+    }
+
+    #[test]
+    fn resources_default_cap_and_refuse() {
+        let p = Policy {
+            default_resources: Resources {
+                cpus: Some(1.5),
+                memory: Some(2 << 30),
+            },
+            max_resources: Resources {
+                cpus: Some(4.0),
+                memory: Some(8 << 30),
+            },
+            ..Policy::default()
+        };
+        assert_eq!(
+            p.limits(None),
+            Ok(Limits {
+                nano_cpus: Some(1_500_000_000),
+                memory_bytes: Some(2 << 30)
+            })
+        );
+        let shape = |v, m| {
+            Some(InstanceShape {
+                vcpus: Some(v),
+                memory_gb: Some(m),
+            })
+        };
+        assert_eq!(
+            p.limits(shape(4, 8)),
+            Ok(Limits {
+                nano_cpus: Some(4_000_000_000),
+                memory_bytes: Some(8 << 30)
+            })
+        );
+        let e = p.limits(shape(8, 1)).map_err(|e| e.to_string());
+        assert!(
+            e.as_ref().is_err_and(|m| m.contains("8 CPUs")
+                && m.contains("max_resources.cpus")
+                && m.contains("4 CPUs")),
+            "{e:?}"
+        );
+        let e = p.limits(shape(1, 16)).map_err(|e| e.to_string());
+        assert!(
+            e.as_ref().is_err_and(|m| m.contains("16 GiB")
+                && m.contains("max_resources.memory")
+                && m.contains("8 GiB")),
+            "{e:?}"
+        );
+        // Non-positive axes fall back to the defaults; with no default the max is the limit.
+        let only_max = Policy {
+            max_resources: Resources {
+                cpus: Some(2.0),
+                memory: None,
+            },
+            ..Policy::default()
+        };
+        assert_eq!(
+            only_max.limits(shape(0, -1)),
+            Ok(Limits {
+                nano_cpus: Some(2_000_000_000),
+                memory_bytes: None
+            })
+        );
+        assert_eq!(Policy::default().limits(None), Ok(Limits::default()));
+    }
+
+    #[test]
+    fn timeouts_only_shorten() {
+        let p = Policy {
+            timeout: Duration::from_secs(7200),
+            ..Policy::default()
+        };
+        assert_eq!(p.timeout(None, true), Some(Duration::from_secs(7200)));
+        assert_eq!(p.timeout(Some(60), true), Some(Duration::from_secs(60)));
+        assert_eq!(
+            p.timeout(Some(99999), true),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            p.timeout(Some(60), false),
+            Some(Duration::from_secs(7200)),
+            "timeout_secs is berth/1 only"
+        );
+        let none = Policy {
+            timeout: Duration::ZERO,
+            ..Policy::default()
+        };
+        assert_eq!(none.timeout(None, true), None);
+        assert_eq!(none.timeout(Some(5), true), Some(Duration::from_secs(5)));
+    }
+}

@@ -1,0 +1,968 @@
+//! Assignment + operator policy → `ContainerSpec`: a pure function, tested without Docker.
+//!
+//! Everything here follows PROTOCOL.md §5 to the letter; it is what makes a berth container
+//! indistinguishable from one the Oz worker would have started.
+
+use std::collections::BTreeMap;
+
+use crate::failure::FailureReason;
+use crate::image::{ImageRef, ImageRefError};
+use crate::protocol::{AgentConfigSnapshot, TaskAssignment};
+
+/// Where the agent sidecar is mounted.
+pub const AGENT_MOUNT: &str = "/agent";
+/// Working directory of every task container.
+pub const WORKDIR: &str = "/workspace";
+/// Label every berth container carries.
+pub const LABEL_MANAGED: &str = "berth.managed";
+/// Label naming the worker that owns a container.
+pub const LABEL_WORKER: &str = "berth.worker_id";
+/// Label naming the task.
+pub const LABEL_TASK: &str = "berth.task_id";
+/// Label naming the execution.
+pub const LABEL_EXECUTION: &str = "berth.execution_id";
+
+/// Operator settings that shape the agent argv and env.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentSettings {
+    /// `--server-root-url` and `WARP_SERVER_ROOT_URL`.
+    pub server_root_url: String,
+    /// Operator default for `--idle-on-complete` (kept as written, e.g. `10m`).
+    pub idle_on_complete: Option<String>,
+    /// `--session-sharing-server-url`, when configured.
+    pub session_sharing_server_url: Option<String>,
+}
+
+/// A task input that cannot become a container.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    /// The image reference is not valid.
+    #[error("{0}")]
+    InvalidImage(#[from] ImageRefError),
+    /// The assignment has no `task` object.
+    #[error("task assignment has no task object; the control plane must send one")]
+    MissingTask,
+    /// A sidecar entry is unusable.
+    #[error("{0}")]
+    Sidecar(String),
+    /// An environment variable name Docker cannot carry.
+    #[error(
+        "environment variable name {0:?} is invalid: names must be non-empty and contain no '=' or NUL"
+    )]
+    InvalidEnvName(String),
+}
+
+impl SpecError {
+    /// The protocol failure reason for this error.
+    pub fn failure_reason(&self) -> FailureReason {
+        match self {
+            SpecError::InvalidImage(_) => FailureReason::InvalidImage,
+            SpecError::MissingTask => FailureReason::Unknown,
+            SpecError::Sidecar(_) => FailureReason::SidecarPrep,
+            SpecError::InvalidEnvName(_) => FailureReason::ContainerCreate,
+        }
+    }
+}
+
+/// The image a task runs: its environment's image (inline on berth/1, or a named one) ›
+/// `docker_image` › operator default.
+pub fn resolve_image(
+    a: &TaskAssignment,
+    environment_image: Option<&str>,
+    default_image: &str,
+) -> Result<ImageRef, SpecError> {
+    let chosen = environment_image
+        .filter(|s| !s.trim().is_empty())
+        .or(a.docker_image.as_deref().filter(|s| !s.trim().is_empty()))
+        .unwrap_or(default_image);
+    Ok(ImageRef::parse(chosen)?)
+}
+
+/// One sidecar volume to prepare and mount.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarMount {
+    /// Image whose filesystem fills the volume.
+    pub image: ImageRef,
+    /// Mount point in the task container.
+    pub mount_path: String,
+    /// Writable mount.
+    pub read_write: bool,
+}
+
+/// The sidecars of an assignment in mount order: `sidecar_image` at `/agent`, then every
+/// `additional_sidecars` entry. Empty images, empty or duplicate mount paths are refused.
+pub fn plan_sidecars(a: &TaskAssignment) -> Result<Vec<SidecarMount>, SpecError> {
+    let mut out: Vec<SidecarMount> = Vec::new();
+    if let Some(img) = a.sidecar_image.as_deref().filter(|s| !s.trim().is_empty()) {
+        out.push(SidecarMount {
+            image: ImageRef::parse(img)
+                .map_err(|e| SpecError::Sidecar(format!("sidecar image: {e}")))?,
+            mount_path: AGENT_MOUNT.to_string(),
+            read_write: false,
+        });
+    }
+    for s in a.additional_sidecars.iter().flatten() {
+        if s.image.trim().is_empty() {
+            return Err(SpecError::Sidecar(
+                "additional sidecar has empty image".into(),
+            ));
+        }
+        if s.mount_path.trim().is_empty() {
+            return Err(SpecError::Sidecar(format!(
+                "additional sidecar {:?} has empty mount path",
+                s.image
+            )));
+        }
+        if out.iter().any(|m| m.mount_path == s.mount_path) {
+            return Err(SpecError::Sidecar(format!(
+                "additional sidecar {:?} uses mount path {:?}, which is already mounted",
+                s.image, s.mount_path
+            )));
+        }
+        out.push(SidecarMount {
+            image: ImageRef::parse(&s.image)
+                .map_err(|e| SpecError::Sidecar(format!("additional sidecar: {e}")))?,
+            mount_path: s.mount_path.clone(),
+            read_write: s.read_write,
+        });
+    }
+    Ok(out)
+}
+
+/// The bind string of a prepared sidecar volume.
+pub fn sidecar_bind(volume: &str, mount: &SidecarMount) -> String {
+    if mount.read_write {
+        format!("{volume}:{}", mount.mount_path)
+    } else {
+        format!("{volume}:{}:ro", mount.mount_path)
+    }
+}
+
+fn non_blank(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn is_oz_harness(snap: &AgentConfigSnapshot) -> bool {
+    match &snap.harness {
+        None => true,
+        Some(h) => matches!(h.kind.as_deref(), None | Some("") | Some("oz")),
+    }
+}
+
+/// Go's `json.Compact` with HTML escaping: drop insignificant white space, and escape `<`, `>`,
+/// `&`, U+2028 and U+2029 so the bytes match what the Go worker puts on the command line.
+fn go_compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in json.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        }
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The `--mcp` value: keys sorted bytewise, values compacted as received.
+pub fn mcp_json(servers: &BTreeMap<String, crate::protocol::RawJson>) -> String {
+    let mut s = String::from("{");
+    for (i, (k, v)) in servers.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&serde_json::Value::String(k.clone()).to_string());
+        s.push(':');
+        s.push_str(v.get());
+    }
+    s.push('}');
+    go_compact(&s)
+}
+
+fn push2(v: &mut Vec<String>, flag: &str, value: impl Into<String>) {
+    v.push(flag.to_string());
+    v.push(value.into());
+}
+
+/// The Oz agent argument vector (the container's `Cmd`), every rule of PROTOCOL.md §5.
+pub fn agent_argv(a: &TaskAssignment, s: &AgentSettings) -> Vec<String> {
+    let mut v: Vec<String> = ["/agent/entrypoint.sh", "agent", "run"]
+        .map(String::from)
+        .to_vec();
+    let task = a.task.clone().unwrap_or_default();
+    let task_id = if task.id.is_empty() {
+        a.task_id.clone()
+    } else {
+        task.id.clone()
+    };
+    if task.owner.as_ref().is_some_and(|o| o.kind == "TEAM") {
+        push2(&mut v, "--share", "team:edit");
+    }
+    push2(&mut v, "--task-id", task_id);
+    v.push("--sandboxed".into());
+    push2(&mut v, "--server-root-url", s.server_root_url.clone());
+
+    let snap = task.agent_config_snapshot.as_ref();
+    if let Some(snap) = snap {
+        let oz = is_oz_harness(snap);
+        if oz && let Some(m) = non_blank(&snap.model_id) {
+            push2(&mut v, "--model", m);
+        }
+        if let Some(p) = non_blank(&snap.profile_id) {
+            push2(&mut v, "--profile", p);
+        }
+        if let Some(sk) = non_blank(&snap.skill_spec) {
+            push2(&mut v, "--skill", sk);
+        }
+        if let Some(mcp) = snap.mcp_servers.as_ref().filter(|m| !m.is_empty()) {
+            push2(&mut v, "--mcp", mcp_json(mcp));
+        }
+        let computer_use = snap.computer_use_enabled.unwrap_or(oz);
+        v.push(if computer_use {
+            "--computer-use".into()
+        } else {
+            "--no-computer-use".into()
+        });
+        if let Some(aws) = snap
+            .inference_providers
+            .as_ref()
+            .and_then(|p| p.aws.as_ref())
+            .filter(|aws| !aws.disabled)
+            && let Some(role) = non_blank(&aws.role_arn)
+        {
+            push2(&mut v, "--bedrock-inference-role", role);
+            if let Some(region) = non_blank(&aws.region) {
+                push2(&mut v, "--bedrock-role-region", region);
+            }
+        }
+        if let Some(h) = snap.harness.as_ref().and_then(|h| non_blank(&h.kind)) {
+            push2(&mut v, "--harness", h);
+        }
+        match snap
+            .session_sharing
+            .as_ref()
+            .and_then(|s| s.public_access.as_deref())
+        {
+            Some("VIEWER") => push2(&mut v, "--share", "public:view"),
+            Some("EDITOR") => push2(&mut v, "--share", "public:edit"),
+            _ => {}
+        }
+        if snap.snapshot_disabled == Some(true) {
+            v.push("--no-snapshot".into());
+        }
+        if let Some(n) = snap.snapshot_upload_timeout_secs.filter(|n| *n > 0) {
+            push2(&mut v, "--snapshot-upload-timeout", format!("{n}s"));
+        }
+        if let Some(n) = snap.snapshot_script_timeout_secs.filter(|n| *n > 0) {
+            push2(&mut v, "--snapshot-script-timeout", format!("{n}s"));
+        }
+        if let Some(env) = non_blank(&snap.environment_id) {
+            push2(&mut v, "--environment", env);
+        }
+    }
+    v.extend(a.additional_oz_args.iter().flatten().cloned());
+    let idle_minutes = snap.and_then(|s| s.idle_timeout_minutes).filter(|m| *m > 0);
+    match (idle_minutes, s.idle_on_complete.as_deref()) {
+        (Some(m), _) => push2(&mut v, "--idle-on-complete", format!("{m}m")),
+        (None, Some(op)) => push2(&mut v, "--idle-on-complete", op),
+        (None, None) => v.push("--idle-on-complete".into()),
+    }
+    if let Some(url) = s.session_sharing_server_url.as_deref() {
+        push2(&mut v, "--session-sharing-server-url", url);
+    }
+    v
+}
+
+/// The container environment, in contract order with later entries winning on the same name
+/// (each name appears once, at its first position, with its last value).
+pub fn container_env(
+    task_id: &str,
+    environment: Option<&BTreeMap<String, String>>,
+    env_vars: Option<&BTreeMap<String, String>>,
+    server_root_url: &str,
+    operator: &[(String, String)],
+) -> Result<Vec<String>, SpecError> {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    let mut set = |k: &str, v: &str| -> Result<(), SpecError> {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(SpecError::InvalidEnvName(k.to_string()));
+        }
+        if values.insert(k.to_string(), v.to_string()).is_none() {
+            order.push(k.to_string());
+        }
+        Ok(())
+    };
+    set("TASK_ID", task_id)?;
+    set("GIT_TERMINAL_PROMPT", "0")?;
+    set("GH_PROMPT_DISABLED", "1")?;
+    if !server_root_url.is_empty() {
+        set("WARP_SERVER_ROOT_URL", server_root_url)?;
+    }
+    // The environment's variables, then the task's own (which win), then the operator's.
+    for (k, v) in environment.into_iter().flatten() {
+        set(k, v)?;
+    }
+    for (k, v) in env_vars.into_iter().flatten() {
+        set(k, v)?;
+    }
+    for (k, v) in operator {
+        set(k, v)?;
+    }
+    Ok(order
+        .into_iter()
+        .map(|k| {
+            let v = values.get(&k).cloned().unwrap_or_default();
+            format!("{k}={v}")
+        })
+        .collect())
+}
+
+/// Everything Docker needs to create one task container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Normalised image reference.
+    pub image: String,
+    /// `Cmd` (never the entrypoint).
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub working_dir: String,
+    /// Sidecar binds first, then operator volumes.
+    pub binds: Vec<String>,
+    /// berth labels.
+    pub labels: BTreeMap<String, String>,
+    /// CPU limit in 1e-9 CPUs.
+    pub nano_cpus: Option<i64>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<i64>,
+    /// Memory+swap limit; equal to `memory_bytes` so the task gets no extra swap.
+    pub memory_swap_bytes: Option<i64>,
+    /// Operator security settings.
+    pub security: crate::policy::Security,
+}
+
+/// Inputs of [`container_spec`] that are not in the assignment.
+#[derive(Debug, Clone)]
+pub struct SpecContext<'a> {
+    /// This worker.
+    pub worker_id: &'a str,
+    /// The execution being started.
+    pub execution_id: &'a str,
+    /// berth/1 negotiated on the connection that delivered the assignment.
+    pub berth: bool,
+    /// Resolved image.
+    pub image: &'a ImageRef,
+    /// Binds of the prepared sidecar volumes, in mount order.
+    pub sidecar_binds: Vec<String>,
+    /// Agent argv settings.
+    pub agent: &'a AgentSettings,
+    /// Operator env (config entries, then `-e` flags), already resolved.
+    pub operator_env: &'a [(String, String)],
+    /// Operator volumes (config entries, then `-v` flags).
+    pub operator_volumes: &'a [String],
+    /// CPU and memory limits decided by the policy.
+    pub limits: crate::policy::Limits,
+    /// Operator security settings.
+    pub security: &'a crate::policy::Security,
+    /// The task's environment, if any.
+    pub environment: Option<&'a crate::environment::Environment>,
+}
+
+/// The berth/1 `command` when it applies: only on berth/1 connections, only when non-empty.
+pub fn berth_command(a: &TaskAssignment, berth: bool) -> Option<&[String]> {
+    a.command.as_deref().filter(|c| berth && !c.is_empty())
+}
+
+/// Builds the container spec for one task execution.
+pub fn container_spec(
+    a: &TaskAssignment,
+    ctx: &SpecContext<'_>,
+) -> Result<ContainerSpec, SpecError> {
+    let task = a.task.as_ref().ok_or(SpecError::MissingTask)?;
+    let task_id = if task.id.is_empty() {
+        &a.task_id
+    } else {
+        &task.id
+    };
+    let cmd = match berth_command(a, ctx.berth) {
+        Some(c) => c.to_vec(),
+        None => agent_argv(a, ctx.agent),
+    };
+    let env = container_env(
+        task_id,
+        ctx.environment.map(|e| &e.env),
+        a.env_vars.as_ref(),
+        &ctx.agent.server_root_url,
+        ctx.operator_env,
+    )?;
+    let mut binds = ctx.sidecar_binds.clone();
+    binds.extend(ctx.operator_volumes.iter().cloned());
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_WORKER.to_string(), ctx.worker_id.to_string()),
+        (LABEL_TASK.to_string(), a.task_id.clone()),
+        (LABEL_EXECUTION.to_string(), ctx.execution_id.to_string()),
+    ]);
+    Ok(ContainerSpec {
+        image: ctx.image.to_string(),
+        cmd,
+        env,
+        working_dir: ctx
+            .environment
+            .and_then(|e| e.workdir.clone())
+            .unwrap_or_else(|| WORKDIR.to_string()),
+        binds,
+        labels,
+        nano_cpus: ctx.limits.nano_cpus,
+        memory_bytes: ctx.limits.memory_bytes,
+        memory_swap_bytes: ctx.limits.memory_bytes,
+        security: ctx.security.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::*;
+
+    fn settings() -> AgentSettings {
+        AgentSettings {
+            server_root_url: "https://app.warp.dev".into(),
+            idle_on_complete: None,
+            session_sharing_server_url: None,
+        }
+    }
+
+    fn assignment(snap: Option<AgentConfigSnapshot>) -> TaskAssignment {
+        TaskAssignment {
+            task_id: "run-1".into(),
+            task: Some(Task {
+                id: "t-1".into(),
+                agent_config_snapshot: snap,
+                ..Task::default()
+            }),
+            ..TaskAssignment::default()
+        }
+    }
+
+    fn argv_tail(a: &TaskAssignment, s: &AgentSettings) -> Vec<String> {
+        agent_argv(a, s)[3..].to_vec()
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    const BASE: [&str; 5] = [
+        "--task-id",
+        "t-1",
+        "--sandboxed",
+        "--server-root-url",
+        "https://app.warp.dev",
+    ];
+
+    fn raw(s: &str) -> RawJson {
+        serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn no_snapshot_gives_base_flags_and_bare_idle_flag() {
+        let a = assignment(None);
+        let v = agent_argv(&a, &settings());
+        assert_eq!(&v[..3], &strs(&["/agent/entrypoint.sh", "agent", "run"]));
+        let mut want = strs(&BASE);
+        want.push("--idle-on-complete".into());
+        assert_eq!(v[3..].to_vec(), want);
+    }
+
+    #[test]
+    fn team_owner_shares_first() {
+        let mut a = assignment(None);
+        if let Some(t) = a.task.as_mut() {
+            t.owner = Some(Owner {
+                kind: "TEAM".into(),
+                id: 1,
+            });
+        }
+        assert_eq!(
+            argv_tail(&a, &settings())[..2],
+            strs(&["--share", "team:edit"])
+        );
+        if let Some(t) = a.task.as_mut() {
+            t.owner = Some(Owner {
+                kind: "USER".into(),
+                id: 1,
+            });
+        }
+        assert_eq!(argv_tail(&a, &settings())[0], "--task-id");
+    }
+
+    #[test]
+    fn every_snapshot_flag_in_contract_order() {
+        let snap = AgentConfigSnapshot {
+            environment_id: Some(" env-1 ".into()),
+            model_id: Some(" m1 ".into()),
+            profile_id: Some("p1".into()),
+            skill_spec: Some("sk".into()),
+            mcp_servers: Some(BTreeMap::from([
+                ("b".to_string(), raw(r#"{"x": 1}"#)),
+                ("a".to_string(), raw("{}")),
+            ])),
+            computer_use_enabled: None,
+            idle_timeout_minutes: Some(15),
+            harness: None,
+            inference_providers: Some(InferenceProviders {
+                aws: Some(AwsInference {
+                    disabled: false,
+                    role_arn: Some("arn:r".into()),
+                    region: Some("eu-west-1".into()),
+                }),
+            }),
+            session_sharing: Some(SessionSharing {
+                public_access: Some("EDITOR".into()),
+            }),
+            snapshot_disabled: Some(true),
+            snapshot_upload_timeout_secs: Some(30),
+            snapshot_script_timeout_secs: Some(20),
+            ..AgentConfigSnapshot::default()
+        };
+        let mut a = assignment(Some(snap));
+        a.additional_oz_args = Some(strs(&["--extra", " raw "]));
+        let s = AgentSettings {
+            session_sharing_server_url: Some("https://share".into()),
+            idle_on_complete: Some("5m".into()),
+            ..settings()
+        };
+        let mut want = strs(&BASE);
+        want.extend(strs(&[
+            "--model",
+            "m1",
+            "--profile",
+            "p1",
+            "--skill",
+            "sk",
+            "--mcp",
+            r#"{"a":{},"b":{"x":1}}"#,
+            "--computer-use",
+            "--bedrock-inference-role",
+            "arn:r",
+            "--bedrock-role-region",
+            "eu-west-1",
+            "--share",
+            "public:edit",
+            "--no-snapshot",
+            "--snapshot-upload-timeout",
+            "30s",
+            "--snapshot-script-timeout",
+            "20s",
+            "--environment",
+            "env-1",
+            "--extra",
+            " raw ",
+            "--idle-on-complete",
+            "15m",
+            "--session-sharing-server-url",
+            "https://share",
+        ]));
+        assert_eq!(argv_tail(&a, &s), want);
+    }
+
+    #[test]
+    fn model_only_for_the_oz_harness_and_harness_flag_otherwise() {
+        let cases: [(Option<Harness>, bool, Option<&str>); 6] = [
+            (None, true, None),
+            (Some(Harness { kind: None }), true, None),
+            (
+                Some(Harness {
+                    kind: Some("".into()),
+                }),
+                true,
+                None,
+            ),
+            (
+                Some(Harness {
+                    kind: Some("oz".into()),
+                }),
+                true,
+                Some("oz"),
+            ),
+            // Not trimmed for the harness test: " oz" is another harness.
+            (
+                Some(Harness {
+                    kind: Some(" oz".into()),
+                }),
+                false,
+                Some("oz"),
+            ),
+            (
+                Some(Harness {
+                    kind: Some("claude".into()),
+                }),
+                false,
+                Some("claude"),
+            ),
+        ];
+        for (harness, oz, harness_flag) in cases {
+            let a = assignment(Some(AgentConfigSnapshot {
+                model_id: Some("m".into()),
+                harness: harness.clone(),
+                ..AgentConfigSnapshot::default()
+            }));
+            let v = argv_tail(&a, &settings());
+            assert_eq!(v.contains(&"--model".to_string()), oz, "{harness:?}");
+            // Computer use defaults on for Oz, off otherwise.
+            assert_eq!(v.contains(&"--computer-use".to_string()), oz, "{harness:?}");
+            assert_eq!(
+                v.contains(&"--no-computer-use".to_string()),
+                !oz,
+                "{harness:?}"
+            );
+            let h = v
+                .iter()
+                .position(|x| x == "--harness")
+                .map(|i| v[i + 1].as_str());
+            assert_eq!(h, harness_flag, "{harness:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_computer_use_wins() {
+        for (explicit, harness, want) in [
+            (Some(false), None, "--no-computer-use"),
+            (Some(true), Some("claude"), "--computer-use"),
+        ] {
+            let a = assignment(Some(AgentConfigSnapshot {
+                computer_use_enabled: explicit,
+                harness: harness.map(|h| Harness {
+                    kind: Some(h.into()),
+                }),
+                ..AgentConfigSnapshot::default()
+            }));
+            assert!(argv_tail(&a, &settings()).contains(&want.to_string()));
+        }
+    }
+
+    #[test]
+    fn blank_values_and_disabled_providers_emit_nothing() {
+        let a = assignment(Some(AgentConfigSnapshot {
+            model_id: Some("  ".into()),
+            profile_id: Some("".into()),
+            skill_spec: Some("\t".into()),
+            environment_id: Some(" ".into()),
+            mcp_servers: Some(BTreeMap::new()),
+            inference_providers: Some(InferenceProviders {
+                aws: Some(AwsInference {
+                    disabled: true,
+                    role_arn: Some("arn".into()),
+                    region: Some("r".into()),
+                }),
+            }),
+            session_sharing: Some(SessionSharing {
+                public_access: Some("OWNER".into()),
+            }),
+            snapshot_disabled: Some(false),
+            snapshot_upload_timeout_secs: Some(0),
+            snapshot_script_timeout_secs: Some(-1),
+            idle_timeout_minutes: Some(0),
+            ..AgentConfigSnapshot::default()
+        }));
+        let mut want = strs(&BASE);
+        want.extend(strs(&["--computer-use", "--idle-on-complete"]));
+        assert_eq!(argv_tail(&a, &settings()), want);
+    }
+
+    #[test]
+    fn bedrock_region_needs_a_role() {
+        let a = assignment(Some(AgentConfigSnapshot {
+            inference_providers: Some(InferenceProviders {
+                aws: Some(AwsInference {
+                    disabled: false,
+                    role_arn: Some(" ".into()),
+                    region: Some("r".into()),
+                }),
+            }),
+            ..AgentConfigSnapshot::default()
+        }));
+        assert!(
+            !argv_tail(&a, &settings())
+                .iter()
+                .any(|x| x.starts_with("--bedrock"))
+        );
+        let a = assignment(Some(AgentConfigSnapshot {
+            inference_providers: Some(InferenceProviders {
+                aws: Some(AwsInference {
+                    disabled: false,
+                    role_arn: Some("arn".into()),
+                    region: None,
+                }),
+            }),
+            ..AgentConfigSnapshot::default()
+        }));
+        let v = argv_tail(&a, &settings());
+        let i = v.iter().position(|x| x == "--bedrock-inference-role");
+        assert_eq!(i.map(|i| v[i + 1].as_str()), Some("arn"));
+        assert!(!v.contains(&"--bedrock-role-region".to_string()));
+    }
+
+    #[test]
+    fn idle_on_complete_precedence() {
+        let op = AgentSettings {
+            idle_on_complete: Some("45m".into()),
+            ..settings()
+        };
+        let tail = |a: &TaskAssignment, s: &AgentSettings| {
+            let v = argv_tail(a, s);
+            let i = v
+                .iter()
+                .position(|x| x == "--idle-on-complete")
+                .unwrap_or(0);
+            v[i..].to_vec()
+        };
+        let with_minutes = assignment(Some(AgentConfigSnapshot {
+            idle_timeout_minutes: Some(3),
+            ..AgentConfigSnapshot::default()
+        }));
+        assert_eq!(
+            tail(&with_minutes, &op),
+            strs(&["--idle-on-complete", "3m"])
+        );
+        assert_eq!(
+            tail(&assignment(None), &op),
+            strs(&["--idle-on-complete", "45m"])
+        );
+        assert_eq!(
+            tail(&assignment(None), &settings()),
+            strs(&["--idle-on-complete"])
+        );
+    }
+
+    #[test]
+    fn mcp_json_sorts_keys_compacts_and_escapes_like_go() {
+        let m = BTreeMap::from([
+            (
+                "z".to_string(),
+                raw(r#"{ "cmd" : "a<b>&c", "list": [ 1, 2 ] }"#),
+            ),
+            ("B".to_string(), raw(r#""line\u2028sep""#)),
+            ("a b".to_string(), raw(r#"{"s": "keep  inner  spaces"}"#)),
+        ]);
+        assert_eq!(
+            mcp_json(&m),
+            r#"{"B":"line\u2028sep","a b":{"s":"keep  inner  spaces"},"z":{"cmd":"a\u003cb\u003e\u0026c","list":[1,2]}}"#
+        );
+        let m = BTreeMap::from([("k".to_string(), raw("\"raw\u{2028}char\""))]);
+        assert_eq!(mcp_json(&m), r#"{"k":"raw\u2028char"}"#);
+        let m = BTreeMap::from([("q".to_string(), raw(r#""a \"quoted\" <x>""#))]);
+        assert_eq!(mcp_json(&m), r#"{"q":"a \"quoted\" \u003cx\u003e"}"#);
+    }
+
+    #[test]
+    fn env_order_and_later_entries_win() {
+        let vars = BTreeMap::from([
+            ("GIT_TERMINAL_PROMPT".to_string(), "1".to_string()),
+            ("SECRET".to_string(), "s".to_string()),
+        ]);
+        let op = vec![
+            ("SECRET".to_string(), "operator".to_string()),
+            ("HOSTVAL".to_string(), "".to_string()),
+        ];
+        let env = container_env("t-1", None, Some(&vars), "https://x", &op).unwrap_or_default();
+        assert_eq!(
+            env,
+            strs(&[
+                "TASK_ID=t-1",
+                "GIT_TERMINAL_PROMPT=1",
+                "GH_PROMPT_DISABLED=1",
+                "WARP_SERVER_ROOT_URL=https://x",
+                "SECRET=operator",
+                "HOSTVAL=",
+            ])
+        );
+        let env = container_env("t", None, None, "", &[]).unwrap_or_default();
+        assert_eq!(
+            env,
+            strs(&["TASK_ID=t", "GIT_TERMINAL_PROMPT=0", "GH_PROMPT_DISABLED=1"])
+        );
+        let environment = BTreeMap::from([
+            ("FROM_ENV".to_string(), "e".to_string()),
+            ("SECRET".to_string(), "env-value".to_string()),
+        ]);
+        let env = container_env("t", Some(&environment), Some(&vars), "", &[]).unwrap_or_default();
+        assert_eq!(
+            env,
+            strs(&[
+                "TASK_ID=t",
+                "GIT_TERMINAL_PROMPT=1",
+                "GH_PROMPT_DISABLED=1",
+                "FROM_ENV=e",
+                "SECRET=s"
+            ])
+        );
+        let bad = BTreeMap::from([("A=B".to_string(), "x".to_string())]);
+        assert!(matches!(
+            container_env("t", None, Some(&bad), "", &[]),
+            Err(SpecError::InvalidEnvName(_))
+        ));
+    }
+
+    #[test]
+    fn sidecars_are_planned_in_order_and_validated() {
+        let mut a = assignment(None);
+        a.sidecar_image = Some("warpdotdev/warp-agent:latest".into());
+        a.additional_sidecars = Some(vec![
+            AdditionalSidecar {
+                image: "tools:1".into(),
+                mount_path: "/tools".into(),
+                read_write: false,
+            },
+            AdditionalSidecar {
+                image: "cache:1".into(),
+                mount_path: "/cache".into(),
+                read_write: true,
+            },
+        ]);
+        let plan = plan_sidecars(&a).unwrap_or_default();
+        let binds: Vec<String> = plan
+            .iter()
+            .enumerate()
+            .map(|(i, m)| sidecar_bind(&format!("v{i}"), m))
+            .collect();
+        assert_eq!(binds, strs(&["v0:/agent:ro", "v1:/tools:ro", "v2:/cache"]));
+        let bad = |image: &str, path: &str| {
+            let mut a = a.clone();
+            a.additional_sidecars = Some(vec![AdditionalSidecar {
+                image: image.into(),
+                mount_path: path.into(),
+                read_write: false,
+            }]);
+            plan_sidecars(&a)
+        };
+        assert_eq!(
+            bad("", "/x"),
+            Err(SpecError::Sidecar(
+                "additional sidecar has empty image".into()
+            ))
+        );
+        assert!(
+            matches!(bad("x", ""), Err(SpecError::Sidecar(m)) if m.contains("empty mount path"))
+        );
+        assert!(
+            matches!(bad("x", "/agent"), Err(SpecError::Sidecar(m)) if m.contains("already mounted"))
+        );
+        assert!(matches!(bad("Bad Image", "/x"), Err(SpecError::Sidecar(_))));
+    }
+
+    #[test]
+    fn image_precedence() {
+        let mut a = assignment(None);
+        let img = |a: &TaskAssignment, env: Option<&str>| {
+            resolve_image(a, env, "ubuntu:22.04").map(|i| i.to_string())
+        };
+        assert_eq!(
+            img(&a, None).as_deref(),
+            Ok("docker.io/library/ubuntu:22.04")
+        );
+        a.docker_image = Some("alpine:3".into());
+        assert_eq!(img(&a, None).as_deref(), Ok("docker.io/library/alpine:3"));
+        assert_eq!(
+            img(&a, Some("busybox:1")).as_deref(),
+            Ok("docker.io/library/busybox:1")
+        );
+        assert_eq!(
+            img(&a, Some(" ")).as_deref(),
+            Ok("docker.io/library/alpine:3")
+        );
+        a.docker_image = Some("NOPE".into());
+        assert!(matches!(img(&a, None), Err(SpecError::InvalidImage(_))));
+    }
+
+    #[test]
+    fn spec_has_limits_labels_binds_and_the_right_command() {
+        let mut a = assignment(None);
+        a.instance_shape = Some(InstanceShape {
+            vcpus: Some(2),
+            memory_gb: Some(3),
+        });
+        a.command = Some(strs(&["echo", "hi"]));
+        let image = ImageRef::parse("busybox").unwrap_or_else(|e| panic!("{e}"));
+        let s = settings();
+        let vols = strs(&["/host:/data:ro"]);
+        let policy = crate::policy::Policy::default();
+        let limits = policy.limits(a.instance_shape).unwrap_or_default();
+        let ctx = SpecContext {
+            worker_id: "w1",
+            execution_id: "e1",
+            berth: true,
+            image: &image,
+            sidecar_binds: strs(&["agentvol:/agent:ro"]),
+            agent: &s,
+            operator_env: &[],
+            operator_volumes: &vols,
+            limits,
+            security: &policy.security,
+            environment: None,
+        };
+        let spec = container_spec(&a, &ctx).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.cmd, strs(&["echo", "hi"]));
+        assert!(spec.security.no_new_privileges);
+        assert_eq!(spec.binds, strs(&["agentvol:/agent:ro", "/host:/data:ro"]));
+        assert_eq!(spec.nano_cpus, Some(2_000_000_000));
+        assert_eq!(spec.memory_bytes, Some(3 << 30));
+        assert_eq!(spec.memory_swap_bytes, spec.memory_bytes);
+        assert_eq!(spec.working_dir, "/workspace");
+        assert_eq!(
+            spec.labels.get("berth.managed").map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(
+            spec.labels.get("berth.task_id").map(String::as_str),
+            Some("run-1")
+        );
+        assert_eq!(
+            spec.labels.get("berth.execution_id").map(String::as_str),
+            Some("e1")
+        );
+        assert_eq!(spec.env[0], "TASK_ID=t-1");
+        // On an oz/1 connection the command is ignored and the agent runs.
+        let oz = SpecContext {
+            berth: false,
+            ..ctx.clone()
+        };
+        let spec = container_spec(&a, &oz).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.cmd[0], "/agent/entrypoint.sh");
+        // Non-positive axes mean no limit.
+        let none = policy
+            .limits(Some(InstanceShape {
+                vcpus: Some(0),
+                memory_gb: Some(-1),
+            }))
+            .unwrap_or_default();
+        let ctx = SpecContext {
+            limits: none,
+            ..ctx
+        };
+        let spec = container_spec(&a, &ctx).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((spec.nano_cpus, spec.memory_bytes), (None, None));
+        a.task = None;
+        assert_eq!(container_spec(&a, &ctx), Err(SpecError::MissingTask));
+    }
+}

@@ -1,0 +1,612 @@
+//! The on-disk transcript of one execution: every byte is written here before it is sent.
+//!
+//! `<dir>/<execution_id>.spool` holds CRC-framed records (see [`crate::transcript::Record`]);
+//! offsets are the running sum of payload lengths. Once `max_bytes` is reached, further output
+//! goes to `<execution_id>.tail`, a ring bounded to about twice `tail_bytes` (compacted by
+//! write + rename); when the task ends the elision line and the kept tail are appended to the
+//! spool. A torn record at the end of either file (crash mid-write) is cut off on open.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::watch;
+
+use crate::protocol::Stream;
+use crate::transcript::{
+    FLAG_FINAL, FLAG_TAIL, HEADER_LEN, Record, Resume, cut_point, elision_line,
+};
+
+/// A spool failure, phrased for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// Disk trouble (full, permissions, …).
+    #[error("transcript spool {path}: {source} (check free space and permissions under state_dir)")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A whole transcript read from disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transcript {
+    /// Stream and bytes of each record, in order.
+    pub pieces: Vec<(Stream, Vec<u8>)>,
+    /// The final marker was written.
+    pub finished: bool,
+}
+
+/// What readers can see of a spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolState {
+    /// Transcript length.
+    pub len: u64,
+    /// No more bytes will be appended.
+    pub finished: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: u64,
+    pos: u64,
+    len: u32,
+    stream: Stream,
+}
+
+/// One execution's spool.
+pub struct Spool {
+    path: PathBuf,
+    tail_path: PathBuf,
+    elided_path: PathBuf,
+    file: File,
+    end_pos: u64,
+    index: Vec<Entry>,
+    len: u64,
+    last_resume: Resume,
+    finished: bool,
+    max_bytes: u64,
+    tail_bytes: u64,
+    tail: Option<(File, u64)>,
+    tail_live: u64,
+    dropped: u64,
+    state: watch::Sender<SpoolState>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads every valid record of a file; returns them with their positions and the length of
+/// the valid prefix.
+fn scan(path: &Path) -> Result<(Vec<(u64, Record)>, u64), SpoolError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut pos = 0usize;
+    let mut out = Vec::new();
+    while let Some((r, used)) = Record::decode(&bytes[pos..]) {
+        out.push((pos as u64, r));
+        pos += used;
+    }
+    Ok((out, pos as u64))
+}
+
+impl Spool {
+    /// Spool file of an execution under `dir`.
+    pub fn path_for(dir: &Path, execution_id: &str) -> PathBuf {
+        dir.join(format!("{execution_id}.spool"))
+    }
+
+    /// Opens (creating if needed) the spool of `execution_id` under `dir`, cutting off a torn
+    /// record at the end.
+    pub fn open(
+        dir: &Path,
+        execution_id: &str,
+        max_bytes: u64,
+        tail_bytes: u64,
+    ) -> Result<Self, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = Self::path_for(dir, execution_id);
+        let tail_path = dir.join(format!("{execution_id}.tail"));
+        let elided_path = dir.join(format!("{execution_id}.elided"));
+        let (records, valid) = scan(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        file.set_len(valid).map_err(io(&path))?;
+        let mut index = Vec::with_capacity(records.len());
+        let mut len = 0u64;
+        let mut last_resume = Resume::default();
+        let mut finished = false;
+        for (pos, r) in &records {
+            if !r.payload.is_empty() {
+                index.push(Entry {
+                    offset: len,
+                    pos: pos + HEADER_LEN as u64,
+                    len: r.payload.len() as u32,
+                    stream: r.stream,
+                });
+            }
+            len += r.payload.len() as u64;
+            last_resume = r.resume;
+            finished |= r.flags & FLAG_FINAL != 0;
+        }
+        let mut tail = None;
+        let mut tail_live = 0;
+        if !finished && tail_path.exists() {
+            let (trecs, tvalid) = scan(&tail_path)?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&tail_path)
+                .map_err(io(&tail_path))?;
+            f.set_len(tvalid).map_err(io(&tail_path))?;
+            for (_, r) in &trecs {
+                tail_live += r.payload.len() as u64;
+                last_resume = r.resume;
+            }
+            tail = Some((f, tvalid));
+        }
+        let dropped = std::fs::read_to_string(&elided_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let (state, _) = watch::channel(SpoolState { len, finished });
+        Ok(Spool {
+            path,
+            tail_path,
+            elided_path,
+            file,
+            end_pos: valid,
+            index,
+            len,
+            last_resume,
+            finished,
+            max_bytes,
+            tail_bytes,
+            tail,
+            tail_live,
+            dropped,
+            state,
+        })
+    }
+
+    /// Watch the length and completion.
+    pub fn subscribe(&self) -> watch::Receiver<SpoolState> {
+        self.state.subscribe()
+    }
+
+    /// Current state.
+    pub fn state(&self) -> SpoolState {
+        SpoolState {
+            len: self.len,
+            finished: self.finished,
+        }
+    }
+
+    /// Resume point stored with the last record.
+    pub fn last_resume(&self) -> Resume {
+        self.last_resume
+    }
+
+    /// True once the budget was reached and output goes to the tail ring.
+    pub fn over_budget(&self) -> bool {
+        self.tail.is_some()
+    }
+
+    fn write_main(&mut self, r: &Record) -> Result<(), SpoolError> {
+        let bytes = r.encode();
+        if let Err(e) = self.file.write_all_at(&bytes, self.end_pos) {
+            // Never leave a torn record behind: later appends would be unreadable.
+            let _ = self.file.set_len(self.end_pos);
+            return Err(io(&self.path)(e));
+        }
+        if !r.payload.is_empty() {
+            self.index.push(Entry {
+                offset: self.len,
+                pos: self.end_pos + HEADER_LEN as u64,
+                len: r.payload.len() as u32,
+                stream: r.stream,
+            });
+        }
+        self.end_pos += bytes.len() as u64;
+        self.len += r.payload.len() as u64;
+        self.last_resume = r.resume;
+        Ok(())
+    }
+
+    fn write_tail(&mut self, r: &Record) -> Result<(), SpoolError> {
+        if self.tail.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .open(&self.tail_path)
+                .map_err(io(&self.tail_path))?;
+            self.tail = Some((f, 0));
+        }
+        let bytes = r.encode();
+        if let Some((f, end)) = self.tail.as_mut() {
+            if let Err(e) = f.write_all_at(&bytes, *end) {
+                let _ = f.set_len(*end);
+                return Err(io(&self.tail_path)(e));
+            }
+            *end += bytes.len() as u64;
+        }
+        self.tail_live += r.payload.len() as u64;
+        self.last_resume = r.resume;
+        if self.tail_live > self.tail_bytes.saturating_mul(2) {
+            self.compact_tail()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the newest `tail_bytes` of the ring (write + rename, so a crash leaves either the
+    /// old or the new ring, never a mix).
+    fn compact_tail(&mut self) -> Result<(), SpoolError> {
+        let (records, _) = scan(&self.tail_path)?;
+        let mut keep = self.trim_front(
+            records.into_iter().map(|(_, r)| r).collect(),
+            self.tail_bytes,
+        );
+        let kept: u64 = keep.iter().map(|r| r.payload.len() as u64).sum();
+        let tmp = self.tail_path.with_extension("tail.tmp");
+        let mut buf = Vec::new();
+        for r in keep.iter_mut() {
+            buf.extend(r.encode());
+        }
+        std::fs::write(&tmp, &buf).map_err(io(&tmp))?;
+        let dropped = self.dropped + (self.tail_live - kept);
+        // The elided count is durable before the bytes it counts disappear.
+        let etmp = self.elided_path.with_extension("elided.tmp");
+        std::fs::write(&etmp, dropped.to_string()).map_err(io(&etmp))?;
+        std::fs::rename(&etmp, &self.elided_path).map_err(io(&self.elided_path))?;
+        std::fs::rename(&tmp, &self.tail_path).map_err(io(&self.tail_path))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.tail_path)
+            .map_err(io(&self.tail_path))?;
+        self.tail = Some((f, buf.len() as u64));
+        self.dropped = dropped;
+        self.tail_live = kept;
+        Ok(())
+    }
+
+    /// Drops whole records, then a prefix of the first kept one, so `keep` bytes remain.
+    fn trim_front(&self, records: Vec<Record>, keep: u64) -> Vec<Record> {
+        let total: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
+        let mut excess = total.saturating_sub(keep);
+        let mut out = Vec::new();
+        for mut r in records {
+            let n = r.payload.len() as u64;
+            if excess >= n {
+                excess -= n;
+                continue;
+            }
+            if excess > 0 {
+                r.payload.drain(..excess as usize);
+                excess = 0;
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    /// Appends transcript bytes. Bytes beyond `max_bytes` go to the tail ring.
+    pub fn append(
+        &mut self,
+        stream: Stream,
+        payload: &[u8],
+        resume: Resume,
+    ) -> Result<(), SpoolError> {
+        if self.finished {
+            return Ok(());
+        }
+        let room = self.max_bytes.saturating_sub(self.len) as usize;
+        let (live, rest) = if self.tail.is_some() {
+            (&payload[..0], payload)
+        } else {
+            payload.split_at(room.min(payload.len()))
+        };
+        if !live.is_empty() || (rest.is_empty() && self.tail.is_none()) {
+            self.write_main(&Record {
+                stream,
+                flags: 0,
+                resume,
+                payload: live.to_vec(),
+            })?;
+        }
+        if !rest.is_empty() {
+            self.write_tail(&Record {
+                stream,
+                flags: FLAG_TAIL,
+                resume,
+                payload: rest.to_vec(),
+            })?;
+        }
+        if stream == Stream::System {
+            self.sync()?;
+        }
+        self.state.send_replace(self.state());
+        Ok(())
+    }
+
+    /// Ends the transcript: the elision line and the kept tail (if the budget was reached),
+    /// then a final marker. Idempotent.
+    pub fn finish(&mut self) -> Result<(), SpoolError> {
+        if self.finished {
+            return Ok(());
+        }
+        if self.tail.is_some() {
+            let (records, _) = scan(&self.tail_path)?;
+            let records = self.trim_front(
+                records.into_iter().map(|(_, r)| r).collect(),
+                self.tail_bytes,
+            );
+            let kept: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
+            let elided = self.dropped + self.tail_live - kept;
+            let resume = self.last_resume;
+            self.write_main(&Record {
+                stream: Stream::System,
+                flags: 0,
+                resume,
+                payload: elision_line(elided, self.max_bytes, kept),
+            })?;
+            for r in records {
+                self.write_main(&Record { flags: 0, ..r })?;
+            }
+        }
+        let resume = self.last_resume;
+        self.write_main(&Record {
+            stream: Stream::System,
+            flags: FLAG_FINAL,
+            resume,
+            payload: Vec::new(),
+        })?;
+        self.sync()?;
+        self.finished = true;
+        self.tail = None;
+        let _ = std::fs::remove_file(&self.tail_path);
+        let _ = std::fs::remove_file(&self.elided_path);
+        self.state.send_replace(self.state());
+        Ok(())
+    }
+
+    /// Forces written records to disk.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        self.file.sync_data().map_err(io(&self.path))
+    }
+
+    /// Up to `max` bytes of one stream starting at `offset`, cut so text stays valid UTF-8.
+    pub fn read_chunk(
+        &self,
+        offset: u64,
+        max: usize,
+    ) -> Result<Option<(Stream, Vec<u8>)>, SpoolError> {
+        if offset >= self.len {
+            return Ok(None);
+        }
+        let mut i = match self.index.binary_search_by(|e| e.offset.cmp(&offset)) {
+            Ok(i) => i,
+            Err(i) => i.saturating_sub(1),
+        };
+        let stream = self.index[i].stream;
+        let mut out = Vec::new();
+        let mut at = offset;
+        // Read one byte past `max` so the cut can see whether a UTF-8 sequence continues.
+        while i < self.index.len() && self.index[i].stream == stream && out.len() <= max {
+            let e = self.index[i];
+            let skip = at - e.offset;
+            let want = ((e.len as u64 - skip) as usize).min(max + 4 - out.len());
+            let mut buf = vec![0u8; want];
+            self.file
+                .read_exact_at(&mut buf, e.pos + skip)
+                .map_err(io(&self.path))?;
+            out.extend_from_slice(&buf);
+            at += want as u64;
+            i += 1;
+        }
+        let n = cut_point(&out, max);
+        out.truncate(n);
+        Ok(Some((stream, out)))
+    }
+
+    /// Every record's stream and payload in order, and whether the transcript is finished
+    /// (for `berth logs`).
+    pub fn read_all(path: &Path) -> Result<Transcript, SpoolError> {
+        let (records, _) = scan(path)?;
+        let finished = records.iter().any(|(_, r)| r.flags & FLAG_FINAL != 0);
+        Ok(Transcript {
+            pieces: records
+                .into_iter()
+                .filter(|(_, r)| !r.payload.is_empty())
+                .map(|(_, r)| (r.stream, r.payload))
+                .collect(),
+            finished,
+        })
+    }
+
+    /// Removes an execution's files.
+    pub fn remove(dir: &Path, execution_id: &str) {
+        for ext in ["spool", "tail", "elided", "tail.tmp", "elided.tmp"] {
+            let _ = std::fs::remove_file(dir.join(format!("{execution_id}.{ext}")));
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = self.file.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transcript::Cursor;
+
+    fn r(ts: i64) -> Resume {
+        Resume {
+            clean: Cursor { ts, seen: 1 },
+            skip: 0,
+        }
+    }
+
+    fn all_bytes(s: &Spool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while let Ok(Some((_, b))) = s.read_chunk(off, 7) {
+            off += b.len() as u64;
+            out.extend(b);
+        }
+        out
+    }
+
+    #[test]
+    fn appends_read_back_by_offset_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut s =
+            Spool::open(dir.path(), "e1", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        s.append(Stream::Stdout, b"hello ", r(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.append(Stream::Stdout, b"world\n", r(2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.append(Stream::Stderr, b"oops\n", r(3))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.state(),
+            SpoolState {
+                len: 17,
+                finished: false
+            }
+        );
+        // A chunk never mixes streams.
+        let (st, b) = s
+            .read_chunk(0, 64)
+            .ok()
+            .flatten()
+            .unwrap_or((Stream::System, vec![]));
+        assert_eq!((st, b.as_slice()), (Stream::Stdout, &b"hello world\n"[..]));
+        let (st, b) = s
+            .read_chunk(3, 64)
+            .ok()
+            .flatten()
+            .unwrap_or((Stream::System, vec![]));
+        assert_eq!((st, b.as_slice()), (Stream::Stdout, &b"lo world\n"[..]));
+        let (st, _) = s
+            .read_chunk(12, 64)
+            .ok()
+            .flatten()
+            .unwrap_or((Stream::System, vec![]));
+        assert_eq!(st, Stream::Stderr);
+        drop(s);
+        let s = Spool::open(dir.path(), "e1", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.state().len, 17);
+        assert_eq!(s.last_resume(), r(3));
+        assert_eq!(all_bytes(&s), b"hello world\noops\n");
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_on_open() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut s =
+            Spool::open(dir.path(), "e", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        s.append(Stream::Stdout, b"kept\n", r(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(s);
+        let path = Spool::path_for(dir.path(), "e");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let torn = Record {
+            stream: Stream::Stdout,
+            flags: 0,
+            resume: r(2),
+            payload: b"lost".to_vec(),
+        }
+        .encode();
+        f.write_all(&torn[..torn.len() - 2])
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(f);
+        let mut s =
+            Spool::open(dir.path(), "e", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.state().len, s.last_resume()), (5, r(1)));
+        s.append(Stream::Stdout, b"next\n", r(3))
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(s);
+        let s = Spool::open(dir.path(), "e", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all_bytes(&s), b"kept\nnext\n");
+    }
+
+    #[test]
+    fn chunks_do_not_split_utf8_and_respect_the_limit() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut s =
+            Spool::open(dir.path(), "u", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        let text = "ééééé✓✓✓".repeat(10);
+        for piece in text.as_bytes().chunks(5) {
+            s.append(Stream::Stdout, piece, r(1))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut off = 0;
+        let mut out = Vec::new();
+        while let Ok(Some((_, b))) = s.read_chunk(off, 7) {
+            assert!(b.len() <= 7 && !b.is_empty());
+            assert!(
+                std::str::from_utf8(&b).is_ok(),
+                "chunk splits a character: {b:?}"
+            );
+            off += b.len() as u64;
+            out.extend(b);
+        }
+        assert_eq!(out, text.as_bytes());
+    }
+
+    #[test]
+    fn over_budget_output_keeps_head_then_elision_line_then_tail() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut s = Spool::open(dir.path(), "b", 100, 30).unwrap_or_else(|e| panic!("{e}"));
+        let mut all = Vec::new();
+        for i in 0..200u32 {
+            let line = format!("{i:04}\n");
+            all.extend(line.as_bytes());
+            s.append(Stream::Stdout, line.as_bytes(), r(i64::from(i)))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(s.state().len, 100, "live bytes stop at max_bytes");
+        assert!(s.over_budget());
+        drop(s);
+        // Survives a restart while over budget.
+        let mut s = Spool::open(dir.path(), "b", 100, 30).unwrap_or_else(|e| panic!("{e}"));
+        s.finish().unwrap_or_else(|e| panic!("{e}"));
+        let bytes = all_bytes(&s);
+        let head = &all[..100];
+        let tail = &all[all.len() - 30..];
+        let line = elision_line(all.len() as u64 - 130, 100, 30);
+        let mut want = head.to_vec();
+        want.extend(&line);
+        want.extend(tail);
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            String::from_utf8_lossy(&want)
+        );
+        assert!(s.state().finished);
+        assert!(!dir.path().join("b.tail").exists());
+    }
+}

@@ -1,0 +1,740 @@
+//! The supervisor owns the task table and the slots: admission, idempotent claims,
+//! cancellation routing, drain and shutdown. It knows nothing about sockets or Docker details:
+//! it reads [`SessionEvent`]s, spawns task runs, and queues [`WorkerMessage`]s.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::capture::{SharedSpool, lock};
+use crate::config::ShutdownMode;
+use crate::failure::FailureReason;
+use crate::journal::{ExecRecord, ExecState};
+use crate::protocol::{
+    HeldTask, Hello, REJECT_AT_CAPACITY, ServerMessage, TaskAssignment, WorkerMessage,
+};
+use crate::session::SessionEvent;
+use crate::shipper::{Acks, Link, Outbound, Shipper};
+use crate::spool::Spool;
+use crate::task::{self, Execution, RunEnd, StopReason, TaskControl, TaskEnv};
+
+/// How long a cancel-mode shutdown waits for the last results to be delivered.
+const FLUSH: Duration = Duration::from_secs(10);
+
+/// Rejection reason for assignments that arrive while the worker shuts down.
+pub const REJECT_SHUTTING_DOWN: &str = "worker shutting down";
+/// Rejection reason while draining (berth/1).
+pub const REJECT_DRAINING: &str = "draining";
+
+/// Admission decision for one assignment (pure; see [`admit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Already running here: claim again, start nothing.
+    Reclaim,
+    /// Refuse with this reason; the server requeues.
+    Reject(&'static str),
+    /// The assignment cannot run at all.
+    Fail(String),
+    /// Claim and start.
+    Accept,
+}
+
+/// Decides what to do with an assignment given the worker's state.
+pub fn admit(
+    a: &TaskAssignment,
+    active: bool,
+    running: usize,
+    max: u32,
+    stopping: bool,
+    draining: bool,
+) -> Admission {
+    if active {
+        return Admission::Reclaim;
+    }
+    if stopping {
+        return Admission::Reject(REJECT_SHUTTING_DOWN);
+    }
+    if draining {
+        return Admission::Reject(REJECT_DRAINING);
+    }
+    if max > 0 && running >= max as usize {
+        return Admission::Reject(REJECT_AT_CAPACITY);
+    }
+    if a.task.is_none() {
+        return Admission::Fail(
+            "the task assignment has no task object; this is a control-plane bug, report it with the task id".into(),
+        );
+    }
+    Admission::Accept
+}
+
+/// A snapshot of the supervisor's state for status reporting.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Tasks holding a slot.
+    pub active: usize,
+    /// Slot count (0 = unlimited).
+    pub max: u32,
+    /// Refusing new work because of shutdown.
+    pub stopping: bool,
+    /// Refusing new work because of drain.
+    pub draining: bool,
+    /// Executions whose transcript or result is not yet delivered.
+    pub undelivered: usize,
+}
+
+struct Active {
+    execution_id: String,
+    control: Arc<TaskControl>,
+    reservation: crate::policy::Resources,
+}
+
+struct Delivery {
+    task_id: String,
+    spool: SharedSpool,
+    acks: watch::Sender<Acks>,
+    terminal: watch::Sender<Option<WorkerMessage>>,
+}
+
+/// What a container found at start-up tells about a journaled execution.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// Its container exists (running or exited).
+    Container(String),
+    /// No container carries its execution id.
+    Vanished,
+}
+
+/// Static settings of the supervisor.
+pub struct SupervisorConfig {
+    /// Slots (0 = unlimited).
+    pub max: u32,
+    /// What SIGTERM does.
+    pub shutdown_mode: ShutdownMode,
+    /// Where spools live.
+    pub spool_dir: PathBuf,
+    /// Transcript budget.
+    pub max_bytes: u64,
+    /// Kept tail.
+    pub tail_bytes: u64,
+    /// Hello fields.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// What the host has.
+    pub host: crate::capacity::Host,
+    /// Held back for the host.
+    pub reserve: crate::policy::Resources,
+    /// Minimum free disk under `disk_paths`.
+    pub min_free_disk: u64,
+    /// `state_dir` and Docker's data dir.
+    pub disk_paths: Vec<PathBuf>,
+    /// For task reservations.
+    pub policy: crate::policy::Policy,
+}
+
+/// Owns every execution of this worker.
+pub struct Supervisor {
+    env: Arc<TaskEnv>,
+    cfg: SupervisorConfig,
+    tasks: HashMap<String, Active>,
+    deliveries: HashMap<String, Delivery>,
+    berth: bool,
+    stopping: bool,
+    draining: bool,
+    outbox: mpsc::Sender<Outbound>,
+    link: watch::Receiver<Link>,
+    hello: watch::Sender<Hello>,
+    done_tx: mpsc::Sender<(String, String, RunEnd)>,
+    done_rx: mpsc::Receiver<(String, String, RunEnd)>,
+    delivered_tx: mpsc::Sender<String>,
+    delivered_rx: mpsc::Receiver<String>,
+    runs: TaskTracker,
+    shippers: TaskTracker,
+    stop_shipping: CancellationToken,
+    snapshot: watch::Sender<Snapshot>,
+    unpersisted_acks: std::collections::HashSet<String>,
+}
+
+impl Supervisor {
+    /// A supervisor sending on `outbox`.
+    pub fn new(
+        env: Arc<TaskEnv>,
+        cfg: SupervisorConfig,
+        outbox: mpsc::Sender<Outbound>,
+        link: watch::Receiver<Link>,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::channel(64);
+        let (delivered_tx, delivered_rx) = mpsc::channel(64);
+        let (snapshot, _) = watch::channel(Snapshot {
+            max: cfg.max,
+            ..Snapshot::default()
+        });
+        let (hello, _) = watch::channel(Hello {
+            worker_id: env.settings.worker_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            backend: "docker".to_string(),
+            max_concurrent_tasks: cfg.max,
+            labels: cfg.labels.clone(),
+            tasks: Vec::new(),
+        });
+        Supervisor {
+            env,
+            cfg,
+            tasks: HashMap::new(),
+            deliveries: HashMap::new(),
+            berth: false,
+            stopping: false,
+            draining: false,
+            outbox,
+            link,
+            hello,
+            done_tx,
+            done_rx,
+            delivered_tx,
+            delivered_rx,
+            runs: TaskTracker::new(),
+            shippers: TaskTracker::new(),
+            stop_shipping: CancellationToken::new(),
+            snapshot,
+            unpersisted_acks: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Live view of the slot usage.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.subscribe()
+    }
+
+    /// The `worker_hello` the session sends on every berth/1 connection.
+    pub fn hello(&self) -> watch::Receiver<Hello> {
+        self.hello.subscribe()
+    }
+
+    fn publish(&self) {
+        self.snapshot.send_replace(Snapshot {
+            active: self.tasks.len(),
+            max: self.cfg.max,
+            stopping: self.stopping,
+            draining: self.draining,
+            undelivered: self.deliveries.len(),
+        });
+        let mut held: Vec<HeldTask> = self
+            .deliveries
+            .iter()
+            .map(|(execution_id, d)| HeldTask {
+                task_id: d.task_id.clone(),
+                execution_id: execution_id.clone(),
+                state: if self.tasks.contains_key(&d.task_id) {
+                    "running"
+                } else {
+                    "finished"
+                }
+                .to_string(),
+                output_offset: lock(&d.spool).state().len,
+            })
+            .collect();
+        held.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
+        self.hello.send_modify(|h| h.tasks = held);
+    }
+
+    /// Writes acknowledged offsets received since the last call to the journal.
+    fn persist_acks(&mut self) {
+        for execution_id in std::mem::take(&mut self.unpersisted_acks) {
+            let Some(d) = self.deliveries.get(&execution_id) else {
+                continue;
+            };
+            let offset = d.acks.borrow().offset;
+            if let Err(e) = self.env.journal.set_acked(&execution_id, offset) {
+                warn!(error = %e, "cannot record an output acknowledgement");
+            }
+        }
+    }
+
+    async fn send(&self, m: WorkerMessage) {
+        if self.outbox.send(Outbound::durable(m)).await.is_err() {
+            warn!("outbox closed; message dropped");
+        }
+    }
+
+    fn open_spool(&self, execution_id: &str) -> Result<SharedSpool, crate::spool::SpoolError> {
+        Spool::open(
+            &self.cfg.spool_dir,
+            execution_id,
+            self.cfg.max_bytes,
+            self.cfg.tail_bytes,
+        )
+        .map(|s| Arc::new(Mutex::new(s)))
+    }
+
+    /// Starts delivering an execution's transcript and result.
+    fn deliver(
+        &mut self,
+        task_id: &str,
+        execution_id: &str,
+        spool: SharedSpool,
+        acked: u64,
+        terminal: Option<WorkerMessage>,
+    ) {
+        let (acks, acks_rx) = watch::channel(Acks {
+            offset: acked,
+            terminal: false,
+        });
+        let (term_tx, term_rx) = watch::channel(terminal);
+        let shipper = Shipper {
+            task_id: task_id.to_string(),
+            execution_id: execution_id.to_string(),
+            spool: spool.clone(),
+            link: self.link.clone(),
+            acks: acks_rx,
+            terminal: term_rx,
+            outbox: self.outbox.clone(),
+            journal: self.env.journal.clone(),
+        };
+        let stop = self.stop_shipping.clone();
+        let done = self.delivered_tx.clone();
+        let exec = execution_id.to_string();
+        self.shippers.spawn(async move {
+            if shipper.run(stop).await {
+                let _ = done.send(exec).await;
+            }
+        });
+        self.deliveries.insert(
+            execution_id.to_string(),
+            Delivery {
+                task_id: task_id.to_string(),
+                spool,
+                acks,
+                terminal: term_tx,
+            },
+        );
+    }
+
+    /// Takes over executions recorded in the journal by an earlier process.
+    pub fn adopt(&mut self, records: Vec<ExecRecord>, found: &HashMap<String, Found>) {
+        for r in records {
+            let spool = match self.open_spool(&r.execution_id) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(execution_id = %r.execution_id, error = %e, "cannot open the transcript of a journaled task");
+                    continue;
+                }
+            };
+            let finished = r.state == ExecState::Finished;
+            let transcript_done = !r.berth || r.acked_offset >= lock(&spool).state().len;
+            if finished {
+                if r.terminal_done && transcript_done {
+                    continue; // delivered; only retention keeps it
+                }
+                info!(task_id = %r.task_id, execution_id = %r.execution_id, "resending the result of a finished task");
+                self.deliver(
+                    &r.task_id,
+                    &r.execution_id,
+                    spool,
+                    r.acked_offset,
+                    r.terminal.clone(),
+                );
+                continue;
+            }
+            self.deliver(
+                &r.task_id,
+                &r.execution_id,
+                spool.clone(),
+                r.acked_offset,
+                None,
+            );
+            let control = Arc::new(TaskControl::default());
+            self.tasks.insert(
+                r.task_id.clone(),
+                Active {
+                    execution_id: r.execution_id.clone(),
+                    control: control.clone(),
+                    reservation: self.cfg.policy.reservation(r.assignment.instance_shape),
+                },
+            );
+            let exec = Execution {
+                assignment: r.assignment.clone(),
+                execution_id: r.execution_id.clone(),
+                berth: r.berth,
+                spool,
+                claimed_at: chrono::DateTime::from_timestamp_millis(r.claimed_at_ms)
+                    .unwrap_or_else(chrono::Utc::now),
+            };
+            let env = self.env.clone();
+            let done = self.done_tx.clone();
+            let (task_id, execution_id) = (r.task_id.clone(), r.execution_id.clone());
+            match found
+                .get(&r.execution_id)
+                .cloned()
+                .unwrap_or(Found::Vanished)
+            {
+                Found::Container(id) => {
+                    self.runs.spawn(async move {
+                        let end = task::resume(env, exec, id, control).await;
+                        let _ = done.send((task_id, execution_id, end)).await;
+                    });
+                }
+                Found::Vanished => {
+                    let detail = match r.container_id {
+                        Some(id) => format!("the task's container {id} disappeared while berth was not running (removed by someone else, or lost by the Docker engine)"),
+                        None => "berth stopped before the task's container was created; the task did not run, resubmit it".to_string(),
+                    };
+                    warn!(task_id = %task_id, %detail, "journaled task cannot continue");
+                    self.runs.spawn(async move {
+                        let end =
+                            task::fail(&env, &exec, &control, FailureReason::ContainerWait, detail)
+                                .await;
+                        let _ = done.send((task_id, execution_id, end)).await;
+                    });
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Runs until `shutdown` fires and every task has reported (cancel mode) or detached
+    /// (preserve mode).
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<SessionEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let mut events_open = true;
+        let mut flush_deadline: Option<tokio::time::Instant> = None;
+        // Persists acknowledgements and re-checks the shutdown deadline, however busy the loop.
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.stopping && self.tasks.is_empty() {
+                let preserve = self.cfg.shutdown_mode == ShutdownMode::Preserve;
+                if preserve || self.deliveries.is_empty() {
+                    break;
+                }
+                // Cancel mode: give the last results a moment to reach the server.
+                let deadline =
+                    *flush_deadline.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH);
+                if tokio::time::Instant::now() >= deadline {
+                    warn!(
+                        undelivered = self.deliveries.len(),
+                        "shutting down with undelivered results; they stay in the journal and are sent by the next start"
+                    );
+                    break;
+                }
+            }
+            tokio::select! {
+                ev = events.recv(), if events_open => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    None => events_open = false,
+                },
+                Some((task_id, execution_id, end)) = self.done_rx.recv() => {
+                    // The slot is freed once the result is in the durable outbox.
+                    self.tasks.remove(&task_id);
+                    match end {
+                        RunEnd::Finished(msg) => {
+                            if let Some(d) = self.deliveries.get(&execution_id) {
+                                d.terminal.send_replace(Some(msg));
+                            }
+                        }
+                        RunEnd::Detached => info!(%task_id, "detached; the container keeps running"),
+                    }
+                    self.publish();
+                }
+                Some(execution_id) = self.delivered_rx.recv() => {
+                    // The final offset must be durable: retention only deletes transcripts the
+                    // journal shows as fully acknowledged.
+                    self.persist_acks();
+                    self.deliveries.remove(&execution_id);
+                    self.publish();
+                }
+                _ = shutdown.cancelled(), if !self.stopping => {
+                    self.stopping = true;
+                    match self.cfg.shutdown_mode {
+                        ShutdownMode::Cancel => {
+                            info!(running = self.tasks.len(), "shutting down: stopping running tasks");
+                            for t in self.tasks.values() {
+                                t.control.stop(StopReason::Shutdown);
+                            }
+                        }
+                        ShutdownMode::Preserve => {
+                            info!(running = self.tasks.len(), "shutting down: task containers keep running and are re-attached by the next start");
+                            self.env.detach.cancel();
+                        }
+                    }
+                    self.publish();
+                }
+                _ = tick.tick() => self.persist_acks(),
+            }
+        }
+        self.persist_acks();
+        self.stop_shipping.cancel();
+        self.runs.close();
+        self.runs.wait().await;
+        self.shippers.close();
+        self.shippers.wait().await;
+        info!("supervisor stopped");
+    }
+
+    async fn on_event(&mut self, ev: SessionEvent) {
+        match ev {
+            SessionEvent::Connected { berth } => self.berth = berth,
+            SessionEvent::Disconnected => {}
+            SessionEvent::BadAssignment { task_id, error } => {
+                if self.tasks.contains_key(&task_id) {
+                    warn!(%task_id, "undecodable re-assignment of an active task ignored");
+                    return;
+                }
+                self.send(WorkerMessage::TaskFailed {
+                    task_id,
+                    message: format!(
+                        "Failed to execute task: the task assignment could not be decoded ({error}); the control plane sent a malformed assignment"
+                    ),
+                    task_state: None,
+                    failure_reason: Some(FailureReason::Unknown),
+                    exit_code: None,
+                    ext: None,
+                })
+                .await;
+            }
+            SessionEvent::Message(m) => match m {
+                ServerMessage::TaskAssignment(a) => self.assign(*a).await,
+                ServerMessage::TaskCancellation { task_id } => match self.tasks.get(&task_id) {
+                    Some(t) => {
+                        info!(%task_id, execution_id = %t.execution_id, "cancellation requested");
+                        t.control.stop(StopReason::User);
+                    }
+                    None => {
+                        info!(%task_id, "cancellation for a task this worker does not have; ignored")
+                    }
+                },
+                ServerMessage::Drain => {
+                    info!("drain requested: finishing running tasks, rejecting new ones");
+                    self.draining = true;
+                    self.publish();
+                }
+                ServerMessage::Resume => {
+                    info!("resume requested: accepting tasks again");
+                    self.draining = false;
+                    self.publish();
+                }
+                ServerMessage::OutputAck {
+                    execution_id,
+                    offset,
+                    ..
+                } => {
+                    if let Some(d) = self.deliveries.get(&execution_id) {
+                        // Persisted in batches (see `persist_acks`): a stale offset after a
+                        // crash only re-sends bytes the server de-duplicates.
+                        self.unpersisted_acks.insert(execution_id.clone());
+                        d.acks.send_if_modified(|a| {
+                            let grew = offset > a.offset;
+                            a.offset = a.offset.max(offset);
+                            grew
+                        });
+                    }
+                }
+                ServerMessage::Ack { message_id } => {
+                    for d in self.deliveries.values() {
+                        let matches = d
+                            .terminal
+                            .borrow()
+                            .as_ref()
+                            .and_then(|t| t.ext())
+                            .is_some_and(|e| e.message_id == message_id);
+                        if matches {
+                            d.acks.send_modify(|a| a.terminal = true);
+                        }
+                    }
+                }
+                ServerMessage::Unknown(_) => {}
+            },
+        }
+    }
+
+    async fn assign(&mut self, a: TaskAssignment) {
+        let task_id = a.task_id.clone();
+        let decision = admit(
+            &a,
+            self.tasks.contains_key(&task_id),
+            self.tasks.len(),
+            self.cfg.max,
+            self.stopping,
+            self.draining,
+        );
+        match decision {
+            Admission::Reclaim => {
+                info!(%task_id, "task is already running here; claiming again without a second start");
+                self.send(self.claimed(&task_id)).await;
+            }
+            Admission::Reject(reason) => {
+                info!(%task_id, %reason, "rejecting task");
+                self.send(WorkerMessage::TaskRejected {
+                    task_id,
+                    reason: reason.to_string(),
+                })
+                .await;
+            }
+            Admission::Fail(why) => {
+                warn!(%task_id, %why, "cannot run task");
+                self.send(WorkerMessage::TaskFailed {
+                    task_id,
+                    message: format!("Failed to execute task: {why}"),
+                    task_state: None,
+                    failure_reason: Some(FailureReason::Unknown),
+                    exit_code: None,
+                    ext: None,
+                })
+                .await;
+            }
+            Admission::Accept => {
+                if let Err(why) = self.fits(&a) {
+                    info!(%task_id, %why, "rejecting task: it does not fit on this host now");
+                    // oz/1 servers know only the capacity reason; both requeue the task.
+                    let reason = if self.berth {
+                        format!("insufficient resources: {why}")
+                    } else {
+                        REJECT_AT_CAPACITY.to_string()
+                    };
+                    self.send(WorkerMessage::TaskRejected { task_id, reason })
+                        .await;
+                    return;
+                }
+                self.start(a).await
+            }
+        }
+    }
+
+    async fn start(&mut self, a: TaskAssignment) {
+        let task_id = a.task_id.clone();
+        let execution_id = a
+            .execution_id
+            .clone()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        // Durable before anything is started or claimed.
+        let spool = match self
+            .env
+            .journal
+            .claim(&execution_id, &a, self.berth)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.open_spool(&execution_id).map_err(|e| e.to_string()))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                error!(%task_id, error = %e, "cannot record the task durably; rejecting it so the server requeues it");
+                self.send(WorkerMessage::TaskRejected {
+                    task_id,
+                    reason: format!("insufficient resources: state_dir not writable ({e})"),
+                })
+                .await;
+                return;
+            }
+        };
+        // Claim before anything is started (PROTOCOL.md §3).
+        self.send(self.claimed(&task_id)).await;
+        let control = Arc::new(TaskControl::default());
+        self.tasks.insert(
+            task_id.clone(),
+            Active {
+                execution_id: execution_id.clone(),
+                control: control.clone(),
+                reservation: self.cfg.policy.reservation(a.instance_shape),
+            },
+        );
+        self.deliver(&task_id, &execution_id, spool.clone(), 0, None);
+        self.publish();
+        info!(%task_id, %execution_id, berth = self.berth, "task claimed");
+        let exec = Execution {
+            assignment: a,
+            execution_id: execution_id.clone(),
+            berth: self.berth,
+            spool,
+            claimed_at: chrono::Utc::now(),
+        };
+        let env = self.env.clone();
+        let done = self.done_tx.clone();
+        self.runs.spawn(async move {
+            let end = task::run(env, exec, control).await;
+            let _ = done.send((task_id, execution_id, end)).await;
+        });
+    }
+
+    /// Resource-aware admission: memory/CPU reservations and free disk.
+    fn fits(&self, a: &TaskAssignment) -> Result<(), String> {
+        let want = self.cfg.policy.reservation(a.instance_shape);
+        let running: Vec<crate::policy::Resources> =
+            self.tasks.values().map(|t| t.reservation).collect();
+        crate::capacity::fits(want, &running, self.cfg.host, self.cfg.reserve)?;
+        if self.cfg.min_free_disk > 0 {
+            let free: Vec<(String, Option<u64>)> = self
+                .cfg
+                .disk_paths
+                .iter()
+                .map(|p| (p.display().to_string(), crate::capacity::free_disk(p)))
+                .collect();
+            let view: Vec<(&str, Option<u64>)> =
+                free.iter().map(|(p, f)| (p.as_str(), *f)).collect();
+            crate::capacity::disk_ok(&view, self.cfg.min_free_disk)?;
+        }
+        Ok(())
+    }
+
+    fn claimed(&self, task_id: &str) -> WorkerMessage {
+        WorkerMessage::TaskClaimed {
+            task_id: task_id.to_string(),
+            worker_id: self.env.settings.worker_id.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Task;
+
+    fn a() -> TaskAssignment {
+        TaskAssignment {
+            task_id: "t".into(),
+            task: Some(Task::default()),
+            ..TaskAssignment::default()
+        }
+    }
+
+    #[test]
+    fn admission_rules_in_order() {
+        // (active, running, max, stopping, draining) → decision
+        let cases = [
+            ((true, 5, 1, true, true), Admission::Reclaim),
+            (
+                (false, 0, 1, true, false),
+                Admission::Reject(REJECT_SHUTTING_DOWN),
+            ),
+            (
+                (false, 0, 1, false, true),
+                Admission::Reject(REJECT_DRAINING),
+            ),
+            (
+                (false, 1, 1, false, false),
+                Admission::Reject(REJECT_AT_CAPACITY),
+            ),
+            (
+                (false, 2, 1, false, false),
+                Admission::Reject(REJECT_AT_CAPACITY),
+            ),
+            ((false, 0, 1, false, false), Admission::Accept),
+            ((false, 1000, 0, false, false), Admission::Accept),
+        ];
+        for ((active, running, max, stopping, draining), want) in cases {
+            assert_eq!(admit(&a(), active, running, max, stopping, draining), want);
+        }
+        let no_task = TaskAssignment { task: None, ..a() };
+        assert!(matches!(
+            admit(&no_task, false, 0, 1, false, false),
+            Admission::Fail(_)
+        ));
+        assert_eq!(REJECT_AT_CAPACITY, "worker at maximum concurrency");
+    }
+}

@@ -1,0 +1,735 @@
+//! One task execution: prepare (image, sidecars) → create → start → wait → report → cleanup.
+//!
+//! The run returns exactly one terminal message; turning an [`Outcome`] into that message is a
+//! pure function ([`terminal_message`]) so every classification rule is unit-tested.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::capture::{self, SharedSpool, append_retrying, lock};
+use crate::config::{PullPolicy, Secret};
+use crate::docker::{Docker, ExitStatus};
+use crate::failure::FailureReason;
+use crate::journal::Journal;
+use crate::protocol::{
+    MSG_CANCELLED, MSG_COMPLETED, MSG_INTERRUPTED, MSG_TIMEOUT, Started, Stream,
+    TASK_STATE_CANCELLED, TaskAssignment, TerminalExt, WorkerMessage,
+};
+use crate::shipper::Outbound;
+use crate::spec::{
+    AgentSettings, SpecContext, container_spec, plan_sidecars, resolve_image, sidecar_bind,
+};
+use crate::transcript;
+
+/// Operator settings every task run needs.
+#[derive(Debug, Clone)]
+pub struct TaskSettings {
+    /// This worker.
+    pub worker_id: String,
+    /// Agent argv settings.
+    pub agent: AgentSettings,
+    /// Image when the assignment names none.
+    pub default_image: String,
+    /// Pull policy.
+    pub pull_policy: PullPolicy,
+    /// Operator env.
+    pub operator_env: Vec<(String, String)>,
+    /// Operator binds.
+    pub operator_volumes: Vec<String>,
+    /// SIGTERM → SIGKILL grace.
+    pub stop_grace_period: Duration,
+    /// Remove containers after they exit.
+    pub cleanup: bool,
+    /// The API key (redacted from transcripts).
+    pub api_key: Secret,
+    /// Operator literals redacted from transcripts.
+    pub redact: Vec<Secret>,
+    /// What tasks may run and do.
+    pub policy: crate::policy::Policy,
+    /// Named environments.
+    pub environments: std::collections::BTreeMap<String, crate::environment::Environment>,
+    /// Environment for tasks that name none.
+    pub default_environment: Option<String>,
+}
+
+/// Why a task was asked to stop before it finished on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `task_cancellation` from the control plane.
+    User,
+    /// The worker is shutting down.
+    Shutdown,
+    /// The task's time limit expired.
+    Timeout,
+}
+
+/// The handle through which the supervisor stops a running task.
+#[derive(Debug, Default)]
+pub struct TaskControl {
+    token: CancellationToken,
+    reason: OnceLock<StopReason>,
+}
+
+impl TaskControl {
+    /// Asks the task to stop; the first reason given wins.
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Why the task was asked to stop, if it was.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.get().copied()
+    }
+}
+
+/// How an execution ended, before it is phrased for the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The container ran and exited.
+    Exited(ExitStatus),
+    /// A phase failed.
+    Failed {
+        /// The phase's reason.
+        reason: FailureReason,
+        /// What went wrong, for a user.
+        detail: String,
+    },
+    /// Stopped before the container ran.
+    Interrupted,
+}
+
+fn failed(
+    task_id: &str,
+    message: String,
+    reason: FailureReason,
+    code: Option<i64>,
+) -> WorkerMessage {
+    WorkerMessage::TaskFailed {
+        task_id: task_id.to_string(),
+        message,
+        task_state: None,
+        failure_reason: Some(reason),
+        exit_code: code,
+        ext: None,
+    }
+}
+
+fn stopped(task_id: &str, why: StopReason, code: Option<i64>) -> WorkerMessage {
+    match why {
+        StopReason::User => WorkerMessage::TaskCompleted {
+            task_id: task_id.to_string(),
+            message: MSG_CANCELLED.to_string(),
+            task_state: Some(TASK_STATE_CANCELLED.to_string()),
+            ext: None,
+        },
+        StopReason::Shutdown => failed(
+            task_id,
+            MSG_INTERRUPTED.to_string(),
+            FailureReason::GracefulShutdown,
+            code,
+        ),
+        StopReason::Timeout => failed(
+            task_id,
+            MSG_TIMEOUT.to_string(),
+            FailureReason::TaskTimeout,
+            code,
+        ),
+    }
+}
+
+/// The one terminal message for an outcome (PROTOCOL.md §3 classification order: time limit,
+/// then cancellation whatever the phase, then the phase's own reason).
+pub fn terminal_message(
+    task_id: &str,
+    outcome: &Outcome,
+    stop: Option<StopReason>,
+) -> WorkerMessage {
+    match (outcome, stop) {
+        // Exit 0 is success even when a stop was requested.
+        (Outcome::Exited(st), _) if st.code == 0 => WorkerMessage::TaskCompleted {
+            task_id: task_id.to_string(),
+            message: MSG_COMPLETED.to_string(),
+            task_state: None,
+            ext: None,
+        },
+        (Outcome::Exited(st), Some(why)) => stopped(task_id, why, Some(st.code)),
+        (Outcome::Exited(st), None) if st.oom_killed => failed(
+            task_id,
+            format!(
+                "Failed to execute task: container was killed by the out-of-memory killer (exit status {}); give the task more memory (instance_shape.memory_gb) or make it use less",
+                st.code
+            ),
+            FailureReason::ContainerOom,
+            Some(st.code),
+        ),
+        (Outcome::Exited(st), None) => failed(
+            task_id,
+            format!(
+                "Failed to execute task: container exited with non-zero status: {}",
+                st.code
+            ),
+            FailureReason::ContainerExit,
+            Some(st.code),
+        ),
+        (Outcome::Failed { .. } | Outcome::Interrupted, Some(why)) => stopped(task_id, why, None),
+        (Outcome::Failed { reason, detail }, None) => failed(
+            task_id,
+            format!("Failed to execute task: {detail}"),
+            *reason,
+            None,
+        ),
+        // Interrupted without a reason cannot happen; report it honestly rather than guess.
+        (Outcome::Interrupted, None) => failed(
+            task_id,
+            "Failed to execute task: the task was interrupted before its container started".into(),
+            FailureReason::TaskCancelled,
+            None,
+        ),
+    }
+}
+
+/// How a task run ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// The terminal message, already recorded in the journal.
+    Finished(WorkerMessage),
+    /// The worker is shutting down in `preserve` mode: the container keeps running and a
+    /// restarted worker re-attaches to it.
+    Detached,
+}
+
+/// What every task run shares.
+pub struct TaskEnv {
+    /// The engine.
+    pub docker: Arc<Docker>,
+    /// Operator settings.
+    pub settings: Arc<TaskSettings>,
+    /// Durable state.
+    pub journal: Arc<Journal>,
+    /// Queue for `task_started` (berth/1).
+    pub outbox: mpsc::Sender<Outbound>,
+    /// Fires when the worker shuts down in `preserve` mode.
+    pub detach: CancellationToken,
+}
+
+/// One execution's identity and transcript.
+pub struct Execution {
+    /// The assignment.
+    pub assignment: TaskAssignment,
+    /// Execution id.
+    pub execution_id: String,
+    /// berth/1 negotiated when it was claimed.
+    pub berth: bool,
+    /// Its spool.
+    pub spool: SharedSpool,
+    /// Claim time (for `duration_ms`).
+    pub claimed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Writes one `system` line into the transcript.
+pub async fn system_line(spool: &SharedSpool, text: &str) {
+    let resume = lock(spool).last_resume();
+    let line = format!("[berth] {text}\n");
+    append_retrying(spool, Stream::System, line.as_bytes(), resume).await;
+}
+
+fn secrets_of(env: &TaskEnv, a: &TaskAssignment) -> Vec<Vec<u8>> {
+    let values: Vec<&str> = a
+        .env_vars
+        .iter()
+        .flatten()
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let op: Vec<&str> = env.settings.redact.iter().map(|s| s.expose()).collect();
+    transcript::secrets(values, env.settings.api_key.expose(), op)
+}
+
+/// Runs one execution to its terminal message. Never leaves its container running unless
+/// the worker detaches (`preserve` shutdown).
+pub async fn run(env: Arc<TaskEnv>, exec: Execution, control: Arc<TaskControl>) -> RunEnd {
+    let span =
+        info_span!("task", task_id = %exec.assignment.task_id, execution_id = %exec.execution_id);
+    async move {
+        let outcome = execute(&env, &exec, &control).await;
+        finish(&env, &exec, &control, outcome).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Continues an execution found in the journal after a restart: re-attaches to its container
+/// (running or exited while berth was down) and finishes it.
+pub async fn resume(
+    env: Arc<TaskEnv>,
+    exec: Execution,
+    container_id: String,
+    control: Arc<TaskControl>,
+) -> RunEnd {
+    let span =
+        info_span!("task", task_id = %exec.assignment.task_id, execution_id = %exec.execution_id);
+    async move {
+        info!(container = %container_id, "re-attaching to the task's container after a restart");
+        let timeout = task_timeout(&env, &exec).map(|t| {
+            let elapsed = (chrono::Utc::now() - exec.claimed_at)
+                .to_std()
+                .unwrap_or_default();
+            t.saturating_sub(elapsed)
+        });
+        let outcome = supervise(&env, &exec, &container_id, &control, timeout).await;
+        if matches!(outcome, Supervised::Detached) {
+            return RunEnd::Detached;
+        }
+        let outcome = cleanup(&env, &container_id, outcome).await;
+        finish(&env, &exec, &control, outcome).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Ends an execution that cannot run (e.g. its container vanished while berth was down).
+pub async fn fail(
+    env: &TaskEnv,
+    exec: &Execution,
+    control: &TaskControl,
+    reason: FailureReason,
+    detail: String,
+) -> RunEnd {
+    finish(env, exec, control, Some(Outcome::Failed { reason, detail })).await
+}
+
+fn task_timeout(env: &TaskEnv, exec: &Execution) -> Option<Duration> {
+    env.settings
+        .policy
+        .timeout(exec.assignment.timeout_secs, exec.berth)
+}
+
+/// Records the end: exit line, final transcript marker, terminal message in the journal.
+async fn finish(
+    env: &TaskEnv,
+    exec: &Execution,
+    control: &TaskControl,
+    outcome: Option<Outcome>,
+) -> RunEnd {
+    let Some(outcome) = outcome else {
+        return RunEnd::Detached;
+    };
+    let task_id = &exec.assignment.task_id;
+    let mut msg = terminal_message(task_id, &outcome, control.reason());
+    let summary = match (&outcome, &msg) {
+        (Outcome::Exited(st), _) => format!(
+            "container exited with status {}{}",
+            st.code,
+            if st.oom_killed { " (OOM killed)" } else { "" }
+        ),
+        (_, WorkerMessage::TaskFailed { message, .. }) => message.clone(),
+        (_, m) => m.kind().to_string(),
+    };
+    system_line(&exec.spool, &summary).await;
+    let len = {
+        let mut sp = lock(&exec.spool);
+        if let Err(e) = sp.finish() {
+            error!(error = %e, "cannot finish the transcript");
+        }
+        sp.state().len
+    };
+    let exit_code = match &outcome {
+        Outcome::Exited(st) => Some(st.code),
+        _ => None,
+    };
+    let ext = TerminalExt {
+        execution_id: exec.execution_id.clone(),
+        message_id: uuid::Uuid::new_v4().to_string(),
+        exit_code,
+        duration_ms: (chrono::Utc::now() - exec.claimed_at)
+            .num_milliseconds()
+            .max(0) as u64,
+        transcript_bytes: len,
+    };
+    match &mut msg {
+        WorkerMessage::TaskCompleted { ext: e, .. } | WorkerMessage::TaskFailed { ext: e, .. } => {
+            *e = Some(ext)
+        }
+        _ => {}
+    }
+    // The durable outbox: once this is written the result cannot be lost.
+    if let Err(e) = env.journal.finish(&exec.execution_id, &msg) {
+        error!(error = %e, "cannot record the task result in the journal");
+    }
+    RunEnd::Finished(msg)
+}
+
+fn phase(reason: FailureReason) -> impl Fn(String) -> Outcome {
+    move |detail| Outcome::Failed { reason, detail }
+}
+
+/// `None` means detached.
+async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Option<Outcome> {
+    let s = &env.settings;
+    let a = &exec.assignment;
+    let docker = &env.docker;
+    let token = control.token.clone();
+    let environment = match crate::environment::resolve(
+        a,
+        exec.berth,
+        &s.environments,
+        s.default_environment.as_deref(),
+    ) {
+        Ok(e) => e,
+        Err(e) => return Some(phase(FailureReason::WorkspaceSetup)(e.to_string())),
+    };
+    if let Some(e) = &environment {
+        system_line(&exec.spool, &format!("environment {}", e.source)).await;
+    }
+    let image = match resolve_image(
+        a,
+        environment.as_ref().and_then(|e| e.image.as_deref()),
+        &s.default_image,
+    ) {
+        Ok(i) => i,
+        Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
+    };
+    let sidecars = match plan_sidecars(a) {
+        Ok(p) => p,
+        Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
+    };
+    // Policy first: a refused task never pulls or creates anything.
+    let policy_check = s
+        .policy
+        .check_image(&image, "")
+        .and_then(|()| {
+            sidecars
+                .iter()
+                .try_for_each(|m| s.policy.check_image(&m.image, "sidecar"))
+        })
+        .and_then(|()| s.policy.limits(a.instance_shape));
+    let limits = match policy_check {
+        Ok(l) => l,
+        Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
+    };
+    let t = tokio::time::Instant::now();
+    system_line(
+        &exec.spool,
+        &format!("preparing image {image} (pull policy {:?})", s.pull_policy),
+    )
+    .await;
+    // A pull may be abandoned safely; the engine finishes or drops it on its own.
+    let info = tokio::select! {
+        r = docker.ensure_image(&image, s.pull_policy) => match r {
+            Ok(i) => i,
+            Err(e) => return Some(phase(FailureReason::ImagePull)(e.to_string())),
+        },
+        _ = token.cancelled() => return Some(Outcome::Interrupted),
+        _ = env.detach.cancelled() => return Some(Outcome::Interrupted),
+    };
+    system_line(
+        &exec.spool,
+        &format!(
+            "image ready in {} ms ({})",
+            t.elapsed().as_millis(),
+            info.id
+        ),
+    )
+    .await;
+    // Sidecar copies are shared and clean up after themselves, so they are never abandoned
+    // half-way; cancellation is checked between them.
+    let mut sidecar_binds = Vec::new();
+    for m in &sidecars {
+        let t = tokio::time::Instant::now();
+        match docker.ensure_sidecar(&m.image, s.pull_policy).await {
+            Ok(volume) => {
+                system_line(
+                    &exec.spool,
+                    &format!(
+                        "sidecar {} ready as volume {volume} in {} ms",
+                        m.image,
+                        t.elapsed().as_millis()
+                    ),
+                )
+                .await;
+                sidecar_binds.push(sidecar_bind(&volume, m));
+            }
+            Err(e) => return Some(phase(FailureReason::SidecarPrep)(e.to_string())),
+        }
+        if token.is_cancelled() || env.detach.is_cancelled() {
+            return Some(Outcome::Interrupted);
+        }
+    }
+    let ctx = SpecContext {
+        worker_id: &s.worker_id,
+        execution_id: &exec.execution_id,
+        berth: exec.berth,
+        image: &image,
+        sidecar_binds,
+        agent: &s.agent,
+        operator_env: &s.operator_env,
+        operator_volumes: &s.operator_volumes,
+        limits,
+        security: &s.policy.security,
+        environment: environment.as_ref(),
+    };
+    let spec = match container_spec(a, &ctx) {
+        Ok(spec) => spec,
+        Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
+    };
+    // Create is never abandoned: a create cut short could leave a container nobody tracks.
+    let id = match docker.create(&spec).await {
+        Ok(id) => id,
+        Err(e) => return Some(phase(FailureReason::ContainerCreate)(e.to_string())),
+    };
+    // Journal before acting: a restarted worker must know this container is ours.
+    if let Err(e) = env.journal.set_container(&exec.execution_id, &id) {
+        error!(error = %e, "cannot record the container in the journal");
+    }
+    info!(container = %id, image = %spec.image, "container created");
+    if token.is_cancelled() {
+        return cleanup(env, &id, Supervised::Done(Outcome::Interrupted)).await;
+    }
+    if let Err(e) = docker.start(&id).await {
+        return cleanup(
+            env,
+            &id,
+            Supervised::Done(phase(FailureReason::ContainerStart)(e.to_string())),
+        )
+        .await;
+    }
+    info!(container = %id, "container started");
+    system_line(
+        &exec.spool,
+        &format!("container {} started", &id[..12.min(id.len())]),
+    )
+    .await;
+    if exec.berth {
+        let started = WorkerMessage::TaskStarted(Box::new(Started {
+            task_id: a.task_id.clone(),
+            execution_id: exec.execution_id.clone(),
+            container_id: id.clone(),
+            image: spec.image.clone(),
+            image_id: info.id.clone(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+        }));
+        let _ = env.outbox.send(Outbound::durable(started)).await;
+    }
+    let outcome = supervise(env, exec, &id, control, task_timeout(env, exec)).await;
+    if matches!(outcome, Supervised::Detached) {
+        return None;
+    }
+    cleanup(env, &id, outcome).await
+}
+
+enum Supervised {
+    Done(Outcome),
+    Detached,
+}
+
+/// Removes the container once its status and output are captured (stopping it first when it
+/// may still run), as cleanup settings say.
+async fn cleanup(env: &TaskEnv, id: &str, outcome: Supervised) -> Option<Outcome> {
+    let Supervised::Done(outcome) = outcome else {
+        return None;
+    };
+    let s = &env.settings;
+    let exited = matches!(outcome, Outcome::Exited(_));
+    if s.cleanup || !exited {
+        if !exited && let Err(e) = env.docker.stop(id, s.stop_grace_period).await {
+            warn!(container = %id, error = %e, "cannot stop container");
+        }
+        if let Err(e) = env.docker.remove(id).await {
+            error!(container = %id, error = %e, "cannot remove container; it is labelled berth.managed and will be removed at the next start");
+        }
+    }
+    Some(outcome)
+}
+
+async fn supervise(
+    env: &TaskEnv,
+    exec: &Execution,
+    id: &str,
+    control: &TaskControl,
+    timeout: Option<Duration>,
+) -> Supervised {
+    let docker = env.docker.clone();
+    let grace = env.settings.stop_grace_period;
+    let secrets = secrets_of(env, &exec.assignment);
+    let spool = exec.spool.clone();
+    let cid = id.to_string();
+    let capture_task =
+        tokio::spawn(async move { capture::capture(&docker, &cid, &spool, secrets).await });
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let waited = tokio::select! {
+        r = env.docker.wait(id) => Some(r),
+        _ = control.token.cancelled() => None,
+        _ = deadline => {
+            control.stop(StopReason::Timeout);
+            None
+        }
+        _ = env.detach.cancelled() => {
+            capture_task.abort();
+            return Supervised::Detached;
+        }
+    };
+    let waited = match waited {
+        Some(r) => r,
+        None => {
+            info!(container = %id, reason = ?control.reason(), grace_s = grace.as_secs(), "stopping container");
+            if let Err(e) = env.docker.stop(id, grace).await {
+                warn!(container = %id, error = %e, "stop failed");
+            }
+            env.docker.wait(id).await
+        }
+    };
+    // All output is read before the result is decided (bounded: the engine closes the stream
+    // once the container has stopped).
+    match tokio::time::timeout(Duration::from_secs(60), capture_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "output capture ended early"),
+        Ok(Err(e)) => warn!(error = %e, "output capture task failed"),
+        Err(_) => warn!("output capture did not finish within 60 s of the container's exit"),
+    }
+    Supervised::Done(match waited {
+        Ok(st) => Outcome::Exited(st),
+        Err(e) => phase(FailureReason::ContainerWait)(e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(code: i64, oom: bool) -> Outcome {
+        Outcome::Exited(ExitStatus {
+            code,
+            oom_killed: oom,
+        })
+    }
+
+    fn reason(m: &WorkerMessage) -> Option<FailureReason> {
+        match m {
+            WorkerMessage::TaskFailed { failure_reason, .. } => *failure_reason,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn exit_zero_is_success_even_after_a_stop_request() {
+        for stop in [
+            None,
+            Some(StopReason::User),
+            Some(StopReason::Shutdown),
+            Some(StopReason::Timeout),
+        ] {
+            let m = terminal_message("t", &exited(0, false), stop);
+            assert_eq!(
+                m,
+                WorkerMessage::TaskCompleted {
+                    task_id: "t".into(),
+                    message: MSG_COMPLETED.into(),
+                    task_state: None,
+                    ext: None,
+                },
+                "{stop:?}"
+            );
+        }
+        // OOMKilled with exit 0 (a child was killed) is still success.
+        assert_eq!(
+            terminal_message("t", &exited(0, true), None).kind(),
+            "task_completed"
+        );
+    }
+
+    #[test]
+    fn non_zero_exit_and_oom() {
+        let m = terminal_message("t", &exited(3, false), None);
+        assert_eq!(reason(&m), Some(FailureReason::ContainerExit));
+        assert!(
+            matches!(&m, WorkerMessage::TaskFailed { message, exit_code: Some(3), .. }
+            if message == "Failed to execute task: container exited with non-zero status: 3")
+        );
+        let m = terminal_message("t", &exited(137, true), None);
+        assert_eq!(reason(&m), Some(FailureReason::ContainerOom));
+    }
+
+    #[test]
+    fn stops_are_classified_before_phase_reasons() {
+        let pull = Outcome::Failed {
+            reason: FailureReason::ImagePull,
+            detail: "x".into(),
+        };
+        for outcome in [
+            exited(143, false),
+            exited(137, true),
+            pull,
+            Outcome::Interrupted,
+        ] {
+            let user = terminal_message("t", &outcome, Some(StopReason::User));
+            assert!(
+                matches!(&user, WorkerMessage::TaskCompleted { message, task_state: Some(s), .. }
+                if message == MSG_CANCELLED && s == "CANCELLED"),
+                "{outcome:?}"
+            );
+            let down = terminal_message("t", &outcome, Some(StopReason::Shutdown));
+            assert_eq!(
+                reason(&down),
+                Some(FailureReason::GracefulShutdown),
+                "{outcome:?}"
+            );
+            assert!(
+                matches!(&down, WorkerMessage::TaskFailed { message, .. } if message == MSG_INTERRUPTED)
+            );
+            let late = terminal_message("t", &outcome, Some(StopReason::Timeout));
+            assert_eq!(
+                reason(&late),
+                Some(FailureReason::TaskTimeout),
+                "{outcome:?}"
+            );
+            assert!(
+                matches!(&late, WorkerMessage::TaskFailed { message, .. } if message == MSG_TIMEOUT)
+            );
+        }
+    }
+
+    #[test]
+    fn phase_failures_keep_their_reason_and_say_what_went_wrong() {
+        for r in [
+            FailureReason::ImagePull,
+            FailureReason::SidecarPrep,
+            FailureReason::ContainerCreate,
+            FailureReason::ContainerStart,
+            FailureReason::ContainerWait,
+            FailureReason::InvalidImage,
+        ] {
+            let m = terminal_message(
+                "t",
+                &Outcome::Failed {
+                    reason: r,
+                    detail: "the detail".into(),
+                },
+                None,
+            );
+            assert_eq!(reason(&m), Some(r));
+            assert!(
+                matches!(&m, WorkerMessage::TaskFailed { message, exit_code: None, .. }
+                if message == "Failed to execute task: the detail")
+            );
+        }
+    }
+
+    #[test]
+    fn first_stop_reason_wins() {
+        let c = TaskControl::default();
+        assert_eq!(c.reason(), None);
+        c.stop(StopReason::User);
+        c.stop(StopReason::Shutdown);
+        assert_eq!(c.reason(), Some(StopReason::User));
+        assert!(c.token.is_cancelled());
+    }
+}

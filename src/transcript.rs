@@ -1,0 +1,445 @@
+//! Transcript primitives, all pure: redaction that survives secrets split across reads, chunk
+//! cuts that never split a UTF-8 sequence, the spool's record format, and the cursor into the
+//! engine's log that lets a restarted worker resume with no byte lost or doubled.
+
+use crate::protocol::Stream;
+
+/// What replaces a secret.
+pub const REDACTED: &[u8] = b"[REDACTED]";
+/// Largest `task_output` chunk.
+pub const MAX_CHUNK: usize = 64 << 10;
+/// Env values shorter than this are not treated as secrets (they would redact common words).
+pub const MIN_ENV_SECRET: usize = 6;
+
+/// Replaces secrets in one stream of bytes fed in arbitrary pieces.
+///
+/// Only the shortest suffix that could still grow into a secret is held back between calls, so
+/// output is delayed only while it might be the start of a secret.
+#[derive(Debug, Clone)]
+pub struct Redactor {
+    secrets: Vec<Vec<u8>>,
+    first: [bool; 256],
+    carry: Vec<u8>,
+}
+
+impl Redactor {
+    /// A redactor for these literals (empty ones ignored; longest match wins).
+    pub fn new(secrets: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        let mut s: Vec<Vec<u8>> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+        s.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        s.dedup();
+        let mut first = [false; 256];
+        for x in &s {
+            first[x[0] as usize] = true;
+        }
+        Redactor {
+            secrets: s,
+            first,
+            carry: Vec::new(),
+        }
+    }
+
+    /// True when nothing is held back.
+    pub fn is_clear(&self) -> bool {
+        self.carry.is_empty()
+    }
+
+    /// Feeds bytes; returns what can be emitted now.
+    pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
+        if self.secrets.is_empty() {
+            return input.to_vec();
+        }
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(input);
+        self.scan(buf, false)
+    }
+
+    /// Emits whatever is held back (end of stream), still redacting complete secrets.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let buf = std::mem::take(&mut self.carry);
+        if buf.is_empty() {
+            return buf;
+        }
+        self.scan(buf, true)
+    }
+
+    /// Leftmost-longest replacement. Unless `last`, a position where a longer secret could
+    /// still complete with more input is held back, even if a shorter secret matches there.
+    fn scan(&mut self, buf: Vec<u8>, last: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        'scan: while i < buf.len() {
+            if !self.first[buf[i] as usize] {
+                out.push(buf[i]);
+                i += 1;
+                continue;
+            }
+            let rest = &buf[i..];
+            let mut could_grow = false;
+            // Longest first: the first complete match is the longest one.
+            for s in &self.secrets {
+                if rest.starts_with(s) {
+                    if could_grow {
+                        break;
+                    }
+                    out.extend_from_slice(REDACTED);
+                    i += s.len();
+                    continue 'scan;
+                }
+                if !last && s.len() > rest.len() && s.starts_with(rest) {
+                    could_grow = true;
+                }
+            }
+            if could_grow {
+                self.carry = rest.to_vec();
+                return out;
+            }
+            out.push(buf[i]);
+            i += 1;
+        }
+        out
+    }
+}
+
+/// The secrets of one execution: env values of at least [`MIN_ENV_SECRET`] bytes, the API key,
+/// and the operator's literals.
+pub fn secrets<'a>(
+    env_values: impl IntoIterator<Item = &'a str>,
+    api_key: &str,
+    operator: impl IntoIterator<Item = &'a str>,
+) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = env_values
+        .into_iter()
+        .filter(|v| v.len() >= MIN_ENV_SECRET)
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+    if !api_key.is_empty() {
+        v.push(api_key.as_bytes().to_vec());
+    }
+    v.extend(operator.into_iter().map(|s| s.as_bytes().to_vec()));
+    v
+}
+
+/// Where to cut `data` into a chunk of at most `max` bytes: at `max`, or earlier so that a
+/// UTF-8 sequence is not split when the bytes are text.
+pub fn cut_point(data: &[u8], max: usize) -> usize {
+    if data.len() <= max {
+        return data.len();
+    }
+    match std::str::from_utf8(&data[..max]) {
+        Ok(_) => max,
+        // Valid text that ends inside a multi-byte sequence: cut before that sequence.
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+        // Not text (or nothing valid before the cut): any cut keeps the bytes intact.
+        Err(_) => max,
+    }
+}
+
+/// Position in the engine's log: the timestamp of the last consumed entry and how many
+/// entries with exactly that timestamp were consumed (long lines share one timestamp).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// Nanoseconds since the Unix epoch of the last consumed entry (0 = nothing consumed).
+    pub ts: i64,
+    /// Entries consumed with timestamp `ts`.
+    pub seen: u32,
+}
+
+impl Cursor {
+    /// Whether an entry with timestamp `ts` that is the `index`-th (0-based) entry with that
+    /// timestamp in the engine's order was already consumed.
+    pub fn consumed(&self, ts: i64, index: u32) -> bool {
+        ts < self.ts || (ts == self.ts && index < self.seen)
+    }
+
+    /// The cursor after consuming the `index`-th entry with timestamp `ts`.
+    pub fn advance(self, ts: i64) -> Cursor {
+        if ts == self.ts {
+            Cursor {
+                ts,
+                seen: self.seen + 1,
+            }
+        } else {
+            Cursor { ts, seen: 1 }
+        }
+    }
+
+    /// The `since` (whole seconds, inclusive) to ask the engine for.
+    pub fn since_secs(&self) -> i64 {
+        self.ts.div_euclid(1_000_000_000)
+    }
+}
+
+/// Splits one timestamped log entry (`2026-01-01T00:00:00.123456789Z payload`) into its
+/// timestamp (ns since the epoch) and payload.
+pub fn split_timestamp(entry: &[u8]) -> Option<(i64, &[u8])> {
+    let space = entry.iter().position(|b| *b == b' ')?;
+    let ts = std::str::from_utf8(&entry[..space]).ok()?;
+    let t = chrono::DateTime::parse_from_rfc3339(ts).ok()?;
+    Some((t.timestamp_nanos_opt()?, &entry[space + 1..]))
+}
+
+/// Record flag: the last record of a finished transcript.
+pub const FLAG_FINAL: u8 = 1;
+/// Record flag: written into the tail ring after the budget was reached.
+pub const FLAG_TAIL: u8 = 2;
+
+const MAGIC: u8 = 0xB7;
+/// Bytes of a record header.
+pub const HEADER_LEN: usize = 1 + 1 + 1 + 4 + 8 + 4 + 8 + 4;
+
+/// Resume information carried by every record: where to restart reading the engine's log with
+/// an empty redactor, and how many transcript bytes were produced since that point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Cursor at the last point where no redactor held anything back.
+    pub clean: Cursor,
+    /// Transcript bytes (stdout/stderr) produced since `clean`; skipped when replaying.
+    pub skip: u64,
+}
+
+/// One spool record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Stream of the payload.
+    pub stream: Stream,
+    /// Flags (`FLAG_*`).
+    pub flags: u8,
+    /// Resume point after this record.
+    pub resume: Resume,
+    /// Transcript bytes.
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    /// Serialises the record (header with CRC, then payload).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        v.push(MAGIC);
+        v.push(self.stream.code());
+        v.push(self.flags);
+        v.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        v.extend_from_slice(&self.resume.clean.ts.to_le_bytes());
+        v.extend_from_slice(&self.resume.clean.seen.to_le_bytes());
+        v.extend_from_slice(&self.resume.skip.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&v);
+        h.update(&self.payload);
+        v.extend_from_slice(&h.finalize().to_le_bytes());
+        v.extend_from_slice(&self.payload);
+        v
+    }
+
+    /// Decodes the record at the start of `buf`; `None` when it is incomplete or corrupt (a
+    /// torn write at the end of the file).
+    pub fn decode(buf: &[u8]) -> Option<(Record, usize)> {
+        if buf.len() < HEADER_LEN || buf[0] != MAGIC {
+            return None;
+        }
+        let stream = Stream::from_code(buf[1])?;
+        let flags = buf[2];
+        let len = u32::from_le_bytes(buf[3..7].try_into().ok()?) as usize;
+        let ts = i64::from_le_bytes(buf[7..15].try_into().ok()?);
+        let seen = u32::from_le_bytes(buf[15..19].try_into().ok()?);
+        let skip = u64::from_le_bytes(buf[19..27].try_into().ok()?);
+        let crc = u32::from_le_bytes(buf[27..31].try_into().ok()?);
+        let end = HEADER_LEN.checked_add(len)?;
+        if buf.len() < end {
+            return None;
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&buf[..27]);
+        h.update(&buf[HEADER_LEN..end]);
+        if h.finalize() != crc {
+            return None;
+        }
+        Some((
+            Record {
+                stream,
+                flags,
+                resume: Resume {
+                    clean: Cursor { ts, seen },
+                    skip,
+                },
+                payload: buf[HEADER_LEN..end].to_vec(),
+            },
+            end,
+        ))
+    }
+}
+
+/// The system line announcing elided output, written before the kept tail.
+pub fn elision_line(elided: u64, max_bytes: u64, tail: u64) -> Vec<u8> {
+    format!(
+        "[berth] transcript exceeded transcript.max_bytes ({max_bytes} bytes): {elided} bytes were elided; the last {tail} bytes follow\n"
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn redact_all(r: &mut Redactor, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend(r.feed(p));
+        }
+        out.extend(r.finish());
+        out
+    }
+
+    #[test]
+    fn redacts_whole_and_split_secrets() {
+        let mut r = Redactor::new([b"hunter2xyz".to_vec()]);
+        assert_eq!(redact_all(&mut r, &[b"pw=hunter2xyz!"]), b"pw=[REDACTED]!");
+        let mut r = Redactor::new([b"hunter2xyz".to_vec()]);
+        assert_eq!(
+            redact_all(&mut r, &[b"pw=hun", b"ter2", b"xyz and hunter2", b"xy"]),
+            b"pw=[REDACTED] and hunter2xy"
+        );
+    }
+
+    #[test]
+    fn holds_back_only_a_possible_secret_prefix() {
+        let mut r = Redactor::new([b"secret-token".to_vec()]);
+        assert_eq!(r.feed(b"hello sec"), b"hello ");
+        assert!(!r.is_clear());
+        assert_eq!(r.feed(b"ond"), b"second");
+        assert!(r.is_clear());
+        assert_eq!(r.feed(b"no match here\n"), b"no match here\n");
+    }
+
+    #[test]
+    fn a_short_secret_waits_while_a_longer_one_could_still_complete() {
+        // Found by the property test below: "sec" must not be redacted alone when the next
+        // read may complete "secsec".
+        let secrets = || [b"secsec".to_vec(), b"sec".to_vec()];
+        let mut whole = Redactor::new(secrets());
+        let mut split = Redactor::new(secrets());
+        assert_eq!(redact_all(&mut whole, &[b"xsecsec"]), b"x[REDACTED]");
+        assert_eq!(redact_all(&mut split, &[b"xsec", b"sec"]), b"x[REDACTED]");
+        // At the end of the stream a held-back secret is still redacted.
+        let mut end = Redactor::new(secrets());
+        assert_eq!(redact_all(&mut end, &[b"xsec"]), b"x[REDACTED]");
+    }
+
+    #[test]
+    fn longest_secret_wins_and_empty_secrets_are_ignored() {
+        let mut r = Redactor::new([b"abc".to_vec(), b"abcdef".to_vec(), Vec::new()]);
+        assert_eq!(
+            redact_all(&mut r, &[b"xabcdefy abcz"]),
+            b"x[REDACTED]y [REDACTED]z"
+        );
+    }
+
+    #[test]
+    fn secret_sources() {
+        let s = secrets(["short", "longenough", ""], "apikey-1", ["op-literal"]);
+        assert_eq!(
+            s,
+            vec![
+                b"longenough".to_vec(),
+                b"apikey-1".to_vec(),
+                b"op-literal".to_vec()
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn redaction_is_independent_of_how_input_is_split(
+            text in proptest::collection::vec(prop_oneof![Just(b's'), Just(b'e'), Just(b'c'), Just(b'x'), Just(0xffu8)], 0..200),
+            cuts in proptest::collection::vec(0usize..200, 0..10),
+        ) {
+            let secrets = vec![b"secsec".to_vec(), b"sec".to_vec(), b"ecx".to_vec()];
+            let mut whole = Redactor::new(secrets.clone());
+            let expect = redact_all(&mut whole, &[&text]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut prev = 0;
+            for c in cuts { pieces.push(&text[prev..c]); prev = c; }
+            pieces.push(&text[prev..]);
+            let mut split = Redactor::new(secrets);
+            prop_assert_eq!(redact_all(&mut split, &pieces), expect);
+        }
+
+        #[test]
+        fn chunks_of_text_are_always_valid_utf8(s in "\\PC{0,300}", max in 4usize..40) {
+            let mut rest = s.as_bytes();
+            while !rest.is_empty() {
+                let n = cut_point(rest, max);
+                prop_assert!(n > 0 && n <= max);
+                prop_assert!(std::str::from_utf8(&rest[..n]).is_ok());
+                rest = &rest[n..];
+            }
+        }
+
+        #[test]
+        fn records_round_trip_and_torn_records_are_rejected(
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            ts in any::<i64>(), seen in any::<u32>(), skip in any::<u64>(), cut in 0usize..400,
+        ) {
+            let r = Record { stream: Stream::Stderr, flags: FLAG_FINAL, resume: Resume { clean: Cursor { ts, seen }, skip }, payload };
+            let bytes = r.encode();
+            let (back, used) = Record::decode(&bytes).unwrap_or_else(|| panic!("decodes"));
+            prop_assert_eq!(&back, &r);
+            prop_assert_eq!(used, bytes.len());
+            if cut < bytes.len() {
+                prop_assert!(Record::decode(&bytes[..cut]).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_is_detected() {
+        let r = Record {
+            stream: Stream::Stdout,
+            flags: 0,
+            resume: Resume::default(),
+            payload: b"hello".to_vec(),
+        };
+        let mut bytes = r.encode();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(Record::decode(&bytes).is_none());
+    }
+
+    #[test]
+    fn binary_chunks_are_cut_at_the_limit() {
+        let data = vec![0xffu8; 100];
+        assert_eq!(cut_point(&data, 64), 64);
+        let mut text = "a".repeat(63).into_bytes();
+        text.extend("é".as_bytes());
+        assert_eq!(cut_point(&text, 64), 63);
+        assert_eq!(cut_point(b"short", 64), 5);
+    }
+
+    #[test]
+    fn cursor_consumption_handles_shared_timestamps() {
+        let c = Cursor::default().advance(5).advance(5);
+        assert_eq!(c, Cursor { ts: 5, seen: 2 });
+        assert!(c.consumed(5, 0) && c.consumed(5, 1) && !c.consumed(5, 2));
+        assert!(c.consumed(4, 9) && !c.consumed(6, 0));
+        assert_eq!(c.advance(7), Cursor { ts: 7, seen: 1 });
+        assert_eq!(
+            Cursor {
+                ts: 2_500_000_000,
+                seen: 1
+            }
+            .since_secs(),
+            2
+        );
+    }
+
+    #[test]
+    fn timestamps_are_split_from_payloads() {
+        let (ts, payload) =
+            split_timestamp(b"2026-11-24T03:30:00.000000001Z hello world\n").unwrap_or((0, b""));
+        assert_eq!(payload, b"hello world\n");
+        assert_eq!(ts % 1_000_000_000, 1);
+        assert!(split_timestamp(b"garbage").is_none());
+    }
+}

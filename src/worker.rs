@@ -1,0 +1,285 @@
+//! Wiring of one worker process: Docker check, orphan sweep, session, supervisor, shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::docker::{Docker, DockerError};
+use crate::journal::{ExecState, Journal, JournalError};
+use crate::session::{self, SessionIo, SessionSettings, SessionStats};
+use crate::shipper::Link;
+use crate::spec::AgentSettings;
+use crate::spool::Spool;
+use crate::supervisor::{Found, Snapshot, Supervisor, SupervisorConfig};
+use crate::task::{TaskEnv, TaskSettings};
+use crate::tls::{self, TlsError};
+
+/// How long shutdown waits for the last messages to reach a server that is down.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Docker is unreachable or unsuitable.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// TLS trust could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The journal cannot be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Where spools live under `state_dir`.
+pub fn spool_dir(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("transcripts")
+}
+
+/// Handles to a running worker, for status and tests.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    /// Session counters.
+    pub session: Arc<SessionStats>,
+    /// Slot usage.
+    pub slots: watch::Receiver<Snapshot>,
+}
+
+/// Everything needed to start a worker.
+pub struct Worker {
+    config: Config,
+    docker: Arc<Docker>,
+    tls: Arc<rustls::ClientConfig>,
+    journal: Arc<Journal>,
+    docker_root: Option<PathBuf>,
+}
+
+impl Worker {
+    /// Connects to Docker (checked), builds TLS trust. Fails fast with an actionable error.
+    pub async fn prepare(
+        config: Config,
+        docker_host_env: Option<&str>,
+    ) -> Result<Self, WorkerError> {
+        let home = std::env::var("HOME").ok();
+        let docker_config = std::env::var("DOCKER_CONFIG").ok();
+        let docker = Docker::connect(config.docker.host.as_deref(), docker_host_env)?
+            .with_auth_config(config.docker.auth_config.clone().or_else(|| {
+                crate::credentials::default_path(docker_config.as_deref(), home.as_deref())
+            }));
+        let engine = docker.check().await?;
+        info!(version = %engine.version, api = %engine.api_version, platform = %engine.platform, "Docker engine reachable");
+        let cp = &config.control_plane;
+        let tls = tls::client_config(
+            cp.ca_file.as_deref(),
+            cp.client_cert_file.as_deref(),
+            cp.client_key_file.as_deref(),
+        )?;
+        let journal = Journal::open(&config.state_dir)?;
+        Ok(Worker {
+            config,
+            docker: Arc::new(docker),
+            tls,
+            journal: Arc::new(journal),
+            docker_root: engine.root_dir.map(PathBuf::from),
+        })
+    }
+
+    /// Matches the journal against the engine: labelled containers the journal does not know
+    /// are orphans (stopped and removed); journaled executions are found or declared vanished.
+    async fn reconcile(&self) -> HashMap<String, Found> {
+        let records = self.journal.all().unwrap_or_else(|e| {
+            error!(error = %e, "cannot read the journal");
+            Vec::new()
+        });
+        let containers = match self.docker.list_managed(&self.config.worker_id).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot list managed containers");
+                Vec::new()
+            }
+        };
+        let grace = self.config.docker.stop_grace_period;
+        let mut found = HashMap::new();
+        for c in containers {
+            let record = records.iter().find(|r| r.execution_id == c.execution_id);
+            match record {
+                Some(r) if r.state != ExecState::Finished => {
+                    found.insert(r.execution_id.clone(), Found::Container(c.id.clone()));
+                }
+                Some(_) => {
+                    // Finished before the crash but not yet removed.
+                    if self.config.cleanup
+                        && let Err(e) = self.docker.remove(&c.id).await
+                    {
+                        warn!(container = %c.id, error = %e, "cannot remove container");
+                    }
+                }
+                None => {
+                    warn!(container = %c.id, task_id = %c.task_id, running = c.running, "removing orphaned container (no journal record)");
+                    if c.running
+                        && let Err(e) = self.docker.stop(&c.id, grace).await
+                    {
+                        warn!(container = %c.id, error = %e, "cannot stop orphan");
+                    }
+                    if let Err(e) = self.docker.remove(&c.id).await {
+                        warn!(container = %c.id, error = %e, "cannot remove orphan");
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Runs until `shutdown` is cancelled and every task has reported (or the flush deadline
+    /// passed). `on_start` receives handles once the worker is live.
+    pub async fn run(self, shutdown: CancellationToken, on_start: impl FnOnce(WorkerHandle)) {
+        let found = self.reconcile().await;
+        let c = &self.config;
+        let settings = Arc::new(TaskSettings {
+            worker_id: c.worker_id.clone(),
+            agent: AgentSettings {
+                server_root_url: c.control_plane.server_root_url.clone(),
+                idle_on_complete: c.idle_on_complete.clone(),
+                session_sharing_server_url: c.control_plane.session_sharing_server_url.clone(),
+            },
+            default_image: c.docker.default_image.clone(),
+            pull_policy: c.docker.pull_policy,
+            operator_env: c.docker.environment.clone(),
+            operator_volumes: c.docker.volumes.clone(),
+            stop_grace_period: c.docker.stop_grace_period,
+            cleanup: c.cleanup,
+            api_key: c.control_plane.api_key.clone(),
+            redact: c.transcript.redact.clone(),
+            policy: c.docker.policy.clone(),
+            environments: c.environments.clone(),
+            default_environment: c.default_environment.clone(),
+        });
+        // Small on purpose: transcript chunks are up to 64 KiB each, and the spool (not this
+        // queue) is where output waits for a slow link.
+        let (out_tx, out_rx) = mpsc::channel(32);
+        let (ev_tx, ev_rx) = mpsc::channel(64);
+        let (link_tx, link_rx) = watch::channel(Link::default());
+        let stats = Arc::new(SessionStats::default());
+        let abort = CancellationToken::new();
+        let env = Arc::new(TaskEnv {
+            docker: self.docker.clone(),
+            settings,
+            journal: self.journal.clone(),
+            outbox: out_tx.clone(),
+            detach: CancellationToken::new(),
+        });
+        let mut supervisor = Supervisor::new(
+            env,
+            SupervisorConfig {
+                max: c.max_concurrent_tasks,
+                shutdown_mode: c.shutdown_mode,
+                spool_dir: spool_dir(&c.state_dir),
+                max_bytes: c.transcript.max_bytes,
+                tail_bytes: c.transcript.tail_bytes,
+                labels: c.labels.clone(),
+                host: crate::capacity::Host::read(),
+                reserve: c.admission.reserve,
+                min_free_disk: c.admission.min_free_disk,
+                disk_paths: std::iter::once(c.state_dir.clone())
+                    .chain(self.docker_root.clone())
+                    .collect(),
+                policy: c.docker.policy.clone(),
+            },
+            out_tx,
+            link_rx,
+        );
+        let records = self.journal.all().unwrap_or_default();
+        supervisor.adopt(records, &found);
+        let session_settings = SessionSettings {
+            url: c.control_plane.url.clone(),
+            worker_id: c.worker_id.clone(),
+            api_key: c.control_plane.api_key.clone(),
+            tls: self.tls.clone(),
+            heartbeat_interval: c.control_plane.heartbeat_interval,
+            max_message_size: usize::try_from(c.control_plane.max_message_size)
+                .unwrap_or(usize::MAX),
+        };
+        let io = SessionIo {
+            outbox: out_rx,
+            events: ev_tx,
+            link: link_tx,
+            hello: supervisor.hello(),
+        };
+        let session = tokio::spawn(session::run(
+            session_settings,
+            io,
+            stats.clone(),
+            abort.clone(),
+        ));
+        let janitor = tokio::spawn(janitor(
+            self.journal.clone(),
+            spool_dir(&c.state_dir),
+            c.transcript.retention,
+            shutdown.clone(),
+        ));
+        on_start(WorkerHandle {
+            session: stats,
+            slots: supervisor.subscribe(),
+        });
+        info!(worker_id = %c.worker_id, max_concurrent_tasks = c.max_concurrent_tasks, shutdown_mode = ?c.shutdown_mode, "worker running");
+        supervisor.run(ev_rx, shutdown).await;
+        janitor.abort();
+        // The supervisor dropped its senders: the session flushes the queue and closes.
+        let abort_on_deadline = abort.clone();
+        let deadline = tokio::spawn(async move {
+            tokio::time::sleep(FLUSH_DEADLINE).await;
+            warn!("control plane unreachable during shutdown; unsent messages stay in the journal");
+            abort_on_deadline.cancel();
+        });
+        let _ = session.await;
+        deadline.abort();
+        info!("worker stopped");
+    }
+}
+
+/// Removes delivered transcripts (and their journal rows) once `retention` has passed.
+async fn janitor(
+    journal: Arc<Journal>,
+    dir: PathBuf,
+    retention: Duration,
+    stop: CancellationToken,
+) {
+    let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        let cutoff = chrono::Utc::now().timestamp_millis()
+            - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        for r in journal.all().unwrap_or_default() {
+            let expired = r.state == ExecState::Finished
+                && r.terminal_done
+                && r.finished_at_ms.is_some_and(|t| t < cutoff);
+            if !expired {
+                continue;
+            }
+            if r.berth {
+                // Never delete bytes the server has not stored.
+                let len = Spool::open(&dir, &r.execution_id, u64::MAX, 1 << 12)
+                    .map(|s| s.state().len)
+                    .unwrap_or(0);
+                if r.acked_offset < len {
+                    continue;
+                }
+            }
+            Spool::remove(&dir, &r.execution_id);
+            if let Err(e) = journal.remove(&r.execution_id) {
+                warn!(error = %e, "cannot remove an expired journal record");
+            }
+            info!(task_id = %r.task_id, execution_id = %r.execution_id, "transcript retention expired; removed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

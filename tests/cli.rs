@@ -1,0 +1,254 @@
+//! The `berth` binary: exit codes, messages, signals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use berth::devserver::state::TaskState;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+fn berth(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("BERTH_API_KEY")
+        .env_remove("WARP_API_KEY")
+        .env_remove("BERTH_CONTROL_PLANE_URL")
+        .env_remove("CREDENTIALS_DIRECTORY");
+    c
+}
+
+#[test]
+fn check_config_names_key_line_and_fix_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.yaml");
+    std::fs::write(&p, "worker_id: warp-host\ncontrol_plane:\n  url: ws://example.com/ws\n  heartbeat_interval: 30\n").unwrap();
+    let out = berth(&["check-config", "--config", p.to_str().unwrap()])
+        .env("BERTH_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "c.yaml:1:12: worker_id",
+        "c.yaml:3:8: control_plane.url",
+        "c.yaml:4:23: control_plane.heartbeat_interval",
+        "fix:",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_config_rejects_unknown_keys_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.yaml");
+    std::fs::write(
+        &p,
+        "worker_id: h\nbackend:\n  docker:\n    pul_policy: never\n",
+    )
+    .unwrap();
+    let out = berth(&["check-config", "--config", p.to_str().unwrap()])
+        .env("BERTH_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("c.yaml:4:5")
+            && err.contains("unknown field `pul_policy`")
+            && err.contains("pull_policy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_of_the_example_prints_the_effective_config_without_secrets() {
+    let out = berth(&[
+        "check-config",
+        "--config",
+        "config.example.yaml",
+        "-e",
+        "TOKEN=hunter2-secret",
+    ])
+    .env("WARP_API_KEY", "oz-compatible-key-value")
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("configuration is valid"));
+    assert!(stdout.contains("worker_id: my-host-1"), "{stdout}");
+    assert!(
+        !stdout.contains("oz-compatible-key-value") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn run_without_a_reachable_docker_exits_1_and_says_what_to_check() {
+    let out = berth(&[
+        "run",
+        "--worker-id",
+        "h1",
+        "--api-key",
+        "k",
+        "--control-plane-url",
+        "ws://127.0.0.1:9/ws",
+    ])
+    .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/docker.sock") && err.contains("docker group"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_with_an_unreadable_key_file_exits_2() {
+    let out = berth(&[
+        "run",
+        "--worker-id",
+        "h1",
+        "--api-key-file",
+        "/nonexistent/key",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--api-key-file: cannot read API key file /nonexistent/key")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_running_tasks_reports_graceful_shutdown_and_exits_0() {
+    let _images = Images::acquire();
+    let cp = control_plane("cli-key", true, None).await;
+    let id = worker_id("sigterm");
+    let state = tempfile::tempdir().unwrap();
+    let cfg = state.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!("worker_id: {id}\nadmission:\n  min_free_disk: 0\n"),
+    )
+    .unwrap();
+    let mut child = berth(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--worker-id",
+        &id,
+        "--control-plane-url",
+        &cp.ws_url(),
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--shutdown-mode",
+        "cancel",
+    ])
+    .env("BERTH_API_KEY", "cli-key")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let guard = scopeguard(&id);
+    until("worker connected", || !cp.workers().is_empty()).await;
+    let t = cp.submit(berth::devserver::state::SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        command: vec!["sleep".into(), "300".into()],
+        ..Default::default()
+    });
+    until("task running", || !containers_of_task(&t.id).is_empty()).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let done = cp.task(&t.id).unwrap();
+    assert_eq!(done.state, TaskState::Failed, "{done:?}");
+    assert_eq!(done.failure_reason.as_deref(), Some("graceful_shutdown"));
+    assert!(
+        containers_of(&id).is_empty(),
+        "container left running after shutdown"
+    );
+    drop(guard);
+    cp.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_prints_the_outcome_and_exits_with_the_task_exit_code() {
+    let env = Env::start("submit", EnvOptions::default()).await;
+    let server = env.cp.http_url();
+    let out = tokio::task::spawn_blocking(move || {
+        berth(&[
+            "submit",
+            "--server",
+            &server,
+            "--image",
+            BUSYBOX,
+            "-e",
+            "X=1",
+            "--",
+            "sh",
+            "-c",
+            "test \"$X\" = 1 && exit 7",
+        ])
+        .output()
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("failed") && stdout.contains("container_exit"),
+        "{stdout}"
+    );
+    let unreachable = berth(&[
+        "submit",
+        "--server",
+        "http://127.0.0.1:9",
+        "--image",
+        "x",
+        "--",
+        "true",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("is `berth dev` running?"));
+}
+
+/// Removes a worker's containers when dropped (the test may panic).
+struct Scope(String);
+fn scopeguard(id: &str) -> Scope {
+    Scope(id.to_string())
+}
+impl Drop for Scope {
+    fn drop(&mut self) {
+        for c in containers_of(&self.0) {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", &c]).output();
+        }
+    }
+}

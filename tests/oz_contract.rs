@@ -1,0 +1,194 @@
+//! The Oz container contract end to end: an oz/1-only server, a locally built fake agent
+//! sidecar whose `/agent/entrypoint.sh` records argv, env, cwd and mount mode.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use berth::config::Overrides;
+use berth::devserver::state::{SubmitRequest, TaskState};
+use berth::image::{ImageRef, sidecar_volume_name};
+use berth::protocol::{AgentConfigSnapshot, Owner, RawJson};
+use support::*;
+
+fn snapshot() -> AgentConfigSnapshot {
+    let mcp: BTreeMap<String, RawJson> =
+        serde_json::from_str(r#"{"b": {"x": 1}, "a": {}}"#).unwrap();
+    AgentConfigSnapshot {
+        model_id: Some(" m-1 ".into()),
+        environment_id: Some("env-1".into()),
+        mcp_servers: Some(mcp),
+        idle_timeout_minutes: Some(7),
+        ..AgentConfigSnapshot::default()
+    }
+}
+
+fn oz_request(env_vars: &[(&str, &str)]) -> SubmitRequest {
+    SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        sidecar_image: Some(SIDECAR.into()),
+        // berth/1 only: an oz/1 server's worker must ignore it and run the agent.
+        command: vec!["should-be-ignored".into()],
+        env: env_vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        owner: Some(Owner {
+            kind: "TEAM".into(),
+            id: 9,
+        }),
+        agent_config_snapshot: Some(snapshot()),
+        additional_oz_args: vec!["--extra-flag".into()],
+        ..SubmitRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oz_assignment_runs_the_agent_exactly_as_the_oz_worker_would() {
+    let out = tempfile::tempdir().unwrap();
+    let env = Env::start(
+        "oz",
+        EnvOptions {
+            accept_berth: false,
+            overrides: Overrides {
+                volumes: vec![format!("{}:/out", out.path().display())],
+                env: vec![
+                    "OPERATOR_VAR=from-operator".into(),
+                    "SHARED=operator-wins".into(),
+                ],
+                ..Overrides::default()
+            },
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    assert!(
+        !env.cp.workers()[0].berth,
+        "oz/1 server must not negotiate berth/1"
+    );
+
+    // Two tasks needing the same sidecar at once: one copy, one volume.
+    let a = env.cp.submit(oz_request(&[]));
+    let b = env.cp.submit(oz_request(&[]));
+    for id in [&a.id, &b.id] {
+        let t = env.finished(id).await;
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    }
+    let image_id = {
+        let o = Command::new("docker")
+            .args(["image", "inspect", "-f", "{{.Id}}", SIDECAR])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let want_volume = sidecar_volume_name(&ImageRef::parse(SIDECAR).unwrap(), &image_id);
+    let vols = Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=berth.sidecar_image=docker.io/library/{SIDECAR}"),
+        ])
+        .output()
+        .unwrap();
+    let vols: Vec<String> = String::from_utf8_lossy(&vols.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        vols,
+        vec![want_volume.clone()],
+        "exactly one sidecar volume, named by the contract"
+    );
+    assert!(
+        want_volume.starts_with("berth-test-sidecar-")
+            && want_volume.len() == "berth-test-sidecar-".len() + 12
+    );
+
+    let t = env.cp.submit(oz_request(&[
+        ("MY_SECRET", "s3cr3t-value"),
+        ("SHARED", "from-task"),
+        ("GIT_TERMINAL_PROMPT", "1"),
+    ]));
+    let t = env.finished(&t.id).await;
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+
+    let read = |f: &str| std::fs::read_to_string(out.path().join(f)).unwrap();
+    let argv: Vec<String> = read("argv").lines().map(String::from).collect();
+    let want: Vec<String> = [
+        "agent",
+        "run",
+        "--share",
+        "team:edit",
+        "--task-id",
+        &t.id,
+        "--sandboxed",
+        "--server-root-url",
+        "https://app.warp.dev",
+        "--model",
+        "m-1",
+        "--mcp",
+        r#"{"a":{},"b":{"x":1}}"#,
+        "--computer-use",
+        "--environment",
+        "env-1",
+        "--extra-flag",
+        "--idle-on-complete",
+        "7m",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(argv, want);
+
+    let envs = read("env");
+    for line in [
+        format!("TASK_ID={}", t.id),
+        "GIT_TERMINAL_PROMPT=1".to_string(),
+        "GH_PROMPT_DISABLED=1".to_string(),
+        "WARP_SERVER_ROOT_URL=https://app.warp.dev".to_string(),
+        "MY_SECRET=s3cr3t-value".to_string(),
+        "SHARED=operator-wins".to_string(),
+        "OPERATOR_VAR=from-operator".to_string(),
+    ] {
+        assert!(
+            envs.lines().any(|l| l == line),
+            "missing {line:?} in:\n{envs}"
+        );
+    }
+    assert_eq!(read("cwd").trim(), "/workspace");
+    assert_eq!(
+        read("agent_mount").trim(),
+        "ro",
+        "the agent sidecar must be mounted read-only"
+    );
+    assert!(containers_of(&env.worker_id).is_empty());
+    // The copy helpers never outlive the copy.
+    let helpers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=berth.sidecar=copy"])
+        .output()
+        .unwrap();
+    assert!(helpers.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_errors_fail_the_task_with_sidecar_prep() {
+    let env = Env::start("sidecar-bad", EnvOptions::default()).await;
+    let mut req = oz_request(&[]);
+    req.additional_sidecars = vec![berth::protocol::AdditionalSidecar {
+        image: String::new(),
+        mount_path: "/x".into(),
+        read_write: false,
+    }];
+    let t = env.cp.submit(req);
+    let t = env.finished(&t.id).await;
+    assert_eq!(t.failure_reason.as_deref(), Some("sidecar_prep"), "{t:?}");
+    assert_eq!(
+        t.message.as_deref(),
+        Some("Failed to execute task: additional sidecar has empty image")
+    );
+}

@@ -1,0 +1,212 @@
+//! The control-plane link under TLS and faults: wss with a private CA and mutual TLS, dead-link
+//! detection by heartbeat, and delivery of messages produced while disconnected.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use berth::config::{self, Overrides, Secret};
+use berth::devserver::state::TaskState;
+use berth::devserver::{ControlPlane, ServerOptions};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use support::*;
+
+struct Pki {
+    dir: tempfile::TempDir,
+    server: Arc<rustls::ServerConfig>,
+}
+
+/// A throwaway CA, a server certificate for localhost, and a client certificate.
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["worker".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+    write("ca.pem", ca.pem());
+    write("client.pem", client_cert.pem());
+    write("client.key", client_key.serialize_pem());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let provider = berth::tls::provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(server_cert.pem().as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    Pki {
+        dir,
+        server: Arc::new(server),
+    }
+}
+
+/// A TLS control plane requiring client certificates; its URL names the server by the
+/// certificate's name, not its address.
+async fn tls_control_plane(pki: &Pki) -> (ControlPlane, String) {
+    let cp = ControlPlane::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerOptions {
+            api_key: "tls-key".into(),
+            tls: Some(pki.server.clone()),
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let url = format!(
+        "wss://localhost:{}/api/v1/selfhosted/worker/ws",
+        cp.addr().port()
+    );
+    (cp, url)
+}
+
+fn tls_config(url: &str, id: &str, dir: &Path, client_cert: bool, ca: bool) -> config::Config {
+    let mut yaml =
+        format!("worker_id: {id}\ncontrol_plane:\n  url: {url}\n  heartbeat_interval: 2s\n");
+    if ca {
+        yaml.push_str(&format!("  ca_file: {}\n", dir.join("ca.pem").display()));
+    }
+    if client_cert {
+        yaml.push_str(&format!(
+            "  client_cert_file: {}\n  client_key_file: {}\n",
+            dir.join("client.pem").display(),
+            dir.join("client.key").display()
+        ));
+    }
+    yaml.push_str(&format!(
+        "backend:\n  docker:\n    default_image: {BUSYBOX}\n    pull_policy: never\n"
+    ));
+    let ov = Overrides {
+        api_key: Some(Secret::new("tls-key")),
+        ..Overrides::default()
+    };
+    config::load_str(Some(&yaml), None, &ov, &|_| None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_with_a_private_ca_and_a_client_certificate_runs_tasks() {
+    berth::tls::install_default_provider();
+    let _images = Images::acquire();
+    let pki = pki();
+    let (cp, url) = tls_control_plane(&pki).await;
+    let id = worker_id("mtls");
+    let (stop, _h, join) = start_worker(tls_config(&url, &id, pki.dir.path(), true, true)).await;
+    until("worker connected over mTLS", || !cp.workers().is_empty()).await;
+    let t = cp.submit(berth::devserver::state::SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        command: vec!["true".into()],
+        ..Default::default()
+    });
+    let done = cp.wait(&t.id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    stop.cancel();
+    join.await.unwrap();
+    cp.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_or_a_missing_client_certificate_never_connects() {
+    berth::tls::install_default_provider();
+    let pki = pki();
+    let (cp, url) = tls_control_plane(&pki).await;
+    for (client_cert, ca) in [(true, false), (false, true)] {
+        let id = worker_id("badtls");
+        let (stop, h, join) =
+            start_worker(tls_config(&url, &id, pki.dir.path(), client_cert, ca)).await;
+        until("a failed dial", || {
+            h.session.reconnects_dial_failed.load(Ordering::Relaxed) >= 1
+        })
+        .await;
+        assert_eq!(
+            h.session.handshakes.load(Ordering::Relaxed),
+            0,
+            "client_cert={client_cert} ca={ca}"
+        );
+        assert!(cp.workers().is_empty());
+        stop.cancel();
+        join.await.unwrap();
+    }
+    cp.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_is_declared_dead_after_two_heartbeats_and_redialled() {
+    berth::tls::install_default_provider();
+    // A server that completes the handshake and then never reads or writes again: no pongs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(ws);
+            }
+        }
+    });
+    let id = worker_id("silent");
+    let yaml = format!(
+        "worker_id: {id}\ncontrol_plane:\n  url: ws://{addr}/ws\n  heartbeat_interval: 1s\n"
+    );
+    let ov = Overrides {
+        api_key: Some(Secret::new("k")),
+        ..Overrides::default()
+    };
+    let cfg = config::load_str(Some(&yaml), None, &ov, &|_| None).unwrap();
+    let started = std::time::Instant::now();
+    let (stop, h, join) = start_worker(cfg).await;
+    until("second connection", || accepted.load(Ordering::SeqCst) >= 2).await;
+    // Dead after 2 s of silence, then a jittered 0.5–1 s redial.
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(h.session.reconnects_remote_close.load(Ordering::Relaxed) >= 1);
+    stop.cancel();
+    join.await.unwrap();
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_produced_while_disconnected_is_delivered_after_reconnect() {
+    let env = Env::start("offline", EnvOptions::default()).await;
+    let t = env.submit(&["sleep", "3"]);
+    env.until("running", || !containers_of_task(&t.id).is_empty())
+        .await;
+    let addr = env.cp.addr();
+    env.cp.shutdown();
+    // The task finishes while no server is there; its terminal message waits in the outbox.
+    until("container gone", || containers_of_task(&t.id).is_empty()).await;
+    let cp2 = control_plane(&env.api_key, true, Some(addr)).await;
+    until("result delivered to the new server", || {
+        cp2.unknown_task_messages()
+            .contains(&("task_completed".to_string(), t.id.clone()))
+    })
+    .await;
+    cp2.shutdown();
+}

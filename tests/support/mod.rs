@@ -1,0 +1,370 @@
+//! Shared harness for the integration tests: real Docker, the embedded control plane over a
+//! real loopback socket, images built locally from a static busybox (no registry).
+//!
+//! Cleanup is by construction: every test holds an [`Env`] whose `Drop` removes the containers
+//! of its worker id (also when the test panics); test images and sidecar volumes are
+//! reference-counted and removed when the last test using them ends.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use berth::config::{self, Overrides, Secret};
+use berth::devserver::state::{SubmitRequest, TaskRecord};
+use berth::devserver::{ControlPlane, ServerOptions};
+use berth::rootfs::{ExtraFile, rootfs_tar};
+use berth::worker::{Worker, WorkerHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Image with busybox (sh, sleep, tar, …).
+pub const BUSYBOX: &str = "berth-test-busybox:latest";
+/// Fake agent sidecar: busybox plus `/entrypoint.sh` that records argv, env and cwd.
+pub const SIDECAR: &str = "berth-test-sidecar:latest";
+/// Label on everything the tests create.
+pub const TEST_LABEL: &str = "berth.test=true";
+
+/// The fake Oz agent: writes what it was started with into /out (an operator volume).
+pub const FAKE_ENTRYPOINT: &str = r#"#!/bin/sh
+echo "fake agent ran with $# arguments"
+for a in "$@"; do printf '%s\n' "$a"; done > /out/argv
+env > /out/env
+pwd > /out/cwd
+if touch /agent/probe 2>/dev/null; then echo rw > /out/agent_mount; else echo ro > /out/agent_mount; fi
+exit 0
+"#;
+
+static USERS: Mutex<usize> = Mutex::new(0);
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI must be installed for the integration tests")
+}
+
+fn import(name: &str, extra: &[ExtraFile]) {
+    let busybox = std::fs::read(berth::rootfs::DEFAULT_BUSYBOX)
+        .expect("install Debian's busybox-static: the tests build their images from /bin/busybox");
+    let tar = rootfs_tar(&busybox, extra).unwrap();
+    let mut child = Command::new("docker")
+        .args([
+            "import",
+            "--change",
+            "WORKDIR /workspace",
+            "--change",
+            "ENV PATH=/bin",
+            "--change",
+            "LABEL berth.test=true",
+            "-",
+            name,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tar).unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "docker import {name} failed"
+    );
+}
+
+/// Keeps the test images alive while held.
+pub struct Images;
+
+impl Images {
+    /// Builds the images if this is the first holder.
+    pub fn acquire() -> Images {
+        let mut users = USERS.lock().unwrap_or_else(|p| p.into_inner());
+        if *users == 0 {
+            import(BUSYBOX, &[]);
+            import(
+                SIDECAR,
+                &[ExtraFile {
+                    path: "/entrypoint.sh".into(),
+                    contents: FAKE_ENTRYPOINT.as_bytes().to_vec(),
+                    mode: 0o755,
+                }],
+            );
+        }
+        *users += 1;
+        Images
+    }
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let mut users = USERS.lock().unwrap_or_else(|p| p.into_inner());
+        *users -= 1;
+        if *users == 0 {
+            remove_test_artifacts();
+        }
+    }
+}
+
+/// Removes every container, sidecar volume and image the tests created.
+pub fn remove_test_artifacts() {
+    let ids = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=berth.managed=true",
+        "--filter",
+        "label=berth.worker_id",
+    ]);
+    for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+        let labels = docker(&[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"berth.worker_id\"}}",
+            id,
+        ]);
+        if String::from_utf8_lossy(&labels.stdout).starts_with("t-") {
+            docker(&["rm", "-f", "-v", id]);
+        }
+    }
+    for image in [BUSYBOX, SIDECAR] {
+        let full = format!("label=berth.sidecar_image=docker.io/library/{image}");
+        let vols = docker(&["volume", "ls", "-q", "--filter", &full]);
+        for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
+            docker(&["volume", "rm", "-f", v]);
+        }
+    }
+    // Sidecar copy helpers are removed by berth itself; sweep in case a test was killed.
+    let helpers = docker(&["ps", "-aq", "--filter", "label=berth.sidecar=copy"]);
+    for id in String::from_utf8_lossy(&helpers.stdout).split_whitespace() {
+        docker(&["rm", "-f", id]);
+    }
+    docker(&["rmi", "-f", BUSYBOX, SIDECAR]);
+}
+
+/// Containers of a worker (all states).
+pub fn containers_of(worker_id: &str) -> Vec<String> {
+    let out = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=berth.worker_id={worker_id}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Containers of one task (all states).
+pub fn containers_of_task(task_id: &str) -> Vec<String> {
+    let out = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=berth.task_id={task_id}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// A unique worker id for one test (prefix `t-` marks test workers).
+pub fn worker_id(name: &str) -> String {
+    format!(
+        "t-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Options of one test environment.
+pub struct EnvOptions {
+    /// Slots.
+    pub max_concurrent_tasks: u32,
+    /// Server accepts berth/1.
+    pub accept_berth: bool,
+    /// Extra YAML appended to the worker config.
+    pub yaml: String,
+    /// Extra overrides (volumes, env).
+    pub overrides: Overrides,
+    /// `backend.docker.pull_policy` (tests cannot pull, so `never` by default).
+    pub pull_policy: &'static str,
+    /// Extra YAML under `backend.docker` (indented by 4 spaces).
+    pub docker_yaml: String,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        EnvOptions {
+            max_concurrent_tasks: 4,
+            accept_berth: true,
+            yaml: String::new(),
+            overrides: Overrides::default(),
+            pull_policy: "never",
+            docker_yaml: String::new(),
+        }
+    }
+}
+
+/// One control plane + one in-process worker + cleanup.
+pub struct Env {
+    pub cp: ControlPlane,
+    pub worker_id: String,
+    pub api_key: String,
+    pub handle: WorkerHandle,
+    shutdown: CancellationToken,
+    worker: Option<JoinHandle<()>>,
+    _images: Images,
+}
+
+/// Starts a control plane on a free loopback port.
+pub async fn control_plane(
+    api_key: &str,
+    accept_berth: bool,
+    addr: Option<SocketAddr>,
+) -> ControlPlane {
+    ControlPlane::start(
+        addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
+        ServerOptions {
+            api_key: api_key.to_string(),
+            accept_berth,
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The worker configuration used by the tests.
+pub fn worker_config(
+    cp_url: &str,
+    worker_id: &str,
+    api_key: &str,
+    opts: &EnvOptions,
+) -> config::Config {
+    let yaml = format!(
+        "worker_id: {worker_id}\nmax_concurrent_tasks: {}\ncontrol_plane:\n  url: {cp_url}\n  heartbeat_interval: 2s\nbackend:\n  docker:\n    default_image: {BUSYBOX}\n    pull_policy: {}\n    stop_grace_period: 2s\n{}{}",
+        opts.max_concurrent_tasks, opts.pull_policy, opts.docker_yaml, opts.yaml
+    );
+    let ov = Overrides {
+        api_key: Some(Secret::new(api_key)),
+        state_dir: opts
+            .overrides
+            .state_dir
+            .clone()
+            .or_else(|| Some(std::env::temp_dir().join(format!("berth-test-{worker_id}")))),
+        ..opts.overrides.clone()
+    };
+    // The disk check is exercised by its own unit tests; machines here can be nearly full.
+    let yaml = if opts.yaml.contains("admission:") {
+        yaml
+    } else {
+        format!("{yaml}admission:\n  min_free_disk: 0\n")
+    };
+    config::load_str(Some(&yaml), Some(Path::new("test.yaml")), &ov, &|_| None)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
+}
+
+impl Env {
+    pub async fn start(name: &str, opts: EnvOptions) -> Env {
+        berth::tls::install_default_provider();
+        let images = Images::acquire();
+        let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+        let cp = control_plane(&api_key, opts.accept_berth, None).await;
+        let worker_id = worker_id(name);
+        let cfg = worker_config(&cp.ws_url(), &worker_id, &api_key, &opts);
+        let (shutdown, handle, join) = start_worker(cfg).await;
+        let env = Env {
+            cp,
+            worker_id,
+            api_key,
+            handle,
+            shutdown,
+            worker: Some(join),
+            _images: images,
+        };
+        env.until("worker connected", || !env.cp.workers().is_empty())
+            .await;
+        env
+    }
+
+    pub fn submit(&self, command: &[&str]) -> TaskRecord {
+        self.cp.submit(SubmitRequest {
+            image: Some(BUSYBOX.into()),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            ..SubmitRequest::default()
+        })
+    }
+
+    /// Waits for the task's terminal state (panics after 90 s with the record).
+    pub async fn finished(&self, id: &str) -> TaskRecord {
+        let t = self.cp.wait(id, Duration::from_secs(90)).await.unwrap();
+        assert!(t.state.is_terminal(), "task did not finish in time: {t:?}");
+        t
+    }
+
+    /// Polls `cond` every 50 ms for up to 60 s.
+    pub async fn until(&self, what: &str, cond: impl Fn() -> bool) {
+        until(what, cond).await
+    }
+
+    /// Stops the worker (shutdown signal) and waits for it.
+    pub async fn stop_worker(&mut self) {
+        self.shutdown.cancel();
+        if let Some(w) = self.worker.take() {
+            tokio::time::timeout(Duration::from_secs(60), w)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+/// Starts a worker in this runtime; returns its shutdown token, handles and join handle.
+pub async fn start_worker(
+    cfg: config::Config,
+) -> (CancellationToken, WorkerHandle, JoinHandle<()>) {
+    let worker = Worker::prepare(cfg, None).await.unwrap();
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let token = stop.clone();
+    let join = tokio::spawn(async move {
+        worker
+            .run(token, move |h| {
+                let _ = tx.send(h);
+            })
+            .await
+    });
+    (stop, rx.await.unwrap(), join)
+}
+
+/// Polls `cond` every 50 ms for up to 60 s.
+pub async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.cp.shutdown();
+        for id in containers_of(&self.worker_id) {
+            docker(&["rm", "-f", "-v", &id]);
+        }
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("berth-test-{}", self.worker_id)),
+        );
+    }
+}

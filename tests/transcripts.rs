@@ -1,0 +1,564 @@
+//! Transcripts that are never lost, and a worker that survives its own restart: real Docker,
+//! the embedded control plane over loopback, and the real binary where a process must die.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use berth::devserver::ControlPlane;
+use berth::devserver::state::{SubmitRequest, TaskRecord, TaskState};
+use berth::protocol::Stream;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+/// The stdout bytes of a stored transcript.
+fn stdout_of(cp: &ControlPlane, id: &str) -> Vec<u8> {
+    let (runs, _) = cp.transcript_since(id, 0).unwrap();
+    runs.into_iter()
+        .filter(|(_, s, _)| *s == Stream::Stdout)
+        .flat_map(|(_, _, b)| b)
+        .collect()
+}
+
+/// Waits for the task's end and its complete transcript.
+async fn complete(cp: &ControlPlane, id: &str) -> TaskRecord {
+    until("task complete with its whole transcript", || {
+        cp.task(id).is_some_and(|t| t.complete())
+    })
+    .await;
+    cp.task(id).unwrap()
+}
+
+fn run_task(cp: &ControlPlane, script: &str, env: &[(&str, &str)]) -> TaskRecord {
+    cp.submit(SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..SubmitRequest::default()
+    })
+}
+
+/// A worker process (the real binary) on `cp` with its state in `state`.
+fn worker_process(cp: &ControlPlane, id: &str, state: &Path, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "run".to_string(),
+        "--worker-id".into(),
+        id.into(),
+        "--control-plane-url".into(),
+        cp.ws_url(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    // Free-disk admission is unit-tested; machines here can be nearly full.
+    let cfg = state.with_extension("yaml");
+    std::fs::write(
+        &cfg,
+        format!("worker_id: {id}\nadmission:\n  min_free_disk: 0\n"),
+    )
+    .unwrap();
+    args.extend(["--config".to_string(), cfg.display().to_string()]);
+    let log = std::fs::File::create(state.with_extension("log")).unwrap();
+    Command::new(BIN)
+        .args(&args)
+        .env("BERTH_API_KEY", "proc-key")
+        .env_remove("WARP_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+struct Cleanup(String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in containers_of(&self.0) {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", &c]).output();
+        }
+    }
+}
+
+/// 40 batches of 1000 numbered lines, 50 ms apart: deterministic and long enough to be
+/// interrupted mid-stream.
+const GENERATOR: &str =
+    "i=0; while [ $i -lt 40 ]; do seq $((i*1000)) $((i*1000+999)); sleep 0.05; i=$((i+1)); done";
+
+fn generated() -> Vec<u8> {
+    (0..40_000)
+        .map(|n| format!("{n}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_no_byte_and_reports_exactly_once() {
+    let _images = Images::acquire();
+    let cp = control_plane("proc-key", true, None).await;
+    let state = tempfile::tempdir().unwrap();
+    let id = worker_id("kill9");
+    let _cleanup = Cleanup(id.clone());
+    let mut first = worker_process(&cp, &id, state.path(), &[]);
+    until("worker connected", || !cp.workers().is_empty()).await;
+    let t = run_task(&cp, GENERATOR, &[]);
+    until("output flowing", || {
+        cp.task(&t.id).is_some_and(|t| t.transcript_bytes > 20_000)
+    })
+    .await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert!(
+        !cp.task(&t.id).unwrap().state.is_terminal(),
+        "the task must outlive the worker"
+    );
+    let mut second = worker_process(&cp, &id, state.path(), &[]);
+    until(
+        "the restarted worker says hello with the task it holds",
+        || cp.workers().first().is_some_and(|w| w.held == 1),
+    )
+    .await;
+    let done = complete(&cp, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert_eq!(done.terminal_distinct, 1, "exactly one terminal message");
+    let got = stdout_of(&cp, &t.id);
+    assert_eq!(got.len(), generated().len());
+    assert!(
+        got == generated(),
+        "stored stdout differs from what the container printed"
+    );
+    // The local copy (`berth logs`) holds the same transcript.
+    let logs = Command::new(BIN)
+        .args(["logs", &t.id, "--state-dir", state.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(logs.status.success());
+    assert!(logs.stdout == generated());
+    second.kill().unwrap();
+    second.wait().unwrap();
+    cp.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_restart_mid_stream_loses_and_doubles_nothing() {
+    let env = Env::start("cp-restart", EnvOptions::default()).await;
+    let t = run_task(&env.cp, GENERATOR, &[]);
+    until("output flowing", || {
+        env.cp
+            .task(&t.id)
+            .is_some_and(|t| t.transcript_bytes > 20_000)
+    })
+    .await;
+    let cp2 = env.cp.restart(Duration::from_millis(700)).await.unwrap();
+    let done = complete(&cp2, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.terminal_distinct, 1);
+    assert!(stdout_of(&cp2, &t.id) == generated());
+    cp2.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_preserve_mode_leaves_the_task_running_for_the_next_worker() {
+    let _images = Images::acquire();
+    let cp = control_plane("proc-key", true, None).await;
+    let state = tempfile::tempdir().unwrap();
+    let id = worker_id("preserve");
+    let _cleanup = Cleanup(id.clone());
+    let mut first = worker_process(&cp, &id, state.path(), &[]);
+    until("worker connected", || !cp.workers().is_empty()).await;
+    let t = run_task(&cp, "echo before; sleep 4; echo after", &[]);
+    until("running", || stdout_of(&cp, &t.id) == b"before\n").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "preserve shutdown must be quick"
+    );
+    assert_eq!(
+        containers_of_task(&t.id).len(),
+        1,
+        "the container must keep running"
+    );
+    assert!(!cp.task(&t.id).unwrap().state.is_terminal());
+    let mut second = worker_process(&cp, &id, state.path(), &[]);
+    let done = complete(&cp, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert_eq!(done.terminal_distinct, 1);
+    assert_eq!(stdout_of(&cp, &t.id), b"before\nafter\n");
+    assert!(containers_of_task(&t.id).is_empty());
+    second.kill().unwrap();
+    second.wait().unwrap();
+    cp.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_output_and_nul_bytes_round_trip_byte_identical() {
+    let env = Env::start("binary", EnvOptions::default()).await;
+    // Every byte value 0..=255 four times, then invalid UTF-8 sequences and NULs.
+    let script = "n=0; while [ $n -lt 4 ]; do i=0; while [ $i -lt 256 ]; do printf \"\\\\$(printf %o $i)\"; i=$((i+1)); done; n=$((n+1)); done; printf '\\377\\376\\000abc\\000\\342\\234'";
+    let t = run_task(&env.cp, script, &[]);
+    let done = complete(&env.cp, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    let mut want: Vec<u8> = Vec::new();
+    for _ in 0..4 {
+        want.extend(0..=255u8);
+    }
+    want.extend([0xff, 0xfe, 0, b'a', b'b', b'c', 0, 0xe2, 0x9c]);
+    assert_eq!(stdout_of(&env.cp, &t.id), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_redacted_even_when_split_across_reads() {
+    let env = Env::start("redact", EnvOptions::default()).await;
+    // The engine splits lines at 16 KiB: the secret straddles two log entries.
+    let script = "head -c 16380 /dev/zero | tr '\\000' a; printf 'supersecretvalue\\n'; echo \"short=$SHORT\"; head -c 40000 /dev/zero | tr '\\000' b; echo; printf 'no newline at the end'";
+    let t = run_task(
+        &env.cp,
+        script,
+        &[("TOKEN", "supersecretvalue"), ("SHORT", "abc")],
+    );
+    let done = complete(&env.cp, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+    let mut want = "a".repeat(16380).into_bytes();
+    want.extend(b"[REDACTED]\nshort=abc\n");
+    want.extend("b".repeat(40000).into_bytes());
+    want.extend(b"\nno newline at the end");
+    let got = stdout_of(&env.cp, &t.id);
+    assert!(
+        got == want,
+        "got {:?}",
+        String::from_utf8_lossy(&got[16000..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_beyond_the_budget_keeps_the_head_and_the_tail() {
+    let env = Env::start(
+        "budget",
+        EnvOptions {
+            yaml: "transcript:\n  max_bytes: 64KiB\n  tail_bytes: 8KiB\n".into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let t = run_task(&env.cp, "seq 1 100000", &[]);
+    let done = complete(&env.cp, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+    let all: Vec<u8> = (1..=100_000)
+        .map(|n| format!("{n}\n"))
+        .collect::<String>()
+        .into_bytes();
+    let (runs, _) = env.cp.transcript_since(&t.id, 0).unwrap();
+    let text: Vec<u8> = runs.iter().flat_map(|(_, _, b)| b.clone()).collect();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("bytes were elided; the last 8192 bytes follow"),
+        "{}",
+        &text[text.len().saturating_sub(9000)..]
+    );
+    let out = stdout_of(&env.cp, &t.id);
+    // The head: everything up to the budget (minus berth's own lines before it).
+    assert!(all.starts_with(&out[..60_000]));
+    // After the elision line: exactly tail_bytes, the end of what the task printed followed
+    // by berth's exit line.
+    let marker = "bytes follow\n";
+    let after = &text[text.find(marker).unwrap() + marker.len()..];
+    assert_eq!(after.len(), 8192);
+    let exit_line = "[berth] container exited with status 0\n";
+    assert!(after.ends_with(exit_line), "{after:?}");
+    let printed_tail = &after[..after.len() - exit_line.len()];
+    assert!(all.ends_with(printed_tail.as_bytes()));
+    assert!(out.len() < 64 * 1024 + 8192);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oz_server_never_sees_berth_messages_but_the_transcript_is_kept_locally() {
+    let env = Env::start(
+        "oz-local",
+        EnvOptions {
+            accept_berth: false,
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    // On oz/1 the agent entrypoint runs (the berth/1 command is ignored): use the fake agent.
+    let t = env.cp.submit(SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        sidecar_image: Some(SIDECAR.into()),
+        ..SubmitRequest::default()
+    });
+    let done = env.finished(&t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert_eq!(
+        done.transcript_bytes, 0,
+        "oz/1 servers never receive task_output"
+    );
+    assert_eq!(
+        done.container_id, None,
+        "oz/1 servers never receive task_started"
+    );
+    let state = std::env::temp_dir().join(format!("berth-test-{}", env.worker_id));
+    let logs = Command::new(BIN)
+        .args(["logs", &t.id, "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).starts_with("fake agent ran with "),
+        "{}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_short_tasks_each_report_once_and_leave_no_spool_after_retention() {
+    let env = Env::start(
+        "many",
+        EnvOptions {
+            max_concurrent_tasks: 8,
+            yaml: "transcript:\n  retention: 1s\n".into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let ids: Vec<String> = (0..200)
+        .map(|i| run_task(&env.cp, &format!("echo task {i}"), &[]).id)
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let t = complete(&env.cp, id).await;
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+        assert_eq!((t.terminal_received, t.terminal_distinct), (1, 1), "{t:?}");
+        assert_eq!(stdout_of(&env.cp, id), format!("task {i}\n").into_bytes());
+    }
+    let dir = std::env::temp_dir()
+        .join(format!("berth-test-{}", env.worker_id))
+        .join("transcripts");
+    until("spools removed after retention", || {
+        std::fs::read_dir(&dir)
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    })
+    .await;
+}
+
+#[test]
+fn a_corrupt_journal_stops_the_worker_with_the_file_and_the_fix() {
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("journal.sqlite"), vec![b'x'; 4096]).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--worker-id",
+            "h1",
+            "--control-plane-url",
+            "ws://127.0.0.1:9/ws",
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ])
+        .env("BERTH_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("journal.sqlite") && err.contains("move the file aside"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(state.path().join("journal.sqlite")).unwrap(),
+        vec![b'x'; 4096],
+        "never reset silently"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_rejects_new_work_until_resume_and_hello_and_started_are_sent() {
+    let env = Env::start("drain", EnvOptions::default()).await;
+    assert_eq!(
+        env.cp.workers()[0].held,
+        0,
+        "worker_hello arrived and held nothing"
+    );
+    env.cp.set_draining(&env.worker_id, true);
+    let t = run_task(&env.cp, "echo after resume", &[]);
+    until("rejected while draining", || {
+        env.cp.task(&t.id).is_some_and(|t| t.rejections >= 1)
+    })
+    .await;
+    assert_eq!(env.cp.task(&t.id).unwrap().state, TaskState::Queued);
+    env.cp.set_draining(&env.worker_id, false);
+    let done = complete(&env.cp, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert!(
+        done.container_id.is_some(),
+        "task_started reached the server"
+    );
+    assert_eq!(stdout_of(&env.cp, &t.id), b"after resume\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_streams_stdout_and_stderr_to_the_terminal() {
+    let env = Env::start("stream", EnvOptions::default()).await;
+    let server = env.cp.http_url();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "submit",
+                "--server",
+                &server,
+                "--image",
+                BUSYBOX,
+                "--",
+                "sh",
+                "-c",
+                "echo to-stdout; echo to-stderr >&2; exit 3",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.starts_with("to-stdout\n"), "{stdout}");
+    assert!(
+        stderr.contains("to-stderr\n") && stderr.contains("[berth] container exited with status 3"),
+        "{stderr}"
+    );
+}
+
+/// A tmpfs mount removed on drop (also when the test panics).
+struct Tmpfs(std::path::PathBuf);
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir.to_str()?,
+            ])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+    fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args([
+                "-o",
+                &format!("remount,size={size}"),
+                self.0.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .args(["-l", self.0.to_str().unwrap()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_state_dir_delays_the_transcript_but_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(dir.path(), "1m") else {
+        eprintln!(
+            "SKIPPED: mounting a tmpfs needs root (CI runs as root); disk-full behaviour not exercised here"
+        );
+        return;
+    };
+    let env = Env::start(
+        "diskfull",
+        EnvOptions {
+            overrides: berth::config::Overrides {
+                state_dir: Some(dir.path().to_path_buf()),
+                ..Default::default()
+            },
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let t = run_task(&env.cp, "seq 1 400000", &[]);
+    // The task itself is unaffected: its container runs to the end although the spool is full.
+    until("container started", || {
+        env.cp.task(&t.id).is_some_and(|t| t.container_id.is_some())
+    })
+    .await;
+    let cid = env.cp.task(&t.id).unwrap().container_id.unwrap();
+    until("container exited", || {
+        let o = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", &cid])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim() == "false"
+    })
+    .await;
+    assert!(
+        !env.cp.task(&t.id).unwrap().state.is_terminal(),
+        "the result waits for the whole transcript"
+    );
+    assert!(env.cp.task(&t.id).unwrap().transcript_bytes < 1 << 20);
+    fs.resize("64m");
+    let done = complete(&env.cp, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    let want: Vec<u8> = (1..=400_000)
+        .map(|n| format!("{n}\n"))
+        .collect::<String>()
+        .into_bytes();
+    assert!(
+        stdout_of(&env.cp, &t.id) == want,
+        "transcript differs after the disk was full"
+    );
+    drop(env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_logs_follow_prints_until_the_transcript_ends() {
+    let env = Env::start("follow", EnvOptions::default()).await;
+    let t = run_task(&env.cp, "echo one; sleep 1; echo two", &[]);
+    until("running", || stdout_of(&env.cp, &t.id) == b"one\n").await;
+    let state = std::env::temp_dir().join(format!("berth-test-{}", env.worker_id));
+    let id = t.id.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "logs",
+                &id,
+                "--follow",
+                "--state-dir",
+                state.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    // It returned on its own, after the end of the transcript, with everything in it.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[berth] container exited with status 0")
+    );
+}

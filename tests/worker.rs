@@ -1,0 +1,384 @@
+//! Behaviour of the worker end to end: the real library, the embedded control plane over a
+//! real loopback WebSocket, and a real Docker engine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use berth::devserver::state::{SubmitRequest, TaskState};
+use berth::failure::FailureReason;
+use berth::protocol::{InstanceShape, ServerMessage, Task, TaskAssignment};
+use support::*;
+
+fn reason(t: &berth::devserver::state::TaskRecord) -> Option<&str> {
+    t.failure_reason.as_deref()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_that_exits_zero_is_completed_and_its_container_removed() {
+    let env = Env::start("ok", EnvOptions::default()).await;
+    let t = env.submit(&["sh", "-c", "echo hi; exit 0"]);
+    let t = env.finished(&t.id).await;
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(t.message.as_deref(), Some("Task completed successfully"));
+    assert_eq!(t.worker.as_deref(), Some(env.worker_id.as_str()));
+    assert_eq!(t.claims, 1);
+    assert!(
+        containers_of_task(&t.id).is_empty(),
+        "container left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_zero_exit_is_a_failure_with_its_exit_code() {
+    let env = Env::start("exit", EnvOptions::default()).await;
+    let t = env.submit(&["sh", "-c", "exit 7"]);
+    let t = env.finished(&t.id).await;
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!(reason(&t), Some("container_exit"));
+    assert_eq!(t.exit_code, Some(7));
+    assert_eq!(
+        t.message.as_deref(),
+        Some("Failed to execute task: container exited with non-zero status: 7")
+    );
+    assert!(containers_of_task(&t.id).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceeding_the_memory_limit_is_reported_as_container_oom() {
+    let env = Env::start("oom", EnvOptions::default()).await;
+    // memory_gb is whole GiB; busybox tail buffers 1.5 GB to print the last 1.5 GB.
+    let t = env.cp.submit(SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "head -c 2000000000 /dev/zero | tail -c 1500000000 > /dev/null".into(),
+        ],
+        instance_shape: Some(InstanceShape {
+            vcpus: Some(1),
+            memory_gb: Some(1),
+        }),
+        ..SubmitRequest::default()
+    });
+    let t = env.finished(&t.id).await;
+    assert_eq!(t.state, TaskState::Failed, "{t:?}");
+    assert_eq!(reason(&t), Some("container_oom"), "{t:?}");
+    assert!(t.exit_code.is_some_and(|c| c != 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_stops_the_container_and_reports_cancelled() {
+    let env = Env::start("cancel", EnvOptions::default()).await;
+    let t = env.submit(&["sleep", "300"]);
+    env.until("task running", || {
+        env.cp
+            .task(&t.id)
+            .is_some_and(|t| t.state == TaskState::Running)
+            && !containers_of_task(&t.id).is_empty()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    env.cp.cancel(&t.id).unwrap();
+    let done = env.finished(&t.id).await;
+    assert_eq!(done.state, TaskState::Cancelled, "{done:?}");
+    assert_eq!(
+        done.message.as_deref(),
+        Some("Task cancelled by user request.")
+    );
+    // sleep as PID 1 ignores SIGTERM: the 2 s grace then SIGKILL must have ended it.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        containers_of_task(&t.id).is_empty(),
+        "cancelled container left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_of_an_unknown_task_is_ignored() {
+    let env = Env::start("cancel-unknown", EnvOptions::default()).await;
+    assert!(env.cp.send_raw(
+        &env.worker_id,
+        r#"{"type":"task_cancellation","data":{"task_id":"never-seen"}}"#
+    ));
+    let t = env.submit(&["true"]);
+    assert_eq!(env.finished(&t.id).await.state, TaskState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_rejects_and_the_task_runs_once_a_slot_frees() {
+    let env = Env::start(
+        "capacity",
+        EnvOptions {
+            max_concurrent_tasks: 1,
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let first = env.submit(&["sleep", "2"]);
+    env.until("first claimed", || {
+        env.cp
+            .task(&first.id)
+            .is_some_and(|t| t.state == TaskState::Running)
+    })
+    .await;
+    let second = env.submit(&["true"]);
+    env.until("second rejected", || {
+        env.cp.task(&second.id).is_some_and(|t| t.rejections >= 1)
+    })
+    .await;
+    let a = env.finished(&first.id).await;
+    let b = env.finished(&second.id).await;
+    assert_eq!(
+        (a.state, b.state),
+        (TaskState::Succeeded, TaskState::Succeeded)
+    );
+    assert!(
+        b.claimed_at >= a.finished_at,
+        "second ran only after the first freed its slot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_assignment_is_claimed_again_but_never_started_twice() {
+    let env = Env::start("dup", EnvOptions::default()).await;
+    let t = env.submit(&["sleep", "3"]);
+    env.until("running", || !containers_of_task(&t.id).is_empty())
+        .await;
+    let again = TaskAssignment {
+        task_id: t.id.clone(),
+        execution_id: Some(t.execution_id.clone()),
+        task: Some(Task {
+            id: t.id.clone(),
+            ..Task::default()
+        }),
+        docker_image: Some(BUSYBOX.into()),
+        command: Some(vec!["sleep".into(), "3".into()]),
+        ..TaskAssignment::default()
+    };
+    assert!(env.cp.send_raw(
+        &env.worker_id,
+        &ServerMessage::TaskAssignment(Box::new(again)).encode()
+    ));
+    env.until("claimed twice", || {
+        env.cp.task(&t.id).is_some_and(|t| t.claims == 2)
+    })
+    .await;
+    assert_eq!(
+        containers_of_task(&t.id).len(),
+        1,
+        "a second container was started"
+    );
+    let done = env.finished(&t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_unknown_types_and_oversized_messages_are_survived() {
+    let env = Env::start("garbage", EnvOptions::default()).await;
+    for frame in [
+        "not json at all",
+        "{\"no_type\": 1}",
+        "{\"type\":\"surprise_type\",\"data\":{}}",
+        "{\"type\":\"task_cancellation\",\"data\":42}",
+        "{\"type\":\"task_assignment\"}",
+    ] {
+        assert!(env.cp.send_raw(&env.worker_id, frame));
+    }
+    // A malformed assignment with a readable task id is answered with task_failed.
+    assert!(env.cp.send_raw(
+        &env.worker_id,
+        r#"{"type":"task_assignment","data":{"task_id":"bad-1","instance_shape":{"vcpus":"lots"}}}"#
+    ));
+    env.until("task_failed for the malformed assignment", || {
+        env.cp
+            .unknown_task_messages()
+            .contains(&("task_failed".to_string(), "bad-1".to_string()))
+    })
+    .await;
+    // An assignment with no task object fails with a message, it does not crash the worker.
+    assert!(env.cp.send_raw(
+        &env.worker_id,
+        r#"{"type":"task_assignment","data":{"task_id":"no-task-1"}}"#
+    ));
+    env.until("task_failed for the assignment without task", || {
+        env.cp
+            .unknown_task_messages()
+            .contains(&("task_failed".to_string(), "no-task-1".to_string()))
+    })
+    .await;
+    // Over max_message_size (16 MiB): the worker closes with 1009 and redials.
+    let before = env
+        .handle
+        .session
+        .handshakes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let big = format!("{{\"type\":\"x\",\"data\":\"{}\"}}", "a".repeat(17 << 20));
+    assert!(env.cp.send_raw(&env.worker_id, &big));
+    env.until("redialled after the oversized message", || {
+        env.handle
+            .session
+            .handshakes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > before
+    })
+    .await;
+    let t = env.submit(&["true"]);
+    assert_eq!(env.finished(&t.id).await.state, TaskState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reconnects_after_a_control_plane_restart_and_keeps_working() {
+    let mut env = Env::start("restart", EnvOptions::default()).await;
+    let t = env.submit(&["true"]);
+    assert_eq!(env.finished(&t.id).await.state, TaskState::Succeeded);
+    let addr = env.cp.addr();
+    env.cp.shutdown();
+    env.until("worker noticed", || {
+        !env.handle
+            .session
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    // A new server on the same address (state is lost, as with a real restart).
+    let cp2 = control_plane(&env.api_key, true, Some(addr)).await;
+    until("worker reconnected", || !cp2.workers().is_empty()).await;
+    env.cp = cp2;
+    let t = env.submit(&["sh", "-c", "exit 3"]);
+    let done = env.finished(&t.id).await;
+    assert_eq!((done.state, done.exit_code), (TaskState::Failed, Some(3)));
+    env.stop_worker().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_with_pull_policy_never_fails_with_image_pull() {
+    let env = Env::start("noimage", EnvOptions::default()).await;
+    let t = env.cp.submit(SubmitRequest {
+        image: Some("berth-test-does-not-exist:1".into()),
+        command: vec!["true".into()],
+        ..SubmitRequest::default()
+    });
+    let t = env.finished(&t.id).await;
+    assert_eq!(reason(&t), Some("image_pull"), "{t:?}");
+    assert!(
+        t.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("pull_policy is never"),
+        "{t:?}"
+    );
+    let bad = env.cp.submit(SubmitRequest {
+        image: Some("Not A Valid Image".into()),
+        command: vec!["true".into()],
+        ..SubmitRequest::default()
+    });
+    let bad = env.finished(&bad.id).await;
+    assert_eq!(
+        reason(&bad),
+        Some(FailureReason::InvalidImage.as_str()),
+        "{bad:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_timeout_stops_the_task_with_the_oz_message() {
+    let env = Env::start("timeout", EnvOptions::default()).await;
+    let t = env.cp.submit(SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        command: vec!["sleep".into(), "300".into()],
+        timeout_secs: Some(1),
+        ..SubmitRequest::default()
+    });
+    let t = env.finished(&t.id).await;
+    assert_eq!(reason(&t), Some("task_timeout"), "{t:?}");
+    assert_eq!(t.message.as_deref(), Some(berth::protocol::MSG_TIMEOUT));
+    assert!(containers_of_task(&t.id).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_in_cancel_mode_stops_running_tasks_and_reports_graceful_shutdown() {
+    let mut env = Env::start(
+        "shutdown",
+        EnvOptions {
+            yaml: "shutdown_mode: cancel\n".into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let t = env.submit(&["sleep", "300"]);
+    env.until("running", || !containers_of_task(&t.id).is_empty())
+        .await;
+    env.stop_worker().await;
+    let done = env.cp.task(&t.id).unwrap();
+    assert_eq!(done.state, TaskState::Failed, "{done:?}");
+    assert_eq!(reason(&done), Some("graceful_shutdown"));
+    assert_eq!(
+        done.message.as_deref(),
+        Some(berth::protocol::MSG_INTERRUPTED)
+    );
+    assert!(
+        containers_of(&env.worker_id).is_empty(),
+        "containers left after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_policy_always_runs_the_local_copy_when_the_pull_fails() {
+    // The test image exists only locally, so every pull of it fails (no registry here, and
+    // the name is unknown to any registry elsewhere).
+    let env = Env::start(
+        "always",
+        EnvOptions {
+            pull_policy: "always",
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let t = env.submit(&["true"]);
+    let t = env.finished(&t.id).await;
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_gets_limits_labels_workdir_and_log_driver_and_no_cleanup_keeps_it() {
+    let env = Env::start(
+        "inspect",
+        EnvOptions {
+            overrides: berth::config::Overrides {
+                no_cleanup: true,
+                ..Default::default()
+            },
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let t = env.cp.submit(SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        command: vec!["true".into()],
+        instance_shape: Some(InstanceShape {
+            vcpus: Some(1),
+            memory_gb: Some(2),
+        }),
+        ..SubmitRequest::default()
+    });
+    assert_eq!(env.finished(&t.id).await.state, TaskState::Succeeded);
+    let kept = containers_of_task(&t.id);
+    assert_eq!(kept.len(), 1, "--no-cleanup must keep the exited container");
+    let fmt = "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.Config.WorkingDir}} {{.HostConfig.LogConfig.Type}} {{index .Config.Labels \"berth.managed\"}} {{index .Config.Labels \"berth.worker_id\"}} {{index .Config.Labels \"berth.execution_id\"}}";
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", fmt, &kept[0]])
+        .output()
+        .unwrap();
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let gib2 = 2u64 << 30;
+    assert_eq!(
+        got,
+        format!(
+            "1000000000 {gib2} {gib2} /workspace local true {} {}",
+            env.worker_id, t.execution_id
+        )
+    );
+}
