@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OpenFlags, params};
 
 use crate::protocol::{TaskAssignment, WorkerMessage};
 
@@ -93,6 +93,34 @@ pub struct Journal {
     conn: Mutex<Connection>,
 }
 
+/// How long an operation waits for another connection's lock before failing.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sorts an SQLite failure at open time: a lock held elsewhere or a permission problem is not
+/// corruption, and must not send the operator to move the file aside.
+fn classify(path: &Path, e: rusqlite::Error) -> JournalError {
+    use rusqlite::ErrorCode::*;
+    let reason = e.to_string();
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked) => JournalError::Io {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{reason}: another process holds it (is a second worker using this state_dir?)"
+            ),
+        },
+        Some(CannotOpen | PermissionDenied | ReadOnly | DiskFull | SystemIoFailure) => {
+            JournalError::Io {
+                path: path.to_path_buf(),
+                reason,
+            }
+        }
+        _ => JournalError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        },
+    }
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -111,11 +139,18 @@ impl Journal {
             reason: e.to_string(),
         };
         let conn = Connection::open(&path).map_err(|e| corrupt(&e))?;
+        // A reader (`berth logs`) or a checkpoint may hold the lock for a moment: wait for it
+        // rather than mistaking a busy file for a broken one.
+        conn.busy_timeout(BUSY_WAIT).map_err(|e| io(&e))?;
+        let corrupt = |e: rusqlite::Error| classify(&path, e);
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| corrupt(&e))?;
+            .map_err(corrupt)?;
         if check != "ok" {
-            return Err(corrupt(&check));
+            return Err(JournalError::Corrupt {
+                path: path.clone(),
+                reason: check,
+            });
         }
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
@@ -135,12 +170,34 @@ impl Journal {
              );
              CREATE INDEX IF NOT EXISTS executions_task ON executions(task_id);",
         )
-        .map_err(|e| corrupt(&e))?;
+        .map_err(corrupt)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
+        Ok(Journal {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Opens an existing journal for reading only (`berth logs`), next to a running worker:
+    /// never creates, migrates or locks it for writing.
+    pub fn open_read_only(state_dir: &Path) -> Result<Self, JournalError> {
+        let path = state_dir.join(FILE);
+        if !path.exists() {
+            return Err(JournalError::Io {
+                path,
+                reason:
+                    "no journal here (is this the worker's state_dir? pass --state-dir or --config)"
+                        .into(),
+            });
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| classify(&path, e))?;
+        conn.busy_timeout(BUSY_WAIT)
+            .map_err(|e| classify(&path, e))?;
         Ok(Journal {
             path,
             conn: Mutex::new(conn),
@@ -389,5 +446,40 @@ mod tests {
         // Nothing was overwritten.
         let bytes = std::fs::read(dir.path().join(FILE)).unwrap_or_default();
         assert!(bytes.starts_with(b"this is not a sqlite database"));
+    }
+
+    #[test]
+    fn a_journal_locked_by_another_connection_opens_once_the_lock_is_released() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        drop(Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}")));
+        let path = dir.path().join(FILE);
+        let holder = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        // An exclusive lock blocks even WAL readers: the worst case a second opener meets.
+        holder
+            .execute_batch("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE;")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            holder
+                .execute_batch("COMMIT; PRAGMA locking_mode=NORMAL; SELECT 1 FROM executions;")
+                .unwrap_or_else(|e| panic!("{e}"));
+            drop(holder);
+        });
+        let j = Journal::open_read_only(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(j.all().unwrap_or_else(|e| panic!("{e}")).is_empty());
+        drop(j);
+        Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        release.join().unwrap_or_else(|_| panic!("holder thread"));
+    }
+
+    #[test]
+    fn reading_a_state_dir_without_a_journal_says_so_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        match Journal::open_read_only(dir.path()) {
+            Err(e @ JournalError::Io { .. }) => assert!(e.to_string().contains("state_dir"), "{e}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("no journal to open"),
+        }
+        assert!(!dir.path().join(FILE).exists());
     }
 }

@@ -620,7 +620,7 @@ async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| PathBuf::from(config::DEFAULT_STATE_DIR))
         }
     };
-    let journal = berth::journal::Journal::open(&state_dir)?;
+    let journal = berth::journal::Journal::open_read_only(&state_dir)?;
     let Some(rec) = journal.by_task(&a.task_id)?.into_iter().next() else {
         bail!(
             "no transcript for task {} under {} (finished transcripts are kept for transcript.retention)",

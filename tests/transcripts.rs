@@ -319,8 +319,9 @@ async fn an_oz_server_never_sees_berth_messages_but_the_transcript_is_kept_local
         .unwrap();
     assert!(
         String::from_utf8_lossy(&logs.stdout).starts_with("fake agent ran with "),
-        "{}",
-        String::from_utf8_lossy(&logs.stdout)
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
     );
 }
 
