@@ -32,6 +32,7 @@ const DEFAULT_TRANSCRIPT_MAX: u64 = 256 << 20;
 const DEFAULT_TRANSCRIPT_TAIL: u64 = 16 << 20;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
+const DEFAULT_ENVIRONMENTS_TTL: Duration = Duration::from_secs(300);
 
 /// How images are obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +106,9 @@ struct RawEnvironment {
     image: Option<Spanned<String>>,
     env: Option<BTreeMap<String, String>>,
     workdir: Option<Spanned<String>>,
+    repos: Option<Spanned<Vec<crate::environment::Repo>>>,
+    setup: Option<Spanned<Vec<String>>>,
+    resources: Option<RawResources>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +140,8 @@ struct RawControlPlane {
     heartbeat_interval: Option<Spanned<String>>,
     max_message_size: Option<Spanned<String>>,
     session_sharing_server_url: Option<Spanned<String>>,
+    environments_url: Option<Spanned<String>>,
+    environments_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +255,10 @@ pub struct ControlPlane {
     pub max_message_size: u64,
     /// `--session-sharing-server-url` for the agent.
     pub session_sharing_server_url: Option<String>,
+    /// Template (`…/{id}`) of the environments API; `None` = environments are not fetched.
+    pub environments_url: Option<String>,
+    /// How long a fetched environment is used before it is revalidated.
+    pub environments_ttl: Duration,
 }
 
 /// Docker backend settings.
@@ -854,6 +864,56 @@ pub fn load_str(
         }
     };
 
+    let environments_url = cp.environments_url.as_ref().map(|sp| {
+        let t = sp.value.trim().to_string();
+        match url::Url::parse(&t.replace("{id}", "x")) {
+            Ok(_) if !t.contains("{id}") => c.at(
+                "control_plane.environments_url",
+                Some(sp),
+                format!("{t:?} has no {{id}} placeholder"),
+                "write where the environment id goes, e.g. https://cp.example.com/api/v1/environments/{id}",
+            ),
+            Ok(u) => match u.scheme() {
+                "https" => {}
+                "http" if allow_insecure || is_loopback_host(&u) => {}
+                "http" => c.at(
+                    "control_plane.environments_url",
+                    Some(sp),
+                    format!("plain http:// to a non-loopback host in {t:?} would send the API key unencrypted"),
+                    "use https://, or set control_plane.allow_insecure: true if the network is trusted",
+                ),
+                other => c.at(
+                    "control_plane.environments_url",
+                    Some(sp),
+                    format!("scheme {other:?} in {t:?} is not HTTP"),
+                    "use https://host/path/{id}",
+                ),
+            },
+            Err(e) => c.at(
+                "control_plane.environments_url",
+                Some(sp),
+                format!("{t:?} is not a URL: {e}"),
+                "use e.g. https://cp.example.com/api/v1/environments/{id}",
+            ),
+        }
+        t
+    });
+    let environments_ttl = match &cp.environments_ttl {
+        None => DEFAULT_ENVIRONMENTS_TTL,
+        Some(sp) => match parse_duration(&sp.value) {
+            Ok(d) => d,
+            Err(p) => {
+                c.at(
+                    "control_plane.environments_ttl",
+                    Some(sp),
+                    p,
+                    "use a duration such as 5m, or 0s to revalidate on every task",
+                );
+                DEFAULT_ENVIRONMENTS_TTL
+            }
+        },
+    };
+
     let server_root_url = ov
         .server_root_url
         .clone()
@@ -1209,15 +1269,47 @@ pub fn load_str(
                 );
             }
         }
-        environments.insert(
-            name.clone(),
-            crate::environment::Environment {
-                source: format!("config:{name}"),
-                image: e.image.map(|i| i.value),
-                env: e.env.unwrap_or_default(),
-                workdir: e.workdir.map(|w| w.value),
-            },
-        );
+        let resources = resources_of(&format!("{key}.resources"), e.resources, &mut c);
+        let env = crate::environment::Environment {
+            source: format!("config:{name}"),
+            image: e.image.map(|i| i.value),
+            env: e.env.unwrap_or_default(),
+            repos: e
+                .repos
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_default(),
+            setup: e
+                .setup
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_default(),
+            workdir: e.workdir.map(|w| w.value),
+            resources,
+        };
+        // Workdir is reported above with its own line; repos and setup here.
+        let checked = crate::environment::Environment {
+            workdir: None,
+            ..env.clone()
+        };
+        if let Err(problem) = crate::environment::validate(&checked) {
+            if problem.contains("setup command") {
+                c.at(
+                    &format!("{key}.setup"),
+                    e.setup.as_ref(),
+                    problem,
+                    "remove the empty command",
+                );
+            } else {
+                c.at(
+                    &format!("{key}.repos"),
+                    e.repos.as_ref(),
+                    problem,
+                    "fix the repository entry",
+                );
+            }
+        }
+        environments.insert(name.clone(), env);
     }
     let default_environment = raw.default_environment.map(|d| {
         if !environments.contains_key(&d.value) {
@@ -1321,6 +1413,8 @@ pub fn load_str(
             heartbeat_interval,
             max_message_size,
             session_sharing_server_url: cp.session_sharing_server_url.map(|s| s.value),
+            environments_url,
+            environments_ttl,
         },
         docker: DockerBackend {
             host,
@@ -1398,6 +1492,8 @@ struct EffectiveControlPlane {
     heartbeat_interval: String,
     max_message_size: u64,
     session_sharing_server_url: Option<String>,
+    environments_url: Option<String>,
+    environments_ttl: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -1465,6 +1561,9 @@ impl Config {
                 .to_string(),
                 max_message_size: self.control_plane.max_message_size,
                 session_sharing_server_url: self.control_plane.session_sharing_server_url.clone(),
+                environments_url: self.control_plane.environments_url.clone(),
+                environments_ttl: humantime::format_duration(self.control_plane.environments_ttl)
+                    .to_string(),
             },
             backend: EffectiveBackend {
                 docker: EffectiveDocker {
@@ -1686,8 +1785,80 @@ mod tests {
         );
         let e = one_error("worker_id: w\nenvironments:\n  py:\n    workdir: src\n");
         assert_eq!(e.key, "environments.py.workdir");
-        let e = one_error("worker_id: w\nenvironments:\n  py:\n    setup: [make]\n");
-        assert!(e.problem.contains("unknown field `setup`"), "{}", e.problem);
+        let e =
+            one_error("worker_id: w\nenvironments:\n  py:\n    setup: [make]\n    steps: [x]\n");
+        assert!(e.problem.contains("unknown field `steps`"), "{}", e.problem);
+        let e = one_error(
+            "worker_id: w\nenvironments:\n  py:\n    repos:\n      - url: https://h/a.git\n      - url: https://h/b/a\n",
+        );
+        assert_eq!(
+            (e.key.as_str(), e.location.as_ref().map(|l| l.1)),
+            ("environments.py.repos", Some(5))
+        );
+        assert!(e.problem.contains("/workspace/a"), "{}", e.problem);
+        let e = one_error("worker_id: w\nenvironments:\n  py:\n    setup: ['make', '']\n");
+        assert_eq!(e.key, "environments.py.setup");
+        let e = one_error("worker_id: w\nenvironments:\n  py:\n    resources: {memory: 1MiB}\n");
+        assert_eq!(e.key, "environments.py.resources.memory");
+        let c = load_yaml(
+            "worker_id: w\nenvironments:\n  app:\n    repos:\n      - {url: /srv/app.git, ref: main, path: src/app}\n    setup: [make deps]\n    resources: {cpus: 2, memory: 1GiB}\n",
+            &with_key(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let app = c.environments.get("app").cloned().unwrap_or_default();
+        assert_eq!(app.repos[0].path.as_deref(), Some("src/app"));
+        assert_eq!(app.repos[0].git_ref.as_deref(), Some("main"));
+        assert_eq!(app.setup, vec!["make deps"]);
+        assert_eq!(
+            (app.resources.cpus, app.resources.memory),
+            (Some(2.0), Some(1 << 30))
+        );
+    }
+
+    #[test]
+    fn the_environments_api_url_needs_an_id_placeholder_and_https_off_loopback() {
+        let c = load_yaml(
+            "worker_id: w\ncontrol_plane:\n  environments_url: https://cp.example.com/api/v1/environments/{id}\n  environments_ttl: 90s\n",
+            &with_key(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.control_plane.environments_url.as_deref(),
+            Some("https://cp.example.com/api/v1/environments/{id}")
+        );
+        assert_eq!(c.control_plane.environments_ttl, Duration::from_secs(90));
+        let d = load_yaml("worker_id: w\n", &with_key()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                d.control_plane.environments_url,
+                d.control_plane.environments_ttl
+            ),
+            (None, Duration::from_secs(300))
+        );
+        for (yaml, needle) in [
+            ("https://cp/envs/", "no {id}"),
+            ("http://cp.example.com/e/{id}", "unencrypted"),
+            ("ftp://cp/{id}", "not HTTP"),
+            ("not a url {id}", "not a URL"),
+        ] {
+            let e = one_error(&format!(
+                "worker_id: w\ncontrol_plane:\n  environments_url: \"{yaml}\"\n"
+            ));
+            assert_eq!(
+                (e.key.as_str(), e.location.as_ref().map(|l| l.1)),
+                ("control_plane.environments_url", Some(3))
+            );
+            assert!(e.problem.contains(needle), "{yaml}: {}", e.problem);
+        }
+        assert!(
+            load_yaml(
+                "worker_id: w\ncontrol_plane:\n  environments_url: http://127.0.0.1:9/e/{id}\n",
+                &with_key()
+            )
+            .is_ok()
+        );
+        let e = one_error("worker_id: w\ncontrol_plane:\n  environments_ttl: soon\n");
+        assert_eq!(e.key, "control_plane.environments_ttl");
     }
 
     #[test]

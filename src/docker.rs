@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, VolumeCreateRequest};
+use bollard::exec::StartExecResults;
+use bollard::models::{
+    ContainerCreateBody, ExecConfig, HostConfig, HostConfigLogConfig, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
@@ -19,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::PullPolicy;
 use crate::image::{ImageRef, sidecar_volume_name};
+use crate::protocol::Stream;
 use crate::spec::{ContainerSpec, LABEL_EXECUTION, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER};
 
 /// Label on sidecar volumes so operators can find (and prune) them.
@@ -114,6 +119,21 @@ pub struct ImageInfo {
     pub id: String,
     /// First repo digest (`name@sha256:…`), absent for locally built images.
     pub repo_digest: Option<String>,
+    /// The image's own `ENTRYPOINT` (kept when berth holds a container for provisioning).
+    pub entrypoint: Vec<String>,
+}
+
+/// stdout/stderr pieces of a command, in the order the engine delivered them.
+pub type ExecOutput = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<(Stream, bytes::Bytes), DockerError>> + Send>,
+>;
+
+/// A command started inside a running container, with its output.
+pub struct ExecRun {
+    /// Exec instance id (for its exit code).
+    pub id: String,
+    /// Its output.
+    pub output: ExecOutput,
 }
 
 /// How a container ended.
@@ -241,6 +261,7 @@ impl Docker {
             Ok(i) => Ok(Some(ImageInfo {
                 id: i.id.unwrap_or_default(),
                 repo_digest: i.repo_digests.and_then(|d| d.into_iter().next()),
+                entrypoint: i.config.and_then(|c| c.entrypoint).unwrap_or_default(),
             })),
             Err(e) if is_status(&e, 404) => Ok(None),
             Err(e) => Err(api("image inspect")(e)),
@@ -489,6 +510,7 @@ impl Docker {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(spec.cmd.clone()),
+            entrypoint: spec.entrypoint.clone(),
             env: Some(spec.env.clone()),
             working_dir: Some(spec.working_dir.clone()),
             labels: Some(spec.labels.clone().into_iter().collect()),
@@ -537,6 +559,85 @@ impl Docker {
             warn!(container = %r.id, warning = %w, "engine warning on create");
         }
         Ok(r.id)
+    }
+
+    /// Runs `cmd` inside running container `id` (as the container's user, with its env plus
+    /// `env`), streaming its output.
+    pub async fn exec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        working_dir: Option<&str>,
+        env: Vec<String>,
+    ) -> Result<ExecRun, DockerError> {
+        let created = self
+            .client
+            .create_exec(
+                id,
+                ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    attach_stdin: Some(false),
+                    tty: Some(false),
+                    cmd: Some(cmd),
+                    env: Some(env).filter(|e| !e.is_empty()),
+                    working_dir: working_dir.map(str::to_string),
+                    ..ExecConfig::default()
+                },
+            )
+            .await
+            .map_err(api("exec create"))?;
+        let started = self
+            .client
+            .start_exec(&created.id, None)
+            .await
+            .map_err(api("exec start"))?;
+        let StartExecResults::Attached { output, .. } = started else {
+            return Err(DockerError::Api {
+                op: "exec start",
+                reason: "the engine did not attach the command's output".into(),
+            });
+        };
+        let output = output.filter_map(|item| async move {
+            match item {
+                Ok(LogOutput::StdOut { message }) => Some(Ok((Stream::Stdout, message))),
+                Ok(LogOutput::StdErr { message }) => Some(Ok((Stream::Stderr, message))),
+                Ok(LogOutput::Console { message }) => Some(Ok((Stream::Stdout, message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(api("exec output")(e))),
+            }
+        });
+        Ok(ExecRun {
+            id: created.id,
+            output: Box::pin(output),
+        })
+    }
+
+    /// Exit code of a finished exec (`None` while it still runs).
+    pub async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, DockerError> {
+        let r = self
+            .client
+            .inspect_exec(exec_id)
+            .await
+            .map_err(api("exec inspect"))?;
+        Ok(if r.running == Some(true) {
+            None
+        } else {
+            r.exit_code
+        })
+    }
+
+    /// Sends `signal` (e.g. `SIGUSR1`) to the container's main process.
+    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), DockerError> {
+        self.client
+            .kill_container(
+                id,
+                Some(bollard::query_parameters::KillContainerOptions {
+                    signal: signal.to_string(),
+                }),
+            )
+            .await
+            .map_err(api("container kill"))
     }
 
     /// Starts a created container.

@@ -44,6 +44,9 @@ pub enum JournalError {
 pub enum ExecState {
     /// Claimed; no container yet (or being created).
     Claimed,
+    /// Container created and started, held while the environment is provisioned inside it
+    /// (the task's own command has not run).
+    Provisioning,
     /// Container created and (about to be) started.
     Running,
     /// Terminal message decided; it and the transcript may still be unacknowledged.
@@ -54,6 +57,7 @@ impl ExecState {
     fn parse(s: &str) -> ExecState {
         match s {
             "running" => ExecState::Running,
+            "provisioning" => ExecState::Provisioning,
             "finished" => ExecState::Finished,
             _ => ExecState::Claimed,
         }
@@ -246,11 +250,24 @@ impl Journal {
         &self,
         execution_id: &str,
         container_id: &str,
+        held: bool,
     ) -> Result<(), JournalError> {
+        let state = if held { "provisioning" } else { "running" };
         self.with(|c| {
             c.execute(
-                "UPDATE executions SET container_id = ?2, state = 'running' WHERE execution_id = ?1",
-                params![execution_id, container_id],
+                "UPDATE executions SET container_id = ?2, state = ?3 WHERE execution_id = ?1",
+                params![execution_id, container_id, state],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records that provisioning finished and the task's command was released.
+    pub fn set_running(&self, execution_id: &str) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE executions SET state = 'running' WHERE execution_id = ?1 AND state = 'provisioning'",
+                params![execution_id],
             )
             .map(|_| ())
         })
@@ -388,8 +405,13 @@ mod tests {
         let j = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         j.claim("e1", &a("t1"), true)
             .unwrap_or_else(|e| panic!("{e}"));
-        j.set_container("e1", "c1")
+        j.set_container("e1", "c1", true)
             .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            j.get("e1").ok().flatten().map(|r| r.state),
+            Some(ExecState::Provisioning)
+        );
+        j.set_running("e1").unwrap_or_else(|e| panic!("{e}"));
         j.set_acked("e1", 10).unwrap_or_else(|e| panic!("{e}"));
         j.set_acked("e1", 5).unwrap_or_else(|e| panic!("{e}"));
         let term = WorkerMessage::TaskFailed {

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod capacity;
 pub mod capture;
+pub mod catalog;
 pub mod config;
 pub mod credentials;
 pub mod devserver;
@@ -15,6 +16,7 @@ pub mod image;
 pub mod journal;
 pub mod policy;
 pub mod protocol;
+pub mod provision;
 pub mod rootfs;
 pub mod session;
 pub mod shipper;

@@ -185,24 +185,29 @@ impl Policy {
         })
     }
 
-    /// What a task reserves: its instance shape (positive axes), else `default_resources`.
-    pub fn reservation(&self, shape: Option<InstanceShape>) -> Resources {
+    /// What a task reserves. Per axis: the instance shape › the environment's `resources` › `default_resources`.
+    pub fn reservation(&self, shape: Option<InstanceShape>, env: Option<&Resources>) -> Resources {
         let shape = shape.unwrap_or_default();
+        let env = env.copied().unwrap_or_default();
         let cpus = shape.vcpus.filter(|c| *c > 0).map(|c| c as f64);
         let memory = shape
             .memory_gb
             .filter(|g| *g > 0)
             .map(|g| (g as u64).saturating_mul(1 << 30));
         Resources {
-            cpus: cpus.or(self.default_resources.cpus),
-            memory: memory.or(self.default_resources.memory),
+            cpus: cpus.or(env.cpus).or(self.default_resources.cpus),
+            memory: memory.or(env.memory).or(self.default_resources.memory),
         }
     }
 
     /// The container limits for a task, refused when the request exceeds `max_resources`.
     /// Without a request on an axis, `max_resources` becomes the limit.
-    pub fn limits(&self, shape: Option<InstanceShape>) -> Result<Limits, PolicyError> {
-        let r = self.reservation(shape);
+    pub fn limits(
+        &self,
+        shape: Option<InstanceShape>,
+        env: Option<&Resources>,
+    ) -> Result<Limits, PolicyError> {
+        let r = self.reservation(shape, env);
         if let (Some(asked), Some(max)) = (r.cpus, self.max_resources.cpus)
             && asked > max
         {
@@ -338,7 +343,7 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(
-            p.limits(None),
+            p.limits(None, None),
             Ok(Limits {
                 nano_cpus: Some(1_500_000_000),
                 memory_bytes: Some(2 << 30)
@@ -351,20 +356,20 @@ mod tests {
             })
         };
         assert_eq!(
-            p.limits(shape(4, 8)),
+            p.limits(shape(4, 8), None),
             Ok(Limits {
                 nano_cpus: Some(4_000_000_000),
                 memory_bytes: Some(8 << 30)
             })
         );
-        let e = p.limits(shape(8, 1)).map_err(|e| e.to_string());
+        let e = p.limits(shape(8, 1), None).map_err(|e| e.to_string());
         assert!(
             e.as_ref().is_err_and(|m| m.contains("8 CPUs")
                 && m.contains("max_resources.cpus")
                 && m.contains("4 CPUs")),
             "{e:?}"
         );
-        let e = p.limits(shape(1, 16)).map_err(|e| e.to_string());
+        let e = p.limits(shape(1, 16), None).map_err(|e| e.to_string());
         assert!(
             e.as_ref().is_err_and(|m| m.contains("16 GiB")
                 && m.contains("max_resources.memory")
@@ -380,13 +385,37 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(
-            only_max.limits(shape(0, -1)),
+            only_max.limits(shape(0, -1), None),
             Ok(Limits {
                 nano_cpus: Some(2_000_000_000),
                 memory_bytes: None
             })
         );
-        assert_eq!(Policy::default().limits(None), Ok(Limits::default()));
+        assert_eq!(Policy::default().limits(None, None), Ok(Limits::default()));
+        // An environment's resources sit between the shape and the defaults, and are capped.
+        let env = Resources {
+            cpus: Some(3.0),
+            memory: None,
+        };
+        assert_eq!(
+            p.reservation(None, Some(&env)),
+            Resources {
+                cpus: Some(3.0),
+                memory: Some(2 << 30)
+            }
+        );
+        assert_eq!(
+            p.reservation(shape(2, 0), Some(&env)),
+            Resources {
+                cpus: Some(2.0),
+                memory: Some(2 << 30)
+            }
+        );
+        let huge = Resources {
+            cpus: None,
+            memory: Some(9 << 30),
+        };
+        assert!(p.limits(None, Some(&huge)).is_err());
     }
 
     #[test]

@@ -340,8 +340,11 @@ pub fn container_env(
 pub struct ContainerSpec {
     /// Normalised image reference.
     pub image: String,
-    /// `Cmd` (never the entrypoint).
+    /// `Cmd`.
     pub cmd: Vec<String>,
+    /// Entrypoint override: only the provisioning holder ([`crate::provision::held`]); `None`
+    /// keeps the image's.
+    pub entrypoint: Option<Vec<String>>,
     /// `KEY=VALUE` entries.
     pub env: Vec<String>,
     /// Working directory.
@@ -385,6 +388,9 @@ pub struct SpecContext<'a> {
     pub security: &'a crate::policy::Security,
     /// The task's environment, if any.
     pub environment: Option<&'a crate::environment::Environment>,
+    /// The image's entrypoint, when the environment provisions inside the container: the
+    /// container then starts held and runs this plus the cmd once released.
+    pub hold: Option<&'a [String]>,
 }
 
 /// The berth/1 `command` when it applies: only on berth/1 connections, only when non-empty.
@@ -407,6 +413,13 @@ pub fn container_spec(
         Some(c) => c.to_vec(),
         None => agent_argv(a, ctx.agent),
     };
+    let (entrypoint, cmd) = match ctx.hold {
+        Some(image_entrypoint) => {
+            let (e, c) = crate::provision::held(image_entrypoint, &cmd);
+            (Some(e), c)
+        }
+        None => (None, cmd),
+    };
     let env = container_env(
         task_id,
         ctx.environment.map(|e| &e.env),
@@ -425,6 +438,7 @@ pub fn container_spec(
     Ok(ContainerSpec {
         image: ctx.image.to_string(),
         cmd,
+        entrypoint,
         env,
         working_dir: ctx
             .environment
@@ -907,7 +921,7 @@ mod tests {
         let s = settings();
         let vols = strs(&["/host:/data:ro"]);
         let policy = crate::policy::Policy::default();
-        let limits = policy.limits(a.instance_shape).unwrap_or_default();
+        let limits = policy.limits(a.instance_shape, None).unwrap_or_default();
         let ctx = SpecContext {
             worker_id: "w1",
             execution_id: "e1",
@@ -920,6 +934,7 @@ mod tests {
             limits,
             security: &policy.security,
             environment: None,
+            hold: None,
         };
         let spec = container_spec(&a, &ctx).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(spec.cmd, strs(&["echo", "hi"]));
@@ -951,10 +966,13 @@ mod tests {
         assert_eq!(spec.cmd[0], "/agent/entrypoint.sh");
         // Non-positive axes mean no limit.
         let none = policy
-            .limits(Some(InstanceShape {
-                vcpus: Some(0),
-                memory_gb: Some(-1),
-            }))
+            .limits(
+                Some(InstanceShape {
+                    vcpus: Some(0),
+                    memory_gb: Some(-1),
+                }),
+                None,
+            )
             .unwrap_or_default();
         let ctx = SpecContext {
             limits: none,
@@ -962,6 +980,19 @@ mod tests {
         };
         let spec = container_spec(&a, &ctx).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((spec.nano_cpus, spec.memory_bytes), (None, None));
+        assert_eq!(spec.entrypoint, None, "the image's entrypoint is kept");
+        // Held for provisioning: the holder is the entrypoint and runs image entrypoint + cmd.
+        let image_ep = strs(&["/init"]);
+        let held = SpecContext {
+            hold: Some(&image_ep),
+            ..ctx.clone()
+        };
+        let spec = container_spec(&a, &held).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            spec.entrypoint.as_deref().map(|e| &e[..2]),
+            Some(&strs(&["/bin/sh", "-c"])[..])
+        );
+        assert_eq!(spec.cmd, strs(&["/init", "echo", "hi"]));
         a.task = None;
         assert_eq!(container_spec(&a, &ctx), Err(SpecError::MissingTask));
     }

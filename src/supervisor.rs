@@ -353,7 +353,7 @@ impl Supervisor {
                 Active {
                     execution_id: r.execution_id.clone(),
                     control: control.clone(),
-                    reservation: self.cfg.policy.reservation(r.assignment.instance_shape),
+                    reservation: self.reservation(&r.assignment, r.berth),
                 },
             );
             let exec = Execution {
@@ -372,6 +372,13 @@ impl Supervisor {
                 .cloned()
                 .unwrap_or(Found::Vanished)
             {
+                Found::Container(id) if r.state == ExecState::Provisioning => {
+                    warn!(%task_id, container = %id, "the task was being provisioned when berth stopped; ending it");
+                    self.runs.spawn(async move {
+                        let end = task::abandon(&env, &exec, &id, &control).await;
+                        let _ = done.send((task_id, execution_id, end)).await;
+                    });
+                }
                 Found::Container(id) => {
                     self.runs.spawn(async move {
                         let end = task::resume(env, exec, id, control).await;
@@ -641,7 +648,7 @@ impl Supervisor {
             Active {
                 execution_id: execution_id.clone(),
                 control: control.clone(),
-                reservation: self.cfg.policy.reservation(a.instance_shape),
+                reservation: self.reservation(&a, self.berth),
             },
         );
         self.deliver(&task_id, &execution_id, spool.clone(), 0, None);
@@ -662,9 +669,29 @@ impl Supervisor {
         });
     }
 
+    /// What a task reserves: its shape › its environment's resources (a fetched environment
+    /// counts from its cached copy; admission never waits for the network) › the defaults.
+    fn reservation(&self, a: &TaskAssignment, berth: bool) -> crate::policy::Resources {
+        use crate::environment::{Choice, choose};
+        let s = &self.env.settings;
+        let catalog = self.env.catalog.as_deref();
+        let env = match choose(
+            a,
+            berth,
+            &s.environments,
+            s.default_environment.as_deref(),
+            catalog.is_some(),
+        ) {
+            Ok(Choice::Ready(e)) => Some(e.resources),
+            Ok(Choice::Fetch(id)) => catalog.and_then(|c| c.peek(&id)).map(|e| e.resources),
+            Ok(Choice::None) | Err(_) => None,
+        };
+        self.cfg.policy.reservation(a.instance_shape, env.as_ref())
+    }
+
     /// Resource-aware admission: memory/CPU reservations and free disk.
     fn fits(&self, a: &TaskAssignment) -> Result<(), String> {
-        let want = self.cfg.policy.reservation(a.instance_shape);
+        let want = self.reservation(a, self.berth);
         let running: Vec<crate::policy::Resources> =
             self.tasks.values().map(|t| t.reservation).collect();
         crate::capacity::fits(want, &running, self.cfg.host, self.cfg.reserve)?;

@@ -101,6 +101,8 @@ pub enum Outcome {
     },
     /// Stopped before the container ran.
     Interrupted,
+    /// A provisioning step (clone, setup command) failed inside the container.
+    Provisioning(crate::provision::Failure),
 }
 
 fn failed(
@@ -176,7 +178,15 @@ pub fn terminal_message(
             FailureReason::ContainerExit,
             Some(st.code),
         ),
-        (Outcome::Failed { .. } | Outcome::Interrupted, Some(why)) => stopped(task_id, why, None),
+        (Outcome::Failed { .. } | Outcome::Interrupted | Outcome::Provisioning(_), Some(why)) => {
+            stopped(task_id, why, None)
+        }
+        (Outcome::Provisioning(f), None) => failed(
+            task_id,
+            format!("Failed to execute task: {}", f.detail),
+            f.reason,
+            f.exit_code,
+        ),
         (Outcome::Failed { reason, detail }, None) => failed(
             task_id,
             format!("Failed to execute task: {detail}"),
@@ -215,6 +225,8 @@ pub struct TaskEnv {
     pub outbox: mpsc::Sender<Outbound>,
     /// Fires when the worker shuts down in `preserve` mode.
     pub detach: CancellationToken,
+    /// The control plane's environments API, when configured.
+    pub catalog: Option<Arc<crate::catalog::Catalog>>,
 }
 
 /// One execution's identity and transcript.
@@ -302,6 +314,24 @@ pub async fn fail(
     finish(env, exec, control, Some(Outcome::Failed { reason, detail })).await
 }
 
+/// Ends an execution whose container was still held for provisioning when the previous worker
+/// stopped: the steps cannot be resumed half-way (a setup command may not be repeatable), so
+/// the container is removed before the task's command ever ran.
+pub async fn abandon(
+    env: &TaskEnv,
+    exec: &Execution,
+    container_id: &str,
+    control: &TaskControl,
+) -> RunEnd {
+    let outcome = Outcome::Provisioning(crate::provision::Failure {
+        reason: FailureReason::WorkspaceSetup,
+        detail: "berth restarted while the task's environment was being provisioned; the container was removed before the task's command ran. Resubmit the task".into(),
+        exit_code: None,
+    });
+    let outcome = cleanup(env, container_id, Supervised::Done(outcome)).await;
+    finish(env, exec, control, outcome).await
+}
+
 fn task_timeout(env: &TaskEnv, exec: &Execution) -> Option<Duration> {
     env.settings
         .policy
@@ -339,6 +369,7 @@ async fn finish(
     };
     let exit_code = match &outcome {
         Outcome::Exited(st) => Some(st.code),
+        Outcome::Provisioning(f) => f.exit_code,
         _ => None,
     };
     let ext = TerminalExt {
@@ -367,24 +398,76 @@ fn phase(reason: FailureReason) -> impl Fn(String) -> Outcome {
     move |detail| Outcome::Failed { reason, detail }
 }
 
+async fn sleep_or_forever(t: Option<Duration>) {
+    match t {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The task's environment: inline › configured by name › fetched from the control plane ›
+/// the operator's default. Announced as the transcript's first line.
+async fn choose_environment(
+    env: &TaskEnv,
+    exec: &Execution,
+    token: &CancellationToken,
+) -> Result<Option<crate::environment::Environment>, Outcome> {
+    use crate::catalog::Freshness;
+    use crate::environment::Choice;
+    let s = &env.settings;
+    let choice = crate::environment::choose(
+        &exec.assignment,
+        exec.berth,
+        &s.environments,
+        s.default_environment.as_deref(),
+        env.catalog.is_some(),
+    )
+    .map_err(|e| phase(FailureReason::WorkspaceSetup)(e.to_string()))?;
+    let e = match choice {
+        Choice::None => return Ok(None),
+        Choice::Ready(e) => {
+            system_line(&exec.spool, &format!("environment {}", e.source)).await;
+            e
+        }
+        Choice::Fetch(id) => {
+            let Some(catalog) = &env.catalog else {
+                return Ok(None);
+            };
+            let t = tokio::time::Instant::now();
+            let got = tokio::select! {
+                r = catalog.get(&id) => r,
+                _ = token.cancelled() => return Err(Outcome::Interrupted),
+                _ = env.detach.cancelled() => return Err(Outcome::Interrupted),
+            };
+            let (e, how) = got.map_err(|e| phase(FailureReason::WorkspaceSetup)(e.to_string()))?;
+            let how = match how {
+                Freshness::Fetched => format!("fetched in {} ms", t.elapsed().as_millis()),
+                Freshness::Cached => "cached copy".to_string(),
+                Freshness::Revalidated => format!(
+                    "cached copy, still current ({} ms)",
+                    t.elapsed().as_millis()
+                ),
+                Freshness::Stale(why) => {
+                    format!("the control plane's API failed ({why}); using the last copy fetched")
+                }
+            };
+            system_line(&exec.spool, &format!("environment {}: {how}", e.source)).await;
+            e
+        }
+    };
+    Ok(Some(e))
+}
+
 /// `None` means detached.
 async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Option<Outcome> {
     let s = &env.settings;
     let a = &exec.assignment;
     let docker = &env.docker;
     let token = control.token.clone();
-    let environment = match crate::environment::resolve(
-        a,
-        exec.berth,
-        &s.environments,
-        s.default_environment.as_deref(),
-    ) {
+    let environment = match choose_environment(env, exec, &token).await {
         Ok(e) => e,
-        Err(e) => return Some(phase(FailureReason::WorkspaceSetup)(e.to_string())),
+        Err(o) => return Some(o),
     };
-    if let Some(e) = &environment {
-        system_line(&exec.spool, &format!("environment {}", e.source)).await;
-    }
     let image = match resolve_image(
         a,
         environment.as_ref().and_then(|e| e.image.as_deref()),
@@ -406,10 +489,24 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
                 .iter()
                 .try_for_each(|m| s.policy.check_image(&m.image, "sidecar"))
         })
-        .and_then(|()| s.policy.limits(a.instance_shape));
+        .and_then(|()| {
+            s.policy
+                .limits(a.instance_shape, environment.as_ref().map(|e| &e.resources))
+        });
     let limits = match policy_check {
         Ok(l) => l,
         Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
+    };
+    let workdir = environment
+        .as_ref()
+        .and_then(|e| e.workdir.clone())
+        .unwrap_or_else(|| crate::spec::WORKDIR.to_string());
+    let steps = match environment.as_ref().filter(|e| e.provisions()) {
+        Some(e) => match crate::provision::steps(e, &workdir) {
+            Ok(st) => st,
+            Err(detail) => return Some(phase(FailureReason::WorkspaceSetup)(detail)),
+        },
+        None => Vec::new(),
     };
     let t = tokio::time::Instant::now();
     system_line(
@@ -471,6 +568,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
         limits,
         security: &s.policy.security,
         environment: environment.as_ref(),
+        hold: (!steps.is_empty()).then_some(info.entrypoint.as_slice()),
     };
     let spec = match container_spec(a, &ctx) {
         Ok(spec) => spec,
@@ -482,7 +580,10 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
         Err(e) => return Some(phase(FailureReason::ContainerCreate)(e.to_string())),
     };
     // Journal before acting: a restarted worker must know this container is ours.
-    if let Err(e) = env.journal.set_container(&exec.execution_id, &id) {
+    if let Err(e) = env
+        .journal
+        .set_container(&exec.execution_id, &id, !steps.is_empty())
+    {
         error!(error = %e, "cannot record the container in the journal");
     }
     info!(container = %id, image = %spec.image, "container created");
@@ -514,7 +615,37 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
         }));
         let _ = env.outbox.send(Outbound::durable(started)).await;
     }
-    let outcome = supervise(env, exec, &id, control, task_timeout(env, exec)).await;
+    let timeout = task_timeout(env, exec);
+    let started_at = tokio::time::Instant::now();
+    if !steps.is_empty() {
+        let secrets = secrets_of(env, a);
+        let provisioned = tokio::select! {
+            r = crate::provision::provision(docker, &id, &steps, &exec.spool, &secrets) => Some(r),
+            _ = token.cancelled() => None,
+            _ = sleep_or_forever(timeout) => {
+                control.stop(StopReason::Timeout);
+                None
+            }
+            // A held container cannot be resumed by the next worker: end it now.
+            _ = env.detach.cancelled() => {
+                control.stop(StopReason::Shutdown);
+                None
+            }
+        };
+        match provisioned {
+            Some(Ok(())) => {
+                if let Err(e) = env.journal.set_running(&exec.execution_id) {
+                    error!(error = %e, "cannot record the end of provisioning in the journal");
+                }
+            }
+            Some(Err(f)) => {
+                return cleanup(env, &id, Supervised::Done(Outcome::Provisioning(f))).await;
+            }
+            None => return cleanup(env, &id, Supervised::Done(Outcome::Interrupted)).await,
+        }
+    }
+    let remaining = timeout.map(|t| t.saturating_sub(started_at.elapsed()));
+    let outcome = supervise(env, exec, &id, control, remaining).await;
     if matches!(outcome, Supervised::Detached) {
         return None;
     }

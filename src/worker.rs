@@ -36,6 +36,9 @@ pub enum WorkerError {
     /// The journal cannot be opened.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The environments API client cannot be built.
+    #[error("control_plane.environments_url: cannot build the HTTP client ({0})")]
+    Catalog(String),
 }
 
 /// Where spools live under `state_dir`.
@@ -59,6 +62,7 @@ pub struct Worker {
     tls: Arc<rustls::ClientConfig>,
     journal: Arc<Journal>,
     docker_root: Option<PathBuf>,
+    catalog: Option<Arc<crate::catalog::Catalog>>,
 }
 
 impl Worker {
@@ -82,7 +86,20 @@ impl Worker {
             cp.client_key_file.as_deref(),
         )?;
         let journal = Journal::open(&config.state_dir)?;
+        let catalog = match &cp.environments_url {
+            Some(t) => Some(Arc::new(
+                crate::catalog::Catalog::new(
+                    t.clone(),
+                    cp.api_key.clone(),
+                    cp.environments_ttl,
+                    tls.clone(),
+                )
+                .map_err(|e| WorkerError::Catalog(e.to_string()))?,
+            )),
+            None => None,
+        };
         Ok(Worker {
+            catalog,
             config,
             docker: Arc::new(docker),
             tls,
@@ -174,6 +191,7 @@ impl Worker {
             journal: self.journal.clone(),
             outbox: out_tx.clone(),
             detach: CancellationToken::new(),
+            catalog: self.catalog.clone(),
         });
         let mut supervisor = Supervisor::new(
             env,

@@ -5,7 +5,7 @@
 
 mod support;
 
-use berth::devserver::state::{SubmitRequest, TaskRecord, TaskState};
+use berth::devserver::state::{SubmitRequest, TaskState};
 use berth::protocol::AgentConfigSnapshot;
 use support::*;
 
@@ -39,23 +39,12 @@ fn request(environment_id: Option<&str>, inline: Option<serde_json::Value>) -> S
     }
 }
 
-async fn run(env: &Env, req: SubmitRequest) -> (TaskRecord, String) {
-    let t = env.cp.submit(req);
-    let done = env.finished(&t.id).await;
-    until("transcript complete", || {
-        env.cp.task(&t.id).is_some_and(|t| t.complete())
-    })
-    .await;
-    let text = String::from_utf8_lossy(&env.cp.transcript(&t.id).unwrap_or_default()).into_owned();
-    (done, text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_environment_sets_image_env_and_workdir_and_task_env_wins() {
     let env = env_with_named().await;
     let mut req = request(Some("tools"), None);
     req.image = Some("berth-test-does-not-exist:1".into());
-    let (done, text) = run(&env, req).await;
+    let (done, text) = env.run(req).await;
     assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{text}");
     assert!(
         text.contains("[berth] environment config:tools\n"),
@@ -68,7 +57,7 @@ async fn a_named_environment_sets_image_env_and_workdir_and_task_env_wins() {
 async fn the_default_environment_applies_when_none_or_an_unknown_one_is_named() {
     let env = env_with_named().await;
     for id in [None, Some("unknown")] {
-        let (done, text) = run(&env, request(id, None)).await;
+        let (done, text) = env.run(request(id, None)).await;
         assert_eq!(done.state, TaskState::Succeeded);
         assert!(
             text.contains("[berth] environment config:other\n"),
@@ -79,26 +68,28 @@ async fn the_default_environment_applies_when_none_or_an_unknown_one_is_named() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_inline_environment_wins_and_unsupported_phases_fail_clearly() {
+async fn an_inline_environment_wins_and_an_invalid_one_fails_before_anything_runs() {
     let env = env_with_named().await;
     let inline =
         serde_json::json!({"image": BUSYBOX, "env": {"FROM_ENV": "inline"}, "workdir": "/"});
-    let (done, text) = run(&env, request(Some("tools"), Some(inline))).await;
+    let (done, text) = env.run(request(Some("tools"), Some(inline))).await;
     assert_eq!(done.state, TaskState::Succeeded);
     assert!(
         text.contains("[berth] environment inline\n") && text.contains("env=inline task=task\n/\n"),
         "{text}"
     );
-    let setup = serde_json::json!({"image": BUSYBOX, "setup": ["make"]});
-    let (done, _) = run(&env, request(None, Some(setup))).await;
+    // An inline definition that cannot be used fails before anything is pulled or created.
+    let bad = serde_json::json!({"image": BUSYBOX, "setup": ["make"], "steps": ["x"]});
+    let (done, text) = env.run(request(None, Some(bad))).await;
     assert_eq!(
         done.failure_reason.as_deref(),
         Some("workspace_setup"),
         "{done:?}"
     );
+    let msg = done.message.unwrap_or_default();
     assert!(
-        done.message
-            .unwrap_or_default()
-            .contains("does not provision yet")
+        msg.contains("environment inline is invalid") && msg.contains("steps"),
+        "{msg}"
     );
+    assert!(!text.contains("preparing image"), "{text}");
 }

@@ -6,15 +6,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use berth::devserver::ControlPlane;
 use berth::devserver::state::{SubmitRequest, TaskRecord, TaskState};
 use berth::protocol::Stream;
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
 /// The stdout bytes of a stored transcript.
 fn stdout_of(cp: &ControlPlane, id: &str) -> Vec<u8> {
@@ -44,46 +42,6 @@ fn run_task(cp: &ControlPlane, script: &str, env: &[(&str, &str)]) -> TaskRecord
             .collect(),
         ..SubmitRequest::default()
     })
-}
-
-/// A worker process (the real binary) on `cp` with its state in `state`.
-fn worker_process(cp: &ControlPlane, id: &str, state: &Path, extra: &[&str]) -> Child {
-    let mut args = vec![
-        "run".to_string(),
-        "--worker-id".into(),
-        id.into(),
-        "--control-plane-url".into(),
-        cp.ws_url(),
-        "--state-dir".into(),
-        state.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    // Free-disk admission is unit-tested; machines here can be nearly full.
-    let cfg = state.with_extension("yaml");
-    std::fs::write(
-        &cfg,
-        format!("worker_id: {id}\nadmission:\n  min_free_disk: 0\n"),
-    )
-    .unwrap();
-    args.extend(["--config".to_string(), cfg.display().to_string()]);
-    let log = std::fs::File::create(state.with_extension("log")).unwrap();
-    Command::new(BIN)
-        .args(&args)
-        .env("BERTH_API_KEY", "proc-key")
-        .env_remove("WARP_API_KEY")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in containers_of(&self.0) {
-            let _ = Command::new("docker").args(["rm", "-f", "-v", &c]).output();
-        }
-    }
 }
 
 /// 40 batches of 1000 numbered lines, 50 ms apart: deterministic and long enough to be

@@ -26,6 +26,11 @@ pub(super) fn router(cp: ControlPlane) -> Router {
         .route("/v1/workers", get(workers))
         .route("/v1/workers/{id}/drain", post(drain))
         .route("/v1/workers/{id}/resume", post(resume))
+        .route(super::environments::API_PATH, get(super::environments::get))
+        .route(
+            "/v1/environments/{id}",
+            axum::routing::put(super::environments::put),
+        )
         .with_state(cp)
 }
 
@@ -40,7 +45,8 @@ async fn index(State(cp): State<ControlPlane>) -> Json<serde_json::Value> {
         "endpoints": [
             "POST /v1/tasks", "GET /v1/tasks", "GET /v1/tasks/{id}",
             "GET /v1/tasks/{id}/wait?timeout_secs=N", "GET /v1/tasks/{id}/transcript?follow=true&format=raw|jsonl",
-            "POST /v1/tasks/{id}/cancel", "GET /v1/workers"
+            "POST /v1/tasks/{id}/cancel", "GET /v1/workers",
+            "PUT /v1/environments/{id}", "GET /api/v1/environments/{id} (workers; bearer key)"
         ]
     }))
 }

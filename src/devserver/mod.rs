@@ -2,6 +2,7 @@
 //! PROTOCOL.md (WebSocket endpoint for workers, in-memory queue, requeue on rejection) plus a
 //! small JSON HTTP API. The CLI, the integration tests and the benchmarks all use this one.
 
+mod environments;
 mod http;
 pub use http::TranscriptLine;
 pub mod state;
@@ -118,6 +119,7 @@ struct Shared {
     conns: Mutex<HashMap<u64, mpsc::Sender<String>>>,
     changed: watch::Sender<u64>,
     next_conn: std::sync::atomic::AtomicU64,
+    environments: Mutex<environments::Store>,
 }
 
 /// A handle on the running control plane (cheap to clone).
@@ -138,6 +140,7 @@ impl ControlPlane {
             conns: Mutex::new(HashMap::new()),
             changed,
             next_conn: std::sync::atomic::AtomicU64::new(0),
+            environments: Mutex::new(environments::Store::default()),
         });
         Self::listen(addr, shared).await
     }
@@ -189,6 +192,37 @@ impl ControlPlane {
         }
         info!(%local, "control plane listening");
         Ok(cp)
+    }
+
+    fn environments(&self) -> MutexGuard<'_, environments::Store> {
+        match self.shared.environments.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Defines (or replaces, with a new ETag) environment `id` served to workers.
+    pub fn put_environment(&self, id: &str, def: serde_json::Value) {
+        self.environments().put(id, def);
+    }
+
+    /// Makes the environments API answer 503 (an outage) or serve again.
+    pub fn set_environments_down(&self, down: bool) {
+        self.environments().set_down(down);
+    }
+
+    /// How many environment GETs were answered with `status`.
+    pub fn environment_requests(&self, status: u16) -> u64 {
+        self.environments()
+            .answered
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The `control_plane.environments_url` template for workers of this server.
+    pub fn environments_url(&self) -> String {
+        format!("{}{}", self.http_url(), environments::API_PATH)
     }
 
     /// The bound address.

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -27,6 +27,12 @@ use tokio_util::sync::CancellationToken;
 pub const BUSYBOX: &str = "berth-test-busybox:latest";
 /// Fake agent sidecar: busybox plus `/entrypoint.sh` that records argv, env and cwd.
 pub const SIDECAR: &str = "berth-test-sidecar:latest";
+/// busybox plus the host's git (built on demand by [`git_image`]).
+pub const GIT: &str = "berth-test-git:latest";
+/// Debian's git: the test image copies it and the libraries it links.
+const HOST_GIT: &str = "/usr/bin/git";
+
+static GIT_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Label on everything the tests create.
 pub const TEST_LABEL: &str = "berth.test=true";
 
@@ -75,6 +81,43 @@ fn import(name: &str, extra: &[ExtraFile]) {
         child.wait().unwrap().success(),
         "docker import {name} failed"
     );
+}
+
+/// The git-capable test image: busybox, `/bin/git` from the host and the shared libraries it
+/// links (found with `ldd`), so repositories can be cloned inside task containers without a
+/// registry. Built once per holder generation of [`Images`].
+pub fn git_image(_held: &Images) -> &'static str {
+    let _users = USERS.lock().unwrap_or_else(|p| p.into_inner());
+    if !GIT_READY.load(Ordering::SeqCst) {
+        let ldd = Command::new("ldd")
+            .arg(HOST_GIT)
+            .output()
+            .expect("install Debian's git: the clone tests copy /usr/bin/git into an image");
+        assert!(ldd.status.success(), "ldd {HOST_GIT} failed");
+        let bin = std::fs::read(HOST_GIT).unwrap();
+        // A local clone runs `git-upload-pack`, which git dispatches by its own name.
+        let mut extra: Vec<ExtraFile> = ["/bin/git", "/bin/git-upload-pack"]
+            .into_iter()
+            .map(|path| ExtraFile {
+                path: path.into(),
+                contents: bin.clone(),
+                mode: 0o755,
+            })
+            .collect();
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            extra.push(ExtraFile {
+                path: lib.to_string(),
+                contents: std::fs::read(lib).unwrap(),
+                mode: 0o755,
+            });
+        }
+        import(GIT, &extra);
+        GIT_READY.store(true, Ordering::SeqCst);
+    }
+    GIT
 }
 
 /// Keeps the test images alive while held.
@@ -144,6 +187,9 @@ pub fn remove_test_artifacts() {
         docker(&["rm", "-f", id]);
     }
     docker(&["rmi", "-f", BUSYBOX, SIDECAR]);
+    if GIT_READY.swap(false, Ordering::SeqCst) {
+        docker(&["rmi", "-f", GIT]);
+    }
 }
 
 /// Containers of a worker (all states).
@@ -197,6 +243,9 @@ pub struct EnvOptions {
     pub pull_policy: &'static str,
     /// Extra YAML under `backend.docker` (indented by 4 spaces).
     pub docker_yaml: String,
+    /// Extra YAML under `control_plane` (indented by 2 spaces); `{http}` becomes the control
+    /// plane's HTTP base URL.
+    pub control_plane_yaml: String,
 }
 
 impl Default for EnvOptions {
@@ -208,6 +257,7 @@ impl Default for EnvOptions {
             overrides: Overrides::default(),
             pull_policy: "never",
             docker_yaml: String::new(),
+            control_plane_yaml: String::new(),
         }
     }
 }
@@ -220,7 +270,7 @@ pub struct Env {
     pub handle: WorkerHandle,
     shutdown: CancellationToken,
     worker: Option<JoinHandle<()>>,
-    _images: Images,
+    pub images: Images,
 }
 
 /// Starts a control plane on a free loopback port.
@@ -249,8 +299,12 @@ pub fn worker_config(
     opts: &EnvOptions,
 ) -> config::Config {
     let yaml = format!(
-        "worker_id: {worker_id}\nmax_concurrent_tasks: {}\ncontrol_plane:\n  url: {cp_url}\n  heartbeat_interval: 2s\nbackend:\n  docker:\n    default_image: {BUSYBOX}\n    pull_policy: {}\n    stop_grace_period: 2s\n{}{}",
-        opts.max_concurrent_tasks, opts.pull_policy, opts.docker_yaml, opts.yaml
+        "worker_id: {worker_id}\nmax_concurrent_tasks: {}\ncontrol_plane:\n  url: {cp_url}\n  heartbeat_interval: 2s\n{}backend:\n  docker:\n    default_image: {BUSYBOX}\n    pull_policy: {}\n    stop_grace_period: 2s\n{}{}",
+        opts.max_concurrent_tasks,
+        opts.control_plane_yaml,
+        opts.pull_policy,
+        opts.docker_yaml,
+        opts.yaml
     );
     let ov = Overrides {
         api_key: Some(Secret::new(api_key)),
@@ -272,11 +326,12 @@ pub fn worker_config(
 }
 
 impl Env {
-    pub async fn start(name: &str, opts: EnvOptions) -> Env {
+    pub async fn start(name: &str, mut opts: EnvOptions) -> Env {
         berth::tls::install_default_provider();
         let images = Images::acquire();
         let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
         let cp = control_plane(&api_key, opts.accept_berth, None).await;
+        opts.control_plane_yaml = opts.control_plane_yaml.replace("{http}", &cp.http_url());
         let worker_id = worker_id(name);
         let cfg = worker_config(&cp.ws_url(), &worker_id, &api_key, &opts);
         let (shutdown, handle, join) = start_worker(cfg).await;
@@ -287,7 +342,7 @@ impl Env {
             handle,
             shutdown,
             worker: Some(join),
-            _images: images,
+            images,
         };
         env.until("worker connected", || !env.cp.workers().is_empty())
             .await;
@@ -300,6 +355,18 @@ impl Env {
             command: command.iter().map(|s| s.to_string()).collect(),
             ..SubmitRequest::default()
         })
+    }
+
+    /// Submits `req` and returns its final record and whole transcript (as text).
+    pub async fn run(&self, req: SubmitRequest) -> (TaskRecord, String) {
+        let t = self.cp.submit(req);
+        let done = self.finished(&t.id).await;
+        until("transcript complete", || {
+            self.cp.task(&t.id).is_some_and(|t| t.complete())
+        })
+        .await;
+        let text = self.cp.transcript(&t.id).unwrap_or_default();
+        (done, String::from_utf8_lossy(&text).into_owned())
     }
 
     /// Waits for the task's terminal state (panics after 90 s with the record).
@@ -366,5 +433,49 @@ impl Drop for Env {
         let _ = std::fs::remove_dir_all(
             std::env::temp_dir().join(format!("berth-test-{}", self.worker_id)),
         );
+    }
+}
+
+/// The berth binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+/// A worker process (the real binary) on `cp` with its state in `state`.
+pub fn worker_process(cp: &ControlPlane, id: &str, state: &Path, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "run".to_string(),
+        "--worker-id".into(),
+        id.into(),
+        "--control-plane-url".into(),
+        cp.ws_url(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    // Free-disk admission is unit-tested; machines here can be nearly full.
+    let cfg = state.with_extension("yaml");
+    std::fs::write(
+        &cfg,
+        format!("worker_id: {id}\nadmission:\n  min_free_disk: 0\n"),
+    )
+    .unwrap();
+    args.extend(["--config".to_string(), cfg.display().to_string()]);
+    let log = std::fs::File::create(state.with_extension("log")).unwrap();
+    Command::new(BIN)
+        .args(&args)
+        .env("BERTH_API_KEY", "proc-key")
+        .env_remove("WARP_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Removes a worker's containers when dropped.
+pub struct Cleanup(pub String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in containers_of(&self.0) {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", &c]).output();
+        }
     }
 }
