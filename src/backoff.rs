@@ -19,7 +19,12 @@ pub fn nominal(attempt: u32) -> Duration {
 /// The delay for `attempt` with "equal jitter": half the nominal delay, plus `unit` (a number
 /// in `[0, 1)`) times the other half. Never more than the nominal delay, never less than half.
 pub fn delay(attempt: u32, unit: f64) -> Duration {
-    let n = nominal(attempt);
+    delay_capped(attempt, unit, MAX)
+}
+
+/// [`delay`] with the nominal delay capped at `cap` (jitter still applies below the cap).
+pub fn delay_capped(attempt: u32, unit: f64, cap: Duration) -> Duration {
+    let n = nominal(attempt).min(cap);
     let half = n / 2;
     half + half.mul_f64(unit.clamp(0.0, 1.0))
 }
@@ -28,12 +33,21 @@ pub fn delay(attempt: u32, unit: f64) -> Duration {
 #[derive(Debug, Default)]
 pub struct Backoff {
     attempt: u32,
+    cap: Option<Duration>,
 }
 
 impl Backoff {
+    /// A backoff whose nominal delay never exceeds `cap` (e.g. polling a local engine).
+    pub fn capped(cap: Duration) -> Self {
+        Backoff {
+            attempt: 0,
+            cap: Some(cap),
+        }
+    }
+
     /// The next delay; each call counts one failed attempt.
     pub fn next_delay(&mut self) -> Duration {
-        let d = delay(self.attempt, rand::random::<f64>());
+        let d = delay_capped(self.attempt, rand::random::<f64>(), self.cap.unwrap_or(MAX));
         self.attempt = self.attempt.saturating_add(1);
         d
     }
@@ -65,6 +79,15 @@ mod tests {
         assert!(b.next_delay() >= Duration::from_secs(30));
         b.reset();
         assert!(b.next_delay() <= BASE);
+    }
+
+    #[test]
+    fn a_capped_backoff_stays_under_its_cap() {
+        let mut b = Backoff::capped(Duration::from_secs(5));
+        let delays: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(5)));
+        assert!(delays[11] >= Duration::from_millis(2500));
+        assert_eq!(delay_capped(0, 1.0, Duration::from_secs(5)), BASE);
     }
 
     proptest! {

@@ -222,14 +222,10 @@ pub async fn capture(
                 None => break,
                 Some(e) => {
                     failures += 1;
-                    // The engine may be restarting: retry while the container exists.
-                    let exists = docker
-                        .inspect_state(container_id)
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some();
-                    if !exists && failures > 3 {
+                    // The engine may be away or restarting: retry while the container exists
+                    // or the engine does not answer (the supervisor decides when to stop).
+                    let gone = matches!(docker.inspect_state(container_id).await, Ok(None));
+                    if gone && failures > 3 {
                         return Err(e.into());
                     }
                     warn!(container = container_id, error = %e, "reading the container log failed; retrying");

@@ -274,7 +274,11 @@ impl Docker {
         crate::credentials::for_registry(&text, domain)
     }
 
-    async fn pull(&self, image: &ImageRef) -> Result<(), DockerError> {
+    async fn pull(
+        &self,
+        image: &ImageRef,
+        progress: Option<&tokio::sync::mpsc::Sender<String>>,
+    ) -> Result<(), DockerError> {
         let (from_image, tag) = image.pull_parts();
         let opts = CreateImageOptionsBuilder::default()
             .from_image(&from_image)
@@ -285,10 +289,28 @@ impl Docker {
         let mut stream =
             self.client
                 .create_image(Some(opts), None, self.credentials(&image.domain));
+        let mut condensed = crate::progress::PullProgress::default();
+        // Progress lines are a courtesy: dropped rather than slowing the pull when the reader
+        // lags.
+        let say = |line: String| {
+            if let Some(tx) = progress {
+                let _ = tx.try_send(line);
+            }
+        };
         // A failed pull arrives as an error item inside the stream: read it to the end.
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
+                    let detail = info.progress_detail.unwrap_or_default();
+                    condensed.observe(
+                        info.id.as_deref(),
+                        info.status.as_deref().unwrap_or_default(),
+                        detail.current,
+                        detail.total,
+                    );
+                    if let Some(line) = condensed.line_if_due(started.elapsed()) {
+                        say(format!("pulling {image}: {line}"));
+                    }
                     if let Some(msg) = info.error_detail.and_then(|d| d.message) {
                         return Err(DockerError::Pull {
                             image: image.to_string(),
@@ -305,14 +327,21 @@ impl Docker {
             }
         }
         info!(image = %image, elapsed_ms = started.elapsed().as_millis() as u64, "pulled image");
+        say(format!(
+            "pulled {image} in {:.1} s ({})",
+            started.elapsed().as_secs_f64(),
+            condensed.summary()
+        ));
         Ok(())
     }
 
     /// Makes `image` available under `policy`; concurrent callers for one image share one pull.
+    /// Condensed progress lines of a pull this caller performs go to `progress`.
     pub async fn ensure_image(
         &self,
         image: &ImageRef,
         policy: PullPolicy,
+        progress: Option<&tokio::sync::mpsc::Sender<String>>,
     ) -> Result<ImageInfo, DockerError> {
         let name = image.to_string();
         let asked = Instant::now();
@@ -327,7 +356,7 @@ impl Docker {
             (PullPolicy::IfNotPresent, Some(i)) => Ok(i),
             // Someone else pulled it while this caller waited for the lock.
             (PullPolicy::Always, Some(i)) if last_pull.is_some_and(|t| t >= asked) => Ok(i),
-            (policy, local) => match self.pull(image).await {
+            (policy, local) => match self.pull(image, progress).await {
                 Ok(()) => {
                     *last_pull = Some(Instant::now());
                     self.inspect_image(&name).await?.ok_or_else(missing)
@@ -349,7 +378,7 @@ impl Docker {
         image: &ImageRef,
         policy: PullPolicy,
     ) -> Result<String, DockerError> {
-        let info = self.ensure_image(image, policy).await?;
+        let info = self.ensure_image(image, policy, None).await?;
         let content = info.repo_digest.clone().unwrap_or_else(|| info.id.clone());
         let volume = sidecar_volume_name(image, &content);
         let lock = self.sidecars.get(&volume);
@@ -559,6 +588,19 @@ impl Docker {
             warn!(container = %r.id, warning = %w, "engine warning on create");
         }
         Ok(r.id)
+    }
+
+    /// Whether the engine answers (`/_ping`, at most 5 s).
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        let unreachable = |reason: String| DockerError::Unreachable {
+            host: self.host.clone(),
+            reason,
+        };
+        match tokio::time::timeout(Duration::from_secs(5), self.client.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable("no answer within 5 s".into())),
+        }
     }
 
     /// Runs `cmd` inside running container `id` (as the container's user, with its env plus

@@ -91,6 +91,18 @@ impl std::fmt::Display for FailureReason {
     }
 }
 
+/// A classified failure: its reason, what happened (for the user), and the exit status of the
+/// command that failed, when one ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The wire reason.
+    pub reason: FailureReason,
+    /// For the user: what failed, what happened, what to do.
+    pub detail: String,
+    /// The failing command's exit status, when it ran.
+    pub exit_code: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

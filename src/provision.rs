@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::capture::{SharedSpool, append_retrying, lock};
 use crate::docker::{Docker, DockerError};
 use crate::environment::{Environment, Repo, WORKSPACE, repo_dir};
-use crate::failure::FailureReason;
+use crate::failure::{Failure, FailureReason};
 use crate::protocol::Stream;
 use crate::transcript::Redactor;
 
@@ -137,17 +137,6 @@ pub fn steps(env: &Environment, workdir: &str) -> Result<Vec<Step>, String> {
         });
     }
     Ok(out)
-}
-
-/// Why provisioning did not complete.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    /// `workspace_setup` or `setup_command`.
-    pub reason: FailureReason,
-    /// For the user: which step, what happened, what to do.
-    pub detail: String,
-    /// The failing command's exit status, when it ran.
-    pub exit_code: Option<i64>,
 }
 
 /// The failure for a step that exited with `code` (pure; phrased for the user).

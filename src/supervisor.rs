@@ -689,8 +689,18 @@ impl Supervisor {
         self.cfg.policy.reservation(a.instance_shape, env.as_ref())
     }
 
+    /// Why the Docker engine is considered down, if it is.
+    fn engine_down(&self) -> Option<String> {
+        let st = self.env.engine.subscribe().borrow().clone();
+        (!st.reachable).then(|| st.error.unwrap_or_else(|| "no answer".into()))
+    }
+
     /// Resource-aware admission: memory/CPU reservations and free disk.
     fn fits(&self, a: &TaskAssignment) -> Result<(), String> {
+        // A task started now could only fail: let the server requeue it instead.
+        if let Some(e) = self.engine_down() {
+            return Err(format!("Docker engine unreachable ({e})"));
+        }
         let want = self.reservation(a, self.berth);
         let running: Vec<crate::policy::Resources> =
             self.tasks.values().map(|t| t.reservation).collect();

@@ -101,8 +101,9 @@ pub enum Outcome {
     },
     /// Stopped before the container ran.
     Interrupted,
-    /// A provisioning step (clone, setup command) failed inside the container.
-    Provisioning(crate::provision::Failure),
+    /// A failure with an exit status or a detail of its own (a provisioning step, a container
+    /// lost to an engine outage).
+    Failure(crate::failure::Failure),
 }
 
 fn failed(
@@ -178,10 +179,10 @@ pub fn terminal_message(
             FailureReason::ContainerExit,
             Some(st.code),
         ),
-        (Outcome::Failed { .. } | Outcome::Interrupted | Outcome::Provisioning(_), Some(why)) => {
+        (Outcome::Failed { .. } | Outcome::Interrupted | Outcome::Failure(_), Some(why)) => {
             stopped(task_id, why, None)
         }
-        (Outcome::Provisioning(f), None) => failed(
+        (Outcome::Failure(f), None) => failed(
             task_id,
             format!("Failed to execute task: {}", f.detail),
             f.reason,
@@ -227,6 +228,8 @@ pub struct TaskEnv {
     pub detach: CancellationToken,
     /// The control plane's environments API, when configured.
     pub catalog: Option<Arc<crate::catalog::Catalog>>,
+    /// The engine's health (told when a call fails).
+    pub engine: Arc<crate::engine::Engine>,
 }
 
 /// One execution's identity and transcript.
@@ -323,7 +326,7 @@ pub async fn abandon(
     container_id: &str,
     control: &TaskControl,
 ) -> RunEnd {
-    let outcome = Outcome::Provisioning(crate::provision::Failure {
+    let outcome = Outcome::Failure(crate::failure::Failure {
         reason: FailureReason::WorkspaceSetup,
         detail: "berth restarted while the task's environment was being provisioned; the container was removed before the task's command ran. Resubmit the task".into(),
         exit_code: None,
@@ -369,7 +372,7 @@ async fn finish(
     };
     let exit_code = match &outcome {
         Outcome::Exited(st) => Some(st.code),
-        Outcome::Provisioning(f) => f.exit_code,
+        Outcome::Failure(f) => f.exit_code,
         _ => None,
     };
     let ext = TerminalExt {
@@ -514,14 +517,27 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
         &format!("preparing image {image} (pull policy {:?})", s.pull_policy),
     )
     .await;
+    // Condensed pull progress goes into the transcript as it comes.
+    let (progress_tx, mut progress_rx) = mpsc::channel::<String>(8);
+    let spool = exec.spool.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(line) = progress_rx.recv().await {
+            system_line(&spool, &line).await;
+        }
+    });
     // A pull may be abandoned safely; the engine finishes or drops it on its own.
-    let info = tokio::select! {
-        r = docker.ensure_image(&image, s.pull_policy) => match r {
-            Ok(i) => i,
-            Err(e) => return Some(phase(FailureReason::ImagePull)(e.to_string())),
-        },
-        _ = token.cancelled() => return Some(Outcome::Interrupted),
-        _ = env.detach.cancelled() => return Some(Outcome::Interrupted),
+    let pulled = tokio::select! {
+        r = docker.ensure_image(&image, s.pull_policy, Some(&progress_tx)) => Some(r),
+        _ = token.cancelled() => None,
+        _ = env.detach.cancelled() => None,
+    };
+    drop(progress_tx);
+    // Every progress line precedes what follows the pull.
+    let _ = forward.await;
+    let info = match pulled {
+        Some(Ok(i)) => i,
+        Some(Err(e)) => return Some(phase(FailureReason::ImagePull)(e.to_string())),
+        None => return Some(Outcome::Interrupted),
     };
     system_line(
         &exec.spool,
@@ -639,7 +655,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
                 }
             }
             Some(Err(f)) => {
-                return cleanup(env, &id, Supervised::Done(Outcome::Provisioning(f))).await;
+                return cleanup(env, &id, Supervised::Done(Outcome::Failure(f))).await;
             }
             None => return cleanup(env, &id, Supervised::Done(Outcome::Interrupted)).await,
         }
@@ -697,7 +713,7 @@ async fn supervise(
         }
     };
     let waited = tokio::select! {
-        r = env.docker.wait(id) => Some(r),
+        r = wait_through_outages(env, id) => Some(r),
         _ = control.token.cancelled() => None,
         _ = deadline => {
             control.stop(StopReason::Timeout);
@@ -712,10 +728,8 @@ async fn supervise(
         Some(r) => r,
         None => {
             info!(container = %id, reason = ?control.reason(), grace_s = grace.as_secs(), "stopping container");
-            if let Err(e) = env.docker.stop(id, grace).await {
-                warn!(container = %id, error = %e, "stop failed");
-            }
-            env.docker.wait(id).await
+            stop_through_outages(env, id, grace).await;
+            wait_through_outages(env, id).await
         }
     };
     // All output is read before the result is decided (bounded: the engine closes the stream
@@ -726,10 +740,109 @@ async fn supervise(
         Ok(Err(e)) => warn!(error = %e, "output capture task failed"),
         Err(_) => warn!("output capture did not finish within 60 s of the container's exit"),
     }
-    Supervised::Done(match waited {
-        Ok(st) => Outcome::Exited(st),
-        Err(e) => phase(FailureReason::ContainerWait)(e.to_string()),
-    })
+    Supervised::Done(waited)
+}
+
+/// Waits for the container to exit, riding out Docker engine outages: while the engine does
+/// not answer, the wait is retried with a capped backoff (the container keeps running; the
+/// session stays up). Once it answers, the container's state decides: still running → wait
+/// again; exited → its status (a failure says the engine was away, since an engine restart
+/// stops containers); gone → the task failed with a message saying so.
+async fn wait_through_outages(env: &TaskEnv, id: &str) -> Outcome {
+    let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(5));
+    let mut outage: Option<tokio::time::Instant> = None;
+    let mut errors_while_up = 0u32;
+    loop {
+        let err = match env.docker.wait(id).await {
+            Ok(st) => return exited_after(st, outage),
+            Err(e) => e,
+        };
+        let state = env.docker.inspect_state(id).await;
+        if outage.is_some() && state.is_ok() {
+            // Back: let admission know now rather than at the monitor's next ping.
+            env.engine.suspect();
+        }
+        match state {
+            Ok(Some((false, st))) => return exited_after(st, outage),
+            Ok(Some((true, _))) => {
+                // The engine answers and the container runs: the wait itself failed.
+                errors_while_up += 1;
+                if errors_while_up > 5 {
+                    return phase(FailureReason::ContainerWait)(err.to_string());
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Ok(None) => {
+                let detail = match outage {
+                    Some(_) => format!(
+                        "the task's container {} disappeared while the Docker engine was unreachable (the engine restarted, or the container was removed); resubmit the task",
+                        short(id)
+                    ),
+                    None => format!(
+                        "the task's container {} was removed by someone else while the task ran",
+                        short(id)
+                    ),
+                };
+                return phase(FailureReason::ContainerWait)(detail);
+            }
+            Err(e) => {
+                if outage.is_none() {
+                    warn!(container = %id, error = %e, "Docker engine unreachable while the task runs; waiting for it");
+                    outage = Some(tokio::time::Instant::now());
+                }
+                env.engine.suspect();
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
+}
+
+/// The outcome of an exit seen after an engine outage: a non-zero status (not an OOM kill)
+/// says the engine was away, since an engine restart stops the containers it runs.
+fn exited_after(st: ExitStatus, outage: Option<tokio::time::Instant>) -> Outcome {
+    match outage {
+        Some(since) if st.code != 0 && !st.oom_killed => {
+            Outcome::Failure(crate::failure::Failure {
+                reason: FailureReason::ContainerExit,
+                detail: format!(
+                    "container exited with non-zero status: {} after the Docker engine was unreachable for {} s during the task (a Docker engine restart stops running containers); resubmit the task if it did not fail on its own",
+                    st.code,
+                    since.elapsed().as_secs()
+                ),
+                exit_code: Some(st.code),
+            })
+        }
+        _ => Outcome::Exited(st),
+    }
+}
+
+/// Stops the container, retrying while the engine is unreachable: a cancelled task's
+/// container must never be left running because the engine was briefly away.
+async fn stop_through_outages(env: &TaskEnv, id: &str, grace: Duration) {
+    let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(5));
+    let mut refused = 0u32;
+    loop {
+        let Err(e) = env.docker.stop(id, grace).await else {
+            return;
+        };
+        match env.docker.inspect_state(id).await {
+            Ok(None) | Ok(Some((false, _))) => return,
+            Ok(Some((true, _))) => {
+                refused += 1;
+                if refused > 5 {
+                    error!(container = %id, error = %e, "the engine refuses to stop the task's container; stop it by hand");
+                    return;
+                }
+                warn!(container = %id, error = %e, "stop failed; retrying");
+            }
+            Err(_) => env.engine.suspect(),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
 }
 
 #[cfg(test)]

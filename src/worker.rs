@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -108,50 +108,15 @@ impl Worker {
         })
     }
 
-    /// Matches the journal against the engine: labelled containers the journal does not know
-    /// are orphans (stopped and removed); journaled executions are found or declared vanished.
     async fn reconcile(&self) -> HashMap<String, Found> {
-        let records = self.journal.all().unwrap_or_else(|e| {
-            error!(error = %e, "cannot read the journal");
-            Vec::new()
-        });
-        let containers = match self.docker.list_managed(&self.config.worker_id).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot list managed containers");
-                Vec::new()
-            }
-        };
-        let grace = self.config.docker.stop_grace_period;
-        let mut found = HashMap::new();
-        for c in containers {
-            let record = records.iter().find(|r| r.execution_id == c.execution_id);
-            match record {
-                Some(r) if r.state != ExecState::Finished => {
-                    found.insert(r.execution_id.clone(), Found::Container(c.id.clone()));
-                }
-                Some(_) => {
-                    // Finished before the crash but not yet removed.
-                    if self.config.cleanup
-                        && let Err(e) = self.docker.remove(&c.id).await
-                    {
-                        warn!(container = %c.id, error = %e, "cannot remove container");
-                    }
-                }
-                None => {
-                    warn!(container = %c.id, task_id = %c.task_id, running = c.running, "removing orphaned container (no journal record)");
-                    if c.running
-                        && let Err(e) = self.docker.stop(&c.id, grace).await
-                    {
-                        warn!(container = %c.id, error = %e, "cannot stop orphan");
-                    }
-                    if let Err(e) = self.docker.remove(&c.id).await {
-                        warn!(container = %c.id, error = %e, "cannot remove orphan");
-                    }
-                }
-            }
-        }
-        found
+        crate::reconcile::reconcile(
+            &self.docker,
+            &self.journal,
+            &self.config.worker_id,
+            self.config.cleanup,
+            self.config.docker.stop_grace_period,
+        )
+        .await
     }
 
     /// Runs until `shutdown` is cancelled and every task has reported (or the flush deadline
@@ -185,7 +150,9 @@ impl Worker {
         let (link_tx, link_rx) = watch::channel(Link::default());
         let stats = Arc::new(SessionStats::default());
         let abort = CancellationToken::new();
+        let engine = crate::engine::Engine::new(self.docker.clone());
         let env = Arc::new(TaskEnv {
+            engine: engine.clone(),
             docker: self.docker.clone(),
             settings,
             journal: self.journal.clone(),
@@ -236,6 +203,16 @@ impl Worker {
             stats.clone(),
             abort.clone(),
         ));
+        let monitor = tokio::spawn(engine.clone().monitor(shutdown.clone()));
+        let resync = tokio::spawn(resync_after_outages(
+            engine.clone(),
+            self.docker.clone(),
+            self.journal.clone(),
+            c.worker_id.clone(),
+            c.cleanup,
+            c.docker.stop_grace_period,
+            shutdown.clone(),
+        ));
         let janitor = tokio::spawn(janitor(
             self.journal.clone(),
             spool_dir(&c.state_dir),
@@ -249,6 +226,8 @@ impl Worker {
         info!(worker_id = %c.worker_id, max_concurrent_tasks = c.max_concurrent_tasks, shutdown_mode = ?c.shutdown_mode, "worker running");
         supervisor.run(ev_rx, shutdown).await;
         janitor.abort();
+        monitor.abort();
+        resync.abort();
         // The supervisor dropped its senders: the session flushes the queue and closes.
         let abort_on_deadline = abort.clone();
         let deadline = tokio::spawn(async move {
@@ -259,6 +238,33 @@ impl Worker {
         let _ = session.await;
         deadline.abort();
         info!("worker stopped");
+    }
+}
+
+/// Whenever the engine comes back after an outage, sweeps what the outage may have left:
+/// containers of finished tasks whose removal failed, and orphans.
+async fn resync_after_outages(
+    engine: Arc<crate::engine::Engine>,
+    docker: Arc<Docker>,
+    journal: Arc<Journal>,
+    worker_id: String,
+    cleanup: bool,
+    grace: Duration,
+    stop: CancellationToken,
+) {
+    let mut state = engine.subscribe();
+    let mut was_reachable = state.borrow().reachable;
+    loop {
+        tokio::select! {
+            r = state.changed() => if r.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+        let reachable = state.borrow_and_update().reachable;
+        if reachable && !was_reachable {
+            info!("Docker engine is back: reconciling containers with the journal");
+            crate::reconcile::reconcile(&docker, &journal, &worker_id, cleanup, grace).await;
+        }
+        was_reachable = reachable;
     }
 }
 

@@ -177,6 +177,26 @@ impl ControlPlane {
             addr: local,
             stop: CancellationToken::new(),
         };
+        // Workers that rejected work get offers again after a while.
+        let retry = cp.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let (out, version) = {
+                            let mut s = retry.state();
+                            (s.retry_rejected(chrono::Utc::now()), s.version)
+                        };
+                        if !out.is_empty() {
+                            retry.deliver(out);
+                            retry.shared.changed.send_replace(version);
+                        }
+                    }
+                    _ = retry.stop.cancelled() => return,
+                }
+            }
+        });
         let app = http::router(cp.clone());
         let stop = cp.stop.clone();
         match shared.opts.tls.clone() {

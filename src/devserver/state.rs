@@ -13,6 +13,10 @@ use crate::protocol::{
     TaskAssignment, TaskDefinition, WorkerMessage,
 };
 
+/// How long a worker that rejected an assignment gets no new one (unless one of its tasks ends
+/// sooner): a real server requeues with a delay too.
+pub const RETRY_REJECTED_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A task's transcript as stored by the server: bytes plus the stream of each run of bytes.
 #[derive(Clone, Default)]
 pub struct StoredTranscript {
@@ -215,8 +219,12 @@ pub struct WorkerRecord {
     pub running: usize,
     /// Assignment awaiting claim/reject.
     pub in_flight: Option<String>,
-    /// Rejected work recently; no assignments until a slot frees.
+    /// Rejected work recently; no assignments until a slot frees or
+    /// [`RETRY_REJECTED_AFTER`] passes (a rejection for resources, draining or a Docker
+    /// outage may end without any task ending).
     pub saturated: bool,
+    #[serde(skip)]
+    saturated_at: Option<DateTime<Utc>>,
     /// Executions the worker said it holds in its last `worker_hello`.
     pub held: usize,
     #[serde(skip)]
@@ -366,6 +374,7 @@ impl State {
                 running,
                 in_flight: None,
                 saturated: false,
+                saturated_at: None,
                 held: 0,
                 conn,
             },
@@ -534,8 +543,9 @@ impl State {
                     if w.in_flight.as_deref() == Some(&task_id) {
                         w.in_flight = None;
                     }
-                    // Full (or draining): no more work until one of its tasks ends.
+                    // Full (or draining): no more work until one of its tasks ends, or a while.
                     w.saturated = true;
+                    w.saturated_at = Some(now);
                 }
             }
             WorkerMessage::TaskCompleted {
@@ -604,6 +614,22 @@ impl State {
         self.version += 1;
         out.extend(self.dispatch());
         out
+    }
+
+    /// Offers work again to workers that rejected some more than [`RETRY_REJECTED_AFTER`] ago.
+    pub fn retry_rejected(&mut self, now: DateTime<Utc>) -> Vec<Outgoing> {
+        let mut any = false;
+        for w in self.workers.values_mut() {
+            let due = w
+                .saturated_at
+                .is_some_and(|t| (now - t).to_std().unwrap_or_default() >= RETRY_REJECTED_AFTER);
+            if w.saturated && due {
+                w.saturated = false;
+                w.saturated_at = None;
+                any = true;
+            }
+        }
+        if any { self.dispatch() } else { Vec::new() }
     }
 
     fn slot_freed(&mut self, worker_id: &str) {
@@ -744,6 +770,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_worker_that_rejected_is_offered_work_again_after_a_while() {
+        let now = Utc::now();
+        let mut s = State::default();
+        s.connect("w", 1, true, now);
+        let (a, _) = s.submit(req(), now);
+        s.on_message(
+            "w",
+            WorkerMessage::TaskRejected {
+                task_id: a.id.clone(),
+                reason: "insufficient resources: Docker engine unreachable".into(),
+            },
+            now,
+        );
+        let later = now + chrono::Duration::from_std(RETRY_REJECTED_AFTER).unwrap_or_default();
+        assert_eq!(assigned_ids(&s.retry_rejected(later)), vec![a.id.clone()]);
+        assert!(s.retry_rejected(later).is_empty(), "one offer in flight");
+    }
+
     fn assigned_ids(out: &[Outgoing]) -> Vec<String> {
         // Task ids of the assignment frames, in order.
         out.iter()
@@ -783,6 +828,11 @@ mod tests {
         assert_eq!(
             s.task(&b.id).map(|t| (t.state, t.rejections)),
             Some((TaskState::Queued, 1))
+        );
+        assert!(
+            s.retry_rejected(now + chrono::Duration::milliseconds(500))
+                .is_empty(),
+            "too early to offer again"
         );
         let out = s.on_message(
             "w",

@@ -1,0 +1,180 @@
+//! The Docker engine going away while tasks run. dockerd itself cannot be restarted here, so
+//! berth talks to it through a Unix-socket proxy the test stops and starts: while it is down
+//! berth keeps its session, rejects new work (the server requeues it), and running tasks wait;
+//! when it returns, tasks continue and finish with their whole transcript, and a task whose
+//! container vanished meanwhile fails with a message that says why.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use berth::devserver::state::TaskState;
+use support::*;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+/// The engine socket the proxy forwards to.
+fn upstream() -> PathBuf {
+    match std::env::var("DOCKER_HOST") {
+        Ok(h) if h.starts_with("unix://") => PathBuf::from(&h["unix://".len()..]),
+        _ => PathBuf::from("/var/run/docker.sock"),
+    }
+}
+
+/// A Unix-socket proxy in front of the engine; `stop` cuts every connection and removes the
+/// socket, as an engine restart would.
+struct Proxy {
+    path: PathBuf,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let mut p = Proxy {
+            path,
+            stop: CancellationToken::new(),
+            _dir: dir,
+        };
+        p.serve();
+        p
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    fn serve(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).unwrap();
+        let stop = CancellationToken::new();
+        self.stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => return },
+                    _ = stop.cancelled() => return,
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut engine) = UnixStream::connect(upstream()).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+    }
+
+    fn down(&self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    fn up(&mut self) {
+        self.serve();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+async fn env_behind(proxy: &Proxy, name: &str) -> Env {
+    Env::start(
+        name,
+        EnvOptions {
+            max_concurrent_tasks: 2,
+            docker_yaml: format!("    host: {}\n", proxy.host()),
+            ..EnvOptions::default()
+        },
+    )
+    .await
+}
+
+fn transcript(env: &Env, id: &str) -> String {
+    String::from_utf8_lossy(&env.cp.transcript(id).unwrap_or_default()).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_rides_out_an_engine_outage_and_new_work_is_requeued_meanwhile() {
+    let mut proxy = Proxy::start();
+    let env = env_behind(&proxy, "outage").await;
+    let t = env.submit(&["sh", "-c", "echo before; sleep 6; echo after"]);
+    until("task running", || {
+        transcript(&env, &t.id).contains("before\n")
+    })
+    .await;
+    proxy.down();
+    // New work while the engine is away is rejected (and requeued by the server), not failed.
+    let t2 = env.submit(&["echo", "second"]);
+    until("second task rejected while the engine is away", || {
+        env.cp.task(&t2.id).is_some_and(|t| t.rejections >= 1)
+    })
+    .await;
+    assert_eq!(
+        env.cp.task(&t.id).unwrap().state,
+        TaskState::Running,
+        "the running task must not fail during the outage"
+    );
+    assert_eq!(env.cp.workers().len(), 1, "the session stays up");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.up();
+    let done = env.finished(&t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    until("transcript complete", || {
+        env.cp.task(&t.id).is_some_and(|t| t.complete())
+    })
+    .await;
+    let text = transcript(&env, &t.id);
+    assert!(text.contains("before\nafter\n"), "{text}");
+    // The requeued task runs once the engine is back (and a slot frees).
+    let second = env.finished(&t2.id).await;
+    assert_eq!(second.state, TaskState::Succeeded, "{second:?}");
+    until("containers removed", || {
+        containers_of(&env.worker_id).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_lost_during_an_outage_fails_its_task_with_the_reason() {
+    let mut proxy = Proxy::start();
+    let env = env_behind(&proxy, "outage-lost").await;
+    let t = env.submit(&["sh", "-c", "echo started; sleep 300"]);
+    until("task running", || {
+        transcript(&env, &t.id).contains("started\n")
+    })
+    .await;
+    proxy.down();
+    // What an engine restart without live-restore would do to the container.
+    for id in containers_of(&env.worker_id) {
+        let out = Command::new("docker")
+            .args(["rm", "-f", &id])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!env.cp.task(&t.id).unwrap().state.is_terminal());
+    proxy.up();
+    let done = env.finished(&t.id).await;
+    assert_eq!(done.state, TaskState::Failed, "{done:?}");
+    assert_eq!(done.failure_reason.as_deref(), Some("container_wait"));
+    let msg = done.message.unwrap_or_default();
+    assert!(
+        msg.contains("disappeared while the Docker engine was unreachable"),
+        "{msg}"
+    );
+}
