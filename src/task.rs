@@ -591,6 +591,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
         Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
     };
     // Create is never abandoned: a create cut short could leave a container nobody tracks.
+    let created_in = tokio::time::Instant::now();
     let id = match docker.create(&spec).await {
         Ok(id) => id,
         Err(e) => return Some(phase(FailureReason::ContainerCreate)(e.to_string())),
@@ -606,6 +607,8 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     if token.is_cancelled() {
         return cleanup(env, &id, Supervised::Done(Outcome::Interrupted)).await;
     }
+    let created_ms = created_in.elapsed().as_millis();
+    let started_in = tokio::time::Instant::now();
     if let Err(e) = docker.start(&id).await {
         return cleanup(
             env,
@@ -617,7 +620,11 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     info!(container = %id, "container started");
     system_line(
         &exec.spool,
-        &format!("container {} started", &id[..12.min(id.len())]),
+        &format!(
+            "container {} created in {created_ms} ms, started in {} ms",
+            short(&id),
+            started_in.elapsed().as_millis()
+        ),
     )
     .await;
     if exec.berth {

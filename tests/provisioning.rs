@@ -144,6 +144,7 @@ async fn every_phase_runs_in_order_in_the_task_container_and_is_announced_with_i
         "[berth] preparing image",
         "[berth] image ready in ",
         "[berth] container ",
+        " ms, started in ",
         "[berth] clone /srv/repo.git into /workspace/app at v1\n",
         "[berth] check out v1 in /workspace/app\n",
         "[berth] clone /srv/repo.git into /workspace/repo\n",
