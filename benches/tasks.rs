@@ -129,6 +129,7 @@ fn main() {
             max_concurrent_tasks: Some(conc as u32),
             state_dir: Some(std::env::temp_dir().join("berth-bench")),
             log_level: Some("warn".into()),
+            api_listen: Some("127.0.0.1:0".into()),
             ..Overrides::default()
         };
         let cfg = config::load_str(None, None, &ov, &|_| None).unwrap();

@@ -55,6 +55,8 @@ fn worker(cp: &ControlPlane, state: &std::path::Path) -> Child {
             "warn",
             "--shutdown-mode",
             "cancel",
+            "--api-listen",
+            "127.0.0.1:0",
         ])
         .env("BERTH_API_KEY", BENCH_KEY)
         .stdout(Stdio::null())

@@ -33,6 +33,7 @@ const DEFAULT_TRANSCRIPT_TAIL: u64 = 16 << 20;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
 const DEFAULT_ENVIRONMENTS_TTL: Duration = Duration::from_secs(300);
+const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(15);
 
 /// How images are obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +94,7 @@ struct RawConfig {
     backend: Option<RawBackend>,
     labels: Option<BTreeMap<String, String>>,
     log: Option<RawLog>,
+    api: Option<RawApi>,
     shutdown_mode: Option<ShutdownMode>,
     transcript: Option<RawTranscript>,
     admission: Option<RawAdmission>,
@@ -109,6 +111,13 @@ struct RawEnvironment {
     repos: Option<Spanned<Vec<crate::environment::Repo>>>,
     setup: Option<Spanned<Vec<String>>>,
     resources: Option<RawResources>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<Spanned<String>>,
+    socket_group: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +151,7 @@ struct RawControlPlane {
     session_sharing_server_url: Option<Spanned<String>>,
     environments_url: Option<Spanned<String>>,
     environments_ttl: Option<Spanned<String>>,
+    status_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +269,8 @@ pub struct ControlPlane {
     pub environments_url: Option<String>,
     /// How long a fetched environment is used before it is revalidated.
     pub environments_ttl: Duration,
+    /// Period of `worker_status` (berth/1).
+    pub status_interval: Duration,
 }
 
 /// Docker backend settings.
@@ -318,7 +330,53 @@ pub struct Config {
     pub environments: BTreeMap<String, crate::environment::Environment>,
     /// Environment used when a task names none (or an unknown one).
     pub default_environment: Option<String>,
+    /// The local API.
+    pub api: ApiSettings,
 }
+
+/// Where the local API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address (mutating requests need the admin token).
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket (mode 0660; every request is trusted).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Parses `api.listen`: `host:port`, an absolute socket path, or `off`.
+pub fn parse_listen(s: &str) -> Result<Option<Listen>, String> {
+    let s = s.trim();
+    if s == "off" {
+        return Ok(None);
+    }
+    if s.starts_with('/') {
+        return Ok(Some(Listen::Unix(PathBuf::from(s))));
+    }
+    s.parse()
+        .map(|a| Some(Listen::Tcp(a)))
+        .map_err(|_| format!("{s:?} is neither host:port, an absolute socket path, nor off"))
+}
+
+/// Local API settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSettings {
+    /// `None` = no local API.
+    pub listen: Option<Listen>,
+    /// Group owning the Unix socket (mode 0660).
+    pub socket_group: Option<String>,
+}
+
+/// Default `api.listen`.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9464";
 
 /// Resource-aware admission settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -334,6 +392,8 @@ pub struct AdmissionSettings {
 pub struct Overrides {
     /// `--worker-id`.
     pub worker_id: Option<String>,
+    /// `--api-listen`.
+    pub api_listen: Option<String>,
     /// `--api-key` / `BERTH_API_KEY` / `WARP_API_KEY`.
     pub api_key: Option<Secret>,
     /// `--api-key-file`.
@@ -789,6 +849,43 @@ pub fn load_str(
     };
     let cp = raw.control_plane.unwrap_or_default();
     let docker = raw.backend.unwrap_or_default().docker.unwrap_or_default();
+    let raw_api = raw.api.unwrap_or_default();
+    let api = ApiSettings {
+        listen: match ov.api_listen.as_deref() {
+            Some(flag) => parse_listen(flag).unwrap_or_else(|p| {
+                c.at::<String>(
+                    "api.listen",
+                    None,
+                    format!("--api-listen: {p}"),
+                    "use e.g. 127.0.0.1:9464, /run/berth/api.sock or off",
+                );
+                None
+            }),
+            None => match &raw_api.listen {
+                None => parse_listen(DEFAULT_API_LISTEN).unwrap_or(None),
+                Some(sp) => parse_listen(&sp.value).unwrap_or_else(|p| {
+                    c.at(
+                        "api.listen",
+                        Some(sp),
+                        p,
+                        "use e.g. 127.0.0.1:9464, /run/berth/api.sock or off",
+                    );
+                    None
+                }),
+            },
+        },
+        socket_group: raw_api.socket_group.map(|g| {
+            if g.value.trim().is_empty() || g.value.contains(char::is_whitespace) {
+                c.at(
+                    "api.socket_group",
+                    Some(&g),
+                    format!("{:?} is not a group name", g.value),
+                    "use a group such as berth-admin, or remove the key",
+                );
+            }
+            g.value
+        }),
+    };
     let log = raw.log.unwrap_or_default();
 
     // worker_id
@@ -898,6 +995,30 @@ pub fn load_str(
         }
         t
     });
+    let status_interval = match &cp.status_interval {
+        None => DEFAULT_STATUS_INTERVAL,
+        Some(sp) => match parse_duration(&sp.value) {
+            Ok(d) if d >= Duration::from_secs(1) => d,
+            Ok(_) => {
+                c.at(
+                    "control_plane.status_interval",
+                    Some(sp),
+                    format!("{:?} is shorter than 1s", sp.value),
+                    "use a duration such as 15s",
+                );
+                DEFAULT_STATUS_INTERVAL
+            }
+            Err(p) => {
+                c.at(
+                    "control_plane.status_interval",
+                    Some(sp),
+                    p,
+                    "use a duration such as 15s",
+                );
+                DEFAULT_STATUS_INTERVAL
+            }
+        },
+    };
     let environments_ttl = match &cp.environments_ttl {
         None => DEFAULT_ENVIRONMENTS_TTL,
         Some(sp) => match parse_duration(&sp.value) {
@@ -1415,6 +1536,7 @@ pub fn load_str(
             session_sharing_server_url: cp.session_sharing_server_url.map(|s| s.value),
             environments_url,
             environments_ttl,
+            status_interval,
         },
         docker: DockerBackend {
             host,
@@ -1445,6 +1567,7 @@ pub fn load_str(
         },
         environments,
         default_environment,
+        api,
     })
 }
 
@@ -1460,9 +1583,16 @@ pub struct Effective {
     backend: EffectiveBackend,
     labels: BTreeMap<String, String>,
     log: EffectiveLog,
+    api: EffectiveApi,
     shutdown_mode: ShutdownMode,
     transcript: EffectiveTranscript,
     admission: EffectiveAdmission,
+}
+
+#[derive(Debug, Serialize)]
+struct EffectiveApi {
+    listen: String,
+    socket_group: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1494,6 +1624,7 @@ struct EffectiveControlPlane {
     session_sharing_server_url: Option<String>,
     environments_url: Option<String>,
     environments_ttl: String,
+    status_interval: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -1564,6 +1695,8 @@ impl Config {
                 environments_url: self.control_plane.environments_url.clone(),
                 environments_ttl: humantime::format_duration(self.control_plane.environments_ttl)
                     .to_string(),
+                status_interval: humantime::format_duration(self.control_plane.status_interval)
+                    .to_string(),
             },
             backend: EffectiveBackend {
                 docker: EffectiveDocker {
@@ -1615,6 +1748,14 @@ impl Config {
                 format: self.log_format,
             },
             shutdown_mode: self.shutdown_mode,
+            api: EffectiveApi {
+                listen: self
+                    .api
+                    .listen
+                    .as_ref()
+                    .map_or_else(|| "off".to_string(), ToString::to_string),
+                socket_group: self.api.socket_group.clone(),
+            },
             admission: EffectiveAdmission {
                 reserve_cpus: self.admission.reserve.cpus,
                 reserve_memory: self.admission.reserve.memory,

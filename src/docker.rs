@@ -195,6 +195,8 @@ pub struct Docker {
     pulls: KeyedLocks,
     sidecars: KeyedLocks,
     auth_config: Option<PathBuf>,
+    pulls_ok: std::sync::atomic::AtomicU64,
+    pulls_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Docker {
@@ -215,7 +217,15 @@ impl Docker {
             pulls: KeyedLocks::default(),
             sidecars: KeyedLocks::default(),
             auth_config: None,
+            pulls_ok: Default::default(),
+            pulls_failed: Default::default(),
         })
+    }
+
+    /// Image pulls so far: (succeeded, failed).
+    pub fn pull_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.pulls_ok.load(Relaxed), self.pulls_failed.load(Relaxed))
     }
 
     /// Uses this Docker CLI config file for registry credentials.
@@ -272,6 +282,20 @@ impl Docker {
         let path = self.auth_config.as_ref()?;
         let text = std::fs::read_to_string(path).ok()?;
         crate::credentials::for_registry(&text, domain)
+    }
+
+    async fn counted_pull(
+        &self,
+        image: &ImageRef,
+        progress: Option<&tokio::sync::mpsc::Sender<String>>,
+    ) -> Result<(), DockerError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = self.pull(image, progress).await;
+        match &r {
+            Ok(()) => self.pulls_ok.fetch_add(1, Relaxed),
+            Err(_) => self.pulls_failed.fetch_add(1, Relaxed),
+        };
+        r
     }
 
     async fn pull(
@@ -356,7 +380,7 @@ impl Docker {
             (PullPolicy::IfNotPresent, Some(i)) => Ok(i),
             // Someone else pulled it while this caller waited for the lock.
             (PullPolicy::Always, Some(i)) if last_pull.is_some_and(|t| t >= asked) => Ok(i),
-            (policy, local) => match self.pull(image, progress).await {
+            (policy, local) => match self.counted_pull(image, progress).await {
                 Ok(()) => {
                     *last_pull = Some(Instant::now());
                     self.inspect_image(&name).await?.ok_or_else(missing)

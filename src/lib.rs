@@ -2,10 +2,12 @@
 //!
 //! The crate is one library plus the `berth` binary; see DESIGN.md for the shape.
 
+pub mod api;
 pub mod backoff;
 pub mod capacity;
 pub mod capture;
 pub mod catalog;
+pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod devserver;
@@ -15,6 +17,7 @@ pub mod environment;
 pub mod failure;
 pub mod image;
 pub mod journal;
+pub mod metrics;
 pub mod policy;
 pub mod progress;
 pub mod protocol;
@@ -25,6 +28,7 @@ pub mod session;
 pub mod shipper;
 pub mod spec;
 pub mod spool;
+pub mod status;
 pub mod supervisor;
 pub mod task;
 pub mod tls;

@@ -44,6 +44,12 @@ enum Command {
     Submit(SubmitArgs),
     /// Print a task's transcript from this host's spool (works while the daemon is down).
     Logs(LogsArgs),
+    /// Show the running daemon's connection, slots, host and tasks (local API).
+    Status(AdminArgs),
+    /// Stop accepting tasks; running ones finish. With --wait, return once none is left.
+    Drain(DrainArgs),
+    /// Accept tasks again after a drain.
+    Resume(AdminArgs),
     /// Print the version.
     Version,
 }
@@ -95,6 +101,9 @@ struct RunArgs {
     /// What SIGTERM does to running tasks (preserve: leave them running; cancel: stop them).
     #[arg(long, value_enum)]
     shutdown_mode: Option<config::ShutdownMode>,
+    /// Local API address: host:port, an absolute Unix socket path, or off.
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -126,6 +135,35 @@ struct DevArgs {
     /// Log level.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+#[derive(Args, Clone)]
+struct AdminArgs {
+    /// The daemon's local API: host:port or a Unix socket path (default: api.listen of the
+    /// config, else 127.0.0.1:9464).
+    #[arg(long, env = "BERTH_API", value_name = "ADDR")]
+    api: Option<String>,
+    /// Config file (to find api.listen and state_dir, where the admin token is).
+    #[arg(long, alias = "config-file", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// State directory holding the admin token (overrides the config).
+    #[arg(long, value_name = "PATH")]
+    state_dir: Option<PathBuf>,
+    /// Print the raw JSON status.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DrainArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Wait until no task is running and every result is delivered (the upgrade procedure).
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long (e.g. 2h); default: wait as long as it takes.
+    #[arg(long, value_name = "DURATION", requires = "wait")]
+    timeout: Option<String>,
 }
 
 #[derive(Args)]
@@ -190,6 +228,7 @@ fn overrides(a: &RunArgs) -> Overrides {
         no_cleanup: a.no_cleanup,
         idle_on_complete: a.idle_on_complete.clone(),
         state_dir: a.state_dir.clone(),
+        api_listen: a.api_listen.clone(),
         credentials_directory: host_env("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         shutdown_mode: a.shutdown_mode,
     }
@@ -314,6 +353,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status(a) => admin_command(&rt, admin_status(a)),
+        Command::Drain(a) => admin_command(&rt, admin_drain(a)),
+        Command::Resume(a) => admin_command(&rt, admin_resume(a)),
         Command::Submit(a) => match rt.block_on(submit(a)) {
             Ok(code) => code,
             Err(e) => {
@@ -321,6 +363,113 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn admin_command(
+    rt: &tokio::runtime::Runtime,
+    f: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
+    match rt.block_on(f) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The daemon's config as far as the admin commands need it (leniently: a placeholder id and
+/// key, and defaults when there is no file).
+fn admin_config(config: Option<&Path>) -> Option<Config> {
+    let default = Path::new(config::DEFAULT_CONFIG_PATH);
+    let path = config
+        .map(Path::to_path_buf)
+        .or_else(|| default.exists().then(|| default.to_path_buf()));
+    let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+    let ov = Overrides {
+        worker_id: Some("admin".into()),
+        api_key: Some(Secret::new("unused")),
+        ..Overrides::default()
+    };
+    config::load_str(text.as_deref(), path.as_deref(), &ov, &host_env).ok()
+}
+
+fn admin_client(a: &AdminArgs) -> anyhow::Result<berth::client::Client> {
+    let cfg = admin_config(a.config.as_deref());
+    let listen = match &a.api {
+        Some(addr) => config::parse_listen(addr)
+            .map_err(anyhow::Error::msg)?
+            .context("--api off: there is nothing to talk to")?,
+        None => cfg
+            .as_ref()
+            .and_then(|c| c.api.listen.clone())
+            .or_else(|| {
+                config::parse_listen(config::DEFAULT_API_LISTEN)
+                    .ok()
+                    .flatten()
+            })
+            .context("api.listen is off in the config: the daemon has no local API")?,
+    };
+    let state_dir = a.state_dir.clone().or_else(|| cfg.map(|c| c.state_dir));
+    Ok(berth::client::Client::new(&listen, state_dir.as_deref())?)
+}
+
+fn print_status(s: &berth::status::Status, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+    } else {
+        print!("{}", berth::client::render(s));
+    }
+}
+
+async fn admin_status(a: AdminArgs) -> anyhow::Result<ExitCode> {
+    let s = admin_client(&a)?.status().await?;
+    print_status(&s, a.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn admin_resume(a: AdminArgs) -> anyhow::Result<ExitCode> {
+    let s = admin_client(&a)?.set_draining(false).await?;
+    print_status(&s, a.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn admin_drain(a: DrainArgs) -> anyhow::Result<ExitCode> {
+    let client = admin_client(&a.admin)?;
+    let deadline = match &a.timeout {
+        Some(t) => Some(
+            tokio::time::Instant::now()
+                + config::parse_duration(t).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut s = client.set_draining(true).await?;
+    if !a.wait {
+        print_status(&s, a.admin.json);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut last = None;
+    loop {
+        let left = (s.worker.active_tasks, s.undelivered);
+        if left == (0, 0) {
+            eprintln!("drained: no task running, every result delivered");
+            print_status(&s, a.admin.json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if last != Some(left) {
+            eprintln!(
+                "waiting: {} task(s) running, {} execution(s) not yet acknowledged",
+                left.0, left.1
+            );
+            last = Some(left);
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            eprintln!("berth: still {} task(s) running after --timeout", left.0);
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s = client.status().await?;
     }
 }
 
@@ -361,6 +510,8 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             control_plane_url: Some(cp.ws_url()),
             max_concurrent_tasks: Some(a.max_concurrent_tasks),
             state_dir: Some(state_dir),
+            // Never collides with an installed berth service on the default port.
+            api_listen: Some("127.0.0.1:0".into()),
             ..Overrides::default()
         };
         let cfg = config::load_str(None, None, &ov, &host_env)
@@ -596,29 +747,10 @@ async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let state_dir = match &a.state_dir {
         Some(d) => d.clone(),
-        None => {
-            let default = Path::new(config::DEFAULT_CONFIG_PATH);
-            let path = a
-                .config
-                .clone()
-                .or_else(|| default.exists().then(|| default.to_path_buf()));
-            let text = match &path {
-                Some(p) => Some(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("cannot read {}", p.display()))?,
-                ),
-                None => None,
-            };
-            // Only state_dir matters here: load leniently with a placeholder id and key.
-            let ov = Overrides {
-                worker_id: Some("logs".into()),
-                api_key: Some(Secret::new("unused")),
-                ..Overrides::default()
-            };
-            config::load_str(text.as_deref(), path.as_deref(), &ov, &host_env)
-                .map(|c| c.state_dir)
-                .unwrap_or_else(|_| PathBuf::from(config::DEFAULT_STATE_DIR))
-        }
+        // Only state_dir matters here.
+        None => admin_config(a.config.as_deref())
+            .map(|c| c.state_dir)
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR)),
     };
     let journal = berth::journal::Journal::open_read_only(&state_dir)?;
     let Some(rec) = journal.by_task(&a.task_id)?.into_iter().next() else {

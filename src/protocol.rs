@@ -499,6 +499,49 @@ pub struct Hello {
     pub tasks: Vec<HeldTask>,
 }
 
+/// The Docker engine in `worker_status.host`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerStatus {
+    /// The engine answered its last ping.
+    pub reachable: bool,
+    /// Engine version (as checked at start-up).
+    pub version: String,
+}
+
+/// Host capacity in `worker_status.host`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// CPUs.
+    pub cpus: f64,
+    /// 1-minute load average.
+    pub load_1m: f64,
+    /// Total memory.
+    pub memory_total_bytes: u64,
+    /// Memory available.
+    pub memory_available_bytes: u64,
+    /// Free disk under `state_dir`.
+    pub disk_free_bytes: u64,
+    /// The engine.
+    pub docker: DockerStatus,
+}
+
+/// `worker_status` payload (berth/1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Tasks holding a slot.
+    pub active_tasks: usize,
+    /// Slots (0 = unlimited).
+    pub max_concurrent_tasks: u32,
+    /// New assignments would be considered (not draining, not stopping, engine reachable).
+    pub accepting: bool,
+    /// Drained.
+    pub draining: bool,
+    /// Seconds since the worker started.
+    pub uptime_secs: u64,
+    /// Host capacity.
+    pub host: HostStatus,
+}
+
 /// `task_started` payload (berth/1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Started {
@@ -561,6 +604,8 @@ pub enum WorkerMessage {
     },
     /// `worker_hello` (berth/1).
     WorkerHello(Box<Hello>),
+    /// `worker_status` (berth/1).
+    WorkerStatus(Box<WorkerStatus>),
     /// `task_started` (berth/1).
     TaskStarted(Box<Started>),
     /// `task_output` (berth/1).
@@ -609,6 +654,7 @@ impl WorkerMessage {
             WorkerMessage::TaskCompleted { .. } => "task_completed",
             WorkerMessage::TaskFailed { .. } => "task_failed",
             WorkerMessage::WorkerHello(_) => "worker_hello",
+            WorkerMessage::WorkerStatus(_) => "worker_status",
             WorkerMessage::TaskStarted(_) => "task_started",
             WorkerMessage::TaskOutput { .. } => "task_output",
         }
@@ -623,7 +669,7 @@ impl WorkerMessage {
             | WorkerMessage::TaskFailed { task_id, .. }
             | WorkerMessage::TaskOutput { task_id, .. } => task_id,
             WorkerMessage::TaskStarted(s) => &s.task_id,
-            WorkerMessage::WorkerHello(_) => "",
+            WorkerMessage::WorkerHello(_) | WorkerMessage::WorkerStatus(_) => "",
         }
     }
 
@@ -632,6 +678,7 @@ impl WorkerMessage {
         matches!(
             self,
             WorkerMessage::WorkerHello(_)
+                | WorkerMessage::WorkerStatus(_)
                 | WorkerMessage::TaskStarted(_)
                 | WorkerMessage::TaskOutput { .. }
         )
@@ -698,6 +745,7 @@ impl WorkerMessage {
                 .unwrap_or_default()
             }
             WorkerMessage::WorkerHello(h) => serde_json::to_value(h).unwrap_or_default(),
+            WorkerMessage::WorkerStatus(st) => serde_json::to_value(st).unwrap_or_default(),
             WorkerMessage::TaskStarted(s) => serde_json::to_value(s).unwrap_or_default(),
             WorkerMessage::TaskOutput {
                 task_id,
@@ -780,6 +828,11 @@ impl WorkerMessage {
             }
             "task_started" => {
                 return Ok(WorkerMessage::TaskStarted(Box::new(
+                    serde_json::from_str(raw).map_err(bad)?,
+                )));
+            }
+            "worker_status" => {
+                return Ok(WorkerMessage::WorkerStatus(Box::new(
                     serde_json::from_str(raw).map_err(bad)?,
                 )));
             }

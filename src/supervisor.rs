@@ -16,6 +16,7 @@ use crate::capture::{SharedSpool, lock};
 use crate::config::ShutdownMode;
 use crate::failure::FailureReason;
 use crate::journal::{ExecRecord, ExecState};
+use crate::metrics::RejectKind;
 use crate::protocol::{
     HeldTask, Hello, REJECT_AT_CAPACITY, ServerMessage, TaskAssignment, WorkerMessage,
 };
@@ -74,8 +75,37 @@ pub fn admit(
     Admission::Accept
 }
 
+/// The image an assignment names (inline environment, then `docker_image`), for status views.
+fn image_asked(a: &TaskAssignment) -> String {
+    a.environment
+        .as_ref()
+        .and_then(|e| e.get("image"))
+        .and_then(|i| i.as_str())
+        .or(a.docker_image.as_deref())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One execution in a [`Snapshot`].
+#[derive(Debug, Clone)]
+pub struct TaskView {
+    /// Task.
+    pub task_id: String,
+    /// Execution.
+    pub execution_id: String,
+    /// `running` (holds a slot) or `delivering` (ended; transcript or result not yet
+    /// acknowledged).
+    pub state: &'static str,
+    /// Image the assignment asked for (empty: the environment's or the default).
+    pub image: String,
+    /// When it was claimed.
+    pub claimed_at: chrono::DateTime<chrono::Utc>,
+    /// Live transcript length.
+    pub output: watch::Receiver<crate::spool::SpoolState>,
+}
+
 /// A snapshot of the supervisor's state for status reporting.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Tasks holding a slot.
     pub active: usize,
@@ -87,12 +117,16 @@ pub struct Snapshot {
     pub draining: bool,
     /// Executions whose transcript or result is not yet delivered.
     pub undelivered: usize,
+    /// Every execution held, running first.
+    pub tasks: Vec<TaskView>,
 }
 
 struct Active {
     execution_id: String,
     control: Arc<TaskControl>,
     reservation: crate::policy::Resources,
+    image: String,
+    claimed_at: chrono::DateTime<chrono::Utc>,
 }
 
 struct Delivery {
@@ -216,12 +250,43 @@ impl Supervisor {
     }
 
     fn publish(&self) {
+        let mut tasks: Vec<TaskView> = Vec::new();
+        for (task_id, t) in &self.tasks {
+            if let Some(d) = self.deliveries.get(&t.execution_id) {
+                tasks.push(TaskView {
+                    task_id: task_id.clone(),
+                    execution_id: t.execution_id.clone(),
+                    state: "running",
+                    image: t.image.clone(),
+                    claimed_at: t.claimed_at,
+                    output: lock(&d.spool).subscribe(),
+                });
+            }
+        }
+        for (execution_id, d) in &self.deliveries {
+            if !self.tasks.contains_key(&d.task_id) {
+                tasks.push(TaskView {
+                    task_id: d.task_id.clone(),
+                    execution_id: execution_id.clone(),
+                    state: "delivering",
+                    image: String::new(),
+                    claimed_at: chrono::Utc::now(),
+                    output: lock(&d.spool).subscribe(),
+                });
+            }
+        }
+        tasks.sort_by(|a, b| {
+            (a.state, a.claimed_at)
+                .cmp(&(b.state, b.claimed_at))
+                .reverse()
+        });
         self.snapshot.send_replace(Snapshot {
             active: self.tasks.len(),
             max: self.cfg.max,
             stopping: self.stopping,
             draining: self.draining,
             undelivered: self.deliveries.len(),
+            tasks,
         });
         let mut held: Vec<HeldTask> = self
             .deliveries
@@ -354,6 +419,9 @@ impl Supervisor {
                     execution_id: r.execution_id.clone(),
                     control: control.clone(),
                     reservation: self.reservation(&r.assignment, r.berth),
+                    image: image_asked(&r.assignment),
+                    claimed_at: chrono::DateTime::from_timestamp_millis(r.claimed_at_ms)
+                        .unwrap_or_else(chrono::Utc::now),
                 },
             );
             let exec = Execution {
@@ -442,6 +510,11 @@ impl Supervisor {
                     self.tasks.remove(&task_id);
                     match end {
                         RunEnd::Finished(msg) => {
+                            let (secs, bytes) = msg
+                                .ext()
+                                .map(|e| (e.duration_ms as f64 / 1000.0, e.transcript_bytes))
+                                .unwrap_or_default();
+                            self.env.metrics.finished(&msg, secs, bytes);
                             if let Some(d) = self.deliveries.get(&execution_id) {
                                 d.terminal.send_replace(Some(msg));
                             }
@@ -494,7 +567,7 @@ impl Supervisor {
                     warn!(%task_id, "undecodable re-assignment of an active task ignored");
                     return;
                 }
-                self.send(WorkerMessage::TaskFailed {
+                let failed = WorkerMessage::TaskFailed {
                     task_id,
                     message: format!(
                         "Failed to execute task: the task assignment could not be decoded ({error}); the control plane sent a malformed assignment"
@@ -503,8 +576,9 @@ impl Supervisor {
                     failure_reason: Some(FailureReason::Unknown),
                     exit_code: None,
                     ext: None,
-                })
-                .await;
+                };
+                self.env.metrics.finished(&failed, 0.0, 0);
+                self.send(failed).await;
             }
             SessionEvent::Message(m) => match m {
                 ServerMessage::TaskAssignment(a) => self.assign(*a).await,
@@ -578,6 +652,11 @@ impl Supervisor {
             }
             Admission::Reject(reason) => {
                 info!(%task_id, %reason, "rejecting task");
+                self.env.metrics.rejected(match reason {
+                    REJECT_DRAINING => RejectKind::Draining,
+                    REJECT_SHUTTING_DOWN => RejectKind::ShuttingDown,
+                    _ => RejectKind::AtCapacity,
+                });
                 self.send(WorkerMessage::TaskRejected {
                     task_id,
                     reason: reason.to_string(),
@@ -599,6 +678,7 @@ impl Supervisor {
             Admission::Accept => {
                 if let Err(why) = self.fits(&a) {
                     info!(%task_id, %why, "rejecting task: it does not fit on this host now");
+                    self.env.metrics.rejected(RejectKind::InsufficientResources);
                     // oz/1 servers know only the capacity reason; both requeue the task.
                     let reason = if self.berth {
                         format!("insufficient resources: {why}")
@@ -642,6 +722,7 @@ impl Supervisor {
         };
         // Claim before anything is started (PROTOCOL.md §3).
         self.send(self.claimed(&task_id)).await;
+        self.env.metrics.claimed();
         let control = Arc::new(TaskControl::default());
         self.tasks.insert(
             task_id.clone(),
@@ -649,6 +730,8 @@ impl Supervisor {
                 execution_id: execution_id.clone(),
                 control: control.clone(),
                 reservation: self.reservation(&a, self.berth),
+                image: image_asked(&a),
+                claimed_at: chrono::Utc::now(),
             },
         );
         self.deliver(&task_id, &execution_id, spool.clone(), 0, None);

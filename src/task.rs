@@ -230,6 +230,8 @@ pub struct TaskEnv {
     pub catalog: Option<Arc<crate::catalog::Catalog>>,
     /// The engine's health (told when a call fails).
     pub engine: Arc<crate::engine::Engine>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One execution's identity and transcript.

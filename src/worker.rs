@@ -39,6 +39,9 @@ pub enum WorkerError {
     /// The environments API client cannot be built.
     #[error("control_plane.environments_url: cannot build the HTTP client ({0})")]
     Catalog(String),
+    /// The local API cannot listen.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
 }
 
 /// Where spools live under `state_dir`.
@@ -53,6 +56,10 @@ pub struct WorkerHandle {
     pub session: Arc<SessionStats>,
     /// Slot usage.
     pub slots: watch::Receiver<Snapshot>,
+    /// Where the local API listens, if it does.
+    pub api: Option<String>,
+    /// Everything the status views read.
+    pub live: Arc<crate::status::Live>,
 }
 
 /// Everything needed to start a worker.
@@ -63,6 +70,8 @@ pub struct Worker {
     journal: Arc<Journal>,
     docker_root: Option<PathBuf>,
     catalog: Option<Arc<crate::catalog::Catalog>>,
+    docker_version: String,
+    api: Option<crate::api::Bound>,
 }
 
 impl Worker {
@@ -98,8 +107,16 @@ impl Worker {
             )),
             None => None,
         };
+        let api = match &config.api.listen {
+            Some(l) => Some(
+                crate::api::bind(l, config.api.socket_group.as_deref(), &config.state_dir).await?,
+            ),
+            None => None,
+        };
         Ok(Worker {
             catalog,
+            api,
+            docker_version: engine.version.clone(),
             config,
             docker: Arc::new(docker),
             tls,
@@ -148,10 +165,15 @@ impl Worker {
         let (out_tx, out_rx) = mpsc::channel(32);
         let (ev_tx, ev_rx) = mpsc::channel(64);
         let (link_tx, link_rx) = watch::channel(Link::default());
+        let ev_tx_api = ev_tx.clone();
+        let status_outbox = out_tx.clone();
+        let status_link = link_rx.clone();
         let stats = Arc::new(SessionStats::default());
         let abort = CancellationToken::new();
         let engine = crate::engine::Engine::new(self.docker.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let env = Arc::new(TaskEnv {
+            metrics: metrics.clone(),
             engine: engine.clone(),
             docker: self.docker.clone(),
             settings,
@@ -219,13 +241,38 @@ impl Worker {
             c.transcript.retention,
             shutdown.clone(),
         ));
+        let live = Arc::new(crate::status::Live::new(
+            c.worker_id.clone(),
+            c.state_dir.clone(),
+            stats.clone(),
+            supervisor.subscribe(),
+            engine.clone(),
+            self.docker_version.clone(),
+            self.docker.clone(),
+            metrics,
+        ));
+        let api = self.api.map(|bound| {
+            let address = bound.address.clone();
+            bound.serve(live.clone(), ev_tx_api, shutdown.clone());
+            address
+        });
+        let reporter = tokio::spawn(crate::status::report(
+            live.clone(),
+            status_outbox,
+            status_link,
+            c.control_plane.status_interval,
+            shutdown.clone(),
+        ));
         on_start(WorkerHandle {
             session: stats,
             slots: supervisor.subscribe(),
+            api,
+            live,
         });
         info!(worker_id = %c.worker_id, max_concurrent_tasks = c.max_concurrent_tasks, shutdown_mode = ?c.shutdown_mode, "worker running");
         supervisor.run(ev_rx, shutdown).await;
         janitor.abort();
+        reporter.abort();
         monitor.abort();
         resync.abort();
         // The supervisor dropped its senders: the session flushes the queue and closes.

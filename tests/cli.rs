@@ -141,7 +141,7 @@ async fn sigterm_stops_running_tasks_reports_graceful_shutdown_and_exits_0() {
     let cfg = state.path().join("config.yaml");
     std::fs::write(
         &cfg,
-        format!("worker_id: {id}\nadmission:\n  min_free_disk: 0\n"),
+        format!("worker_id: {id}\nadmission:\n  min_free_disk: 0\napi:\n  listen: 127.0.0.1:0\n"),
     )
     .unwrap();
     let mut child = berth(&[

@@ -8,88 +8,11 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use berth::devserver::state::TaskState;
 use support::*;
-use tokio::net::{UnixListener, UnixStream};
-use tokio_util::sync::CancellationToken;
-
-/// The engine socket the proxy forwards to.
-fn upstream() -> PathBuf {
-    match std::env::var("DOCKER_HOST") {
-        Ok(h) if h.starts_with("unix://") => PathBuf::from(&h["unix://".len()..]),
-        _ => PathBuf::from("/var/run/docker.sock"),
-    }
-}
-
-/// A Unix-socket proxy in front of the engine; `stop` cuts every connection and removes the
-/// socket, as an engine restart would.
-struct Proxy {
-    path: PathBuf,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn start() -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("docker.sock");
-        let mut p = Proxy {
-            path,
-            stop: CancellationToken::new(),
-            _dir: dir,
-        };
-        p.serve();
-        p
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.path.display())
-    }
-
-    fn serve(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let listener = UnixListener::bind(&self.path).unwrap();
-        let stop = CancellationToken::new();
-        self.stop = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut client, _) = tokio::select! {
-                    r = listener.accept() => match r { Ok(c) => c, Err(_) => return },
-                    _ = stop.cancelled() => return,
-                };
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let Ok(mut engine) = UnixStream::connect(upstream()).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
-                        _ = stop.cancelled() => {}
-                    }
-                });
-            }
-        });
-    }
-
-    fn down(&self) {
-        self.stop.cancel();
-        let _ = std::fs::remove_file(&self.path);
-    }
-
-    fn up(&mut self) {
-        self.serve();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
 
 async fn env_behind(proxy: &Proxy, name: &str) -> Env {
     Env::start(

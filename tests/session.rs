@@ -104,6 +104,7 @@ fn tls_config(url: &str, id: &str, dir: &Path, client_cert: bool, ca: bool) -> c
     ));
     let ov = Overrides {
         api_key: Some(Secret::new("tls-key")),
+        api_listen: Some("127.0.0.1:0".into()),
         ..Overrides::default()
     };
     config::load_str(Some(&yaml), None, &ov, &|_| None).unwrap()
@@ -178,6 +179,7 @@ async fn a_silent_server_is_declared_dead_after_two_heartbeats_and_redialled() {
     );
     let ov = Overrides {
         api_key: Some(Secret::new("k")),
+        api_listen: Some("127.0.0.1:0".into()),
         ..Overrides::default()
     };
     let cfg = config::load_str(Some(&yaml), None, &ov, &|_| None).unwrap();

@@ -227,6 +227,10 @@ pub struct WorkerRecord {
     saturated_at: Option<DateTime<Utc>>,
     /// Executions the worker said it holds in its last `worker_hello`.
     pub held: usize,
+    /// Its last `worker_status` (berth/1).
+    pub status: Option<crate::protocol::WorkerStatus>,
+    /// How many `worker_status` messages it sent on this connection.
+    pub statuses: u64,
     #[serde(skip)]
     conn: u64,
 }
@@ -376,6 +380,8 @@ impl State {
                 saturated: false,
                 saturated_at: None,
                 held: 0,
+                status: None,
+                statuses: 0,
                 conn,
             },
         );
@@ -462,6 +468,14 @@ impl State {
         if let WorkerMessage::WorkerHello(h) = &msg {
             if let Some(w) = self.workers.get_mut(worker_id) {
                 w.held = h.tasks.len();
+            }
+            self.version += 1;
+            return Vec::new();
+        }
+        if let WorkerMessage::WorkerStatus(st) = msg {
+            if let Some(w) = self.workers.get_mut(worker_id) {
+                w.status = Some(*st);
+                w.statuses += 1;
             }
             self.version += 1;
             return Vec::new();
@@ -605,7 +619,7 @@ impl State {
                     offset: len,
                 }));
             }
-            WorkerMessage::WorkerHello(_) => {}
+            WorkerMessage::WorkerHello(_) | WorkerMessage::WorkerStatus(_) => {}
         }
         let running = self.running_on(worker_id);
         if let Some(w) = self.workers.get_mut(worker_id) {

@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -308,6 +308,12 @@ pub fn worker_config(
     );
     let ov = Overrides {
         api_key: Some(Secret::new(api_key)),
+        // Many workers run at once: each takes a free port.
+        api_listen: opts
+            .overrides
+            .api_listen
+            .clone()
+            .or_else(|| Some("127.0.0.1:0".into())),
         state_dir: opts
             .overrides
             .state_dir
@@ -455,7 +461,7 @@ pub fn worker_process(cp: &ControlPlane, id: &str, state: &Path, extra: &[&str])
     let cfg = state.with_extension("yaml");
     std::fs::write(
         &cfg,
-        format!("worker_id: {id}\nadmission:\n  min_free_disk: 0\n"),
+        format!("worker_id: {id}\nadmission:\n  min_free_disk: 0\napi:\n  listen: 127.0.0.1:0\n"),
     )
     .unwrap();
     args.extend(["--config".to_string(), cfg.display().to_string()]);
@@ -477,5 +483,79 @@ impl Drop for Cleanup {
         for c in containers_of(&self.0) {
             let _ = Command::new("docker").args(["rm", "-f", "-v", &c]).output();
         }
+    }
+}
+
+/// The engine socket the proxy forwards to.
+fn upstream() -> PathBuf {
+    match std::env::var("DOCKER_HOST") {
+        Ok(h) if h.starts_with("unix://") => PathBuf::from(&h["unix://".len()..]),
+        _ => PathBuf::from("/var/run/docker.sock"),
+    }
+}
+
+/// A Unix-socket proxy in front of the engine; `stop` cuts every connection and removes the
+/// socket, as an engine restart would.
+pub struct Proxy {
+    path: PathBuf,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub fn start() -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let mut p = Proxy {
+            path,
+            stop: CancellationToken::new(),
+            _dir: dir,
+        };
+        p.serve();
+        p
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    fn serve(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
+        let stop = CancellationToken::new();
+        self.stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => return },
+                    _ = stop.cancelled() => return,
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut engine) = tokio::net::UnixStream::connect(upstream()).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+    }
+
+    pub fn down(&self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    pub fn up(&mut self) {
+        self.serve();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
     }
 }

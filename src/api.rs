@@ -1,0 +1,315 @@
+//! The local API for monitoring and people (`api.listen`): `/healthz`, `/readyz`, `/metrics`,
+//! `/v1/status`, `/v1/tasks`, and the mutating `POST /v1/drain` and `POST /v1/resume`.
+//!
+//! Reading is open to whoever reaches the address. Mutating is refused unless the request came
+//! over the Unix socket (mode 0660, owned by `api.socket_group`: file permissions are the
+//! access control) or carries `Authorization: Bearer <token>` with the admin token berth keeps
+//! in `state_dir/admin-token` (mode 0600, created at start-up).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Listen;
+use crate::protocol::ServerMessage;
+use crate::session::SessionEvent;
+use crate::status::Live;
+
+/// File under `state_dir` holding the admin token.
+pub const TOKEN_FILE: &str = "admin-token";
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The address or socket could not be bound.
+    #[error("local API: cannot listen on {addr}: {reason} (change api.listen, or set it to off)")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// Cause.
+        reason: String,
+    },
+    /// The admin token could not be created or read.
+    #[error("local API: admin token {path}: {reason} (check permissions under state_dir)")]
+    Token {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        reason: String,
+    },
+}
+
+#[derive(Clone)]
+struct Ctx {
+    live: Arc<Live>,
+    events: mpsc::Sender<SessionEvent>,
+    token: Arc<String>,
+    /// Requests arrive over the Unix socket: already authorised by its permissions.
+    trusted: bool,
+}
+
+/// Reads the admin token, creating it (0600) on first use.
+pub fn admin_token(state_dir: &Path) -> Result<String, ApiError> {
+    let path = state_dir.join(TOKEN_FILE);
+    let err = |reason: String| ApiError::Token {
+        path: path.clone(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| err(e.to_string()))?;
+    f.write_all(token.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    Ok(token)
+}
+
+fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/tasks", get(tasks))
+        .route("/v1/drain", post(drain))
+        .route("/v1/resume", post(resume))
+        .with_state(ctx)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(c): State<Ctx>) -> Response {
+    match c.live.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(c): State<Ctx>) -> Response {
+    let body = c.live.metrics.render(&c.live.gauges());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn status(State(c): State<Ctx>) -> Json<crate::status::Status> {
+    Json(c.live.status())
+}
+
+async fn tasks(State(c): State<Ctx>) -> Json<Vec<crate::status::TaskRow>> {
+    Json(c.live.status().tasks)
+}
+
+fn authorised(c: &Ctx, headers: &HeaderMap) -> bool {
+    if c.trusted {
+        return true;
+    }
+    let want = format!("Bearer {}", c.token);
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        // Length first, then every byte: no early exit on the first difference.
+        .is_some_and(|got| {
+            got.len() == want.len()
+                && got
+                    .bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+}
+
+fn refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(serde_json::json!({
+            "error": "drain and resume need the Unix socket (api.listen: /path) or the admin token: Authorization: Bearer $(cat <state_dir>/admin-token)"
+        })),
+    )
+        .into_response()
+}
+
+async fn set_draining(c: Ctx, headers: HeaderMap, drain: bool) -> Response {
+    if !authorised(&c, &headers) {
+        return refused();
+    }
+    let m = if drain {
+        ServerMessage::Drain
+    } else {
+        ServerMessage::Resume
+    };
+    // The same path as a drain from the control plane.
+    if c.events.send(SessionEvent::Message(m)).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "worker is stopping\n").into_response();
+    }
+    info!(drain, "drain state changed through the local API");
+    // The supervisor applies it on its next turn; report the state once it shows.
+    let mut slots = c.live.slots.clone();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        slots.wait_for(|s| s.draining == drain),
+    )
+    .await;
+    Json(c.live.status()).into_response()
+}
+
+async fn drain(State(c): State<Ctx>, headers: HeaderMap) -> Response {
+    set_draining(c, headers, true).await
+}
+
+async fn resume(State(c): State<Ctx>, headers: HeaderMap) -> Response {
+    set_draining(c, headers, false).await
+}
+
+/// A bound, not yet serving, local API (bound at start-up so a taken port fails fast).
+pub struct Bound {
+    listener: Listener,
+    token: Arc<String>,
+    /// What it listens on (`127.0.0.1:9464`, or the socket path).
+    pub address: String,
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+/// Binds `listen` (restricting a Unix socket to 0660 and `socket_group`) and prepares the
+/// admin token under `state_dir`.
+pub async fn bind(
+    listen: &Listen,
+    socket_group: Option<&str>,
+    state_dir: &Path,
+) -> Result<Bound, ApiError> {
+    let token = Arc::new(admin_token(state_dir)?);
+    let bind = |reason: String| ApiError::Bind {
+        addr: listen.to_string(),
+        reason,
+    };
+    match listen {
+        Listen::Tcp(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| bind(e.to_string()))?;
+            let local = l.local_addr().map_err(|e| bind(e.to_string()))?;
+            Ok(Bound {
+                listener: Listener::Tcp(l),
+                token,
+                address: local.to_string(),
+            })
+        }
+        Listen::Unix(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| bind(e.to_string()))?;
+            }
+            // A socket left by a killed process would make bind fail.
+            if std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                let _ = std::fs::remove_file(path);
+            }
+            let l = tokio::net::UnixListener::bind(path).map_err(|e| bind(e.to_string()))?;
+            restrict_socket(path, socket_group).map_err(bind)?;
+            Ok(Bound {
+                listener: Listener::Unix(l, path.clone()),
+                token,
+                address: path.display().to_string(),
+            })
+        }
+    }
+}
+
+impl Bound {
+    /// Serves until `stop` (a Unix socket is removed afterwards).
+    pub fn serve(
+        self,
+        live: Arc<Live>,
+        events: mpsc::Sender<SessionEvent>,
+        stop: CancellationToken,
+    ) {
+        let address = self.address.clone();
+        let ctx = |trusted| Ctx {
+            live,
+            events,
+            token: self.token,
+            trusted,
+        };
+        match self.listener {
+            Listener::Tcp(l) => spawn_server(l, router(ctx(false)), stop, None),
+            Listener::Unix(l, path) => spawn_server(l, router(ctx(true)), stop, Some(path)),
+        }
+        info!(%address, "local API listening");
+    }
+}
+
+/// Serves `app` on `l` until `stop`, then removes `socket` (a Unix socket file) if given.
+fn spawn_server<L>(l: L, app: Router, stop: CancellationToken, socket: Option<PathBuf>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        let r = axum::serve(l, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "local API stopped");
+        }
+        if let Some(p) = socket {
+            let _ = std::fs::remove_file(p);
+        }
+    });
+}
+
+/// Mode 0660 and, when configured, the group allowed to use the socket.
+fn restrict_socket(path: &Path, group: Option<&str>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| e.to_string())?;
+    if let Some(name) = group {
+        let g = nix::unistd::Group::from_name(name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("group {name:?} does not exist (api.socket_group)"))?;
+        nix::unistd::chown(path, None, Some(g.gid)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! The client side of the local API, used by `berth status`, `berth drain` and `berth resume`,
+//! and the human rendering of a status (pure).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Listen;
+use crate::status::Status;
+
+/// Why a local API call failed, phrased for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers at the address.
+    #[error(
+        "berth is not running, or its local API is elsewhere: nothing answers at {address} ({reason}). Start it (systemctl start berth), or pass --api ADDR (api.listen of its config)"
+    )]
+    NotRunning {
+        /// Address tried.
+        address: String,
+        /// Cause.
+        reason: String,
+    },
+    /// The daemon refused (no admin rights) or failed.
+    #[error("{address} answered HTTP {status}: {body}")]
+    Refused {
+        /// Address.
+        address: String,
+        /// HTTP status.
+        status: u16,
+        /// Its explanation.
+        body: String,
+    },
+    /// The answer was not a status.
+    #[error("{address} sent an unreadable answer: {reason}")]
+    Garbled {
+        /// Address.
+        address: String,
+        /// Cause.
+        reason: String,
+    },
+}
+
+/// A connection to one daemon's local API.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    address: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for `listen`; `token_dir` is the daemon's `state_dir` (the admin token is read
+    /// from it when readable; the Unix socket needs none).
+    pub fn new(listen: &Listen, token_dir: Option<&Path>) -> Result<Self, ClientError> {
+        let address = listen.to_string();
+        let fail = |e: reqwest::Error| ClientError::NotRunning {
+            address: address.clone(),
+            reason: e.to_string(),
+        };
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let (http, base) = match listen {
+            Listen::Tcp(a) => (builder.build().map_err(fail)?, format!("http://{a}")),
+            Listen::Unix(p) => (
+                builder.unix_socket(p.as_path()).build().map_err(fail)?,
+                "http://berth".to_string(),
+            ),
+        };
+        let token = token_dir
+            .map(|d| d.join(crate::api::TOKEN_FILE))
+            .and_then(|p: PathBuf| std::fs::read_to_string(p).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        Ok(Client {
+            http,
+            base,
+            address,
+            token,
+        })
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Status, ClientError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|e| {
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            ClientError::NotRunning {
+                address: self.address.clone(),
+                reason,
+            }
+        })?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ClientError::Refused {
+                address: self.address.clone(),
+                status: status.as_u16(),
+                body: body.trim().to_string(),
+            });
+        }
+        serde_json::from_str(&body).map_err(|e| ClientError::Garbled {
+            address: self.address.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.call(self.http.get(format!("{}/v1/status", self.base)))
+            .await
+    }
+
+    /// `POST /v1/drain` or `/v1/resume`.
+    pub async fn set_draining(&self, drain: bool) -> Result<Status, ClientError> {
+        let path = if drain { "drain" } else { "resume" };
+        self.call(self.http.post(format!("{}/v1/{path}", self.base)))
+            .await
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `berth status` for people: a summary, then one line per task.
+pub fn render(s: &Status) -> String {
+    let w = &s.worker;
+    let h = &w.host;
+    let mut out = String::new();
+    let connection = match (&s.protocol, s.connected) {
+        (Some(p), true) => format!("connected ({p})"),
+        _ => "NOT connected (redialling)".to_string(),
+    };
+    let ready = match &s.not_ready {
+        None => "ready".to_string(),
+        Some(why) => format!("NOT ready: {why}"),
+    };
+    let slots = if w.max_concurrent_tasks == 0 {
+        format!("{} running (unlimited)", w.active_tasks)
+    } else {
+        format!("{}/{} in use", w.active_tasks, w.max_concurrent_tasks)
+    };
+    let accepting = if w.draining {
+        "draining"
+    } else if w.accepting {
+        "accepting"
+    } else {
+        "not accepting"
+    };
+    let docker = if h.docker.reachable {
+        format!("Docker {} reachable", h.docker.version)
+    } else {
+        format!(
+            "Docker UNREACHABLE ({})",
+            s.docker_error.as_deref().unwrap_or("no answer")
+        )
+    };
+    out.push_str(&format!(
+        "worker   {} (berth {}), up {}\ncontrol  {connection}; {ready}\nslots    {slots}, {accepting}; {} undelivered\nhost     {} CPUs, load {:.2}, memory {} of {} available, {} free disk; {docker}\n",
+        s.worker_id,
+        s.version,
+        age(w.uptime_secs),
+        s.undelivered,
+        h.cpus,
+        h.load_1m,
+        bytes(h.memory_available_bytes),
+        bytes(h.memory_total_bytes),
+        bytes(h.disk_free_bytes),
+    ));
+    if s.tasks.is_empty() {
+        out.push_str("\nno tasks\n");
+        return out;
+    }
+    let rows: Vec<[String; 5]> = s
+        .tasks
+        .iter()
+        .map(|t| {
+            [
+                t.task_id.clone(),
+                t.state.clone(),
+                age(t.age_secs),
+                if t.image.is_empty() {
+                    "-".to_string()
+                } else {
+                    t.image.clone()
+                },
+                bytes(t.output_bytes),
+            ]
+        })
+        .collect();
+    let head = ["TASK", "STATE", "AGE", "IMAGE", "OUTPUT"];
+    let mut widths = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == 4 {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    out.push('\n');
+    out.push_str(&line(head));
+    for r in &rows {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{DockerStatus, HostStatus, WorkerStatus};
+    use crate::status::TaskRow;
+
+    fn status() -> Status {
+        Status {
+            worker_id: "host-1".into(),
+            version: "0.1.0".into(),
+            connected: true,
+            protocol: Some("berth/1".into()),
+            ready: true,
+            not_ready: None,
+            worker: WorkerStatus {
+                active_tasks: 1,
+                max_concurrent_tasks: 4,
+                accepting: true,
+                draining: false,
+                uptime_secs: 3725,
+                host: HostStatus {
+                    cpus: 2.0,
+                    load_1m: 0.5,
+                    memory_total_bytes: 8 << 30,
+                    memory_available_bytes: 6 << 30,
+                    disk_free_bytes: 100 << 30,
+                    docker: DockerStatus {
+                        reachable: true,
+                        version: "20.10.24".into(),
+                    },
+                },
+            },
+            docker_error: None,
+            undelivered: 1,
+            tasks: vec![TaskRow {
+                task_id: "task-1".into(),
+                execution_id: "e".into(),
+                state: "running".into(),
+                age_secs: 75,
+                image: "python:3.12".into(),
+                output_bytes: 1536,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_status_renders_as_a_summary_and_a_table() {
+        let text = render(&status());
+        assert_eq!(
+            text,
+            "worker   host-1 (berth 0.1.0), up 1h02m\n\
+             control  connected (berth/1); ready\n\
+             slots    1/4 in use, accepting; 1 undelivered\n\
+             host     2 CPUs, load 0.50, memory 6.0 GiB of 8.0 GiB available, 100.0 GiB free disk; Docker 20.10.24 reachable\n\
+             \n\
+             TASK    STATE    AGE    IMAGE        OUTPUT\n\
+             task-1  running  1m15s  python:3.12  1.5 KiB\n"
+        );
+    }
+
+    #[test]
+    fn trouble_is_spelled_out() {
+        let mut s = status();
+        s.connected = false;
+        s.protocol = None;
+        s.ready = false;
+        s.not_ready = Some("not connected to the control plane".into());
+        s.worker.draining = true;
+        s.worker.host.docker.reachable = false;
+        s.docker_error = Some("connection refused".into());
+        s.tasks.clear();
+        let text = render(&s);
+        assert!(
+            text.contains("NOT connected (redialling); NOT ready: not connected"),
+            "{text}"
+        );
+        assert!(text.contains("draining"), "{text}");
+        assert!(
+            text.contains("Docker UNREACHABLE (connection refused)"),
+            "{text}"
+        );
+        assert!(text.ends_with("no tasks\n"), "{text}");
+    }
+}

@@ -1,0 +1,512 @@
+//! Prometheus metrics: the Oz worker's names (PROTOCOL.md §6, so existing dashboards and alerts
+//! keep working) plus berth's own. Counters are updated where things happen; gauges are read
+//! at scrape time. Rendering is pure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::failure::FailureReason;
+use crate::protocol::WorkerMessage;
+
+/// Upper bounds (seconds) of the task duration histogram: agent tasks run seconds to hours.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+];
+
+/// Why an assignment was rejected (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RejectKind {
+    /// Every slot is taken.
+    AtCapacity,
+    /// Drained by the server or the operator.
+    Draining,
+    /// Memory, CPU, disk, or the Docker engine is unavailable.
+    InsufficientResources,
+    /// The worker is shutting down.
+    ShuttingDown,
+}
+
+impl RejectKind {
+    const ALL: [RejectKind; 4] = [
+        RejectKind::AtCapacity,
+        RejectKind::Draining,
+        RejectKind::InsufficientResources,
+        RejectKind::ShuttingDown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RejectKind::AtCapacity => "at_capacity",
+            RejectKind::Draining => "draining",
+            RejectKind::InsufficientResources => "insufficient_resources",
+            RejectKind::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Where a failure happened (the `phase` label of `oz_worker_task_failures_total`).
+pub fn failure_phase(r: FailureReason) -> &'static str {
+    match r {
+        FailureReason::InvalidImage | FailureReason::Unknown => "assignment",
+        FailureReason::Cleanup => "cleanup",
+        _ => "backend",
+    }
+}
+
+/// The `result` label of a terminal message.
+pub fn result_of(m: &WorkerMessage) -> Option<&'static str> {
+    match m {
+        WorkerMessage::TaskCompleted { task_state, .. } => Some(
+            if task_state.as_deref() == Some(crate::protocol::TASK_STATE_CANCELLED) {
+                "cancelled"
+            } else {
+                "succeeded"
+            },
+        ),
+        WorkerMessage::TaskFailed { .. } => Some("failed"),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += v;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Labelled {
+    rejected: BTreeMap<RejectKind, u64>,
+    completed: BTreeMap<&'static str, u64>,
+    durations: BTreeMap<&'static str, Histogram>,
+    failures: BTreeMap<(&'static str, String), u64>,
+}
+
+/// Counters updated by the worker.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    claimed: AtomicU64,
+    transcript_bytes: AtomicU64,
+    labelled: Mutex<Labelled>,
+}
+
+/// Values read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gauges {
+    /// This worker.
+    pub worker_id: String,
+    /// berth's version.
+    pub version: String,
+    /// A control-plane connection is up.
+    pub connected: bool,
+    /// Tasks holding a slot.
+    pub active: usize,
+    /// Slot count (0 = unlimited).
+    pub max: u32,
+    /// Not accepting (drain).
+    pub draining: bool,
+    /// The Docker engine answered its last ping.
+    pub docker_reachable: bool,
+    /// Redials after a failed dial.
+    pub reconnects_dial_failed: u64,
+    /// Redials after an established connection dropped.
+    pub reconnects_remote_close: u64,
+    /// Image pulls that succeeded / failed.
+    pub pulls_ok: u64,
+    /// Image pulls that failed.
+    pub pulls_failed: u64,
+    /// Bytes in transcript spools on disk.
+    pub spool_bytes: u64,
+    /// Results and transcripts not yet acknowledged.
+    pub undelivered: usize,
+    /// Host memory available.
+    pub memory_available: u64,
+    /// Free disk under `state_dir`.
+    pub disk_free: Option<u64>,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+}
+
+fn lock(m: &Mutex<Labelled>) -> std::sync::MutexGuard<'_, Labelled> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Metrics {
+    /// A task was claimed.
+    pub fn claimed(&self) {
+        self.claimed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An assignment was rejected.
+    pub fn rejected(&self, kind: RejectKind) {
+        *lock(&self.labelled).rejected.entry(kind).or_default() += 1;
+    }
+
+    /// A terminal message was decided after `secs` seconds with `transcript_bytes` of output.
+    pub fn finished(&self, m: &WorkerMessage, secs: f64, transcript_bytes: u64) {
+        self.transcript_bytes
+            .fetch_add(transcript_bytes, Ordering::Relaxed);
+        let Some(result) = result_of(m) else {
+            return;
+        };
+        let mut l = lock(&self.labelled);
+        *l.completed.entry(result).or_default() += 1;
+        l.durations.entry(result).or_default().observe(secs);
+        if let WorkerMessage::TaskFailed {
+            failure_reason: Some(r),
+            ..
+        } = m
+        {
+            *l.failures
+                .entry((failure_phase(*r), r.as_str().to_string()))
+                .or_default() += 1;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, g: &Gauges) -> String {
+        let l = lock(&self.labelled);
+        let mut o = String::new();
+        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        let b = |v: bool| u8::from(v);
+        head(
+            &mut o,
+            "oz_worker_connected",
+            "gauge",
+            "1 while connected to the control plane.",
+        );
+        let _ = writeln!(o, "oz_worker_connected {}", b(g.connected));
+        head(
+            &mut o,
+            "oz_worker_tasks_active",
+            "gauge",
+            "Tasks holding a slot.",
+        );
+        let _ = writeln!(o, "oz_worker_tasks_active {}", g.active);
+        head(
+            &mut o,
+            "oz_worker_tasks_max_concurrent",
+            "gauge",
+            "Slot count (0 = unlimited).",
+        );
+        let _ = writeln!(o, "oz_worker_tasks_max_concurrent {}", g.max);
+        head(
+            &mut o,
+            "oz_worker_tasks_claimed_total",
+            "counter",
+            "Tasks claimed.",
+        );
+        let _ = writeln!(
+            o,
+            "oz_worker_tasks_claimed_total {}",
+            self.claimed.load(Ordering::Relaxed)
+        );
+        head(
+            &mut o,
+            "oz_worker_tasks_rejected_total",
+            "counter",
+            "Assignments rejected, by reason.",
+        );
+        for k in RejectKind::ALL {
+            let n = l.rejected.get(&k).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "oz_worker_tasks_rejected_total{{reason=\"{}\"}} {n}",
+                k.label()
+            );
+        }
+        head(
+            &mut o,
+            "oz_worker_tasks_completed_total",
+            "counter",
+            "Tasks ended, by result.",
+        );
+        for r in ["succeeded", "failed", "cancelled"] {
+            let n = l.completed.get(r).copied().unwrap_or(0);
+            let _ = writeln!(o, "oz_worker_tasks_completed_total{{result=\"{r}\"}} {n}");
+        }
+        head(
+            &mut o,
+            "oz_worker_task_duration_seconds",
+            "histogram",
+            "Claim-to-result time, by result.",
+        );
+        for (r, h) in &l.durations {
+            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "oz_worker_task_duration_seconds_bucket{{result=\"{r}\",le=\"{bound}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(
+                o,
+                "oz_worker_task_duration_seconds_bucket{{result=\"{r}\",le=\"+Inf\"}} {}\noz_worker_task_duration_seconds_sum{{result=\"{r}\"}} {}\noz_worker_task_duration_seconds_count{{result=\"{r}\"}} {}",
+                h.count, h.sum, h.count
+            );
+        }
+        head(
+            &mut o,
+            "oz_worker_task_failures_total",
+            "counter",
+            "Failed tasks, by phase and reason.",
+        );
+        for r in FailureReason::ALL {
+            let key = (failure_phase(r), r.as_str().to_string());
+            let n = l.failures.get(&key).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "oz_worker_task_failures_total{{phase=\"{}\",reason=\"{}\"}} {n}",
+                key.0, key.1
+            );
+        }
+        head(
+            &mut o,
+            "oz_worker_websocket_reconnects_total",
+            "counter",
+            "Control-plane redials, by reason.",
+        );
+        let _ = writeln!(
+            o,
+            "oz_worker_websocket_reconnects_total{{reason=\"dial_failed\"}} {}\noz_worker_websocket_reconnects_total{{reason=\"remote_close\"}} {}",
+            g.reconnects_dial_failed, g.reconnects_remote_close
+        );
+        head(
+            &mut o,
+            "oz_worker_info",
+            "gauge",
+            "Always 1; the labels describe the worker.",
+        );
+        let _ = writeln!(
+            o,
+            "oz_worker_info{{version=\"{}\",backend=\"docker\",worker_id=\"{}\"}} 1",
+            escape(&g.version),
+            escape(&g.worker_id)
+        );
+        head(
+            &mut o,
+            "berth_docker_reachable",
+            "gauge",
+            "1 while the Docker engine answers.",
+        );
+        let _ = writeln!(o, "berth_docker_reachable {}", b(g.docker_reachable));
+        head(
+            &mut o,
+            "berth_draining",
+            "gauge",
+            "1 while drained (not accepting tasks).",
+        );
+        let _ = writeln!(o, "berth_draining {}", b(g.draining));
+        head(
+            &mut o,
+            "berth_transcript_bytes_total",
+            "counter",
+            "Transcript bytes of finished executions.",
+        );
+        let _ = writeln!(
+            o,
+            "berth_transcript_bytes_total {}",
+            self.transcript_bytes.load(Ordering::Relaxed)
+        );
+        head(
+            &mut o,
+            "berth_spool_bytes",
+            "gauge",
+            "Bytes of transcript spools on disk under state_dir.",
+        );
+        let _ = writeln!(o, "berth_spool_bytes {}", g.spool_bytes);
+        head(
+            &mut o,
+            "berth_undelivered_executions",
+            "gauge",
+            "Executions whose transcript or result the server has not acknowledged.",
+        );
+        let _ = writeln!(o, "berth_undelivered_executions {}", g.undelivered);
+        head(
+            &mut o,
+            "berth_image_pulls_total",
+            "counter",
+            "Image pulls, by result.",
+        );
+        let _ = writeln!(
+            o,
+            "berth_image_pulls_total{{result=\"succeeded\"}} {}\nberth_image_pulls_total{{result=\"failed\"}} {}",
+            g.pulls_ok, g.pulls_failed
+        );
+        head(
+            &mut o,
+            "berth_host_memory_available_bytes",
+            "gauge",
+            "Memory available on the host.",
+        );
+        let _ = writeln!(
+            o,
+            "berth_host_memory_available_bytes {}",
+            g.memory_available
+        );
+        if let Some(d) = g.disk_free {
+            head(
+                &mut o,
+                "berth_state_dir_free_bytes",
+                "gauge",
+                "Free disk under state_dir.",
+            );
+            let _ = writeln!(o, "berth_state_dir_free_bytes {d}");
+        }
+        head(
+            &mut o,
+            "berth_uptime_seconds",
+            "gauge",
+            "Seconds since the worker started.",
+        );
+        let _ = writeln!(o, "berth_uptime_seconds {}", g.uptime_secs);
+        o
+    }
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    fn failed(reason: FailureReason) -> WorkerMessage {
+        WorkerMessage::TaskFailed {
+            task_id: "t".into(),
+            message: "m".into(),
+            task_state: None,
+            failure_reason: Some(reason),
+            exit_code: Some(1),
+            ext: None,
+        }
+    }
+
+    #[test]
+    fn every_series_but_the_histogram_starts_at_zero() {
+        let m = Metrics::default();
+        let t = m.render(&Gauges {
+            worker_id: "w\"1".into(),
+            version: "0.1.0".into(),
+            ..Gauges::default()
+        });
+        for s in [
+            "oz_worker_connected",
+            "oz_worker_tasks_active",
+            "oz_worker_tasks_claimed_total",
+            "oz_worker_tasks_rejected_total{reason=\"at_capacity\"}",
+            "oz_worker_tasks_rejected_total{reason=\"draining\"}",
+            "oz_worker_tasks_rejected_total{reason=\"insufficient_resources\"}",
+            "oz_worker_tasks_completed_total{result=\"cancelled\"}",
+            "oz_worker_task_failures_total{phase=\"backend\",reason=\"image_pull\"}",
+            "oz_worker_task_failures_total{phase=\"assignment\",reason=\"invalid_image\"}",
+            "oz_worker_websocket_reconnects_total{reason=\"remote_close\"}",
+            "berth_transcript_bytes_total",
+        ] {
+            assert_eq!(value(&t, s), Some(0.0), "{s}");
+        }
+        assert!(!t.contains("oz_worker_task_duration_seconds_bucket"));
+        assert!(t.contains(
+            "oz_worker_info{version=\"0.1.0\",backend=\"docker\",worker_id=\"w\\\"1\"} 1"
+        ));
+    }
+
+    #[test]
+    fn a_known_sequence_of_tasks_gives_known_values() {
+        let m = Metrics::default();
+        for _ in 0..3 {
+            m.claimed();
+        }
+        m.rejected(RejectKind::AtCapacity);
+        m.rejected(RejectKind::Draining);
+        m.rejected(RejectKind::Draining);
+        let ok = WorkerMessage::TaskCompleted {
+            task_id: "t".into(),
+            message: "m".into(),
+            task_state: None,
+            ext: None,
+        };
+        let cancelled = WorkerMessage::TaskCompleted {
+            task_id: "t".into(),
+            message: "m".into(),
+            task_state: Some(crate::protocol::TASK_STATE_CANCELLED.into()),
+            ext: None,
+        };
+        m.finished(&ok, 2.0, 100);
+        m.finished(&failed(FailureReason::ContainerExit), 40.0, 10);
+        m.finished(&cancelled, 0.5, 0);
+        let t = m.render(&Gauges::default());
+        let v = |s: &str| value(&t, s).unwrap_or(-1.0);
+        assert_eq!(v("oz_worker_tasks_claimed_total"), 3.0);
+        assert_eq!(
+            v("oz_worker_tasks_rejected_total{reason=\"draining\"}"),
+            2.0
+        );
+        assert_eq!(
+            v("oz_worker_tasks_completed_total{result=\"succeeded\"}"),
+            1.0
+        );
+        assert_eq!(v("oz_worker_tasks_completed_total{result=\"failed\"}"), 1.0);
+        assert_eq!(
+            v("oz_worker_tasks_completed_total{result=\"cancelled\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("oz_worker_task_failures_total{phase=\"backend\",reason=\"container_exit\"}"),
+            1.0
+        );
+        assert_eq!(v("berth_transcript_bytes_total"), 110.0);
+        assert_eq!(
+            v("oz_worker_task_duration_seconds_bucket{result=\"failed\",le=\"30\"}"),
+            0.0
+        );
+        assert_eq!(
+            v("oz_worker_task_duration_seconds_bucket{result=\"failed\",le=\"60\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("oz_worker_task_duration_seconds_bucket{result=\"succeeded\",le=\"+Inf\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("oz_worker_task_duration_seconds_sum{result=\"failed\"}"),
+            40.0
+        );
+    }
+
+    #[test]
+    fn phases_of_failure_reasons() {
+        assert_eq!(failure_phase(FailureReason::InvalidImage), "assignment");
+        assert_eq!(failure_phase(FailureReason::Cleanup), "cleanup");
+        assert_eq!(failure_phase(FailureReason::SetupCommand), "backend");
+    }
+}

@@ -1,0 +1,324 @@
+//! The worker's live state, as reported to the control plane (`worker_status`, berth/1), to
+//! local monitoring (`/v1/status`, `/readyz`, `/metrics`) and to `berth status`.
+//!
+//! Host readings are cheap on purpose: only memory is refreshed (sysinfo), the load average is
+//! one read of `/proc/loadavg`, free disk one `statvfs`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::Docker;
+use crate::engine::Engine;
+use crate::metrics::{Gauges, Metrics};
+use crate::protocol::{DockerStatus, HostStatus, WorkerMessage, WorkerStatus};
+use crate::session::SessionStats;
+use crate::shipper::{Link, Outbound};
+use crate::supervisor::Snapshot;
+
+/// Shortest gap between two `worker_status` messages sent because slots changed.
+const COALESCE: Duration = Duration::from_secs(1);
+
+/// One task row of `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRow {
+    /// Task.
+    pub task_id: String,
+    /// Execution.
+    pub execution_id: String,
+    /// `running` or `delivering`.
+    pub state: String,
+    /// Seconds since the claim.
+    pub age_secs: u64,
+    /// Image asked for.
+    pub image: String,
+    /// Transcript bytes so far.
+    pub output_bytes: u64,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// This worker.
+    pub worker_id: String,
+    /// berth's version.
+    pub version: String,
+    /// Connected to the control plane.
+    pub connected: bool,
+    /// `berth/1` or `oz/1` (while connected).
+    pub protocol: Option<String>,
+    /// Ready for work: connected, Docker reachable, accepting.
+    pub ready: bool,
+    /// Why not ready.
+    pub not_ready: Option<String>,
+    /// `worker_status` fields (slots, host, Docker).
+    #[serde(flatten)]
+    pub worker: WorkerStatus,
+    /// The Docker engine's last error while unreachable.
+    pub docker_error: Option<String>,
+    /// Executions whose transcript or result is not yet acknowledged.
+    pub undelivered: usize,
+    /// Executions held.
+    pub tasks: Vec<TaskRow>,
+}
+
+/// Everything the views read.
+pub struct Live {
+    /// This worker.
+    pub worker_id: String,
+    /// `state_dir`.
+    pub state_dir: PathBuf,
+    /// Session counters.
+    pub session: Arc<SessionStats>,
+    /// Slots and tasks.
+    pub slots: watch::Receiver<Snapshot>,
+    /// Engine health.
+    pub engine: Arc<Engine>,
+    /// Engine version (checked at start-up).
+    pub docker_version: String,
+    /// Pull counters.
+    pub docker: Arc<Docker>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Start time.
+    pub started: std::time::Instant,
+    cpus: f64,
+    system: Mutex<Option<sysinfo::System>>,
+}
+
+fn load_1m() -> f64 {
+    sysinfo::System::load_average().map_or(0.0, |l| l.one)
+}
+
+/// Bytes in the files of `dir` (one level: spools live flat in it).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+impl Live {
+    /// A live view.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        worker_id: String,
+        state_dir: PathBuf,
+        session: Arc<SessionStats>,
+        slots: watch::Receiver<Snapshot>,
+        engine: Arc<Engine>,
+        docker_version: String,
+        docker: Arc<Docker>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let host = crate::capacity::Host::read();
+        Live {
+            worker_id,
+            state_dir,
+            session,
+            slots,
+            engine,
+            docker_version,
+            docker,
+            metrics,
+            started: std::time::Instant::now(),
+            cpus: host.cpus,
+            system: Mutex::new(sysinfo::System::new().ok()),
+        }
+    }
+
+    fn memory(&self) -> (u64, u64) {
+        let mut s = match self.system.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let Some(s) = s.as_mut() else {
+            return (0, 0);
+        };
+        s.refresh_memory_specifics(sysinfo::MemoryRefreshKind::nothing().with_ram());
+        (s.total_memory(), s.available_memory())
+    }
+
+    /// The `worker_status` message body.
+    pub fn worker_status(&self) -> WorkerStatus {
+        let snap = self.slots.borrow().clone();
+        let (total, available) = self.memory();
+        let reachable = self.engine.reachable();
+        WorkerStatus {
+            active_tasks: snap.active,
+            max_concurrent_tasks: snap.max,
+            accepting: !snap.draining
+                && !snap.stopping
+                && reachable
+                && (snap.max == 0 || snap.active < snap.max as usize),
+            draining: snap.draining,
+            uptime_secs: self.started.elapsed().as_secs(),
+            host: HostStatus {
+                cpus: self.cpus,
+                load_1m: load_1m(),
+                memory_total_bytes: total,
+                memory_available_bytes: available,
+                disk_free_bytes: crate::capacity::free_disk(&self.state_dir).unwrap_or(0),
+                docker: DockerStatus {
+                    reachable,
+                    version: self.docker_version.clone(),
+                },
+            },
+        }
+    }
+
+    /// `Ok` when the worker can take work now, else why not (`/readyz`).
+    pub fn readiness(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let snap = self.slots.borrow().clone();
+        let engine = self.engine.subscribe().borrow().clone();
+        if !self.session.connected.load(Relaxed) {
+            return Err("not connected to the control plane".into());
+        }
+        if !engine.reachable {
+            return Err(format!(
+                "Docker engine unreachable ({})",
+                engine.error.unwrap_or_default()
+            ));
+        }
+        if snap.stopping {
+            return Err("shutting down".into());
+        }
+        if snap.draining {
+            return Err("draining".into());
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Status {
+        use std::sync::atomic::Ordering::Relaxed;
+        let snap = self.slots.borrow().clone();
+        let connected = self.session.connected.load(Relaxed);
+        let ready = self.readiness();
+        let now = chrono::Utc::now();
+        Status {
+            worker_id: self.worker_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            connected,
+            protocol: connected.then(|| {
+                if self.session.berth.load(Relaxed) {
+                    "berth/1".to_string()
+                } else {
+                    "oz/1".to_string()
+                }
+            }),
+            ready: ready.is_ok(),
+            not_ready: ready.err(),
+            worker: self.worker_status(),
+            docker_error: self.engine.subscribe().borrow().error.clone(),
+            undelivered: snap.undelivered,
+            tasks: snap
+                .tasks
+                .iter()
+                .map(|t| TaskRow {
+                    task_id: t.task_id.clone(),
+                    execution_id: t.execution_id.clone(),
+                    state: t.state.to_string(),
+                    age_secs: (now - t.claimed_at).num_seconds().max(0) as u64,
+                    image: t.image.clone(),
+                    output_bytes: t.output.borrow().len,
+                })
+                .collect(),
+        }
+    }
+
+    /// Values for `/metrics`.
+    pub fn gauges(&self) -> Gauges {
+        use std::sync::atomic::Ordering::Relaxed;
+        let snap = self.slots.borrow().clone();
+        let (pulls_ok, pulls_failed) = self.docker.pull_counts();
+        Gauges {
+            worker_id: self.worker_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            connected: self.session.connected.load(Relaxed),
+            active: snap.active,
+            max: snap.max,
+            draining: snap.draining,
+            docker_reachable: self.engine.reachable(),
+            reconnects_dial_failed: self.session.reconnects_dial_failed.load(Relaxed),
+            reconnects_remote_close: self.session.reconnects_remote_close.load(Relaxed),
+            pulls_ok,
+            pulls_failed,
+            spool_bytes: dir_bytes(&crate::worker::spool_dir(&self.state_dir)),
+            undelivered: snap.undelivered,
+            memory_available: self.memory().1,
+            disk_free: crate::capacity::free_disk(&self.state_dir),
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
+}
+
+/// Sends `worker_status` on berth/1 connections: right after each connects, every `interval`,
+/// and when slots change (at most once per second). Never durable: a status for a dead
+/// connection is dropped, the next one is current anyway.
+pub async fn report(
+    live: Arc<Live>,
+    outbox: mpsc::Sender<Outbound>,
+    mut link: watch::Receiver<Link>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut slots = live.slots.clone();
+    let mut last_slots = (0usize, false, false);
+    let mut last_sent: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut due = tokio::select! {
+            _ = tick.tick() => true,
+            r = link.changed() => { if r.is_err() { return } true }
+            r = slots.changed() => {
+                if r.is_err() { return }
+                let s = slots.borrow_and_update();
+                let now = (s.active, s.draining, s.stopping);
+                let changed = now != last_slots;
+                last_slots = now;
+                changed
+            }
+            _ = stop.cancelled() => return,
+        };
+        let l = *link.borrow();
+        if !(l.connected && l.berth) {
+            continue;
+        }
+        if let Some(t) = last_sent {
+            let wait = COALESCE.saturating_sub(t.elapsed());
+            if !wait.is_zero() && due {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return,
+                }
+                due = true;
+            }
+        }
+        if due {
+            let msg = WorkerMessage::WorkerStatus(Box::new(live.worker_status()));
+            let o = Outbound {
+                msg,
+                epoch: Some(l.epoch),
+                written: None,
+            };
+            tokio::select! {
+                r = outbox.send(o) => if r.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+            last_sent = Some(tokio::time::Instant::now());
+        }
+    }
+}
