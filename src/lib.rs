@@ -18,6 +18,7 @@ pub mod failure;
 pub mod image;
 pub mod journal;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod progress;
 pub mod protocol;

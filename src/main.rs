@@ -243,16 +243,58 @@ fn load_config(a: &RunArgs) -> Result<Config, config::ConfigErrors> {
     config::load(path.as_deref(), &overrides(a), &host_env)
 }
 
-fn init_logging(level: &str, format: LogFormat) {
+/// Handle to change the log filter at runtime (reload).
+type LogFilter =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(level: &str, format: LogFormat) -> LogFilter {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
+    handle
+}
+
+/// On SIGHUP: re-reads the configuration (same flags); a valid one is applied (log level
+/// here, the rest by the worker), an invalid one is logged in full and the running one kept.
+fn reload_on_sighup(
+    args: RunArgs,
+    log: LogFilter,
+    apply: tokio::sync::mpsc::Sender<Config>,
+    notifier: Option<berth::notify::Notifier>,
+) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            error!("cannot install the SIGHUP handler; reload is unavailable");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match load_config(&args) {
+                Ok(cfg) => {
+                    info!(config = ?cfg.source, "reloading the configuration");
+                    if let Ok(f) = tracing_subscriber::EnvFilter::try_new(&cfg.log_level) {
+                        let _ = log.modify(|current| *current = f);
+                    }
+                    if apply.send(cfg).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    error!("reload refused, the running configuration is kept:\n{e}");
+                    if let Some(n) = &notifier {
+                        n.send("STATUS=reload refused: invalid configuration (see the log)");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Cancels the token on SIGTERM or SIGINT (a second signal exits at once).
@@ -321,7 +363,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_logging(&cfg.log_level, cfg.log_format);
+            let log = init_logging(&cfg.log_level, cfg.log_format);
             rt.block_on(async move {
                 let shutdown = shutdown_on_signals();
                 let worker = match Worker::prepare(cfg, host_env("DOCKER_HOST").as_deref()).await {
@@ -332,12 +374,21 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                worker.run(shutdown, |_| {}).await;
+                let notifier = berth::notify::Notifier::from_env(&host_env, std::process::id());
+                let stop = shutdown.clone();
+                worker
+                    .run(shutdown, move |h| {
+                        reload_on_sighup(a, log, h.reload.clone(), notifier.clone());
+                        if let Some(n) = notifier {
+                            tokio::spawn(berth::notify::run(n, h.live, h.heartbeat, stop));
+                        }
+                    })
+                    .await;
                 ExitCode::SUCCESS
             })
         }
         Command::Dev(a) => {
-            init_logging(&a.log_level, LogFormat::Text);
+            let _ = init_logging(&a.log_level, LogFormat::Text);
             match rt.block_on(dev(a)) {
                 Ok(code) => code,
                 Err(e) => {

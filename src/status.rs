@@ -275,7 +275,7 @@ pub async fn report(
     stop: CancellationToken,
 ) {
     let mut slots = live.slots.clone();
-    let mut last_slots = (0usize, false, false);
+    let mut last_slots = (0usize, 0u32, false, false);
     let mut last_sent: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -286,7 +286,7 @@ pub async fn report(
             r = slots.changed() => {
                 if r.is_err() { return }
                 let s = slots.borrow_and_update();
-                let now = (s.active, s.draining, s.stopping);
+                let now = (s.active, s.max, s.draining, s.stopping);
                 let changed = now != last_slots;
                 last_slots = now;
                 changed

@@ -86,6 +86,21 @@ fn image_asked(a: &TaskAssignment) -> String {
         .to_string()
 }
 
+/// Settings a reload may change while the worker runs.
+#[derive(Debug, Clone)]
+pub struct Reconfigure {
+    /// Slots.
+    pub max: u32,
+    /// `worker_hello` labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Reservations and limits.
+    pub policy: crate::policy::Policy,
+    /// Held back for the host.
+    pub reserve: crate::policy::Resources,
+    /// Minimum free disk.
+    pub min_free_disk: u64,
+}
+
 /// One execution in a [`Snapshot`].
 #[derive(Debug, Clone)]
 pub struct TaskView {
@@ -192,6 +207,9 @@ pub struct Supervisor {
     stop_shipping: CancellationToken,
     snapshot: watch::Sender<Snapshot>,
     unpersisted_acks: std::collections::HashSet<String>,
+    beat: Arc<std::sync::atomic::AtomicU64>,
+    reconfigure_tx: mpsc::Sender<Reconfigure>,
+    reconfigure_rx: mpsc::Receiver<Reconfigure>,
 }
 
 impl Supervisor {
@@ -204,12 +222,13 @@ impl Supervisor {
     ) -> Self {
         let (done_tx, done_rx) = mpsc::channel(64);
         let (delivered_tx, delivered_rx) = mpsc::channel(64);
+        let (reconfigure_tx, reconfigure_rx) = mpsc::channel(4);
         let (snapshot, _) = watch::channel(Snapshot {
             max: cfg.max,
             ..Snapshot::default()
         });
         let (hello, _) = watch::channel(Hello {
-            worker_id: env.settings.worker_id.clone(),
+            worker_id: env.settings().worker_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             backend: "docker".to_string(),
             max_concurrent_tasks: cfg.max,
@@ -236,7 +255,21 @@ impl Supervisor {
             stop_shipping: CancellationToken::new(),
             snapshot,
             unpersisted_acks: std::collections::HashSet::new(),
+            beat: Arc::default(),
+            reconfigure_tx,
+            reconfigure_rx,
         }
+    }
+
+    /// Counts turns of the main loop (at least 4 a second while it is healthy): the systemd
+    /// watchdog is only fed while this moves.
+    pub fn heartbeat(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.beat.clone()
+    }
+
+    /// Where reloaded settings are sent.
+    pub fn reconfigurer(&self) -> mpsc::Sender<Reconfigure> {
+        self.reconfigure_tx.clone()
     }
 
     /// Live view of the slot usage.
@@ -546,7 +579,11 @@ impl Supervisor {
                     }
                     self.publish();
                 }
-                _ = tick.tick() => self.persist_acks(),
+                Some(r) = self.reconfigure_rx.recv() => self.reconfigure(r),
+                _ = tick.tick() => {
+                    self.beat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.persist_acks();
+                }
             }
         }
         self.persist_acks();
@@ -756,7 +793,7 @@ impl Supervisor {
     /// counts from its cached copy; admission never waits for the network) › the defaults.
     fn reservation(&self, a: &TaskAssignment, berth: bool) -> crate::policy::Resources {
         use crate::environment::{Choice, choose};
-        let s = &self.env.settings;
+        let s = &self.env.settings();
         let catalog = self.env.catalog.as_deref();
         let env = match choose(
             a,
@@ -770,6 +807,23 @@ impl Supervisor {
             Ok(Choice::None) | Err(_) => None,
         };
         self.cfg.policy.reservation(a.instance_shape, env.as_ref())
+    }
+
+    fn reconfigure(&mut self, r: Reconfigure) {
+        info!(
+            max_concurrent_tasks = r.max,
+            "configuration reloaded: slots, labels, policy and admission updated"
+        );
+        self.cfg.max = r.max;
+        self.cfg.policy = r.policy;
+        self.cfg.reserve = r.reserve;
+        self.cfg.min_free_disk = r.min_free_disk;
+        self.hello.send_modify(|h| {
+            h.max_concurrent_tasks = r.max;
+            h.labels = r.labels.clone();
+        });
+        self.cfg.labels = r.labels;
+        self.publish();
     }
 
     /// Why the Docker engine is considered down, if it is.
@@ -805,7 +859,7 @@ impl Supervisor {
     fn claimed(&self, task_id: &str) -> WorkerMessage {
         WorkerMessage::TaskClaimed {
             task_id: task_id.to_string(),
-            worker_id: self.env.settings.worker_id.clone(),
+            worker_id: self.env.settings().worker_id.clone(),
         }
     }
 }

@@ -218,8 +218,8 @@ pub enum RunEnd {
 pub struct TaskEnv {
     /// The engine.
     pub docker: Arc<Docker>,
-    /// Operator settings.
-    pub settings: Arc<TaskSettings>,
+    /// Operator settings; replaced on reload (a task keeps the settings it started with).
+    pub settings: std::sync::RwLock<Arc<TaskSettings>>,
     /// Durable state.
     pub journal: Arc<Journal>,
     /// Queue for `task_started` (berth/1).
@@ -232,6 +232,24 @@ pub struct TaskEnv {
     pub engine: Arc<crate::engine::Engine>,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl TaskEnv {
+    /// The current operator settings.
+    pub fn settings(&self) -> Arc<TaskSettings> {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the operator settings (reload); tasks already running keep theirs.
+    pub fn set_settings(&self, s: TaskSettings) {
+        match self.settings.write() {
+            Ok(mut g) => *g = Arc::new(s),
+            Err(p) => *p.into_inner() = Arc::new(s),
+        }
+    }
 }
 
 /// One execution's identity and transcript.
@@ -262,8 +280,9 @@ fn secrets_of(env: &TaskEnv, a: &TaskAssignment) -> Vec<Vec<u8>> {
         .flatten()
         .map(|(_, v)| v.as_str())
         .collect();
-    let op: Vec<&str> = env.settings.redact.iter().map(|s| s.expose()).collect();
-    transcript::secrets(values, env.settings.api_key.expose(), op)
+    let settings = env.settings();
+    let op: Vec<&str> = settings.redact.iter().map(|s| s.expose()).collect();
+    transcript::secrets(values, settings.api_key.expose(), op)
 }
 
 /// Runs one execution to its terminal message. Never leaves its container running unless
@@ -338,7 +357,7 @@ pub async fn abandon(
 }
 
 fn task_timeout(env: &TaskEnv, exec: &Execution) -> Option<Duration> {
-    env.settings
+    env.settings()
         .policy
         .timeout(exec.assignment.timeout_secs, exec.berth)
 }
@@ -419,7 +438,7 @@ async fn choose_environment(
 ) -> Result<Option<crate::environment::Environment>, Outcome> {
     use crate::catalog::Freshness;
     use crate::environment::Choice;
-    let s = &env.settings;
+    let s = &env.settings();
     let choice = crate::environment::choose(
         &exec.assignment,
         exec.berth,
@@ -465,7 +484,7 @@ async fn choose_environment(
 
 /// `None` means detached.
 async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Option<Outcome> {
-    let s = &env.settings;
+    let s = &env.settings();
     let a = &exec.assignment;
     let docker = &env.docker;
     let token = control.token.clone();
@@ -688,7 +707,7 @@ async fn cleanup(env: &TaskEnv, id: &str, outcome: Supervised) -> Option<Outcome
     let Supervised::Done(outcome) = outcome else {
         return None;
     };
-    let s = &env.settings;
+    let s = &env.settings();
     let exited = matches!(outcome, Outcome::Exited(_));
     if s.cleanup || !exited {
         if !exited && let Err(e) = env.docker.stop(id, s.stop_grace_period).await {
@@ -709,7 +728,7 @@ async fn supervise(
     timeout: Option<Duration>,
 ) -> Supervised {
     let docker = env.docker.clone();
-    let grace = env.settings.stop_grace_period;
+    let grace = env.settings().stop_grace_period;
     let secrets = secrets_of(env, &exec.assignment);
     let spool = exec.spool.clone();
     let cid = id.to_string();

@@ -60,6 +60,10 @@ pub struct WorkerHandle {
     pub api: Option<String>,
     /// Everything the status views read.
     pub live: Arc<crate::status::Live>,
+    /// Turns of the supervisor's loop (for the systemd watchdog).
+    pub heartbeat: Arc<std::sync::atomic::AtomicU64>,
+    /// Applies a re-read configuration (SIGHUP).
+    pub reload: mpsc::Sender<Config>,
 }
 
 /// Everything needed to start a worker.
@@ -141,25 +145,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken, on_start: impl FnOnce(WorkerHandle)) {
         let found = self.reconcile().await;
         let c = &self.config;
-        let settings = Arc::new(TaskSettings {
-            worker_id: c.worker_id.clone(),
-            agent: AgentSettings {
-                server_root_url: c.control_plane.server_root_url.clone(),
-                idle_on_complete: c.idle_on_complete.clone(),
-                session_sharing_server_url: c.control_plane.session_sharing_server_url.clone(),
-            },
-            default_image: c.docker.default_image.clone(),
-            pull_policy: c.docker.pull_policy,
-            operator_env: c.docker.environment.clone(),
-            operator_volumes: c.docker.volumes.clone(),
-            stop_grace_period: c.docker.stop_grace_period,
-            cleanup: c.cleanup,
-            api_key: c.control_plane.api_key.clone(),
-            redact: c.transcript.redact.clone(),
-            policy: c.docker.policy.clone(),
-            environments: c.environments.clone(),
-            default_environment: c.default_environment.clone(),
-        });
+        let settings = task_settings(c);
         // Small on purpose: transcript chunks are up to 64 KiB each, and the spool (not this
         // queue) is where output waits for a slow link.
         let (out_tx, out_rx) = mpsc::channel(32);
@@ -176,12 +162,13 @@ impl Worker {
             metrics: metrics.clone(),
             engine: engine.clone(),
             docker: self.docker.clone(),
-            settings,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             journal: self.journal.clone(),
             outbox: out_tx.clone(),
             detach: CancellationToken::new(),
             catalog: self.catalog.clone(),
         });
+        let env_for_reload = env.clone();
         let mut supervisor = Supervisor::new(
             env,
             SupervisorConfig {
@@ -256,6 +243,14 @@ impl Worker {
             bound.serve(live.clone(), ev_tx_api, shutdown.clone());
             address
         });
+        let (reload_tx, reload_rx) = mpsc::channel::<Config>(2);
+        let reloader = tokio::spawn(apply_reloads(
+            c.clone(),
+            reload_rx,
+            env_for_reload,
+            supervisor.reconfigurer(),
+            shutdown.clone(),
+        ));
         let reporter = tokio::spawn(crate::status::report(
             live.clone(),
             status_outbox,
@@ -268,11 +263,14 @@ impl Worker {
             slots: supervisor.subscribe(),
             api,
             live,
+            heartbeat: supervisor.heartbeat(),
+            reload: reload_tx,
         });
         info!(worker_id = %c.worker_id, max_concurrent_tasks = c.max_concurrent_tasks, shutdown_mode = ?c.shutdown_mode, "worker running");
         supervisor.run(ev_rx, shutdown).await;
         janitor.abort();
         reporter.abort();
+        reloader.abort();
         monitor.abort();
         resync.abort();
         // The supervisor dropped its senders: the session flushes the queue and closes.
@@ -285,6 +283,94 @@ impl Worker {
         let _ = session.await;
         deadline.abort();
         info!("worker stopped");
+    }
+}
+
+/// Keys a reload cannot change in a running worker (name, whether it differs).
+fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |name, differs: bool| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check("worker_id", old.worker_id != new.worker_id);
+    check("state_dir", old.state_dir != new.state_dir);
+    check("shutdown_mode", old.shutdown_mode != new.shutdown_mode);
+    check("control_plane", old.control_plane != new.control_plane);
+    check("backend.docker.host", old.docker.host != new.docker.host);
+    check("api", old.api != new.api);
+    check(
+        "transcript.max_bytes/tail_bytes",
+        (old.transcript.max_bytes, old.transcript.tail_bytes)
+            != (new.transcript.max_bytes, new.transcript.tail_bytes),
+    );
+    changed
+}
+
+/// Applies reloaded configurations: task settings (policy, resources, environments, images,
+/// env, volumes, redaction) for tasks started from now on, and slots, labels and admission in
+/// the supervisor. Keys that need a restart are reported and keep their running values.
+async fn apply_reloads(
+    mut current: Config,
+    mut rx: mpsc::Receiver<Config>,
+    env: Arc<TaskEnv>,
+    supervisor: mpsc::Sender<crate::supervisor::Reconfigure>,
+    stop: CancellationToken,
+) {
+    loop {
+        let new = tokio::select! {
+            c = rx.recv() => match c { Some(c) => c, None => return },
+            _ = stop.cancelled() => return,
+        };
+        let ignored = restart_only(&current, &new);
+        if !ignored.is_empty() {
+            warn!(keys = ?ignored, "reload: these settings only take effect after a restart; the running values are kept");
+        }
+        let mut new = new;
+        new.worker_id = current.worker_id.clone();
+        new.state_dir = current.state_dir.clone();
+        new.shutdown_mode = current.shutdown_mode;
+        new.control_plane = current.control_plane.clone();
+        new.docker.host = current.docker.host.clone();
+        new.api = current.api.clone();
+        new.transcript.max_bytes = current.transcript.max_bytes;
+        new.transcript.tail_bytes = current.transcript.tail_bytes;
+        env.set_settings(task_settings(&new));
+        let r = crate::supervisor::Reconfigure {
+            max: new.max_concurrent_tasks,
+            labels: new.labels.clone(),
+            policy: new.docker.policy.clone(),
+            reserve: new.admission.reserve,
+            min_free_disk: new.admission.min_free_disk,
+        };
+        if supervisor.send(r).await.is_err() {
+            return;
+        }
+        current = new;
+    }
+}
+
+/// The operator settings every task run reads (rebuilt on reload).
+fn task_settings(c: &Config) -> TaskSettings {
+    TaskSettings {
+        worker_id: c.worker_id.clone(),
+        agent: AgentSettings {
+            server_root_url: c.control_plane.server_root_url.clone(),
+            idle_on_complete: c.idle_on_complete.clone(),
+            session_sharing_server_url: c.control_plane.session_sharing_server_url.clone(),
+        },
+        default_image: c.docker.default_image.clone(),
+        pull_policy: c.docker.pull_policy,
+        operator_env: c.docker.environment.clone(),
+        operator_volumes: c.docker.volumes.clone(),
+        stop_grace_period: c.docker.stop_grace_period,
+        cleanup: c.cleanup,
+        api_key: c.control_plane.api_key.clone(),
+        redact: c.transcript.redact.clone(),
+        policy: c.docker.policy.clone(),
+        environments: c.environments.clone(),
+        default_environment: c.default_environment.clone(),
     }
 }
 

@@ -252,3 +252,157 @@ impl Drop for Scope {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_it_notifies_ready_status_watchdog_and_stopping() {
+    let _images = Images::acquire();
+    let cp = control_plane("cli-key", true, None).await;
+    let id = worker_id("notify");
+    let state = tempfile::tempdir().unwrap();
+    let sock = state.path().join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut child = berth(&[
+        "run",
+        "--worker-id",
+        &id,
+        "--control-plane-url",
+        &cp.ws_url(),
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--api-listen",
+        "off",
+    ])
+    .env("BERTH_API_KEY", "cli-key")
+    .env("NOTIFY_SOCKET", &sock)
+    .env("WATCHDOG_USEC", "2000000")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let guard = scopeguard(&id);
+    let mut seen: Vec<String> = Vec::new();
+    // Reads notifications until one matches `want` (30 s read timeout per datagram).
+    let until_seen = |seen: &mut Vec<String>, want: &dyn Fn(&str) -> bool| {
+        while !seen.iter().any(|m| want(m)) {
+            let mut b = [0u8; 512];
+            let len = rx.recv(&mut b).expect("a notification within 30 s");
+            seen.push(String::from_utf8_lossy(&b[..len]).into_owned());
+        }
+    };
+    tokio::task::block_in_place(|| {
+        until_seen(&mut seen, &|m| m == "READY=1");
+        until_seen(&mut seen, &|m| {
+            m.starts_with("STATUS=connected (berth/1), 0/4 slots")
+        });
+        until_seen(&mut seen, &|m| m == "WATCHDOG=1");
+    });
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("READY=1"),
+        "{seen:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::task::block_in_place(|| until_seen(&mut seen, &|m| m == "STOPPING=1"));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    drop(guard);
+    cp.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_config_and_keeps_the_running_one_when_invalid() {
+    let _images = Images::acquire();
+    let cp = control_plane("cli-key", true, None).await;
+    let id = worker_id("reload");
+    let state = tempfile::tempdir().unwrap();
+    let sock = state.path().join("api.sock");
+    let cfg = state.path().join("config.yaml");
+    let write = |max: u32, extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "worker_id: {id}\nmax_concurrent_tasks: {max}\nadmission:\n  min_free_disk: 0\napi:\n  listen: {}\nlabels: {{rack: r{max}}}\n{extra}",
+                sock.display()
+            ),
+        )
+        .unwrap()
+    };
+    write(1, "");
+    let log = state.path().join("worker.log");
+    let mut child = berth(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--control-plane-url",
+        &cp.ws_url(),
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ])
+    .env("BERTH_API_KEY", "cli-key")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let guard = scopeguard(&id);
+    let max_reported = || {
+        cp.workers()
+            .first()
+            .and_then(|w| w.status.clone())
+            .map(|s| s.max_concurrent_tasks)
+    };
+    until("first status", || max_reported() == Some(1)).await;
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+    write(3, "");
+    hup();
+    until("reloaded slots reported", || max_reported() == Some(3)).await;
+    let status = |sock: &std::path::Path| {
+        let out = berth(&["status", "--json", "--api", sock.to_str().unwrap()])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<berth::status::Status>(&out.stdout).unwrap()
+    };
+    assert_eq!(status(&sock).worker.max_concurrent_tasks, 3);
+    // An invalid file: every error logged, the running configuration kept, still serving.
+    write(5, "bogus_key: 1\n");
+    hup();
+    until("refusal logged", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("reload refused")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("bogus_key"), "{text}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert_eq!(status(&sock).worker.max_concurrent_tasks, 3);
+    // A task still runs end to end after the reloads.
+    let t = cp.submit(berth::devserver::state::SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        command: vec!["echo".into(), "after-reload".into()],
+        ..Default::default()
+    });
+    let done = cp
+        .wait(&t.id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(guard);
+    cp.shutdown();
+}
