@@ -52,6 +52,18 @@ enum Command {
     Resume(AdminArgs),
     /// Print the version.
     Version,
+    /// Write the man pages (berth.1, berth-run.1, …) into a directory (used by packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Write shell completions to stdout (used by packaging).
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -336,6 +348,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Version => {
             println!("berth {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Manpages { dir } => {
+            use clap::CommandFactory;
+            let r = std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir));
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth: cannot write man pages to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
         Command::CheckConfig(a) => match load_config(&a) {
