@@ -10,7 +10,7 @@
 
 mod support;
 
-use support::{BENCH_KEY, IMAGE, control_plane, import_image};
+use support::{BENCH_KEY, IMAGE, Report, control_plane, import_image};
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -158,33 +158,36 @@ fn main() {
             .await
             .unwrap();
 
-        println!();
-        println!("berth task overhead vs raw docker run (image {IMAGE}, command `true`)");
-        println!(
+        let mut r = Report::default();
+        r.line(format!(
+            "berth task overhead vs raw docker run (image {IMAGE}, command `true`)"
+        ));
+        r.line(format!(
             "{:<44} {:>12} {:>12} {:>8}",
             "measure", "berth", "docker run", "ratio"
-        );
-        println!(
+        ));
+        r.line(format!(
             "{:<44} {:>10.1}ms {:>10.1}ms {:>8.3}",
             format!("submit -> terminal, median of {single_n}"),
             ms(bm),
             ms(dm),
             ms(bm) / ms(dm)
-        );
-        println!(
+        ));
+        r.line(format!(
             "{:<44} {:>11.2}s {:>11.2}s {:>8.3}",
             format!("{batch_n} tasks at concurrency {conc} (wall)"),
             bb.as_secs_f64(),
             db.as_secs_f64(),
             bb.as_secs_f64() / db.as_secs_f64()
-        );
-        println!(
+        ));
+        r.line(format!(
             "{:<44} {:>8.1}/s   {:>8.1}/s",
             "throughput",
             batch_n as f64 / bb.as_secs_f64(),
             batch_n as f64 / db.as_secs_f64()
-        );
-        println!("(ratio < 1.0 means berth was faster; target: within 1.10)");
+        ));
+        r.line("(ratio < 1.0 means berth was faster; target: within 1.10)");
+        r.publish("tasks", "cargo bench --bench tasks");
         stop.cancel();
         let _ = w.await;
         cp.shutdown();

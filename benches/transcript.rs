@@ -12,7 +12,7 @@
 
 mod support;
 
-use support::{BENCH_KEY, IMAGE, control_plane, import_image};
+use support::{BENCH_KEY, IMAGE, Report, control_plane, import_image};
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -140,24 +140,25 @@ fn main() {
         let hwm = rss_kib(pid, "VmHWM:");
 
         let mbps = |secs: f64| bytes as f64 / 1e6 / secs;
-        println!();
-        println!("berth transcript throughput ({mb} MB of ~80-byte lines, image {IMAGE})");
-        println!("{:<58} {:>10} {:>10}", "measure", "seconds", "MB/s");
-        println!("{:<58} {:>10.2} {:>10.1}", "berth: submit -> whole transcript stored by control plane", berth_secs, mbps(berth_secs));
-        println!("{:<58} {:>10.2} {:>10.1}", "docker: run -d ... until exit (output into the log)", produce_secs, mbps(produce_secs));
-        println!("{:<58} {:>10.2} {:>10.1}", "docker logs CONTAINER > /dev/null (read back)", logs_secs, mbps(logs_secs));
-        println!("{:<58} {:>10.2} {:>10.1}", "docker total: produce + read back", produce_secs + logs_secs, mbps(produce_secs + logs_secs));
-        println!(
+        let mut r = Report::default();
+        r.line(format!("berth transcript throughput ({mb} MB of ~80-byte lines, image {IMAGE})"));
+        r.line(format!("{:<58} {:>10} {:>10}", "measure", "seconds", "MB/s"));
+        r.line(format!("{:<58} {:>10.2} {:>10.1}", "berth: submit -> whole transcript stored by control plane", berth_secs, mbps(berth_secs)));
+        r.line(format!("{:<58} {:>10.2} {:>10.1}", "docker: run -d ... until exit (output into the log)", produce_secs, mbps(produce_secs)));
+        r.line(format!("{:<58} {:>10.2} {:>10.1}", "docker logs CONTAINER > /dev/null (read back)", logs_secs, mbps(logs_secs)));
+        r.line(format!("{:<58} {:>10.2} {:>10.1}", "docker total: produce + read back", produce_secs + logs_secs, mbps(produce_secs + logs_secs)));
+        r.line(format!(
             "ratio berth / docker logs (read back only): {:.2}x   berth / docker total: {:.2}x   (target >= 0.8x)",
             mbps(berth_secs) / mbps(logs_secs),
             mbps(berth_secs) / mbps(produce_secs + logs_secs)
-        );
-        println!("transcript bytes stored: {stored}");
-        println!();
-        println!("worker process memory");
-        println!("  idle RSS:                           {:>8.1} MiB", idle_rss as f64 / 1024.0);
-        println!("  peak RSS, 4 x {mb} MB tasks at once: {:>8.1} MiB (VmHWM over the whole run {:.1} MiB; target <= 64 MiB)", peak as f64 / 1024.0, hwm as f64 / 1024.0);
-        println!("  4 tasks finished in {four_secs:.1} s ({:.1} MB/s aggregate)", 4.0 * bytes as f64 / 1e6 / four_secs);
+        ));
+        r.line(format!("transcript bytes stored: {stored}"));
+        r.line("");
+        r.line("worker process memory");
+        r.line(format!("  idle RSS:                           {:>8.1} MiB", idle_rss as f64 / 1024.0));
+        r.line(format!("  peak RSS, 4 x {mb} MB tasks at once: {:>8.1} MiB (VmHWM over the whole run {:.1} MiB; target <= 64 MiB)", peak as f64 / 1024.0, hwm as f64 / 1024.0));
+        r.line(format!("  4 tasks finished in {four_secs:.1} s ({:.1} MB/s aggregate)", 4.0 * bytes as f64 / 1e6 / four_secs));
+        r.publish("transcript", "cargo bench --bench transcript");
         let _ = w.kill();
         let _ = w.wait();
         let _ = Command::new("sh")
