@@ -99,6 +99,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/tasks", get(tasks))
+        .route("/v1/tasks/{id}/transcript", get(transcript))
         .route("/v1/drain", post(drain))
         .route("/v1/resume", post(resume))
         .with_state(ctx)
@@ -139,6 +140,34 @@ async fn tasks(State(c): State<Ctx>) -> Json<Vec<crate::status::TaskRow>> {
     Json(c.live.status().tasks)
 }
 
+#[derive(serde::Deserialize)]
+struct From {
+    #[serde(default)]
+    from: u64,
+}
+
+/// Transcripts are task output: admin only (socket or token), like drain.
+async fn transcript(
+    State(c): State<Ctx>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<From>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorised(&c, &headers) {
+        return refused();
+    }
+    match c.live.transcript(&id, q.from) {
+        Some(part) => Json(part).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": format!("no transcript for task {id} on this worker (finished transcripts are kept for transcript.retention)")
+            })),
+        )
+            .into_response(),
+    }
+}
+
 fn authorised(c: &Ctx, headers: &HeaderMap) -> bool {
     if c.trusted {
         return true;
@@ -162,7 +191,7 @@ fn refused() -> Response {
     (
         StatusCode::FORBIDDEN,
         Json(serde_json::json!({
-            "error": "drain and resume need the Unix socket (api.listen: /path) or the admin token: Authorization: Bearer $(cat <state_dir>/admin-token)"
+            "error": "drain, resume and transcripts need the Unix socket (api.listen: /path) or the admin token: Authorization: Bearer $(cat <state_dir>/admin-token)"
         })),
     )
         .into_response()

@@ -86,17 +86,22 @@ pub struct Catalog {
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// The URL of environment `id`: `{id}` in the template replaced by the percent-encoded id.
-pub fn url_for(template: &str, id: &str) -> String {
+/// `s` percent-encoded as one URL path segment (RFC 3986 unreserved characters kept).
+pub fn encode_segment(s: &str) -> String {
     let mut enc = String::new();
-    for b in id.bytes() {
+    for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             enc.push(char::from(b));
         } else {
             enc.push_str(&format!("%{b:02X}"));
         }
     }
-    template.replace("{id}", &enc)
+    enc
+}
+
+/// The URL of environment `id`: `{id}` in the template replaced by the percent-encoded id.
+pub fn url_for(template: &str, id: &str) -> String {
+    template.replace("{id}", &encode_segment(id))
 }
 
 enum Answer {

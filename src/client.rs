@@ -78,7 +78,10 @@ impl Client {
         })
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Status, ClientError> {
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -114,6 +117,18 @@ impl Client {
     pub async fn status(&self) -> Result<Status, ClientError> {
         self.call(self.http.get(format!("{}/v1/status", self.base)))
             .await
+    }
+
+    /// `GET /v1/tasks/{id}/transcript?from=N`.
+    pub async fn transcript(
+        &self,
+        task_id: &str,
+        from: u64,
+    ) -> Result<crate::status::TranscriptPart, ClientError> {
+        // Task ids are the control plane's; keep them one path segment.
+        let id = crate::catalog::encode_segment(task_id);
+        let url = format!("{}/v1/tasks/{id}/transcript?from={from}", self.base);
+        self.call(self.http.get(url)).await
     }
 
     /// `POST /v1/drain` or `/v1/resume`.

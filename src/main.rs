@@ -185,7 +185,13 @@ struct LogsArgs {
     /// Keep printing until the transcript is finished.
     #[arg(short, long)]
     follow: bool,
-    /// Config file (to find state_dir).
+    /// The daemon's local API (default: api.listen of the config, else 127.0.0.1:9464).
+    #[arg(long, env = "BERTH_API", value_name = "ADDR")]
+    api: Option<String>,
+    /// Read the spool under state_dir directly, without asking the daemon.
+    #[arg(long)]
+    local: bool,
+    /// Config file (to find api.listen and state_dir).
     #[arg(long, alias = "config-file", value_name = "PATH")]
     config: Option<PathBuf>,
     /// State directory (overrides the config).
@@ -823,8 +829,74 @@ async fn stream_transcript(http: reqwest::Client, base: String, id: String) {
     }
 }
 
-async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
+/// Writes transcript bytes to the terminal: stdout to stdout, stderr and berth's own lines to
+/// stderr.
+fn print_piece(stream: berth::protocol::Stream, bytes: &[u8]) {
     use std::io::Write;
+    match stream {
+        berth::protocol::Stream::Stderr | berth::protocol::Stream::System => {
+            let _ = std::io::stderr().write_all(bytes);
+        }
+        berth::protocol::Stream::Stdout => {
+            let _ = std::io::stdout().write_all(bytes);
+        }
+    }
+}
+
+/// `berth logs`: through the daemon's local API; when it does not answer (stopped), or with
+/// `--local`, straight from the spool under state_dir.
+async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
+    use berth::client::ClientError;
+    use std::io::Write;
+    if !a.local {
+        let admin = AdminArgs {
+            api: a.api.clone(),
+            config: a.config.clone(),
+            state_dir: a.state_dir.clone(),
+            json: false,
+        };
+        let client = admin_client(&admin)?;
+        let mut from = 0;
+        loop {
+            match client.transcript(&a.task_id, from).await {
+                Ok(part) => {
+                    for p in &part.pieces {
+                        use base64::Engine;
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(&p.data_b64)
+                            .context("the daemon sent an undecodable transcript piece")?;
+                        print_piece(p.stream, &bytes);
+                    }
+                    let _ = std::io::stdout().flush();
+                    let more = part.next > from;
+                    from = part.next;
+                    if part.finished || (!a.follow && !more) {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    if !more {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+                Err(ClientError::Refused {
+                    status: 404, body, ..
+                }) => {
+                    bail!(
+                        "{}",
+                        serde_json::from_str::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v["error"].as_str().map(str::to_string))
+                            .unwrap_or(body)
+                    );
+                }
+                // The daemon is down or will not serve us: the spool may still be readable.
+                Err(e) if from == 0 => {
+                    info!(error = %e, "local API unavailable; reading the spool directly");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     let state_dir = match &a.state_dir {
         Some(d) => d.clone(),
         // Only state_dir matters here.
@@ -850,15 +922,7 @@ async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
             let end = seen + bytes.len();
             if end > printed {
                 let from = printed.saturating_sub(seen);
-                let part = &bytes[from..];
-                match stream {
-                    berth::protocol::Stream::Stderr | berth::protocol::Stream::System => {
-                        let _ = std::io::stderr().write_all(part);
-                    }
-                    berth::protocol::Stream::Stdout => {
-                        let _ = std::io::stdout().write_all(part);
-                    }
-                }
+                print_piece(*stream, &bytes[from..]);
                 printed = end;
             }
             seen = end;

@@ -40,6 +40,40 @@ pub struct Transcript {
     pub finished: bool,
 }
 
+impl Transcript {
+    /// The pieces from byte `from` on, at most about `max` bytes (whole pieces, the first one
+    /// cut at `from`), and the offset after them.
+    pub fn since(&self, from: u64, max: usize) -> (Vec<(Stream, &[u8])>, u64) {
+        let mut out = Vec::new();
+        let mut seen = 0u64;
+        let mut next = from;
+        let mut taken = 0usize;
+        for (stream, bytes) in &self.pieces {
+            let end = seen + bytes.len() as u64;
+            if end > from && taken < max {
+                let skip = from.saturating_sub(seen) as usize;
+                let room = max - taken;
+                let part = &bytes[skip..bytes.len().min(skip.saturating_add(room))];
+                taken += part.len();
+                next = seen + (skip + part.len()) as u64;
+                out.push((*stream, part));
+            }
+            seen = end;
+        }
+        (out, next.max(from))
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> u64 {
+        self.pieces.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+
+    /// No bytes yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What readers can see of a spool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolState {
@@ -608,5 +642,50 @@ mod tests {
         );
         assert!(s.state().finished);
         assert!(!dir.path().join("b.tail").exists());
+    }
+
+    #[test]
+    fn reading_a_transcript_from_an_offset_in_bounded_steps() {
+        let t = Transcript {
+            pieces: vec![
+                (Stream::System, b"[berth] start\n".to_vec()),
+                (Stream::Stdout, b"hello\n".to_vec()),
+                (Stream::Stderr, b"oops\n".to_vec()),
+            ],
+            finished: true,
+        };
+        assert_eq!(t.len(), 25);
+        let (all, next) = t.since(0, usize::MAX);
+        assert_eq!((all.len(), next), (3, 25));
+        let (mid, next) = t.since(17, usize::MAX);
+        assert_eq!(
+            mid,
+            vec![
+                (Stream::Stdout, &b"lo\n"[..]),
+                (Stream::Stderr, &b"oops\n"[..])
+            ]
+        );
+        assert_eq!(next, 25);
+        let (few, next) = t.since(10, 6);
+        assert_eq!(
+            few,
+            vec![
+                (Stream::System, &b"art\n"[..]),
+                (Stream::Stdout, &b"he"[..])
+            ]
+        );
+        assert_eq!(next, 16);
+        let mut collected = Vec::new();
+        let mut at = 0;
+        loop {
+            let (p, n) = t.since(at, 4);
+            if p.is_empty() {
+                break;
+            }
+            collected.extend(p.iter().flat_map(|(_, b)| b.iter().copied()));
+            at = n;
+        }
+        assert_eq!(collected, b"[berth] start\nhello\noops\n".to_vec());
+        assert_eq!(t.since(25, 10), (vec![], 25));
     }
 }

@@ -66,6 +66,31 @@ pub struct Status {
     pub tasks: Vec<TaskRow>,
 }
 
+/// One piece of a transcript on the wire of the local API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Piece {
+    /// `stdout`, `stderr` or `system`.
+    pub stream: crate::protocol::Stream,
+    /// The bytes, base64 (transcripts may be binary).
+    pub data_b64: String,
+}
+
+/// `GET /v1/tasks/{id}/transcript?from=N`: up to 1 MiB from byte `from`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TranscriptPart {
+    /// The execution (the latest of the task).
+    pub execution_id: String,
+    /// Pieces from `from` on.
+    pub pieces: Vec<Piece>,
+    /// Where the next request starts.
+    pub next: u64,
+    /// The transcript is complete and `next` is its end.
+    pub finished: bool,
+}
+
+/// Largest transcript part one request returns.
+pub const TRANSCRIPT_PART: usize = 1 << 20;
+
 /// Everything the views read.
 pub struct Live {
     /// This worker.
@@ -86,6 +111,8 @@ pub struct Live {
     pub metrics: Arc<Metrics>,
     /// Start time.
     pub started: std::time::Instant,
+    /// The journal (which execution a task is, for transcripts).
+    pub journal: Arc<crate::journal::Journal>,
     cpus: f64,
     system: Mutex<Option<sysinfo::System>>,
 }
@@ -120,6 +147,7 @@ impl Live {
         docker_version: String,
         docker: Arc<Docker>,
         metrics: Arc<Metrics>,
+        journal: Arc<crate::journal::Journal>,
     ) -> Self {
         let host = crate::capacity::Host::read();
         Live {
@@ -132,6 +160,7 @@ impl Live {
             docker,
             metrics,
             started: std::time::Instant::now(),
+            journal,
             cpus: host.cpus,
             system: Mutex::new(sysinfo::System::new().ok()),
         }
@@ -236,6 +265,31 @@ impl Live {
                 })
                 .collect(),
         }
+    }
+
+    /// Part of the latest transcript of `task_id` from byte `from`; `None` if this worker has
+    /// none (never ran it, or retention removed it).
+    pub fn transcript(&self, task_id: &str, from: u64) -> Option<TranscriptPart> {
+        use base64::Engine;
+        let rec = self.journal.by_task(task_id).ok()?.into_iter().next()?;
+        let path = crate::spool::Spool::path_for(
+            &crate::worker::spool_dir(&self.state_dir),
+            &rec.execution_id,
+        );
+        let t = crate::spool::Spool::read_all(&path).ok()?;
+        let (pieces, next) = t.since(from, TRANSCRIPT_PART);
+        Some(TranscriptPart {
+            execution_id: rec.execution_id,
+            pieces: pieces
+                .into_iter()
+                .map(|(stream, b)| Piece {
+                    stream,
+                    data_b64: base64::engine::general_purpose::STANDARD.encode(b),
+                })
+                .collect(),
+            finished: t.finished && next >= t.len(),
+            next,
+        })
     }
 
     /// Values for `/metrics`.

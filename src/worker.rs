@@ -237,6 +237,7 @@ impl Worker {
             self.docker_version.clone(),
             self.docker.clone(),
             metrics,
+            self.journal.clone(),
         ));
         let api = self.api.map(|bound| {
             let address = bound.address.clone();

@@ -206,6 +206,16 @@ async fn drain_and_resume_need_the_admin_token_and_behave_like_a_server_drain() 
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
+    let r = http
+        .get(format!("{base}/v1/tasks/{}/transcript", running.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "transcripts need the token over TCP"
+    );
     assert!(!env.handle.slots.borrow().draining);
     // The real CLI reads the token from state_dir.
     let state = state_dir(&env);
@@ -294,6 +304,23 @@ async fn the_unix_socket_is_0660_and_trusted_and_status_lists_tasks() {
     assert!(env.handle.slots.borrow().draining);
     env.cp.cancel(&t.id).unwrap();
     env.finished(&t.id).await;
+    // `berth logs` goes through the API: a state_dir it cannot read proves it.
+    let logs = cli_ok(&[
+        "logs",
+        &t.id,
+        "--follow",
+        "--api",
+        sock.to_str().unwrap(),
+        "--state-dir",
+        "/nonexistent",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "some-output\n");
+    assert!(String::from_utf8_lossy(&logs.stderr).contains("[berth] container exited"));
+    let unknown = cli(&["logs", "task-unknown", "--api", sock.to_str().unwrap()]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no transcript for task task-unknown")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

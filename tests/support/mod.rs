@@ -186,6 +186,22 @@ pub fn remove_test_artifacts() {
     for id in String::from_utf8_lossy(&helpers.stdout).split_whitespace() {
         docker(&["rm", "-f", id]);
     }
+    // Containers of any test worker still using the images (e.g. a worker process killed
+    // mid-create) would keep them alive, untagged but labelled.
+    for image in [BUSYBOX, SIDECAR, GIT] {
+        let users = docker(&["ps", "-aq", "--filter", &format!("ancestor={image}")]);
+        for id in String::from_utf8_lossy(&users.stdout).split_whitespace() {
+            let labels = docker(&[
+                "inspect",
+                "-f",
+                "{{index .Config.Labels \"berth.worker_id\"}}",
+                id,
+            ]);
+            if String::from_utf8_lossy(&labels.stdout).starts_with("t-") {
+                docker(&["rm", "-f", "-v", id]);
+            }
+        }
+    }
     docker(&["rmi", "-f", BUSYBOX, SIDECAR]);
     if GIT_READY.swap(false, Ordering::SeqCst) {
         docker(&["rmi", "-f", GIT]);
@@ -432,6 +448,16 @@ pub async fn until(what: &str, cond: impl Fn() -> bool) {
 impl Drop for Env {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        // Let the worker finish shutting down first (with its control plane still up, so its
+        // last messages flush at once): a container it was creating at this instant would
+        // otherwise appear after the sweep below and pin the test images.
+        if let Some(w) = self.worker.take() {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
+                })
+            });
+        }
         self.cp.shutdown();
         for id in containers_of(&self.worker_id) {
             docker(&["rm", "-f", "-v", &id]);
