@@ -441,3 +441,40 @@ async fn janitor(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Config {
+        let ov = crate::config::Overrides {
+            api_key: Some(crate::config::Secret::new("k")),
+            ..crate::config::Overrides::default()
+        };
+        crate::config::load_str(Some(yaml), None, &ov, &|_| None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_reload_names_exactly_the_keys_that_need_a_restart() {
+        let old = load("worker_id: w\nmax_concurrent_tasks: 2\n");
+        let live = load(
+            "worker_id: w\nmax_concurrent_tasks: 8\nlabels: {a: b}\nlog: {level: debug}\nbackend:\n  docker:\n    policy:\n      timeout: 1h\n",
+        );
+        assert!(restart_only(&old, &live).is_empty());
+        let heavy = load(
+            "worker_id: other\nstate_dir: /srv/berth\nshutdown_mode: cancel\ncontrol_plane:\n  heartbeat_interval: 5s\nbackend:\n  docker:\n    host: unix:///run/d.sock\napi:\n  listen: off\ntranscript:\n  max_bytes: 1GiB\n",
+        );
+        assert_eq!(
+            restart_only(&old, &heavy),
+            [
+                "worker_id",
+                "state_dir",
+                "shutdown_mode",
+                "control_plane",
+                "backend.docker.host",
+                "api",
+                "transcript.max_bytes/tail_bytes"
+            ]
+        );
+    }
+}

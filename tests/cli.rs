@@ -9,8 +9,6 @@ use std::process::{Command, Stdio};
 use berth::devserver::state::TaskState;
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-
 fn berth(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
@@ -162,7 +160,7 @@ async fn sigterm_stops_running_tasks_reports_graceful_shutdown_and_exits_0() {
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    let guard = scopeguard(&id);
+    let guard = Cleanup(id.clone());
     until("worker connected", || !cp.workers().is_empty()).await;
     let t = cp.submit(berth::devserver::state::SubmitRequest {
         image: Some(BUSYBOX.into()),
@@ -240,19 +238,6 @@ async fn submit_prints_the_outcome_and_exits_with_the_task_exit_code() {
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("is `berth dev` running?"));
 }
 
-/// Removes a worker's containers when dropped (the test may panic).
-struct Scope(String);
-fn scopeguard(id: &str) -> Scope {
-    Scope(id.to_string())
-}
-impl Drop for Scope {
-    fn drop(&mut self) {
-        for c in containers_of(&self.0) {
-            let _ = Command::new("docker").args(["rm", "-f", "-v", &c]).output();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_systemd_it_notifies_ready_status_watchdog_and_stopping() {
     let _images = Images::acquire();
@@ -281,7 +266,7 @@ async fn under_systemd_it_notifies_ready_status_watchdog_and_stopping() {
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    let guard = scopeguard(&id);
+    let guard = Cleanup(id.clone());
     let mut seen: Vec<String> = Vec::new();
     // Reads notifications until one matches `want` (30 s read timeout per datagram).
     let until_seen = |seen: &mut Vec<String>, want: &dyn Fn(&str) -> bool| {
@@ -352,7 +337,7 @@ async fn sighup_applies_a_valid_config_and_keeps_the_running_one_when_invalid() 
     .stderr(std::fs::File::create(&log).unwrap())
     .spawn()
     .unwrap();
-    let guard = scopeguard(&id);
+    let guard = Cleanup(id.clone());
     let max_reported = || {
         cp.workers()
             .first()

@@ -186,22 +186,6 @@ pub fn remove_test_artifacts() {
     for id in String::from_utf8_lossy(&helpers.stdout).split_whitespace() {
         docker(&["rm", "-f", id]);
     }
-    // Containers of any test worker still using the images (e.g. a worker process killed
-    // mid-create) would keep them alive, untagged but labelled.
-    for image in [BUSYBOX, SIDECAR, GIT] {
-        let users = docker(&["ps", "-aq", "--filter", &format!("ancestor={image}")]);
-        for id in String::from_utf8_lossy(&users.stdout).split_whitespace() {
-            let labels = docker(&[
-                "inspect",
-                "-f",
-                "{{index .Config.Labels \"berth.worker_id\"}}",
-                id,
-            ]);
-            if String::from_utf8_lossy(&labels.stdout).starts_with("t-") {
-                docker(&["rm", "-f", "-v", id]);
-            }
-        }
-    }
     docker(&["rmi", "-f", BUSYBOX, SIDECAR]);
     if GIT_READY.swap(false, Ordering::SeqCst) {
         docker(&["rmi", "-f", GIT]);
