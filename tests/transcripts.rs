@@ -270,6 +270,11 @@ async fn an_oz_server_never_sees_berth_messages_but_the_transcript_is_kept_local
         done.container_id, None,
         "oz/1 servers never receive task_started"
     );
+    assert_eq!(
+        env.cp.workers().remove(0).statuses,
+        0,
+        "oz/1 servers never receive worker_status"
+    );
     let state = std::env::temp_dir().join(format!("berth-test-{}", env.worker_id));
     let logs = Command::new(BIN)
         .args(["logs", &t.id, "--state-dir", state.to_str().unwrap()])
