@@ -422,6 +422,47 @@ fn phase(reason: FailureReason) -> impl Fn(String) -> Outcome {
     move |detail| Outcome::Failed { reason, detail }
 }
 
+/// Longest wait for an unreachable engine before a task that has no container yet fails.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// After a failed engine call: if the engine does not answer (an outage, not an error of the
+/// call), waits for it (announced in the transcript) and returns true so the caller retries;
+/// false when the engine answers (a real error), the task is stopped, or the outage outlasts
+/// [`OUTAGE_PATIENCE`].
+async fn outlast_outage(
+    env: &TaskEnv,
+    exec: &Execution,
+    token: &CancellationToken,
+    what: &str,
+) -> bool {
+    if env.docker.ping().await.is_ok() {
+        return false;
+    }
+    env.engine.suspect();
+    warn!(phase = what, "Docker engine unreachable; waiting for it");
+    system_line(
+        &exec.spool,
+        &format!("Docker engine unreachable while {what}; waiting for it"),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+    let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = token.cancelled() => return false,
+            _ = env.detach.cancelled() => return false,
+        }
+        if env.docker.ping().await.is_ok() {
+            system_line(&exec.spool, "Docker engine reachable again; retrying").await;
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
 async fn sleep_or_forever(t: Option<Duration>) {
     match t {
         Some(t) => tokio::time::sleep(t).await,
@@ -547,16 +588,24 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
         }
     });
     // A pull may be abandoned safely; the engine finishes or drops it on its own.
-    let pulled = tokio::select! {
-        r = docker.ensure_image(&image, s.pull_policy, Some(&progress_tx)) => Some(r),
-        _ = token.cancelled() => None,
-        _ = env.detach.cancelled() => None,
+    let pulled = loop {
+        let r = tokio::select! {
+            r = docker.ensure_image(&image, s.pull_policy, Some(&progress_tx)) => Some(r),
+            _ = token.cancelled() => None,
+            _ = env.detach.cancelled() => None,
+        };
+        match r {
+            Some(Err(_)) if outlast_outage(env, exec, &token, "preparing the image").await => {}
+            r => break r,
+        }
     };
     drop(progress_tx);
     // Every progress line precedes what follows the pull.
     let _ = forward.await;
+    let stopped = || token.is_cancelled() || env.detach.is_cancelled();
     let info = match pulled {
         Some(Ok(i)) => i,
+        Some(Err(_)) if stopped() => return Some(Outcome::Interrupted),
         Some(Err(e)) => return Some(phase(FailureReason::ImagePull)(e.to_string())),
         None => return Some(Outcome::Interrupted),
     };
@@ -574,7 +623,13 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     let mut sidecar_binds = Vec::new();
     for m in &sidecars {
         let t = tokio::time::Instant::now();
-        match docker.ensure_sidecar(&m.image, s.pull_policy).await {
+        let prepared = loop {
+            match docker.ensure_sidecar(&m.image, s.pull_policy).await {
+                Err(_) if outlast_outage(env, exec, &token, "preparing a sidecar").await => {}
+                r => break r,
+            }
+        };
+        match prepared {
             Ok(volume) => {
                 system_line(
                     &exec.spool,
@@ -587,6 +642,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
                 .await;
                 sidecar_binds.push(sidecar_bind(&volume, m));
             }
+            Err(_) if stopped() => return Some(Outcome::Interrupted),
             Err(e) => return Some(phase(FailureReason::SidecarPrep)(e.to_string())),
         }
         if token.is_cancelled() || env.detach.is_cancelled() {
@@ -613,9 +669,27 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     };
     // Create is never abandoned: a create cut short could leave a container nobody tracks.
     let created_in = tokio::time::Instant::now();
-    let id = match docker.create(&spec).await {
-        Ok(id) => id,
-        Err(e) => return Some(phase(FailureReason::ContainerCreate)(e.to_string())),
+    let id = loop {
+        match docker.create(&spec).await {
+            Ok(id) => break id,
+            Err(e) => {
+                if !outlast_outage(env, exec, &token, "creating the container").await {
+                    if stopped() {
+                        return Some(Outcome::Interrupted);
+                    }
+                    return Some(phase(FailureReason::ContainerCreate)(e.to_string()));
+                }
+                // The engine may have created it before the connection dropped.
+                let ours = docker.list_managed(&s.worker_id).await.ok().and_then(|l| {
+                    l.into_iter()
+                        .find(|c| c.execution_id == exec.execution_id)
+                        .map(|c| c.id)
+                });
+                if let Some(id) = ours {
+                    break id;
+                }
+            }
+        }
     };
     // Journal before acting: a restarted worker must know this container is ours.
     if let Err(e) = env

@@ -101,3 +101,36 @@ async fn a_container_lost_during_an_outage_fails_its_task_with_the_reason() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_assigned_as_the_engine_goes_away_waits_for_it_instead_of_failing() {
+    let mut proxy = Proxy::start();
+    let env = env_behind(&proxy, "outage-prepare").await;
+    proxy.down();
+    // Assigned before the worker's next engine ping: preparing the image meets the outage.
+    let t = env.submit(&["echo", "made-it"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !env.cp.task(&t.id).unwrap().state.is_terminal(),
+        "must not fail during the outage"
+    );
+    proxy.up();
+    let done = env.finished(&t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    until("transcript complete", || {
+        env.cp.task(&t.id).is_some_and(|t| t.complete())
+    })
+    .await;
+    let text = transcript(&env, &t.id);
+    assert!(text.contains("made-it\n"), "{text}");
+    // Unless the worker happened to notice the outage first and rejected the assignment (the
+    // server then requeued it), the transcript says what happened.
+    if done.rejections == 0 {
+        assert!(
+            text.contains(
+                "[berth] Docker engine unreachable while preparing the image; waiting for it\n"
+            ) && text.contains("[berth] Docker engine reachable again; retrying\n"),
+            "{text}"
+        );
+    }
+}
