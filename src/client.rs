@@ -257,46 +257,9 @@ pub fn render(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{DockerStatus, HostStatus, WorkerStatus};
-    use crate::status::TaskRow;
 
     fn status() -> Status {
-        Status {
-            worker_id: "host-1".into(),
-            version: "0.1.0".into(),
-            connected: true,
-            protocol: Some("berth/1".into()),
-            ready: true,
-            not_ready: None,
-            worker: WorkerStatus {
-                active_tasks: 1,
-                max_concurrent_tasks: 4,
-                accepting: true,
-                draining: false,
-                uptime_secs: 3725,
-                host: HostStatus {
-                    cpus: 2.0,
-                    load_1m: 0.5,
-                    memory_total_bytes: 8 << 30,
-                    memory_available_bytes: 6 << 30,
-                    disk_free_bytes: 100 << 30,
-                    docker: DockerStatus {
-                        reachable: true,
-                        version: "20.10.24".into(),
-                    },
-                },
-            },
-            docker_error: None,
-            undelivered: 1,
-            tasks: vec![TaskRow {
-                task_id: "task-1".into(),
-                execution_id: "e".into(),
-                state: "running".into(),
-                age_secs: 75,
-                image: "python:3.12".into(),
-                output_bytes: 1536,
-            }],
-        }
+        Status::example()
     }
 
     #[test]

@@ -56,6 +56,11 @@ impl Engine {
         self.state.subscribe()
     }
 
+    /// The last verdict.
+    pub fn state(&self) -> EngineState {
+        self.state.borrow().clone()
+    }
+
     /// The engine answered the last ping.
     pub fn reachable(&self) -> bool {
         self.state.borrow().reachable

@@ -186,30 +186,7 @@ mod tests {
 
     #[test]
     fn the_status_line_says_connection_slots_and_trouble() {
-        use crate::protocol::{DockerStatus, HostStatus, WorkerStatus};
-        let mut st = crate::status::Status {
-            worker_id: "w".into(),
-            version: "0".into(),
-            connected: true,
-            protocol: Some("berth/1".into()),
-            ready: true,
-            not_ready: None,
-            worker: WorkerStatus {
-                active_tasks: 1,
-                max_concurrent_tasks: 4,
-                host: HostStatus {
-                    docker: DockerStatus {
-                        reachable: true,
-                        version: "20.10".into(),
-                    },
-                    ..HostStatus::default()
-                },
-                ..WorkerStatus::default()
-            },
-            docker_error: None,
-            undelivered: 0,
-            tasks: Vec::new(),
-        };
+        let mut st = crate::status::Status::example();
         assert_eq!(status_line(&st), "connected (berth/1), 1/4 slots");
         st.connected = false;
         st.worker.draining = true;

@@ -91,6 +91,51 @@ pub struct TranscriptPart {
 /// Largest transcript part one request returns.
 pub const TRANSCRIPT_PART: usize = 1 << 20;
 
+impl Status {
+    /// A typical status: connected on berth/1, one of four slots busy (unit-test fixture).
+    #[cfg(test)]
+    pub(crate) fn example() -> Status {
+        use crate::protocol::{DockerStatus, HostStatus, WorkerStatus};
+
+        Status {
+            worker_id: "host-1".into(),
+            version: "0.1.0".into(),
+            connected: true,
+            protocol: Some("berth/1".into()),
+            ready: true,
+            not_ready: None,
+            worker: WorkerStatus {
+                active_tasks: 1,
+                max_concurrent_tasks: 4,
+                accepting: true,
+                draining: false,
+                uptime_secs: 3725,
+                host: HostStatus {
+                    cpus: 2.0,
+                    load_1m: 0.5,
+                    memory_total_bytes: 8 << 30,
+                    memory_available_bytes: 6 << 30,
+                    disk_free_bytes: 100 << 30,
+                    docker: DockerStatus {
+                        reachable: true,
+                        version: "20.10.24".into(),
+                    },
+                },
+            },
+            docker_error: None,
+            undelivered: 1,
+            tasks: vec![TaskRow {
+                task_id: "task-1".into(),
+                execution_id: "e".into(),
+                state: "running".into(),
+                age_secs: 75,
+                image: "python:3.12".into(),
+                output_bytes: 1536,
+            }],
+        }
+    }
+}
+
 /// Everything the views read.
 pub struct Live {
     /// This worker.
@@ -210,7 +255,7 @@ impl Live {
     pub fn readiness(&self) -> Result<(), String> {
         use std::sync::atomic::Ordering::Relaxed;
         let snap = self.slots.borrow().clone();
-        let engine = self.engine.subscribe().borrow().clone();
+        let engine = self.engine.state();
         if !self.session.connected.load(Relaxed) {
             return Err("not connected to the control plane".into());
         }
@@ -250,7 +295,7 @@ impl Live {
             ready: ready.is_ok(),
             not_ready: ready.err(),
             worker: self.worker_status(),
-            docker_error: self.engine.subscribe().borrow().error.clone(),
+            docker_error: self.engine.state().error,
             undelivered: snap.undelivered,
             tasks: snap
                 .tasks

@@ -713,7 +713,9 @@ impl Supervisor {
                 .await;
             }
             Admission::Accept => {
-                if let Err(why) = self.fits(&a) {
+                // Decided once: admission and the running-task table use the same figure.
+                let want = self.reservation(&a, self.berth);
+                if let Err(why) = self.fits(want) {
                     info!(%task_id, %why, "rejecting task: it does not fit on this host now");
                     self.env.metrics.rejected(RejectKind::InsufficientResources);
                     // oz/1 servers know only the capacity reason; both requeue the task.
@@ -726,12 +728,12 @@ impl Supervisor {
                         .await;
                     return;
                 }
-                self.start(a).await
+                self.start(a, want).await
             }
         }
     }
 
-    async fn start(&mut self, a: TaskAssignment) {
+    async fn start(&mut self, a: TaskAssignment, reservation: crate::policy::Resources) {
         let task_id = a.task_id.clone();
         let execution_id = a
             .execution_id
@@ -766,7 +768,7 @@ impl Supervisor {
             Active {
                 execution_id: execution_id.clone(),
                 control: control.clone(),
-                reservation: self.reservation(&a, self.berth),
+                reservation,
                 image: image_asked(&a),
                 claimed_at: chrono::Utc::now(),
             },
@@ -828,17 +830,16 @@ impl Supervisor {
 
     /// Why the Docker engine is considered down, if it is.
     fn engine_down(&self) -> Option<String> {
-        let st = self.env.engine.subscribe().borrow().clone();
+        let st = self.env.engine.state();
         (!st.reachable).then(|| st.error.unwrap_or_else(|| "no answer".into()))
     }
 
     /// Resource-aware admission: memory/CPU reservations and free disk.
-    fn fits(&self, a: &TaskAssignment) -> Result<(), String> {
+    fn fits(&self, want: crate::policy::Resources) -> Result<(), String> {
         // A task started now could only fail: let the server requeue it instead.
         if let Some(e) = self.engine_down() {
             return Err(format!("Docker engine unreachable ({e})"));
         }
-        let want = self.reservation(a, self.berth);
         let running: Vec<crate::policy::Resources> =
             self.tasks.values().map(|t| t.reservation).collect();
         crate::capacity::fits(want, &running, self.cfg.host, self.cfg.reserve)?;
