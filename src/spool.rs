@@ -117,8 +117,8 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-/// Reads every valid record of a file; returns them with their positions and the length of
-/// the valid prefix.
+/// Reads every valid record of a file; returns them with the file positions of their payloads
+/// and the length of the valid prefix.
 fn scan(path: &Path) -> Result<(Vec<(u64, Record)>, u64), SpoolError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -128,7 +128,7 @@ fn scan(path: &Path) -> Result<(Vec<(u64, Record)>, u64), SpoolError> {
     let mut pos = 0usize;
     let mut out = Vec::new();
     while let Some((r, used)) = Record::decode(&bytes[pos..]) {
-        out.push((pos as u64, r));
+        out.push(((pos + used - r.payload.len()) as u64, r));
         pos += used;
     }
     Ok((out, pos as u64))
@@ -169,7 +169,7 @@ impl Spool {
             if !r.payload.is_empty() {
                 index.push(Entry {
                     offset: len,
-                    pos: pos + HEADER_LEN as u64,
+                    pos: *pos,
                     len: r.payload.len() as u32,
                     stream: r.stream,
                 });
@@ -496,7 +496,7 @@ mod tests {
 
     fn r(ts: i64) -> Resume {
         Resume {
-            clean: Cursor { ts, seen: 1 },
+            clean: Cursor::default().advance(0, ts),
             skip: 0,
         }
     }

@@ -135,38 +135,72 @@ pub fn cut_point(data: &[u8], max: usize) -> usize {
     }
 }
 
-/// Position in the engine's log: the timestamp of the last consumed entry and how many
-/// entries with exactly that timestamp were consumed (long lines share one timestamp).
+/// How far one stream of the engine's log was consumed: the timestamp of its last consumed
+/// entry and how many of that stream's entries carry exactly that timestamp (a long line is
+/// split into pieces sharing one timestamp). `ts == 0` means nothing consumed yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Cursor {
-    /// Nanoseconds since the Unix epoch of the last consumed entry (0 = nothing consumed).
+pub struct Mark {
+    /// Nanoseconds since the Unix epoch of the stream's last consumed entry (0 = none).
     pub ts: i64,
-    /// Entries consumed with timestamp `ts`.
+    /// Entries of this stream consumed with timestamp `ts`.
     pub seen: u32,
 }
 
+/// How far back from the earliest mark a resumed read starts. The engine stamps each stream
+/// in its own goroutine and writes under one lock, so a stream that printed nothing yet may
+/// still deliver an entry stamped a little before the other stream's last entry; the gap is a
+/// lock wait (microseconds here), the margin is far beyond it.
+pub const INVERSION_MARGIN_NS: i64 = 60 * 1_000_000_000;
+
+/// Position in the engine's log, one [`Mark`] per stream.
+///
+/// The engine's log is ordered by write, not by timestamp: stdout and stderr are stamped by
+/// two goroutines and their entries interleave with timestamps going backwards by a few
+/// microseconds (seen 3 times in 6000 entries here). Only within one stream do timestamps
+/// grow, so a cursor is only exact per stream; a single timestamp cursor for both streams
+/// treated an entry stamped just before the other stream's last one as already read (issue 8:
+/// whole lines lost at every resume, offsets still contiguous).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Marks of stdout (0) and stderr (1).
+    pub marks: [Mark; 2],
+}
+
+/// Index of a capture stream in a [`Cursor`] (stdout 0, everything else 1).
+pub fn slot(stream: Stream) -> usize {
+    usize::from(stream != Stream::Stdout)
+}
+
 impl Cursor {
-    /// Whether an entry with timestamp `ts` that is the `index`-th (0-based) entry with that
-    /// timestamp in the engine's order was already consumed.
-    pub fn consumed(&self, ts: i64, index: u32) -> bool {
-        ts < self.ts || (ts == self.ts && index < self.seen)
+    /// Whether the `index`-th (0-based) entry of `slot` with timestamp `ts`, in the engine's
+    /// order, was already consumed.
+    pub fn consumed(&self, slot: usize, ts: i64, index: u32) -> bool {
+        let m = self.marks[slot];
+        ts < m.ts || (ts == m.ts && index < m.seen)
     }
 
-    /// The cursor after consuming the `index`-th entry with timestamp `ts`.
-    pub fn advance(self, ts: i64) -> Cursor {
-        if ts == self.ts {
-            Cursor {
-                ts,
-                seen: self.seen + 1,
-            }
+    /// The cursor after consuming the next entry of `slot`, with timestamp `ts`.
+    pub fn advance(mut self, slot: usize, ts: i64) -> Cursor {
+        let m = &mut self.marks[slot];
+        if ts == m.ts {
+            m.seen += 1;
         } else {
-            Cursor { ts, seen: 1 }
+            *m = Mark { ts, seen: 1 };
         }
+        self
     }
 
-    /// The `since` (whole seconds, inclusive) to ask the engine for.
+    /// The `since` (whole seconds, inclusive) to ask the engine for: early enough for every
+    /// unconsumed entry of either stream (see [`INVERSION_MARGIN_NS`]).
     pub fn since_secs(&self) -> i64 {
-        self.ts.div_euclid(1_000_000_000)
+        self.marks
+            .iter()
+            .filter(|m| m.ts > 0)
+            .map(|m| m.ts)
+            .min()
+            .map_or(0, |ts| {
+                (ts - INVERSION_MARGIN_NS).max(0).div_euclid(1_000_000_000)
+            })
     }
 }
 
@@ -184,9 +218,14 @@ pub const FLAG_FINAL: u8 = 1;
 /// Record flag: written into the tail ring after the budget was reached.
 pub const FLAG_TAIL: u8 = 2;
 
-const MAGIC: u8 = 0xB7;
+/// First record format: one timestamp cursor for both streams (read for spools written by
+/// older versions, never written).
+const MAGIC_V1: u8 = 0xB7;
+/// Current record format: a mark per stream.
+const MAGIC: u8 = 0xB8;
+const HEADER_V1: usize = 1 + 1 + 1 + 4 + 8 + 4 + 8 + 4;
 /// Bytes of a record header.
-pub const HEADER_LEN: usize = 1 + 1 + 1 + 4 + 8 + 4 + 8 + 4;
+pub const HEADER_LEN: usize = 1 + 1 + 1 + 4 + 2 * (8 + 4) + 8 + 4;
 
 /// Resume information carried by every record: where to restart reading the engine's log with
 /// an empty redactor, and how many transcript bytes were produced since that point.
@@ -219,8 +258,10 @@ impl Record {
         v.push(self.stream.code());
         v.push(self.flags);
         v.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
-        v.extend_from_slice(&self.resume.clean.ts.to_le_bytes());
-        v.extend_from_slice(&self.resume.clean.seen.to_le_bytes());
+        for m in &self.resume.clean.marks {
+            v.extend_from_slice(&m.ts.to_le_bytes());
+            v.extend_from_slice(&m.seen.to_le_bytes());
+        }
         v.extend_from_slice(&self.resume.skip.to_le_bytes());
         let mut h = crc32fast::Hasher::new();
         h.update(&v);
@@ -230,26 +271,51 @@ impl Record {
         v
     }
 
-    /// Decodes the record at the start of `buf`; `None` when it is incomplete or corrupt (a
-    /// torn write at the end of the file).
+    /// Decodes the record at the start of `buf`: the record and the bytes it used (header and
+    /// payload). `None` when it is incomplete or corrupt (a torn write at the end of the file).
     pub fn decode(buf: &[u8]) -> Option<(Record, usize)> {
-        if buf.len() < HEADER_LEN || buf[0] != MAGIC {
+        let header = match buf.first() {
+            Some(&MAGIC) => HEADER_LEN,
+            Some(&MAGIC_V1) => HEADER_V1,
+            _ => return None,
+        };
+        if buf.len() < header {
             return None;
         }
         let stream = Stream::from_code(buf[1])?;
         let flags = buf[2];
         let len = u32::from_le_bytes(buf[3..7].try_into().ok()?) as usize;
-        let ts = i64::from_le_bytes(buf[7..15].try_into().ok()?);
-        let seen = u32::from_le_bytes(buf[15..19].try_into().ok()?);
-        let skip = u64::from_le_bytes(buf[19..27].try_into().ok()?);
-        let crc = u32::from_le_bytes(buf[27..31].try_into().ok()?);
-        let end = HEADER_LEN.checked_add(len)?;
+        let i64_at = |at: usize| buf.get(at..at + 8)?.try_into().ok().map(i64::from_le_bytes);
+        let u32_at = |at: usize| buf.get(at..at + 4)?.try_into().ok().map(u32::from_le_bytes);
+        let (clean, skip_at) = if header == HEADER_LEN {
+            let out = Mark {
+                ts: i64_at(7)?,
+                seen: u32_at(15)?,
+            };
+            let err = Mark {
+                ts: i64_at(19)?,
+                seen: u32_at(27)?,
+            };
+            (Cursor { marks: [out, err] }, 31)
+        } else {
+            // A v1 cursor counted entries of both streams together. A clean point never lies
+            // inside a split line, so every entry stamped exactly `ts` was consumed: as a mark
+            // for each stream that is "everything up to and including `ts`".
+            let m = Mark {
+                ts: i64_at(7)?,
+                seen: u32::MAX,
+            };
+            (Cursor { marks: [m, m] }, 19)
+        };
+        let skip = u64::from_le_bytes(buf.get(skip_at..skip_at + 8)?.try_into().ok()?);
+        let crc = u32_at(skip_at + 8)?;
+        let end = header.checked_add(len)?;
         if buf.len() < end {
             return None;
         }
         let mut h = crc32fast::Hasher::new();
-        h.update(&buf[..27]);
-        h.update(&buf[HEADER_LEN..end]);
+        h.update(&buf[..skip_at + 8]);
+        h.update(&buf[header..end]);
         if h.finalize() != crc {
             return None;
         }
@@ -257,11 +323,8 @@ impl Record {
             Record {
                 stream,
                 flags,
-                resume: Resume {
-                    clean: Cursor { ts, seen },
-                    skip,
-                },
-                payload: buf[HEADER_LEN..end].to_vec(),
+                resume: Resume { clean, skip },
+                payload: buf[header..end].to_vec(),
             },
             end,
         ))
@@ -380,9 +443,11 @@ mod tests {
         #[test]
         fn records_round_trip_and_torn_records_are_rejected(
             payload in proptest::collection::vec(any::<u8>(), 0..300),
-            ts in any::<i64>(), seen in any::<u32>(), skip in any::<u64>(), cut in 0usize..400,
+            ts in any::<i64>(), seen in any::<u32>(), ts2 in any::<i64>(), seen2 in any::<u32>(),
+            skip in any::<u64>(), cut in 0usize..400,
         ) {
-            let r = Record { stream: Stream::Stderr, flags: FLAG_FINAL, resume: Resume { clean: Cursor { ts, seen }, skip }, payload };
+            let clean = Cursor { marks: [Mark { ts, seen }, Mark { ts: ts2, seen: seen2 }] };
+            let r = Record { stream: Stream::Stderr, flags: FLAG_FINAL, resume: Resume { clean, skip }, payload };
             let bytes = r.encode();
             let (back, used) = Record::decode(&bytes).unwrap_or_else(|| panic!("decodes"));
             prop_assert_eq!(&back, &r);
@@ -418,20 +483,50 @@ mod tests {
     }
 
     #[test]
-    fn cursor_consumption_handles_shared_timestamps() {
-        let c = Cursor::default().advance(5).advance(5);
-        assert_eq!(c, Cursor { ts: 5, seen: 2 });
-        assert!(c.consumed(5, 0) && c.consumed(5, 1) && !c.consumed(5, 2));
-        assert!(c.consumed(4, 9) && !c.consumed(6, 0));
-        assert_eq!(c.advance(7), Cursor { ts: 7, seen: 1 });
+    fn cursor_consumption_handles_shared_timestamps_per_stream() {
+        let c = Cursor::default().advance(0, 5).advance(0, 5);
+        assert_eq!(c.marks[0], Mark { ts: 5, seen: 2 });
+        assert!(c.consumed(0, 5, 0) && c.consumed(0, 5, 1) && !c.consumed(0, 5, 2));
+        assert!(c.consumed(0, 4, 9) && !c.consumed(0, 6, 0));
+        assert_eq!(c.advance(0, 7).marks[0], Mark { ts: 7, seen: 1 });
+        // The other stream is untouched: its entries, even stamped earlier, are unread.
+        assert!(!c.consumed(1, 4, 0) && !c.consumed(1, 5, 0));
+        assert_eq!(c.marks[1], Mark::default());
+    }
+
+    #[test]
+    fn since_reaches_back_from_the_earliest_mark_by_the_margin() {
+        assert_eq!(Cursor::default().since_secs(), 0);
+        let at = |s: i64| s * 1_000_000_000 + 500;
+        let c = Cursor::default().advance(0, at(1000)).advance(1, at(990));
+        assert_eq!(c.since_secs(), 990 - INVERSION_MARGIN_NS / 1_000_000_000);
+        // A stream that printed nothing does not pull the start back to the beginning.
+        let only_out = Cursor::default().advance(0, at(1000));
         assert_eq!(
-            Cursor {
-                ts: 2_500_000_000,
-                seen: 1
-            }
-            .since_secs(),
-            2
+            only_out.since_secs(),
+            1000 - INVERSION_MARGIN_NS / 1_000_000_000
         );
+        assert_eq!(Cursor::default().advance(0, at(1)).since_secs(), 0);
+    }
+
+    #[test]
+    fn version_1_records_still_decode_as_whole_timestamps_consumed() {
+        let mut v = vec![MAGIC_V1, Stream::Stdout.code(), 0];
+        v.extend_from_slice(&2u32.to_le_bytes());
+        v.extend_from_slice(&77i64.to_le_bytes());
+        v.extend_from_slice(&3u32.to_le_bytes());
+        v.extend_from_slice(&9u64.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&v);
+        h.update(b"hi");
+        v.extend_from_slice(&h.finalize().to_le_bytes());
+        v.extend_from_slice(b"hi");
+        let (r, used) = Record::decode(&v).unwrap_or_else(|| panic!("v1 decodes"));
+        assert_eq!(
+            (r.payload.as_slice(), used, r.resume.skip),
+            (&b"hi"[..], v.len(), 9)
+        );
+        assert!(r.resume.clean.consumed(1, 77, 1_000) && !r.resume.clean.consumed(1, 78, 0));
     }
 
     #[test]

@@ -526,3 +526,99 @@ async fn berth_logs_follow_prints_until_the_transcript_ends() {
         String::from_utf8_lossy(&out.stderr).contains("[berth] container exited with status 0")
     );
 }
+
+/// 3000 numbered lines on stdout and on stderr, interleaved line by line, pausing after every
+/// 100: the shape of output that lost whole lines across SIGKILLs (issue 8).
+const INTERLEAVED: &str = "i=1; while [ $i -le 3000 ]; do echo \"out $i abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP\"; echo \"err $i\" >&2; [ $((i%100)) -eq 0 ] && sleep 0.3; i=$((i+1)); done; true";
+
+fn interleaved(stream: Stream) -> Vec<u8> {
+    (1..=3000)
+        .map(|i| match stream {
+            Stream::Stdout => {
+                format!("out {i} abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP\n")
+            }
+            _ => format!("err {i}\n"),
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// The bytes of one stream of a stored transcript, checking that offsets are contiguous.
+fn stream_of(cp: &ControlPlane, id: &str, stream: Stream) -> Vec<u8> {
+    let (runs, _) = cp.transcript_since(id, 0).unwrap();
+    let mut next = 0u64;
+    for (offset, _, bytes) in &runs {
+        assert_eq!(*offset, next, "transcript offsets are contiguous");
+        next += bytes.len() as u64;
+    }
+    runs.into_iter()
+        .filter(|(_, s, _)| *s == stream)
+        .flat_map(|(_, _, b)| b)
+        .collect()
+}
+
+/// The first line that differs, for a readable failure.
+fn first_difference(got: &[u8], want: &[u8]) -> String {
+    let g: Vec<&[u8]> = got.split(|b| *b == b'\n').collect();
+    let w: Vec<&[u8]> = want.split(|b| *b == b'\n').collect();
+    for (i, line) in w.iter().enumerate() {
+        if g.get(i) != Some(line) {
+            return format!(
+                "line {i}: want {:?}, got {:?}",
+                String::from_utf8_lossy(line),
+                g.get(i).map(|l| String::from_utf8_lossy(l).into_owned())
+            );
+        }
+    }
+    format!("got {} bytes, want {}", got.len(), want.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_kill_9_during_interleaved_output_loses_and_doubles_no_line() {
+    let _images = Images::acquire();
+    let cp = control_plane("proc-key", true, None).await;
+    let state = tempfile::tempdir().unwrap();
+    let id = worker_id("kill9x");
+    let _cleanup = Cleanup(id.clone());
+    let mut worker = worker_process(&cp, &id, state.path(), &[]);
+    until("worker connected", || !cp.workers().is_empty()).await;
+    let t = run_task(&cp, INTERLEAVED, &[]);
+    let total = (interleaved(Stream::Stdout).len() + interleaved(Stream::Stderr).len()) as u64;
+    // Ten kills at random points of the output, so some land in a pause and some mid-burst.
+    let mut fractions: Vec<u64> = (0..10).map(|_| rand::random_range(3..92)).collect();
+    fractions.sort_unstable();
+    for (n, fraction) in fractions.into_iter().enumerate() {
+        let at = total * fraction / 100;
+        until("output flowing", || {
+            cp.task(&t.id)
+                .is_some_and(|t| t.transcript_bytes > at || t.state.is_terminal())
+        })
+        .await;
+        let before = cp.workers().first().map(|w| w.connected_at);
+        worker.kill().unwrap(); // SIGKILL
+        worker.wait().unwrap();
+        worker = worker_process(&cp, &id, state.path(), &[]);
+        until("the restarted worker is connected", || {
+            cp.workers()
+                .first()
+                .is_some_and(|w| Some(w.connected_at) != before)
+        })
+        .await;
+        eprintln!("kill {n} at {at} bytes");
+    }
+    let done = complete(&cp, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert_eq!(done.terminal_distinct, 1, "exactly one terminal message");
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        let got = stream_of(&cp, &t.id, stream);
+        let want = interleaved(stream);
+        assert!(
+            got == want,
+            "{stream:?} differs from what the task wrote: {}",
+            first_difference(&got, &want)
+        );
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    cp.shutdown();
+}
