@@ -13,7 +13,7 @@ use tracing::{debug, error, warn};
 
 use crate::docker::{Docker, DockerError};
 use crate::protocol::Stream;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::Spool;
 use crate::transcript::{Cursor, Redactor, Resume, slot, split_timestamp};
 
 /// Largest batch written as one spool record run.
@@ -43,20 +43,35 @@ pub fn lock(spool: &SharedSpool) -> std::sync::MutexGuard<'_, Spool> {
     }
 }
 
-/// Appends with retries: a full disk is reported loudly and retried, never dropped, and the
-/// spool is never left with a torn record.
-pub async fn append_retrying(spool: &SharedSpool, stream: Stream, bytes: &[u8], resume: Resume) {
+/// Appends with retries: a full disk is reported loudly and retried (the engine keeps the
+/// output meanwhile, the spool is never left with a torn record) until the spool's
+/// `full_disk_patience` runs out; then the bytes are counted as lost, and the spool announces
+/// the gap with its size at the next write. Returns whether the bytes were stored.
+pub async fn append_retrying(
+    spool: &SharedSpool,
+    stream: Stream,
+    bytes: &[u8],
+    resume: Resume,
+) -> bool {
     let mut delay = Duration::from_millis(200);
     loop {
-        let r: Result<(), SpoolError> = lock(spool).append(stream, bytes, resume);
-        match r {
-            Ok(()) => return,
-            Err(e) => {
-                error!(error = %e, "cannot write the transcript; the task keeps running and output is kept by the engine until space is available");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+        let failed = {
+            let mut sp = lock(spool);
+            match sp.append(stream, bytes, resume) {
+                Ok(()) => return true,
+                Err(e) if sp.out_of_patience() => {
+                    if !sp.gap_pending() {
+                        error!(error = %e, "no room for the transcript for transcript.full_disk_patience; output is counted as lost until space is back, and the transcript says where and how much");
+                    }
+                    sp.give_up(bytes.len() as u64, resume, &e);
+                    return false;
+                }
+                Err(e) => e,
             }
-        }
+        };
+        error!(error = %failed, "cannot write the transcript; the task keeps running and its output is kept by the engine until space is available (up to transcript.full_disk_patience)");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -217,6 +232,7 @@ impl Replay {
         for (stream, bytes, resume) in self.take() {
             append_retrying(spool, stream, &bytes, resume).await;
         }
+        // (A run that did not fit was counted by the spool, which announces the gap.)
     }
 }
 
@@ -365,7 +381,7 @@ mod tests {
                     break;
                 }
                 // A flush now and then, as the batch timer would.
-                if fed % 7 == 0 {
+                if fed.is_multiple_of(7) {
                     spool.extend(r.take());
                 }
             }

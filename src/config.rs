@@ -31,6 +31,7 @@ const DEFAULT_MAX_MESSAGE: u64 = 16 << 20;
 const DEFAULT_TRANSCRIPT_MAX: u64 = 256 << 20;
 const DEFAULT_TRANSCRIPT_TAIL: u64 = 16 << 20;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_FULL_DISK_PATIENCE: Duration = Duration::from_secs(300);
 const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
 const DEFAULT_ENVIRONMENTS_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(15);
@@ -68,6 +69,8 @@ pub struct TranscriptSettings {
     pub redact: Vec<Secret>,
     /// How long finished transcripts are kept locally.
     pub retention: Duration,
+    /// How long output waits for space under `state_dir` before it is counted as lost.
+    pub full_disk_patience: Duration,
 }
 
 /// Log output format.
@@ -134,6 +137,7 @@ struct RawTranscript {
     tail_bytes: Option<Spanned<String>>,
     redact: Option<Vec<String>>,
     retention: Option<Spanned<String>>,
+    full_disk_patience: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1498,6 +1502,21 @@ pub fn load_str(
             }
         },
     };
+    let full_disk_patience = match &tr.full_disk_patience {
+        None => DEFAULT_FULL_DISK_PATIENCE,
+        Some(sp) => match parse_duration(&sp.value) {
+            Ok(d) => d,
+            Err(p) => {
+                c.at(
+                    "transcript.full_disk_patience",
+                    Some(sp),
+                    p,
+                    "use a duration such as 5m",
+                );
+                DEFAULT_FULL_DISK_PATIENCE
+            }
+        },
+    };
     let redact: Vec<Secret> = tr
         .redact
         .unwrap_or_default()
@@ -1560,6 +1579,7 @@ pub fn load_str(
             tail_bytes,
             redact,
             retention,
+            full_disk_patience,
         },
         admission: AdmissionSettings {
             reserve,
@@ -1608,6 +1628,7 @@ struct EffectiveTranscript {
     tail_bytes: u64,
     redact: Vec<String>,
     retention: String,
+    full_disk_patience: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -1771,6 +1792,8 @@ impl Config {
                     .map(|_| "[REDACTED]".to_string())
                     .collect(),
                 retention: humantime::format_duration(self.transcript.retention).to_string(),
+                full_disk_patience: humantime::format_duration(self.transcript.full_disk_patience)
+                    .to_string(),
             },
         }
     }
@@ -1834,6 +1857,7 @@ mod tests {
         assert_eq!(c.transcript.max_bytes, 256 << 20);
         assert_eq!(c.transcript.tail_bytes, 16 << 20);
         assert_eq!(c.transcript.retention, Duration::from_secs(86400));
+        assert_eq!(c.transcript.full_disk_patience, Duration::from_secs(300));
         assert!(c.transcript.redact.is_empty());
     }
 

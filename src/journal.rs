@@ -426,6 +426,7 @@ mod tests {
                 exit_code: Some(2),
                 duration_ms: 5,
                 transcript_bytes: 10,
+                transcript_lost_bytes: 0,
             }),
         };
         j.finish("e1", &term).unwrap_or_else(|e| panic!("{e}"));

@@ -102,6 +102,7 @@ struct Labelled {
 pub struct Metrics {
     claimed: AtomicU64,
     transcript_bytes: AtomicU64,
+    transcript_lost_bytes: AtomicU64,
     labelled: Mutex<Labelled>,
 }
 
@@ -164,6 +165,10 @@ impl Metrics {
     pub fn finished(&self, m: &WorkerMessage, secs: f64, transcript_bytes: u64) {
         self.transcript_bytes
             .fetch_add(transcript_bytes, Ordering::Relaxed);
+        if let Some(e) = m.ext() {
+            self.transcript_lost_bytes
+                .fetch_add(e.transcript_lost_bytes, Ordering::Relaxed);
+        }
         let Some(result) = result_of(m) else {
             return;
         };
@@ -330,6 +335,17 @@ impl Metrics {
         );
         head(
             &mut o,
+            "berth_transcript_lost_bytes_total",
+            "counter",
+            "Output bytes of finished executions that could not be stored (state_dir full); each gap is marked in its transcript.",
+        );
+        let _ = writeln!(
+            o,
+            "berth_transcript_lost_bytes_total {}",
+            self.transcript_lost_bytes.load(Ordering::Relaxed)
+        );
+        head(
+            &mut o,
             "berth_spool_bytes",
             "gauge",
             "Bytes of transcript spools on disk under state_dir.",
@@ -431,6 +447,7 @@ mod tests {
             "oz_worker_task_failures_total{phase=\"assignment\",reason=\"invalid_image\"}",
             "oz_worker_websocket_reconnects_total{reason=\"remote_close\"}",
             "berth_transcript_bytes_total",
+            "berth_transcript_lost_bytes_total",
         ] {
             assert_eq!(value(&t, s), Some(0.0), "{s}");
         }

@@ -467,6 +467,10 @@ pub struct TerminalExt {
     pub duration_ms: u64,
     /// Total transcript length.
     pub transcript_bytes: u64,
+    /// Output bytes that could not be stored (a full `state_dir`), each gap announced by a
+    /// `system` line; 0 (and absent on the wire) when nothing was lost.
+    #[serde(default)]
+    pub transcript_lost_bytes: u64,
 }
 
 /// One execution a worker still holds (`worker_hello.tasks`).
@@ -643,6 +647,12 @@ struct ExtData<'a> {
     message_id: &'a str,
     duration_ms: u64,
     transcript_bytes: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    transcript_lost_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl WorkerMessage {
@@ -805,6 +815,8 @@ impl WorkerMessage {
             #[serde(default)]
             transcript_bytes: Option<u64>,
             #[serde(default)]
+            transcript_lost_bytes: u64,
+            #[serde(default)]
             offset: u64,
             #[serde(default)]
             stream: Option<Stream>,
@@ -846,6 +858,7 @@ impl WorkerMessage {
                 exit_code: d.exit_code,
                 duration_ms: d.duration_ms.unwrap_or(0),
                 transcript_bytes: d.transcript_bytes.unwrap_or(0),
+                transcript_lost_bytes: d.transcript_lost_bytes,
             }),
             _ => None,
         };
@@ -912,6 +925,7 @@ fn ext_data(e: &TerminalExt) -> ExtData<'_> {
         message_id: &e.message_id,
         duration_ms: e.duration_ms,
         transcript_bytes: e.transcript_bytes,
+        transcript_lost_bytes: e.transcript_lost_bytes,
     }
 }
 
@@ -1129,6 +1143,7 @@ mod tests {
             exit_code: Some(0),
             duration_ms: 12,
             transcript_bytes: 34,
+            transcript_lost_bytes: 0,
         }
     }
 

@@ -10,12 +10,14 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::protocol::Stream;
 use crate::transcript::{
-    FLAG_FINAL, FLAG_TAIL, HEADER_LEN, Record, Resume, cut_point, elision_line,
+    FLAG_FINAL, FLAG_GAP, FLAG_TAIL, HEADER_LEN, Record, Resume, cut_point, elision_line,
+    gap_count, gap_line,
 };
 
 /// A spool failure, phrased for an operator.
@@ -107,8 +109,24 @@ pub struct Spool {
     tail: Option<(File, u64)>,
     tail_live: u64,
     dropped: u64,
+    /// Bytes given up (no space for `full_disk_patience`) and not yet announced, with the
+    /// resume point after them and the error that cost them.
+    gap: Option<(u64, Resume, String)>,
+    /// All bytes given up so far (announced or not).
+    lost: u64,
+    /// Since when writes fail (a streak of failures; `None` after a success).
+    failing_since: Option<std::time::Instant>,
+    full_disk_patience: Duration,
     state: watch::Sender<SpoolState>,
 }
+
+/// Default of `transcript.full_disk_patience`.
+pub const DEFAULT_FULL_DISK_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Name of the reserve file under the spool directory (see [`Spool::ensure_reserve`]).
+const RESERVE: &str = ".reserve";
+/// Room kept back for the lines that announce a loss and the transcript's final marker.
+const RESERVE_BYTES: usize = 256 << 10;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
@@ -165,7 +183,11 @@ impl Spool {
         let mut len = 0u64;
         let mut last_resume = Resume::default();
         let mut finished = false;
+        let mut lost = 0u64;
         for (pos, r) in &records {
+            if r.flags & FLAG_GAP != 0 {
+                lost += gap_count(&r.payload).unwrap_or(0);
+            }
             if !r.payload.is_empty() {
                 index.push(Entry {
                     offset: len,
@@ -214,8 +236,98 @@ impl Spool {
             tail,
             tail_live,
             dropped,
+            gap: None,
+            lost,
+            failing_since: None,
+            full_disk_patience: DEFAULT_FULL_DISK_PATIENCE,
             state,
         })
+    }
+
+    /// Sets how long writes may fail before output is given up (`transcript.full_disk_patience`).
+    pub fn with_full_disk_patience(mut self, patience: Duration) -> Self {
+        self.full_disk_patience = patience;
+        self
+    }
+
+    /// How long writes may fail before output is given up.
+    pub fn full_disk_patience(&self) -> Duration {
+        self.full_disk_patience
+    }
+
+    /// Keeps [`RESERVE_BYTES`] of disk under `dir` for announcing losses when the disk is
+    /// full (best effort: on a disk that is already full there is nothing to reserve).
+    pub fn ensure_reserve(dir: &Path) {
+        let path = dir.join(RESERVE);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() as usize >= RESERVE_BYTES) {
+            return;
+        }
+        if std::fs::create_dir_all(dir).is_ok()
+            && std::fs::write(&path, vec![0u8; RESERVE_BYTES]).is_err()
+        {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// Frees the reserve, so the lines announcing a loss fit on a full disk.
+    fn release_reserve(&self) -> bool {
+        self.path
+            .parent()
+            .is_some_and(|d| std::fs::remove_file(d.join(RESERVE)).is_ok())
+    }
+
+    /// Whether writes have failed for longer than the patience: output is then given up
+    /// (and counted) instead of waited for.
+    pub fn out_of_patience(&self) -> bool {
+        self.failing_since
+            .is_some_and(|t| t.elapsed() >= self.full_disk_patience)
+    }
+
+    /// Records that `bytes` of output could not be stored (`resume` is the point after them).
+    /// The next successful write, or the end of the transcript, announces the gap first.
+    pub fn give_up(&mut self, bytes: u64, resume: Resume, cause: &SpoolError) {
+        self.lost += bytes;
+        let pending = self.gap.take().map_or(0, |(n, _, _)| n);
+        let cause = match cause {
+            SpoolError::Io { source, .. } => format!("writing the transcript failed ({source})"),
+        };
+        self.gap = Some((pending + bytes, resume, cause));
+    }
+
+    /// Output was given up and its gap is not announced yet.
+    pub fn gap_pending(&self) -> bool {
+        self.gap.is_some()
+    }
+
+    /// Bytes of output lost so far (announced in the transcript by gap lines).
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    fn note(&mut self, r: Result<(), SpoolError>) -> Result<(), SpoolError> {
+        match &r {
+            Ok(()) => self.failing_since = None,
+            Err(_) => {
+                self.failing_since
+                    .get_or_insert_with(std::time::Instant::now);
+            }
+        }
+        r
+    }
+
+    /// Writes the pending gap line, if any.
+    fn announce_gap(&mut self) -> Result<(), SpoolError> {
+        let Some((n, resume, cause)) = self.gap.clone() else {
+            return Ok(());
+        };
+        self.write_main(&Record {
+            stream: Stream::System,
+            flags: FLAG_GAP,
+            resume,
+            payload: gap_line(n, &cause),
+        })?;
+        self.gap = None;
+        Ok(())
     }
 
     /// Watch the length and completion.
@@ -351,6 +463,48 @@ impl Spool {
         if self.finished {
             return Ok(());
         }
+        let mut r = self.append_inner(stream, payload, resume);
+        // berth's own lines are small and say what happened: they may use the reserve.
+        if r.is_err() && stream == Stream::System && self.release_reserve() {
+            r = self.append_inner(stream, payload, resume);
+        }
+        self.note(r)
+    }
+
+    fn append_inner(
+        &mut self,
+        stream: Stream,
+        payload: &[u8],
+        resume: Resume,
+    ) -> Result<(), SpoolError> {
+        // A pending gap line goes in only together with the output after it: while the disk
+        // stays full, one gap grows instead of a gap line per failed write.
+        let before = (
+            self.end_pos,
+            self.len,
+            self.index.len(),
+            self.gap.clone(),
+            self.last_resume,
+        );
+        self.announce_gap()?;
+        let r = self.append_output(stream, payload, resume);
+        if r.is_err() && before.3.is_some() && self.gap.is_none() {
+            let _ = self.file.set_len(before.0);
+            self.end_pos = before.0;
+            self.len = before.1;
+            self.index.truncate(before.2);
+            self.gap = before.3;
+            self.last_resume = before.4;
+        }
+        r
+    }
+
+    fn append_output(
+        &mut self,
+        stream: Stream,
+        payload: &[u8],
+        resume: Resume,
+    ) -> Result<(), SpoolError> {
         let room = self.max_bytes.saturating_sub(self.len) as usize;
         let (live, rest) = if self.tail.is_some() {
             (&payload[..0], payload)
@@ -383,9 +537,17 @@ impl Spool {
     /// Ends the transcript: the elision line and the kept tail (if the budget was reached),
     /// then a final marker. Idempotent.
     pub fn finish(&mut self) -> Result<(), SpoolError> {
+        match self.finish_inner() {
+            Err(_) if self.release_reserve() => self.finish_inner(),
+            r => r,
+        }
+    }
+
+    fn finish_inner(&mut self) -> Result<(), SpoolError> {
         if self.finished {
             return Ok(());
         }
+        self.announce_gap()?;
         if self.tail.is_some() {
             let (records, _) = scan(&self.tail_path)?;
             let records = self.trim_front(
@@ -687,5 +849,61 @@ mod tests {
         }
         assert_eq!(collected, b"[berth] start\nhello\noops\n".to_vec());
         assert_eq!(t.since(25, 10), (vec![], 25));
+    }
+
+    #[test]
+    fn output_given_up_is_announced_once_with_its_size_before_what_follows() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut s = Spool::open(dir.path(), "g", 1 << 20, 1 << 10)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_full_disk_patience(Duration::ZERO);
+        s.append(Stream::Stdout, b"before\n", r(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let full = SpoolError::Io {
+            path: dir.path().into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        s.give_up(1000, r(2), &full);
+        s.give_up(234, r(3), &full);
+        assert!(s.gap_pending());
+        s.append(Stream::Stdout, b"after\n", r(4))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!s.gap_pending());
+        s.finish().unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8(all_bytes(&s)).unwrap_or_default();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("before"));
+        let gap = lines.next().unwrap_or_default();
+        assert!(
+            gap.starts_with("[berth] 1234 bytes of output were lost here"),
+            "{gap}"
+        );
+        assert!(gap.contains("No space left on device"), "{gap}");
+        assert_eq!(lines.next(), Some("after"));
+        assert_eq!(lines.next(), None);
+        assert_eq!(s.lost(), 1234);
+        // The count survives a reopen (it is read back from the gap line).
+        drop(s);
+        let s = Spool::open(dir.path(), "g", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.lost(), 1234);
+    }
+
+    #[test]
+    fn a_gap_still_pending_at_the_end_is_announced_before_the_final_marker() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut s =
+            Spool::open(dir.path(), "h", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        let full = SpoolError::Io {
+            path: dir.path().into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        s.give_up(77, r(2), &full);
+        s.finish().unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8(all_bytes(&s)).unwrap_or_default();
+        assert!(
+            text.starts_with("[berth] 77 bytes of output were lost here"),
+            "{text}"
+        );
+        assert!(s.state().finished);
     }
 }

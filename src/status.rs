@@ -166,12 +166,14 @@ fn load_1m() -> f64 {
     sysinfo::System::load_average().map_or(0.0, |l| l.one)
 }
 
-/// Bytes in the files of `dir` (one level: spools live flat in it).
+/// Bytes in the files of `dir` (one level: spools live flat in it; the dot-named disk reserve
+/// is not a spool).
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .filter_map(|e| e.metadata().ok())
                 .filter(|m| m.is_file())
                 .map(|m| m.len())

@@ -172,6 +172,8 @@ pub struct SupervisorConfig {
     pub max_bytes: u64,
     /// Kept tail.
     pub tail_bytes: u64,
+    /// How long a full disk is waited for before output is counted as lost.
+    pub full_disk_patience: std::time::Duration,
     /// Hello fields.
     pub labels: std::collections::BTreeMap<String, String>,
     /// What the host has.
@@ -360,13 +362,19 @@ impl Supervisor {
     }
 
     fn open_spool(&self, execution_id: &str) -> Result<SharedSpool, crate::spool::SpoolError> {
+        // Room for announcing losses if the disk fills (re-made once space is back).
+        Spool::ensure_reserve(&self.cfg.spool_dir);
         Spool::open(
             &self.cfg.spool_dir,
             execution_id,
             self.cfg.max_bytes,
             self.cfg.tail_bytes,
         )
-        .map(|s| Arc::new(Mutex::new(s)))
+        .map(|s| {
+            Arc::new(Mutex::new(
+                s.with_full_disk_patience(self.cfg.full_disk_patience),
+            ))
+        })
     }
 
     /// Starts delivering an execution's transcript and result.

@@ -384,13 +384,28 @@ async fn finish(
         (_, m) => m.kind().to_string(),
     };
     system_line(&exec.spool, &summary).await;
-    let len = {
+    let (len, lost) = {
         let mut sp = lock(&exec.spool);
         if let Err(e) = sp.finish() {
             error!(error = %e, "cannot finish the transcript");
         }
-        sp.state().len
+        (sp.state().len, sp.lost())
     };
+    if lost > 0 {
+        error!(
+            lost_bytes = lost,
+            "the transcript is incomplete: output did not fit under state_dir"
+        );
+        // berth/1 only: an oz/1 server gets no transcript, and its messages are fixed text.
+        if exec.berth
+            && let WorkerMessage::TaskCompleted { message, .. }
+            | WorkerMessage::TaskFailed { message, .. } = &mut msg
+        {
+            message.push_str(&format!(
+                " ({lost} bytes of the transcript were lost: no space under state_dir; each gap is marked in the transcript)"
+            ));
+        }
+    }
     let exit_code = match &outcome {
         Outcome::Exited(st) => Some(st.code),
         Outcome::Failure(f) => f.exit_code,
@@ -404,6 +419,7 @@ async fn finish(
             .num_milliseconds()
             .max(0) as u64,
         transcript_bytes: len,
+        transcript_lost_bytes: lost,
     };
     match &mut msg {
         WorkerMessage::TaskCompleted { ext: e, .. } | WorkerMessage::TaskFailed { ext: e, .. } => {
@@ -421,6 +437,10 @@ async fn finish(
 fn phase(reason: FailureReason) -> impl Fn(String) -> Outcome {
     move |detail| Outcome::Failed { reason, detail }
 }
+
+/// How long capture may take to drain the engine's log after the container stopped, besides
+/// waiting for disk space.
+const CAPTURE_DRAIN: Duration = Duration::from_secs(60);
 
 /// Longest wait for an unreachable engine before a task that has no container yet fails.
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(300);
@@ -834,13 +854,30 @@ async fn supervise(
             wait_through_outages(env, id).await
         }
     };
-    // All output is read before the result is decided (bounded: the engine closes the stream
-    // once the container has stopped).
-    match tokio::time::timeout(Duration::from_secs(60), capture_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "output capture ended early"),
-        Ok(Err(e)) => warn!(error = %e, "output capture task failed"),
-        Err(_) => warn!("output capture did not finish within 60 s of the container's exit"),
+    // All output is read before the result is decided, and the container is kept until then.
+    // Bounded: the engine closes the stream once the container has stopped, and a full disk
+    // is waited for at most full_disk_patience before output is counted as lost.
+    let patience = lock(&exec.spool).full_disk_patience() + CAPTURE_DRAIN;
+    let mut capture_task = capture_task;
+    let incomplete = match tokio::time::timeout(patience, &mut capture_task).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(format!("output capture ended early ({e})")),
+        Ok(Err(e)) => Some(format!("output capture failed ({e})")),
+        Err(_) => {
+            capture_task.abort();
+            Some(format!(
+                "output capture did not finish within {} of the container's exit",
+                humantime::format_duration(patience)
+            ))
+        }
+    };
+    if let Some(why) = incomplete {
+        warn!(container = %id, "{why}; the transcript may be incomplete");
+        system_line(
+            &exec.spool,
+            &format!("{why}; the transcript may be missing output after this line"),
+        )
+        .await;
     }
     Supervised::Done(waited)
 }

@@ -217,6 +217,26 @@ pub fn split_timestamp(entry: &[u8]) -> Option<(i64, &[u8])> {
 pub const FLAG_FINAL: u8 = 1;
 /// Record flag: written into the tail ring after the budget was reached.
 pub const FLAG_TAIL: u8 = 2;
+/// Record flag: a system line announcing output that could not be stored (see [`gap_line`]).
+pub const FLAG_GAP: u8 = 4;
+
+/// The system line standing where output was lost because it could not be stored.
+pub fn gap_line(lost: u64, cause: &str) -> Vec<u8> {
+    format!(
+        "[berth] {lost} bytes of output were lost here: {cause}; free space under state_dir (or raise transcript.full_disk_patience)\n"
+    )
+    .into_bytes()
+}
+
+/// The byte count of a [`gap_line`].
+pub fn gap_count(line: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(line).ok()?;
+    text.strip_prefix("[berth] ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
 
 /// First record format: one timestamp cursor for both streams (read for spools written by
 /// older versions, never written).

@@ -177,6 +177,7 @@ impl Worker {
                 spool_dir: spool_dir(&c.state_dir),
                 max_bytes: c.transcript.max_bytes,
                 tail_bytes: c.transcript.tail_bytes,
+                full_disk_patience: c.transcript.full_disk_patience,
                 labels: c.labels.clone(),
                 host: crate::capacity::Host::read(),
                 reserve: c.admission.reserve,

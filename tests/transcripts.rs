@@ -527,6 +527,9 @@ async fn berth_logs_follow_prints_until_the_transcript_ends() {
     );
 }
 
+/// Extra worker YAML for the disk-full tests.
+const DISK_PATIENCE: &str = "transcript:\n  full_disk_patience: 2s\n";
+
 /// 3000 numbered lines on stdout and on stderr, interleaved line by line, pausing after every
 /// 100: the shape of output that lost whole lines across SIGKILLs (issue 8).
 const INTERLEAVED: &str = "i=1; while [ $i -le 3000 ]; do echo \"out $i abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP\"; echo \"err $i\" >&2; [ $((i%100)) -eq 0 ] && sleep 0.3; i=$((i+1)); done; true";
@@ -621,4 +624,73 @@ async fn repeated_kill_9_during_interleaved_output_loses_and_doubles_no_line() {
     worker.kill().unwrap();
     worker.wait().unwrap();
     cp.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_dir_that_stays_full_counts_every_lost_byte_in_the_transcript_and_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_fs) = Tmpfs::mount(dir.path(), "4m") else {
+        eprintln!(
+            "SKIPPED: mounting a tmpfs needs root (CI runs as root); disk-full behaviour not exercised here"
+        );
+        return;
+    };
+    let env = Env::start(
+        "diskstays",
+        EnvOptions {
+            overrides: berth::config::Overrides {
+                state_dir: Some(dir.path().to_path_buf()),
+                ..Default::default()
+            },
+            yaml: DISK_PATIENCE.into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    // 20 MB of 4 KB lines into a 4 MiB state_dir that never gets more room.
+    let t = run_task(
+        &env.cp,
+        "i=0; while [ $i -lt 5000 ]; do head -c 3999 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done",
+        &[],
+    );
+    let want: u64 = 5000 * 4000;
+    let done = complete(&env.cp, &t.id).await;
+    let (runs, _) = env.cp.transcript_since(&t.id, 0).unwrap();
+    let stored: u64 = runs
+        .iter()
+        .filter(|(_, s, _)| *s == Stream::Stdout)
+        .map(|(_, _, b)| b.len() as u64)
+        .sum();
+    let system: String = runs
+        .iter()
+        .filter(|(_, s, _)| *s == Stream::System)
+        .map(|(_, _, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    // Every gap is announced where it happened, with its size; the sizes and the stored
+    // bytes add up to what the task printed.
+    let announced: u64 = system
+        .lines()
+        .filter_map(|l| {
+            l.split(" bytes of output were lost")
+                .next()
+                .filter(|_| l.contains("were lost"))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        stored < want,
+        "the disk cannot hold it all ({stored} of {want})"
+    );
+    assert!(announced > 0, "no system line announces the gap: {system}");
+    assert_eq!(
+        stored + announced,
+        want,
+        "stored + announced lost = printed\n{system}"
+    );
+    let msg = done.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("{announced} bytes")) && msg.contains("state_dir"),
+        "the result says what was lost: {msg}"
+    );
+    drop(env);
 }

@@ -333,6 +333,13 @@ pub fn worker_config(
 
 impl Env {
     pub async fn start(name: &str, mut opts: EnvOptions) -> Env {
+        // BERTH_TEST_LOG=debug (any filter) shows the in-process worker's log.
+        if let Ok(filter) = std::env::var("BERTH_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         berth::tls::install_default_provider();
         let images = Images::acquire();
         let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
