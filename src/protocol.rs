@@ -59,6 +59,43 @@ pub enum DecodeError {
     },
 }
 
+/// Longest `task_id` or `execution_id` accepted from a control plane.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Checks an id from the control plane: 1 to [`MAX_ID_LEN`] characters from `A-Z a-z 0-9 . _ :
+/// -`, not starting with `.`. Ids name files, log fields and container labels; anything else
+/// (a path, NUL, a newline, 10 000 characters) is refused as permanent bad input.
+pub fn check_id(field: &str, id: &str) -> Result<(), String> {
+    let rule = format!(
+        "{field} must be 1 to {MAX_ID_LEN} characters of A-Z a-z 0-9 . _ : - and must not start with '.'"
+    );
+    if id.is_empty() {
+        return Err(format!("{field} is empty; {rule}"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("{field} is {} characters long; {rule}", id.len()));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!("{field} contains {c:?}; {rule}"));
+    }
+    if id.starts_with('.') {
+        return Err(format!("{field} starts with '.'; {rule}"));
+    }
+    Ok(())
+}
+
+/// The ids of an assignment, checked ([`check_id`]); an empty `execution_id` means "none".
+fn check_assignment_ids(a: &TaskAssignment) -> Result<(), String> {
+    check_id("task_id", &a.task_id)?;
+    match a.execution_id.as_deref() {
+        None | Some("") => Ok(()),
+        Some(e) => check_id("execution_id", e),
+    }
+}
+
 /// A message from the control plane.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerMessage {
@@ -120,7 +157,15 @@ impl ServerMessage {
         };
         Ok(match env.kind.as_str() {
             "task_assignment" => {
-                ServerMessage::TaskAssignment(Box::new(serde_json::from_str(raw).map_err(bad)?))
+                let a: TaskAssignment = serde_json::from_str(raw).map_err(bad)?;
+                if let Err(rule) = check_assignment_ids(&a) {
+                    return Err(DecodeError::BadPayload {
+                        kind: env.kind.clone(),
+                        task_id: Some(a.task_id),
+                        source: serde::de::Error::custom(rule),
+                    });
+                }
+                ServerMessage::TaskAssignment(Box::new(a))
             }
             "task_cancellation" => {
                 let d: TaskIdOnly = serde_json::from_str(raw).map_err(bad)?;
@@ -932,6 +977,77 @@ fn ext_data(e: &TerminalExt) -> ExtData<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assignment_frame(task_id: &str, execution_id: Option<&str>) -> String {
+        let mut data = serde_json::json!({
+            "task_id": task_id,
+            "task": {"id": task_id, "title": "t", "task_definition": {"prompt": "p"},
+                     "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+                     "owner": {"Type": "USER", "Id": 1}},
+        });
+        if let Some(e) = execution_id {
+            data["execution_id"] = serde_json::json!(e);
+        }
+        serde_json::json!({"type": "task_assignment", "data": data}).to_string()
+    }
+
+    #[test]
+    fn hostile_ids_are_refused_at_decode_naming_the_field_and_the_rule() {
+        let long = "a".repeat(10_000);
+        let cases: [(&str, Option<&str>, &str); 9] = [
+            ("", None, "task_id is empty"),
+            ("../../../../tmp/x/t", None, "task_id contains '/'"),
+            ("/tmp/x/abs", None, "task_id contains '/'"),
+            ("a\0b", None, "task_id contains '\\0'"),
+            ("line\nbreak", None, "task_id contains '\\n'"),
+            (&long, None, "task_id is 10000 characters long"),
+            ("..", None, "task_id starts with '.'"),
+            (
+                "t-1",
+                Some("../../../../tmp/x/exec"),
+                "execution_id contains '/'",
+            ),
+            ("t-1", Some("/tmp/x/abs"), "execution_id contains '/'"),
+        ];
+        for (task_id, exec, want) in cases {
+            match ServerMessage::decode(&assignment_frame(task_id, exec)) {
+                Err(DecodeError::BadPayload {
+                    kind,
+                    task_id: t,
+                    source,
+                }) => {
+                    assert_eq!(kind, "task_assignment");
+                    assert_eq!(t.as_deref(), Some(task_id));
+                    let msg = source.to_string();
+                    assert!(msg.contains(want), "{task_id:?}/{exec:?}: {msg}");
+                    assert!(msg.contains("must be 1 to 128 characters"), "{msg}");
+                }
+                other => panic!("{task_id:?}/{exec:?} accepted: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ordinary_ids_decode() {
+        for (t, e) in [
+            (
+                "task-14a4f73408ba4316",
+                Some("e51c9223-6e85-4172-840b-d53aa6e2768d"),
+            ),
+            ("01HZX:run_2.a", None),
+            ("t", Some("")),
+        ] {
+            assert!(
+                matches!(
+                    ServerMessage::decode(&assignment_frame(t, e)),
+                    Ok(ServerMessage::TaskAssignment(_))
+                ),
+                "{t}"
+            );
+        }
+        assert!(check_id("task_id", &"a".repeat(MAX_ID_LEN)).is_ok());
+        assert!(check_id("task_id", &"a".repeat(MAX_ID_LEN + 1)).is_err());
+    }
     use serde_json::{Value, json};
 
     fn parse(s: &str) -> Value {

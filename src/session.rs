@@ -304,7 +304,7 @@ fn to_event(text: &str) -> Option<SessionEvent> {
             task_id,
             source,
         }) => {
-            warn!(%kind, task_id = task_id.as_deref().unwrap_or("-"), error = %source, "ignoring message whose payload does not decode");
+            warn!(%kind, task_id = ?task_id, error = %source, "ignoring message whose payload does not decode");
             match (kind.as_str(), task_id) {
                 ("task_assignment", Some(task_id)) => Some(SessionEvent::BadAssignment {
                     task_id,

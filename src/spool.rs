@@ -152,10 +152,22 @@ fn scan(path: &Path) -> Result<(Vec<(u64, Record)>, u64), SpoolError> {
     Ok((out, pos as u64))
 }
 
+/// The file name (without extension) of an execution's spool files: the id itself when it is a
+/// safe name (what the protocol lets through, and what older versions wrote), otherwise a
+/// SHA-256 of it, so no id can name a path outside the spool directory.
+fn file_stem(execution_id: &str) -> String {
+    if crate::protocol::check_id("execution_id", execution_id).is_ok() {
+        return execution_id.to_string();
+    }
+    let d = ring::digest::digest(&ring::digest::SHA256, execution_id.as_bytes());
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("id-{hex}")
+}
+
 impl Spool {
     /// Spool file of an execution under `dir`.
     pub fn path_for(dir: &Path, execution_id: &str) -> PathBuf {
-        dir.join(format!("{execution_id}.spool"))
+        dir.join(format!("{}.spool", file_stem(execution_id)))
     }
 
     /// Opens (creating if needed) the spool of `execution_id` under `dir`, cutting off a torn
@@ -168,8 +180,9 @@ impl Spool {
     ) -> Result<Self, SpoolError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = Self::path_for(dir, execution_id);
-        let tail_path = dir.join(format!("{execution_id}.tail"));
-        let elided_path = dir.join(format!("{execution_id}.elided"));
+        let stem = file_stem(execution_id);
+        let tail_path = dir.join(format!("{stem}.tail"));
+        let elided_path = dir.join(format!("{stem}.elided"));
         let (records, valid) = scan(&path)?;
         let file = OpenOptions::new()
             .create(true)
@@ -640,7 +653,7 @@ impl Spool {
     /// Removes an execution's files.
     pub fn remove(dir: &Path, execution_id: &str) {
         for ext in ["spool", "tail", "elided", "tail.tmp", "elided.tmp"] {
-            let _ = std::fs::remove_file(dir.join(format!("{execution_id}.{ext}")));
+            let _ = std::fs::remove_file(dir.join(format!("{}.{ext}", file_stem(execution_id))));
         }
     }
 }
@@ -905,5 +918,42 @@ mod tests {
             "{text}"
         );
         assert!(s.state().finished);
+    }
+
+    #[test]
+    fn no_execution_id_names_a_file_outside_the_spool_directory() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spools = dir.path().join("transcripts");
+        for id in [
+            "../../x/exec",
+            "/tmp/abs",
+            "a/b",
+            "..",
+            "",
+            "a\0b",
+            &"z".repeat(5000),
+        ] {
+            let mut s = Spool::open(&spools, id, 1 << 20, 1 << 10)
+                .unwrap_or_else(|e| panic!("{id:?}: {e}"));
+            s.append(Stream::Stdout, b"x", r(1))
+                .unwrap_or_else(|e| panic!("{e}"));
+            s.finish().unwrap_or_else(|e| panic!("{e}"));
+            let p = Spool::path_for(&spools, id);
+            assert_eq!(
+                p.parent(),
+                Some(spools.as_path()),
+                "{id:?} -> {}",
+                p.display()
+            );
+        }
+        // Everything that was created lies in the spool directory, nothing beside it.
+        let outside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .filter(|n| n != "transcripts")
+            .collect();
+        assert!(outside.is_empty(), "{outside:?}");
+        assert_eq!(file_stem("e51c9223-6e85"), "e51c9223-6e85");
     }
 }

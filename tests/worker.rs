@@ -382,3 +382,75 @@ async fn the_container_gets_limits_labels_workdir_and_log_driver_and_no_cleanup_
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_create_no_file_outside_state_dir_and_fail_permanently() {
+    let env = Env::start("hostile-ids", EnvOptions::default()).await;
+    let outside = tempfile::tempdir().unwrap();
+    let o = outside.path().display().to_string();
+    let up = "../".repeat(12);
+    let task = |id: &str| {
+        serde_json::json!({"id": id, "title": "t", "task_definition": {"prompt": "p"},
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            "owner": {"Type": "USER", "Id": 1}})
+    };
+    let long = "x".repeat(10_000);
+    let cases: Vec<(String, Option<String>, &str)> = vec![
+        (
+            "ok-exec-rel".into(),
+            Some(format!("{up}{o}/exec")),
+            "execution_id",
+        ),
+        (
+            "ok-exec-abs".into(),
+            Some(format!("{o}/abs")),
+            "execution_id",
+        ),
+        (format!("{up}{o}/task"), None, "task_id"),
+        (format!("{o}/task-abs"), None, "task_id"),
+        ("nul\u{0}id".into(), None, "task_id"),
+        (long.clone(), None, "task_id"),
+        (String::new(), None, "task_id is empty"),
+    ];
+    for (task_id, exec, _) in &cases {
+        let mut data = serde_json::json!({"task_id": task_id, "task": task(task_id),
+            "command": ["true"], "docker_image": BUSYBOX});
+        if let Some(e) = exec {
+            data["execution_id"] = serde_json::json!(e);
+        }
+        let frame = serde_json::json!({"type": "task_assignment", "data": data}).to_string();
+        assert!(env.cp.send_raw(&env.worker_id, &frame));
+    }
+    for (task_id, _, field) in &cases {
+        env.until("task_failed naming the field", || {
+            env.cp
+                .unknown_task_results()
+                .iter()
+                .any(|(k, t, m)| k == "task_failed" && t == task_id && m.contains(field))
+        })
+        .await;
+    }
+    // Permanent, not a capacity problem: nothing was rejected (a requeue would loop forever),
+    // nothing claimed, and nothing written outside state_dir.
+    let said = env.cp.unknown_task_results();
+    assert!(
+        !said
+            .iter()
+            .any(|(k, _, _)| k == "task_rejected" || k == "task_claimed"),
+        "{said:?}"
+    );
+    let created: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
+    assert!(
+        created.is_empty(),
+        "files created outside state_dir: {created:?}"
+    );
+    let f = said
+        .iter()
+        .find(|(_, t, _)| t.starts_with("ok-exec-rel"))
+        .map(|(_, _, m)| m.clone())
+        .unwrap_or_default();
+    assert!(
+        f.contains("must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"),
+        "the rule is named: {f}"
+    );
+}

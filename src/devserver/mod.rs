@@ -385,6 +385,11 @@ impl ControlPlane {
         self.state().unknown_task_messages()
     }
 
+    /// `(message type, task id, message text)` of those messages.
+    pub fn unknown_task_results(&self) -> Vec<(String, String, String)> {
+        self.state().unknown_task_results()
+    }
+
     /// Sends `drain` (true) or `resume` (false) to a worker (berth/1).
     pub fn set_draining(&self, worker_id: &str, drain: bool) {
         self.apply(|s| ((), s.set_draining(worker_id, drain)));

@@ -255,7 +255,7 @@ pub struct State {
     workers: BTreeMap<String, WorkerRecord>,
     // Kept apart from the records so reading a record never copies a transcript.
     transcripts: HashMap<String, StoredTranscript>,
-    unknown: VecDeque<(String, String)>,
+    unknown: VecDeque<(String, String, String)>,
     /// Bumped on every change, for long-polling waiters.
     pub version: u64,
 }
@@ -391,6 +391,14 @@ impl State {
 
     /// `(message type, task id)` of recent worker messages about tasks this server never had.
     pub fn unknown_task_messages(&self) -> Vec<(String, String)> {
+        self.unknown
+            .iter()
+            .map(|(k, t, _)| (k.clone(), t.clone()))
+            .collect()
+    }
+
+    /// `(message type, task id, message text)` of those messages (text empty when none).
+    pub fn unknown_task_results(&self) -> Vec<(String, String, String)> {
         self.unknown.iter().cloned().collect()
     }
 
@@ -487,8 +495,14 @@ impl State {
             if self.unknown.len() >= 256 {
                 self.unknown.pop_front();
             }
+            let text = match &msg {
+                WorkerMessage::TaskCompleted { message, .. }
+                | WorkerMessage::TaskFailed { message, .. } => message.clone(),
+                WorkerMessage::TaskRejected { reason, .. } => reason.clone(),
+                _ => String::new(),
+            };
             self.unknown
-                .push_back((msg.kind().to_string(), task_id.clone()));
+                .push_back((msg.kind().to_string(), task_id.clone(), text));
             self.version += 1;
             // Acknowledge anyway so the worker can let go of what this server will never store.
             return match &msg {
