@@ -24,6 +24,7 @@ pub mod progress;
 pub mod protocol;
 pub mod provision;
 pub mod reconcile;
+pub mod redaction;
 pub mod rootfs;
 pub mod session;
 pub mod shipper;

@@ -267,10 +267,10 @@ type LogFilter =
 
 fn init_logging(level: &str, format: LogFormat) -> LogFilter {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = berth::redaction::log_filter(level);
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Every line is scrubbed of registered secrets, whatever the level (issue 8.5).
+    let fmt = tracing_subscriber::fmt::layer().with_writer(berth::redaction::ScrubbedStderr);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
@@ -297,7 +297,8 @@ fn reload_on_sighup(
             match load_config(&args) {
                 Ok(cfg) => {
                     info!(config = ?cfg.source, "reloading the configuration");
-                    if let Ok(f) = tracing_subscriber::EnvFilter::try_new(&cfg.log_level) {
+                    if tracing_subscriber::EnvFilter::try_new(&cfg.log_level).is_ok() {
+                        let f = berth::redaction::log_filter(&cfg.log_level);
                         let _ = log.modify(|current| *current = f);
                     }
                     if apply.send(cfg).await.is_err() {
@@ -398,6 +399,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            // The API key and the operator's redact literals never reach the log.
+            let _secrets = berth::redaction::register(
+                std::iter::once(cfg.control_plane.api_key.expose().as_bytes().to_vec()).chain(
+                    cfg.transcript
+                        .redact
+                        .iter()
+                        .map(|s| s.expose().as_bytes().to_vec()),
+                ),
+            );
             let log = init_logging(&cfg.log_level, cfg.log_format);
             rt.block_on(async move {
                 let shutdown = shutdown_on_signals();

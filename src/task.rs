@@ -291,6 +291,9 @@ pub async fn run(env: Arc<TaskEnv>, exec: Execution, control: Arc<TaskControl>) 
     let span =
         info_span!("task", task_id = %exec.assignment.task_id, execution_id = %exec.execution_id);
     async move {
+        // Task env values never reach the log, whatever its level (bollard's debug output
+        // carries the container body).
+        let _secrets = crate::redaction::register(secrets_of(&env, &exec.assignment));
         let outcome = execute(&env, &exec, &control).await;
         finish(&env, &exec, &control, outcome).await
     }
@@ -309,6 +312,7 @@ pub async fn resume(
     let span =
         info_span!("task", task_id = %exec.assignment.task_id, execution_id = %exec.execution_id);
     async move {
+        let _secrets = crate::redaction::register(secrets_of(&env, &exec.assignment));
         info!(container = %container_id, "re-attaching to the task's container after a restart");
         let timeout = task_timeout(&env, &exec).map(|t| {
             let elapsed = (chrono::Utc::now() - exec.claimed_at)

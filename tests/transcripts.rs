@@ -694,3 +694,52 @@ async fn a_state_dir_that_stays_full_counts_every_lost_byte_in_the_transcript_an
     );
     drop(env);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_at_trace_in_text_or_json() {
+    let _images = Images::acquire();
+    let cp = control_plane("proc-key", true, None).await;
+    let secrets = [
+        ("GITHUB_TOKEN", "ghp_s3cr3tTokenValue"),
+        ("DB_PASSWORD", "hunter2-but-longer"),
+        ("OTHER", "quote\"and\\slash"),
+    ];
+    for format in ["text", "json"] {
+        let state = tempfile::tempdir().unwrap();
+        let id = worker_id(&format!("trace-{format}"));
+        let _cleanup = Cleanup(id.clone());
+        let mut w = worker_process(
+            &cp,
+            &id,
+            state.path(),
+            &["--log-level", "trace", "--log-format", format],
+        );
+        until("worker connected", || {
+            cp.workers().iter().any(|x| x.worker_id == id)
+        })
+        .await;
+        let t = run_task(&cp, "echo done", &secrets);
+        let done = complete(&cp, &t.id).await;
+        assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+        w.kill().unwrap();
+        w.wait().unwrap();
+        let log = std::fs::read_to_string(state.path().with_extension("log")).unwrap();
+        assert!(
+            log.len() > 10_000,
+            "trace logging is on ({} bytes)",
+            log.len()
+        );
+        for s in ["proc-key"].iter().chain(secrets.iter().map(|(_, v)| v)) {
+            let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
+            for form in [s.to_string(), escaped] {
+                let n = log.matches(form.as_str()).count();
+                assert_eq!(n, 0, "{format} log holds {form:?} {n} times");
+            }
+        }
+        assert!(
+            log.contains("[REDACTED]"),
+            "redaction happened in the {format} log"
+        );
+    }
+    cp.shutdown();
+}

@@ -1,0 +1,206 @@
+//! Redaction of secrets from berth's own log, whatever the level or format.
+//!
+//! Filters cannot be trusted to keep secrets out: at `debug` the Docker client prints container
+//! bodies with task env values, at `trace` the WebSocket stack prints headers and frames. So
+//! the log writer itself replaces every registered secret — the API key and each running
+//! task's secrets, the same set the transcript redactor uses — in every line it writes, raw or
+//! escaped the way JSON and Rust's `Debug` print it.
+
+use std::io::Write;
+use std::sync::{Mutex, MutexGuard};
+
+/// What replaces a secret.
+const MARK: &[u8] = b"[REDACTED]";
+
+/// Registered secrets with how many holders each has.
+static SECRETS: Mutex<Vec<(Vec<u8>, usize)>> = Mutex::new(Vec::new());
+
+fn secrets() -> MutexGuard<'static, Vec<(Vec<u8>, usize)>> {
+    match SECRETS.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// The forms in which `secret` can appear in a log line: as is, and escaped as JSON strings and
+/// Rust's `Debug` escape it (quote, backslash, control characters).
+fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    let mut escaped = Vec::with_capacity(secret.len() + 4);
+    for &b in secret {
+        match b {
+            b'"' => escaped.extend_from_slice(b"\\\""),
+            b'\\' => escaped.extend_from_slice(b"\\\\"),
+            b'\n' => escaped.extend_from_slice(b"\\n"),
+            b'\r' => escaped.extend_from_slice(b"\\r"),
+            b'\t' => escaped.extend_from_slice(b"\\t"),
+            _ => escaped.push(b),
+        }
+    }
+    let mut v = vec![secret.to_vec()];
+    if escaped != secret {
+        v.push(escaped);
+    }
+    v
+}
+
+/// Keeps secrets registered while it lives.
+#[derive(Debug)]
+pub struct Registered(Vec<Vec<u8>>);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut s = secrets();
+        for f in &self.0 {
+            if let Some(i) = s.iter().position(|(v, _)| v == f) {
+                s[i].1 -= 1;
+                if s[i].1 == 0 {
+                    s.swap_remove(i);
+                }
+            }
+        }
+    }
+}
+
+/// Registers secrets (empty ones are ignored) until the returned guard is dropped.
+pub fn register(values: impl IntoIterator<Item = Vec<u8>>) -> Registered {
+    let mut all: Vec<Vec<u8>> = values
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .flat_map(|v| forms(&v))
+        .collect();
+    all.sort();
+    all.dedup();
+    let mut s = secrets();
+    for f in &all {
+        match s.iter_mut().find(|(v, _)| v == f) {
+            Some((_, n)) => *n += 1,
+            None => s.push((f.clone(), 1)),
+        }
+    }
+    // Longest first, so a secret containing another is replaced whole.
+    s.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+    Registered(all)
+}
+
+/// `line` with every registered secret replaced; `None` when it holds none.
+pub fn scrub(line: &[u8]) -> Option<Vec<u8>> {
+    let s = secrets();
+    let mut out: Option<Vec<u8>> = None;
+    for (secret, _) in s.iter() {
+        let cur = out.as_deref().unwrap_or(line);
+        if let Some(replaced) = replace_all(cur, secret) {
+            out = Some(replaced);
+        }
+    }
+    out
+}
+
+fn replace_all(hay: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    let mut out: Option<Vec<u8>> = None;
+    let mut last = 0;
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        if &hay[i..i + needle.len()] == needle {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(hay.len()));
+            o.extend_from_slice(&hay[last..i]);
+            o.extend_from_slice(MARK);
+            i += needle.len();
+            last = i;
+        } else {
+            i += 1;
+        }
+    }
+    let mut o = out?;
+    o.extend_from_slice(&hay[last..]);
+    Some(o)
+}
+
+/// A log writer for `tracing_subscriber::fmt` that scrubs each event (one write per event)
+/// before it reaches stderr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScrubbedStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ScrubbedStderr {
+    type Writer = ScrubbedStderr;
+    fn make_writer(&'a self) -> Self::Writer {
+        ScrubbedStderr
+    }
+}
+
+impl Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        match scrub(buf) {
+            Some(clean) => err.write_all(&clean)?,
+            None => err.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Log targets capped at `debug` whatever the filter: at `trace` they print raw WebSocket frames
+/// (assignments with their env values arrive before berth knows those values are secrets).
+pub const CAPPED_TARGETS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
+
+/// The operator's filter (`info` when it does not parse) with [`CAPPED_TARGETS`] capped.
+pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    let mut f = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for t in CAPPED_TARGETS {
+        if let Ok(d) = format!("{t}=debug").parse() {
+            f = f.add_directive(d);
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One test: the registry is process-wide.
+    #[test]
+    fn registered_secrets_are_scrubbed_raw_and_escaped_until_released() {
+        let line = br#"env=["TOKEN=abc\"def"] key=k3y-value again k3y-value"#;
+        assert_eq!(scrub(line), None);
+        let a = register([b"abc\"def".to_vec(), b"k3y-value".to_vec(), Vec::new()]);
+        let b = register([b"k3y-value".to_vec()]);
+        let out = scrub(line).unwrap_or_default();
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"env=["TOKEN=[REDACTED]"] key=[REDACTED] again [REDACTED]"#
+        );
+        assert_eq!(
+            scrub(b"raw abc\"def").as_deref(),
+            Some(&b"raw [REDACTED]"[..])
+        );
+        drop(a);
+        // Still held by `b`.
+        assert_eq!(scrub(b"k3y-value").as_deref(), Some(&b"[REDACTED]"[..]));
+        assert_eq!(scrub(b"abc\"def"), None);
+        drop(b);
+        assert_eq!(scrub(b"k3y-value"), None);
+        // A secret inside a longer one: the longer is replaced whole.
+        let _c = register([b"secret".to_vec(), b"topsecretvalue".to_vec()]);
+        assert_eq!(
+            scrub(b"x topsecretvalue secret").as_deref(),
+            Some(&b"x [REDACTED] [REDACTED]"[..])
+        );
+    }
+
+    #[test]
+    fn the_websocket_stack_is_capped_below_trace() {
+        let f = log_filter("trace").to_string();
+        assert!(f.contains("tungstenite=debug"), "{f}");
+        assert!(f.contains("tokio_tungstenite=debug"), "{f}");
+        let f = log_filter("tungstenite=trace,info").to_string();
+        assert!(!f.contains("tungstenite=trace"), "{f}");
+    }
+}
