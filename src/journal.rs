@@ -137,7 +137,11 @@ impl Journal {
             path: path.clone(),
             reason: e.to_string(),
         };
-        std::fs::create_dir_all(state_dir).map_err(|e| io(&e))?;
+        crate::private::create_dir(state_dir).map_err(|e| io(&e))?;
+        // Created private before SQLite opens it: SQLite gives the WAL and shared-memory files
+        // the database file's mode, and the WAL holds task env values.
+        crate::private::open_rw(&path, true).map_err(|e| io(&e))?;
+        crate::private::tighten(&path, crate::private::FILE_MODE).map_err(|e| io(&e))?;
         let corrupt = |e: &dyn std::fmt::Display| JournalError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
@@ -175,10 +179,11 @@ impl Journal {
              CREATE INDEX IF NOT EXISTS executions_task ON executions(task_id);",
         )
         .map_err(corrupt)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        for side in ["-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(side);
+            crate::private::tighten(Path::new(&p), crate::private::FILE_MODE)
+                .map_err(|e| io(&e))?;
         }
         Ok(Journal {
             path,

@@ -20,6 +20,7 @@ pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod private;
 pub mod progress;
 pub mod protocol;
 pub mod provision;

@@ -399,6 +399,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            // Whatever berth creates is private to its user, also outside systemd (the unit
+            // sets UMask=0077 too); modes under state_dir are also set explicitly.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             // The API key and the operator's redact literals never reach the log.
             let _secrets = berth::redaction::register(
                 std::iter::once(cfg.control_plane.api_key.expose().as_bytes().to_vec()).chain(

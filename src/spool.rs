@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -178,19 +178,13 @@ impl Spool {
         max_bytes: u64,
         tail_bytes: u64,
     ) -> Result<Self, SpoolError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        crate::private::create_dir(dir).map_err(io(dir))?;
         let path = Self::path_for(dir, execution_id);
         let stem = file_stem(execution_id);
         let tail_path = dir.join(format!("{stem}.tail"));
         let elided_path = dir.join(format!("{stem}.elided"));
         let (records, valid) = scan(&path)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io(&path))?;
+        let file = crate::private::open_rw(&path, true).map_err(io(&path))?;
         file.set_len(valid).map_err(io(&path))?;
         let mut index = Vec::with_capacity(records.len());
         let mut len = 0u64;
@@ -275,8 +269,8 @@ impl Spool {
         if std::fs::metadata(&path).is_ok_and(|m| m.len() as usize >= RESERVE_BYTES) {
             return;
         }
-        if std::fs::create_dir_all(dir).is_ok()
-            && std::fs::write(&path, vec![0u8; RESERVE_BYTES]).is_err()
+        if crate::private::create_dir(dir).is_ok()
+            && crate::private::write(&path, &vec![0u8; RESERVE_BYTES]).is_err()
         {
             let _ = std::fs::remove_file(&path);
         }
@@ -394,6 +388,7 @@ impl Spool {
                 .read(true)
                 .write(true)
                 .truncate(true)
+                .mode(crate::private::FILE_MODE)
                 .open(&self.tail_path)
                 .map_err(io(&self.tail_path))?;
             self.tail = Some((f, 0));
@@ -428,11 +423,11 @@ impl Spool {
         for r in keep.iter_mut() {
             buf.extend(r.encode());
         }
-        std::fs::write(&tmp, &buf).map_err(io(&tmp))?;
+        crate::private::write(&tmp, &buf).map_err(io(&tmp))?;
         let dropped = self.dropped + (self.tail_live - kept);
         // The elided count is durable before the bytes it counts disappear.
         let etmp = self.elided_path.with_extension("elided.tmp");
-        std::fs::write(&etmp, dropped.to_string()).map_err(io(&etmp))?;
+        crate::private::write(&etmp, dropped.to_string().as_bytes()).map_err(io(&etmp))?;
         std::fs::rename(&etmp, &self.elided_path).map_err(io(&self.elided_path))?;
         std::fs::rename(&tmp, &self.tail_path).map_err(io(&self.tail_path))?;
         let f = OpenOptions::new()

@@ -98,6 +98,12 @@ impl Worker {
             cp.client_cert_file.as_deref(),
             cp.client_key_file.as_deref(),
         )?;
+        // State written by older versions (or copied in) is tightened before it is used.
+        if config.state_dir.exists()
+            && let Err(e) = crate::private::tighten_tree(&config.state_dir)
+        {
+            warn!(state_dir = %config.state_dir.display(), error = %e, "cannot make everything under state_dir private (0700/0600)");
+        }
         let journal = Journal::open(&config.state_dir)?;
         let catalog = match &cp.environments_url {
             Some(t) => Some(Arc::new(

@@ -743,3 +743,72 @@ async fn no_secret_reaches_the_log_at_trace_in_text_or_json() {
     }
     cp.shutdown();
 }
+
+/// Paths under `dir` (recursively) whose mode lets group or others read, write or enter.
+fn not_private(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bad = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+        if mode & 0o077 != 0 {
+            bad.push(format!("{} {:o}", d.display(), mode & 0o777));
+        }
+        for e in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.permissions().mode() & 0o077 != 0 {
+                bad.push(format!(
+                    "{} {:o}",
+                    e.path().display(),
+                    m.permissions().mode() & 0o777
+                ));
+            }
+        }
+    }
+    bad
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_under_state_dir_is_private_while_running_and_after() {
+    let _images = Images::acquire();
+    let cp = control_plane("proc-key", true, None).await;
+    let parent = tempfile::tempdir().unwrap();
+    let state = parent.path().join("state");
+    let id = worker_id("modes");
+    let _cleanup = Cleanup(id.clone());
+    // Outside systemd: whatever umask the operator's shell has.
+    let mut w = worker_process(&cp, &id, &state, &[]);
+    until("worker connected", || {
+        cp.workers().iter().any(|x| x.worker_id == id)
+    })
+    .await;
+    let t = run_task(
+        &cp,
+        "echo hello; sleep 3; echo bye",
+        &[("TOKEN", "s3cr3t-value")],
+    );
+    until("task running", || {
+        cp.task(&t.id).is_some_and(|t| t.transcript_bytes > 0)
+    })
+    .await;
+    let running = not_private(&state);
+    assert!(
+        state.join("journal.sqlite-wal").exists(),
+        "the journal's WAL exists while running"
+    );
+    complete(&cp, &t.id).await;
+    let after = not_private(&state);
+    w.kill().unwrap();
+    w.wait().unwrap();
+    assert!(
+        running.is_empty(),
+        "readable by group/others while running: {running:?}"
+    );
+    assert!(
+        after.is_empty(),
+        "readable by group/others after the task: {after:?}"
+    );
+    cp.shutdown();
+}
