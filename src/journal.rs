@@ -29,6 +29,19 @@ pub enum JournalError {
         /// What SQLite said.
         reason: String,
     },
+    /// A record cannot be read (written by a newer version, or damaged): berth cannot tell
+    /// that execution's container from an orphan, so it touches nothing.
+    #[error(
+        "journal {path}: the record of execution {execution_id:?} is unreadable ({reason}). berth touches no container while it cannot read its journal; if a newer berth wrote it, run that version again, otherwise remove that record (`sqlite3 {path} \"DELETE FROM executions WHERE execution_id='{execution_id}'\"`) and that execution's container (label berth.execution_id) by hand"
+    )]
+    BadRecord {
+        /// File.
+        path: PathBuf,
+        /// The record.
+        execution_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Any other SQLite or disk failure.
     #[error("journal {path}: {reason} (check free space and permissions under state_dir)")]
     Io {
@@ -54,12 +67,15 @@ pub enum ExecState {
 }
 
 impl ExecState {
-    fn parse(s: &str) -> ExecState {
+    /// The state stored as `s`; `None` for one this version does not know (never guessed:
+    /// a state read wrong makes a running container look like an orphan, or the reverse).
+    fn parse(s: &str) -> Option<ExecState> {
         match s {
-            "running" => ExecState::Running,
-            "provisioning" => ExecState::Provisioning,
-            "finished" => ExecState::Finished,
-            _ => ExecState::Claimed,
+            "claimed" => Some(ExecState::Claimed),
+            "running" => Some(ExecState::Running),
+            "provisioning" => Some(ExecState::Provisioning),
+            "finished" => Some(ExecState::Finished),
+            _ => None,
         }
     }
 }
@@ -324,27 +340,71 @@ impl Journal {
     }
 
     fn rows(&self, sql: &str, p: impl rusqlite::Params) -> Result<Vec<ExecRecord>, JournalError> {
-        self.with(|c| {
+        type Raw = (
+            String,
+            String,
+            String,
+            bool,
+            String,
+            Option<String>,
+            i64,
+            Option<String>,
+            bool,
+            i64,
+            Option<i64>,
+        );
+        let raws: Vec<Raw> = self.with(|c| {
             let mut stmt = c.prepare(sql)?;
             let rows = stmt.query_map(p, |r| {
-                let assignment: String = r.get(2)?;
-                let terminal: Option<String> = r.get(7)?;
-                Ok(ExecRecord {
-                    execution_id: r.get(0)?,
-                    task_id: r.get(1)?,
-                    assignment: serde_json::from_str(&assignment).unwrap_or_default(),
-                    berth: r.get(3)?,
-                    state: ExecState::parse(&r.get::<_, String>(4)?),
-                    container_id: r.get(5)?,
-                    acked_offset: r.get::<_, i64>(6)?.max(0) as u64,
-                    terminal: terminal.and_then(|t| WorkerMessage::decode(&t).ok()),
-                    terminal_done: r.get(8)?,
-                    claimed_at_ms: r.get(9)?,
-                    finished_at_ms: r.get(10)?,
-                })
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                ))
             })?;
             rows.collect()
-        })
+        })?;
+        raws.into_iter()
+            .map(|r| {
+                let bad = |reason: String| JournalError::BadRecord {
+                    path: self.path.clone(),
+                    execution_id: r.0.clone(),
+                    reason,
+                };
+                let assignment = serde_json::from_str(&r.2)
+                    .map_err(|e| bad(format!("its assignment does not decode: {e}")))?;
+                let state = ExecState::parse(&r.4)
+                    .ok_or_else(|| bad(format!("unknown state {:?}", r.4)))?;
+                let terminal = match &r.7 {
+                    None => None,
+                    Some(t) => Some(
+                        WorkerMessage::decode(t)
+                            .map_err(|e| bad(format!("its result does not decode: {e}")))?,
+                    ),
+                };
+                Ok(ExecRecord {
+                    execution_id: r.0.clone(),
+                    task_id: r.1,
+                    assignment,
+                    berth: r.3,
+                    state,
+                    container_id: r.5,
+                    acked_offset: r.6.max(0) as u64,
+                    terminal,
+                    terminal_done: r.8,
+                    claimed_at_ms: r.9,
+                    finished_at_ms: r.10,
+                })
+            })
+            .collect()
     }
 
     const COLUMNS: &'static str = "execution_id, task_id, assignment, berth, state, container_id, acked_offset, terminal, terminal_done, claimed_at, finished_at";

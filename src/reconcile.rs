@@ -6,35 +6,40 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tracing::{error, warn};
+use tracing::warn;
 
-use crate::docker::Docker;
-use crate::journal::{ExecState, Journal};
+use crate::docker::{Docker, DockerError};
+use crate::journal::{ExecRecord, ExecState, Journal, JournalError};
 use crate::supervisor::Found;
+
+/// Why a reconciliation did nothing: without both lists, a live task's container cannot be
+/// told from an orphan, so nothing is stopped, removed or declared vanished.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The engine's container list could not be read.
+    #[error("cannot list berth's containers, so nothing was reconciled: {0}")]
+    Listing(#[from] DockerError),
+    /// The journal could not be read.
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+}
 
 /// Matches the journal against the engine: labelled containers the journal does not know
 /// are orphans (stopped and removed); journaled executions are found or declared vanished.
+/// Returns the journal as read with what was found, or an error (and touches nothing) when
+/// either side cannot be read.
 pub async fn reconcile(
     docker: &Docker,
     journal: &Journal,
     worker_id: &str,
     cleanup: bool,
     grace: Duration,
-) -> HashMap<String, Found> {
+) -> Result<(Vec<ExecRecord>, HashMap<String, Found>), ReconcileError> {
     // Containers first: every container listed was claimed in the journal before it was
     // created, so a record read afterwards exists for each live one (no false orphans while
     // tasks start concurrently).
-    let containers = match docker.list_managed(worker_id).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(error = %e, "cannot list managed containers");
-            Vec::new()
-        }
-    };
-    let records = journal.all().unwrap_or_else(|e| {
-        error!(error = %e, "cannot read the journal");
-        Vec::new()
-    });
+    let containers = docker.list_managed(worker_id).await?;
+    let records = journal.all()?;
     let mut found = HashMap::new();
     for c in containers {
         let record = records.iter().find(|r| r.execution_id == c.execution_id);
@@ -61,5 +66,31 @@ pub async fn reconcile(
             }
         }
     }
-    found
+    Ok((records, found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_engine_that_cannot_list_containers_reconciles_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let journal = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        // Something answers on the socket, but not the engine: every connection is dropped.
+        let sock = dir.path().join("not-docker.sock");
+        let l = tokio::net::UnixListener::bind(&sock).unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            while let Ok((c, _)) = l.accept().await {
+                drop(c);
+            }
+        });
+        let host = format!("unix://{}", sock.display());
+        let docker = Docker::connect(Some(&host), None).unwrap_or_else(|e| panic!("{e}"));
+        let r = reconcile(&docker, &journal, "w", true, Duration::from_secs(1)).await;
+        assert!(
+            matches!(r, Err(ReconcileError::Listing(_))),
+            "an empty list would have made every container an orphan: {r:?}"
+        );
+    }
 }

@@ -42,6 +42,42 @@ pub enum WorkerError {
     /// The local API cannot listen.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// The journal and the engine could not be matched: berth does not start rather than
+    /// guess which containers are its tasks.
+    #[error(transparent)]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
+}
+
+/// The first reconciliation: container listings are retried a few times; a journal that
+/// cannot be read is an error at once (nothing is touched either way).
+async fn reconcile_at_start(
+    docker: &Docker,
+    journal: &Journal,
+    c: &Config,
+) -> Result<(Vec<crate::journal::ExecRecord>, HashMap<String, Found>), WorkerError> {
+    let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(8));
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match crate::reconcile::reconcile(
+            docker,
+            journal,
+            &c.worker_id,
+            c.cleanup,
+            c.docker.stop_grace_period,
+        )
+        .await
+        {
+            Ok(r) => return Ok(r),
+            Err(e @ crate::reconcile::ReconcileError::Listing(_))
+                if tries < START_RECONCILE_TRIES =>
+            {
+                warn!(error = %e, "retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Where spools live under `state_dir`.
@@ -76,7 +112,13 @@ pub struct Worker {
     catalog: Option<Arc<crate::catalog::Catalog>>,
     docker_version: String,
     api: Option<crate::api::Bound>,
+    /// The journal as read at start-up and what reconciliation found of it.
+    start: (Vec<crate::journal::ExecRecord>, HashMap<String, Found>),
 }
+
+/// Container listings tried at start-up before berth gives up (the engine just answered, so
+/// a failure is most likely passing).
+const START_RECONCILE_TRIES: u32 = 5;
 
 impl Worker {
     /// Connects to Docker (checked), builds TLS trust. Fails fast with an actionable error.
@@ -123,7 +165,9 @@ impl Worker {
             ),
             None => None,
         };
+        let start = reconcile_at_start(&docker, &journal, &config).await?;
         Ok(Worker {
+            start,
             catalog,
             api,
             docker_version: engine.version.clone(),
@@ -135,21 +179,10 @@ impl Worker {
         })
     }
 
-    async fn reconcile(&self) -> HashMap<String, Found> {
-        crate::reconcile::reconcile(
-            &self.docker,
-            &self.journal,
-            &self.config.worker_id,
-            self.config.cleanup,
-            self.config.docker.stop_grace_period,
-        )
-        .await
-    }
-
     /// Runs until `shutdown` is cancelled and every task has reported (or the flush deadline
     /// passed). `on_start` receives handles once the worker is live.
-    pub async fn run(self, shutdown: CancellationToken, on_start: impl FnOnce(WorkerHandle)) {
-        let found = self.reconcile().await;
+    pub async fn run(mut self, shutdown: CancellationToken, on_start: impl FnOnce(WorkerHandle)) {
+        let (records, found) = std::mem::take(&mut self.start);
         let c = &self.config;
         let settings = task_settings(c);
         // Small on purpose: transcript chunks are up to 64 KiB each, and the spool (not this
@@ -196,7 +229,6 @@ impl Worker {
             out_tx,
             link_rx,
         );
-        let records = self.journal.all().unwrap_or_default();
         supervisor.adopt(records, &found);
         let session_settings = SessionSettings {
             url: c.control_plane.url.clone(),
@@ -403,7 +435,20 @@ async fn resync_after_outages(
         let reachable = state.borrow_and_update().reachable;
         if reachable && !was_reachable {
             info!("Docker engine is back: reconciling containers with the journal");
-            crate::reconcile::reconcile(&docker, &journal, &worker_id, cleanup, grace).await;
+            let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(60));
+            // Retried while the engine stays up; a failed attempt touches nothing.
+            while let Err(e) =
+                crate::reconcile::reconcile(&docker, &journal, &worker_id, cleanup, grace).await
+            {
+                warn!(error = %e, "reconciliation skipped; nothing was stopped or removed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.cancelled() => return,
+                }
+                if !state.borrow().reachable {
+                    break;
+                }
+            }
         }
         was_reachable = reachable;
     }
@@ -420,7 +465,14 @@ async fn janitor(
     loop {
         let cutoff = chrono::Utc::now().timestamp_millis()
             - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        for r in journal.all().unwrap_or_default() {
+        let records = match journal.all() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "retention skipped: nothing is deleted while the journal cannot be read");
+                Vec::new()
+            }
+        };
+        for r in records {
             let expired = r.state == ExecState::Finished
                 && r.terminal_done
                 && r.finished_at_ms.is_some_and(|t| t < cutoff);
@@ -429,9 +481,12 @@ async fn janitor(
             }
             if r.berth {
                 // Never delete bytes the server has not stored.
-                let len = Spool::open(&dir, &r.execution_id, u64::MAX, 1 << 12)
-                    .map(|s| s.state().len)
-                    .unwrap_or(0);
+                // An unreadable spool is kept: it is not known to be delivered.
+                let Ok(len) =
+                    Spool::open(&dir, &r.execution_id, u64::MAX, 1 << 12).map(|s| s.state().len)
+                else {
+                    continue;
+                };
                 if r.acked_offset < len {
                     continue;
                 }

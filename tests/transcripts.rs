@@ -812,3 +812,79 @@ async fn everything_under_state_dir_is_private_while_running_and_after() {
     );
     cp.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_journal_record_stops_no_container_and_names_the_fix() {
+    let _images = Images::acquire();
+    let cp = control_plane("proc-key", true, None).await;
+    let state = tempfile::tempdir().unwrap();
+    let id = worker_id("badjournal");
+    let _cleanup = Cleanup(id.clone());
+    let mut w = worker_process(&cp, &id, state.path(), &[]);
+    until("worker connected", || !cp.workers().is_empty()).await;
+    let t = run_task(&cp, "sleep 60", &[]);
+    until("container started", || {
+        cp.task(&t.id).is_some_and(|t| t.container_id.is_some())
+    })
+    .await;
+    let cid = cp.task(&t.id).unwrap().container_id.unwrap();
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let running = || {
+        let o = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", &cid])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim() == "true"
+    };
+    // A record a newer version wrote (unknown state), then a damaged one (assignment).
+    for (column, value) in [("state", "closing"), ("assignment", "{not json")] {
+        let db = rusqlite::Connection::open(state.path().join("journal.sqlite")).unwrap();
+        let original: String = db
+            .query_row(&format!("SELECT {column} FROM executions"), [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        db.execute(&format!("UPDATE executions SET {column} = ?1"), [value])
+            .unwrap();
+        drop(db);
+        let mut again = worker_process(&cp, &id, state.path(), &[]);
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = again.try_wait().unwrap() {
+                break Some(s);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                again.kill().unwrap();
+                again.wait().unwrap();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let status =
+            status.unwrap_or_else(|| panic!("berth started on an unreadable journal ({column})"));
+        let log = std::fs::read_to_string(state.path().with_extension("log")).unwrap();
+        assert!(!status.success(), "berth must refuse to start ({column})");
+        assert!(
+            log.contains("is unreadable") && log.contains("touches no container"),
+            "the log names the problem and the fix ({column}): {log}"
+        );
+        assert!(running(), "the task's container was stopped ({column})");
+        let db = rusqlite::Connection::open(state.path().join("journal.sqlite")).unwrap();
+        db.execute(&format!("UPDATE executions SET {column} = ?1"), [original])
+            .unwrap();
+    }
+    // Repaired: the task is adopted again and finishes normally.
+    let mut w = worker_process(&cp, &id, state.path(), &[]);
+    until("the restarted worker holds the task", || {
+        cp.workers().first().is_some_and(|w| w.held == 1)
+    })
+    .await;
+    assert!(running());
+    cp.cancel(&t.id).unwrap();
+    let done = complete(&cp, &t.id).await;
+    assert!(done.state.is_terminal());
+    w.kill().unwrap();
+    w.wait().unwrap();
+    cp.shutdown();
+}
