@@ -269,7 +269,7 @@ impl Catalog {
             }
             Err(reason) => match cached {
                 Some(e) => {
-                    warn!(environment = %id, %url, error = %reason, "environment API failed; using the cached copy");
+                    warn!(environment = %id, url = %crate::redaction::display_url(&url), error = %reason, "environment API failed; using the cached copy");
                     Ok((e.env, Freshness::Stale(reason)))
                 }
                 None => Err(CatalogError::Unavailable {

@@ -1700,8 +1700,8 @@ impl Config {
             cleanup: self.cleanup,
             state_dir: self.state_dir.display().to_string(),
             control_plane: EffectiveControlPlane {
-                url: self.control_plane.url.to_string(),
-                server_root_url: self.control_plane.server_root_url.clone(),
+                url: crate::redaction::display_url(self.control_plane.url.as_str()),
+                server_root_url: crate::redaction::display_url(&self.control_plane.server_root_url),
                 api_key: format!("[REDACTED] (from {})", self.control_plane.api_key_source),
                 ca_file: p(&self.control_plane.ca_file),
                 client_cert_file: p(&self.control_plane.client_cert_file),
@@ -1712,8 +1712,16 @@ impl Config {
                 )
                 .to_string(),
                 max_message_size: self.control_plane.max_message_size,
-                session_sharing_server_url: self.control_plane.session_sharing_server_url.clone(),
-                environments_url: self.control_plane.environments_url.clone(),
+                session_sharing_server_url: self
+                    .control_plane
+                    .session_sharing_server_url
+                    .as_deref()
+                    .map(crate::redaction::display_url),
+                environments_url: self
+                    .control_plane
+                    .environments_url
+                    .as_deref()
+                    .map(crate::redaction::display_url),
                 environments_ttl: humantime::format_duration(self.control_plane.environments_ttl)
                     .to_string(),
                 status_interval: humantime::format_duration(self.control_plane.status_interval)
@@ -2340,6 +2348,17 @@ mod tests {
         );
         assert!(y.contains("TOKEN=[REDACTED]"), "{y}");
         assert!(!format!("{c:?}").contains("supersecretkey"));
+        let c = load_yaml(
+            "worker_id: w\ncontrol_plane:\n  url: ws://ops:urlpa55word@127.0.0.1:9/ws\n  environments_url: http://u:envpa55word@127.0.0.1:9/env/{id}\n",
+            &ov,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let y = c.effective_yaml();
+        assert!(
+            !y.contains("urlpa55word") && !y.contains("envpa55word"),
+            "{y}"
+        );
+        assert!(y.contains("ws://ops:[REDACTED]@127.0.0.1:9/ws"), "{y}");
     }
 
     #[test]

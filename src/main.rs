@@ -403,13 +403,26 @@ fn main() -> ExitCode {
             // sets UMask=0077 too); modes under state_dir are also set explicitly.
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             // The API key and the operator's redact literals never reach the log.
+            let cp = &cfg.control_plane;
+            let url_passwords = [
+                Some(cp.url.as_str()),
+                Some(cp.server_root_url.as_str()),
+                cp.environments_url.as_deref(),
+                cp.session_sharing_server_url.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(berth::redaction::url_password)
+            .map(String::into_bytes);
             let _secrets = berth::redaction::register(
-                std::iter::once(cfg.control_plane.api_key.expose().as_bytes().to_vec()).chain(
-                    cfg.transcript
-                        .redact
-                        .iter()
-                        .map(|s| s.expose().as_bytes().to_vec()),
-                ),
+                std::iter::once(cp.api_key.expose().as_bytes().to_vec())
+                    .chain(
+                        cfg.transcript
+                            .redact
+                            .iter()
+                            .map(|s| s.expose().as_bytes().to_vec()),
+                    )
+                    .chain(url_passwords),
             );
             let log = init_logging(&cfg.log_level, cfg.log_format);
             rt.block_on(async move {

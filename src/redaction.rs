@@ -145,6 +145,51 @@ impl Write for ScrubbedStderr {
     }
 }
 
+/// `url` for display: a password in its userinfo (`ws://user:pass@host`) becomes
+/// `[REDACTED]`; anything that is not a URL is returned as is.
+pub fn display_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            if u.set_password(Some("[REDACTED]")).is_err() {
+                return "[URL with a password, REDACTED]".into();
+            }
+            // Parsing percent-encodes the brackets and an `{id}` template: show them plainly.
+            u.to_string()
+                .replacen("%5BREDACTED%5D", "[REDACTED]", 1)
+                .replace("%7Bid%7D", "{id}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The password of `url`'s userinfo, if any (registered as a secret for the log).
+pub fn url_password(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    let p = u.password()?;
+    Some(
+        percent_decode(p)
+            .filter(|d| d != p)
+            .map_or_else(|| p.to_string(), |d| d),
+    )
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let h = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Log targets capped at `debug` whatever the filter: at `trace` they print raw WebSocket frames
 /// (assignments with their env values arrive before berth knows those values are secrets).
 pub const CAPPED_TARGETS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
@@ -193,6 +238,23 @@ mod tests {
             scrub(b"x topsecretvalue secret").as_deref(),
             Some(&b"x [REDACTED] [REDACTED]"[..])
         );
+    }
+
+    #[test]
+    fn url_passwords_are_never_displayed() {
+        assert_eq!(
+            display_url("ws://user:pa55word@cp.example:8080/ws?x=1"),
+            "ws://user:[REDACTED]@cp.example:8080/ws?x=1"
+        );
+        assert_eq!(display_url("wss://cp.example/ws"), "wss://cp.example/ws");
+        assert_eq!(
+            display_url("https://u:p@cp.example/env/{id}"),
+            "https://u:[REDACTED]@cp.example/env/{id}"
+        );
+        assert_eq!(display_url("not a url"), "not a url");
+        assert_eq!(url_password("ws://u:p%40ss@h/").as_deref(), Some("p@ss"));
+        assert_eq!(url_password("ws://u:plain@h/").as_deref(), Some("plain"));
+        assert_eq!(url_password("ws://h/"), None);
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub async fn run(
                 stats.handshakes.fetch_add(1, Ordering::Relaxed);
                 stats.connected.store(true, Ordering::Relaxed);
                 stats.berth.store(berth, Ordering::Relaxed);
-                info!(url = %settings.url, berth, "connected to control plane");
+                info!(url = %crate::redaction::display_url(settings.url.as_str()), berth, "connected to control plane");
                 io.link.send_replace(Link {
                     epoch,
                     connected: true,
@@ -247,7 +247,7 @@ pub async fn run(
             }
             Err(e) => {
                 stats.reconnects_dial_failed.fetch_add(1, Ordering::Relaxed);
-                warn!(url = %settings.url, error = %e, "cannot connect to control plane");
+                warn!(url = %crate::redaction::display_url(settings.url.as_str()), error = %e, "cannot connect to control plane");
             }
         }
         let delay = backoff.next_delay();
