@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::Listen;
 use crate::protocol::ServerMessage;
@@ -310,19 +311,56 @@ impl Bound {
     }
 }
 
+/// Longest time a client may take to send a request's headers, counted from the connection's
+/// start or the end of the previous response: a connection that sends nothing (half-open,
+/// idle keep-alive) is closed after it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; further clients wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Serves `app` on `l` until `stop`, then removes `socket` (a Unix socket file) if given.
-fn spawn_server<L>(l: L, app: Router, stop: CancellationToken, socket: Option<PathBuf>)
+/// At most [`MAX_CONNECTIONS`] at once, each bound by [`HEADER_READ_TIMEOUT`], so a
+/// misbehaving local client cannot exhaust berth's file descriptors.
+fn spawn_server<L>(mut l: L, app: Router, stop: CancellationToken, socket: Option<PathBuf>)
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
     tokio::spawn(async move {
-        let r = axum::serve(l, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            warn!(error = %e, "local API stopped");
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let conns = tokio_util::task::TaskTracker::new();
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = stop.cancelled() => break,
+            };
+            let (io, _) = tokio::select! {
+                c = l.accept() => c,
+                _ = stop.cancelled() => break,
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            let stop = stop.clone();
+            conns.spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+                drop(permit);
+            });
         }
+        conns.close();
+        conns.wait().await;
         if let Some(p) = socket {
             let _ = std::fs::remove_file(p);
         }

@@ -386,3 +386,62 @@ fn the_admin_commands_say_when_the_daemon_is_not_running() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_open_api_connections_are_closed_and_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::start("api-idle", EnvOptions::default()).await;
+    let addr = env.handle.api.clone().unwrap();
+    // 300 connections that never send a request, and one that stalls mid-header.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut partial = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // While they are open the API still answers (they do not hold every slot forever).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let answered = loop {
+        let ok = tokio::time::timeout(
+            Duration::from_secs(5),
+            get(&format!("http://{addr}/healthz")),
+        )
+        .await
+        .is_ok_and(|(code, _)| code == 200);
+        if ok || std::time::Instant::now() > deadline {
+            break ok;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        answered,
+        "the API answered while 300 idle connections were open"
+    );
+    // Every idle connection is closed by the server (EOF, reset, or a 408 then EOF) within
+    // the timeouts; all are watched at once under one deadline.
+    let watchers: Vec<_> = idle
+        .into_iter()
+        .chain(std::iter::once(partial))
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                let until = tokio::time::Instant::now() + Duration::from_secs(40);
+                loop {
+                    match tokio::time::timeout_at(until, c.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return true,
+                        Ok(Ok(_)) => continue,
+                        Err(_) => return false,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut closed = 0;
+    for w in watchers {
+        closed += usize::from(w.await.unwrap());
+    }
+    assert_eq!(closed, 301, "idle connections left open by the local API");
+}
