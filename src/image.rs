@@ -106,6 +106,9 @@ fn is_digest(d: &str) -> bool {
     }
 }
 
+/// Longest repository name (registry host and path) Docker accepts.
+const MAX_NAME_LEN: usize = 255;
+
 impl ImageRef {
     /// Parses a reference the way Docker does (`ubuntu`, `ubuntu:22.04`, `ghcr.io/a/b@sha256:…`).
     pub fn parse(reference: &str) -> Result<Self, ImageRefError> {
@@ -140,6 +143,13 @@ impl ImageRef {
             }
             _ => (name_tag, None),
         };
+        // Docker's limit (distribution's NameTotalLengthMax): a longer name can never be
+        // pulled, so it is bad input, not a pull failure.
+        if name.len() > MAX_NAME_LEN {
+            return Err(invalid(
+                "the repository name is longer than 255 characters (Docker's limit)",
+            ));
+        }
         let (domain, path) = match name.split_once('/') {
             Some((first, rest))
                 if first.contains('.') || first.contains(':') || first == "localhost" =>
@@ -317,6 +327,13 @@ mod tests {
             );
         }
         assert_eq!(ImageRef::parse(""), Err(ImageRefError::Empty));
+        // 300 characters: a valid shape, but past Docker's 255 (issue 8: failed as image_pull).
+        let long = format!("ghcr.io/{}", "a".repeat(292));
+        assert!(
+            matches!(ImageRef::parse(&long), Err(ImageRefError::Invalid { why, .. }) if why.contains("255")),
+            "{long}"
+        );
+        assert!(ImageRef::parse(&format!("ghcr.io/{}:tag", "a".repeat(247))).is_ok());
     }
 
     #[test]
