@@ -113,6 +113,12 @@ pub fn plan_sidecars(a: &TaskAssignment) -> Result<Vec<SidecarMount>, SpecError>
                 s.image
             )));
         }
+        if let Err(why) = check_mount_path(&s.mount_path) {
+            return Err(SpecError::Sidecar(format!(
+                "additional sidecar {:?} has mount path {:?}: {why}; use an absolute path of its own such as /opt/tools",
+                s.image, s.mount_path
+            )));
+        }
         if out.iter().any(|m| m.mount_path == s.mount_path) {
             return Err(SpecError::Sidecar(format!(
                 "additional sidecar {:?} uses mount path {:?}, which is already mounted",
@@ -127,6 +133,47 @@ pub fn plan_sidecars(a: &TaskAssignment) -> Result<Vec<SidecarMount>, SpecError>
         });
     }
     Ok(out)
+}
+
+/// Directories a sidecar must not cover: the root, the image's system directories (the
+/// container would not start, or would run with the sidecar's files in their place).
+const SYSTEM_DIRS: [&str; 14] = [
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+    "/sbin", "/sys", "/usr", "/var",
+];
+
+/// Why a sidecar mount path is refused before anything is pulled (Docker would refuse most of
+/// these only at create time, or mount over the image's own files).
+pub fn check_mount_path(p: &str) -> Result<(), &'static str> {
+    if !p.starts_with('/') {
+        return Err("it is not absolute");
+    }
+    if p.contains(':') || p.contains(',') {
+        return Err("':' and ',' are separators in Docker's mount syntax");
+    }
+    if p.chars().any(char::is_control) {
+        return Err("it contains control characters");
+    }
+    if p.len() > 1024 {
+        return Err("it is longer than 1024 characters");
+    }
+    if p == "/" {
+        return Err("it would cover the container's whole filesystem");
+    }
+    if p.split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("it is not a plain path (empty, '.' or '..' components, or a trailing '/')");
+    }
+    let under = |d: &str| p == d || p.strip_prefix(d).is_some_and(|r| r.starts_with('/'));
+    if ["/proc", "/sys", "/dev"].iter().any(|d| under(d)) {
+        return Err("it lies in a kernel filesystem (/proc, /sys, /dev)");
+    }
+    if SYSTEM_DIRS.contains(&p) {
+        return Err("it would hide a system directory of the image");
+    }
+    Ok(())
 }
 
 /// The bind string of a prepared sidecar volume.
@@ -883,6 +930,35 @@ mod tests {
             matches!(bad("x", "/agent"), Err(SpecError::Sidecar(m)) if m.contains("already mounted"))
         );
         assert!(matches!(bad("Bad Image", "/x"), Err(SpecError::Sidecar(_))));
+        // Refused before any pull, with what is wrong and the fix (issue 8).
+        for (path, why) in [
+            ("/", "whole filesystem"),
+            ("/etc", "system directory"),
+            ("/usr", "system directory"),
+            ("/proc", "kernel filesystem"),
+            ("/proc/self", "kernel filesystem"),
+            ("/sys/fs", "kernel filesystem"),
+            ("relative/dir", "not absolute"),
+            ("/a:/b", "separators"),
+            ("/x/../etc", "not a plain path"),
+            ("/x/", "not a plain path"),
+            ("/x\ny", "control characters"),
+        ] {
+            assert!(
+                matches!(bad("x", path), Err(SpecError::Sidecar(m)) if m.contains(why) && m.contains("/opt/tools")),
+                "{path:?} → {:?}",
+                bad("x", path)
+            );
+        }
+        for ok in [
+            "/opt/tools",
+            "/usr/local/tool",
+            "/etc-tools",
+            "/workspace/.cache",
+            "/devtools",
+        ] {
+            assert!(bad("x", ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]
