@@ -468,7 +468,9 @@ impl Docker {
                 None::<bollard::query_parameters::CreateContainerOptions>,
                 ContainerCreateBody {
                     image: Some(image_id.to_string()),
-                    user: Some("root".to_string()),
+                    // Numeric: an image without /etc/passwd (distroless, FROM scratch) has no user
+                    // named root, but uid 0 always exists.
+                    user: Some("0:0".to_string()),
                     entrypoint: Some(vec![]),
                     cmd: Some(vec![
                         "/bin/sh".to_string(),

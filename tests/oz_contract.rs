@@ -192,3 +192,57 @@ async fn sidecar_errors_fail_the_task_with_sidecar_prep() {
         Some("Failed to execute task: additional sidecar has empty image")
     );
 }
+
+/// Removes an image and the sidecar volumes made from it when dropped.
+struct TestImage(&'static str);
+impl Drop for TestImage {
+    fn drop(&mut self) {
+        let filter = format!("label=berth.sidecar_image=docker.io/library/{}", self.0);
+        if let Ok(o) = Command::new("docker")
+            .args(["volume", "ls", "-q", "--filter", &filter])
+            .output()
+        {
+            for v in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("docker")
+                    .args(["volume", "rm", "-f", v])
+                    .output();
+            }
+        }
+        let _ = Command::new("docker").args(["rmi", "-f", self.0]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_image_without_etc_passwd_is_copied() {
+    let env = Env::start("sidecar-nopasswd", EnvOptions::default()).await;
+    // A distroless-like sidecar: no /etc/passwd, so no user named root.
+    let image = TestImage("berth-test-nopasswd:latest");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {BUSYBOX}\nRUN rm /etc/passwd\nLABEL berth.test=true\n"),
+    )
+    .unwrap();
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", image.0])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let t = env.cp.submit(SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        sidecar_image: Some(image.0.into()),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "test -x /agent/bin/busybox && test ! -e /agent/etc/passwd".into(),
+        ],
+        ..SubmitRequest::default()
+    });
+    let done = env.finished(&t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+}
