@@ -167,9 +167,17 @@ async fn oz_assignment_runs_the_agent_exactly_as_the_oz_worker_would() {
         "the agent sidecar must be mounted read-only"
     );
     assert!(containers_of(&env.worker_id).is_empty());
-    // The copy helpers never outlive the copy.
+    // The copy helpers never outlive the copy (this test's: other tests copy other sidecars
+    // at the same time).
     let helpers = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=berth.sidecar=copy"])
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            "label=berth.sidecar=copy",
+            "--filter",
+            &format!("ancestor={SIDECAR}"),
+        ])
         .output()
         .unwrap();
     assert!(helpers.stdout.is_empty());
