@@ -166,11 +166,7 @@ pub fn display_url(url: &str) -> String {
 pub fn url_password(url: &str) -> Option<String> {
     let u = url::Url::parse(url).ok()?;
     let p = u.password()?;
-    Some(
-        percent_decode(p)
-            .filter(|d| d != p)
-            .map_or_else(|| p.to_string(), |d| d),
-    )
+    Some(percent_decode(p).unwrap_or_else(|| p.to_string()))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
