@@ -173,7 +173,7 @@ impl Definition {
                     .ok_or_else(|| invalid(format!("resources.memory {n} is not a byte count")))?,
             ),
             Some(serde_json::Value::String(s)) => Some(
-                crate::config::parse_size(&s)
+                crate::units::parse_size(&s)
                     .map_err(|p| invalid(format!("resources.memory: {p}")))?,
             ),
             Some(other) => {

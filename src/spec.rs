@@ -389,7 +389,7 @@ pub struct ContainerSpec {
     pub image: String,
     /// `Cmd`.
     pub cmd: Vec<String>,
-    /// Entrypoint override: only the provisioning holder ([`crate::provision::held`]); `None`
+    /// Entrypoint override: only the provisioning holder ([`crate::holder::held`]); `None`
     /// keeps the image's.
     pub entrypoint: Option<Vec<String>>,
     /// `KEY=VALUE` entries.
@@ -462,7 +462,7 @@ pub fn container_spec(
     };
     let (entrypoint, cmd) = match ctx.hold {
         Some(image_entrypoint) => {
-            let (e, c) = crate::provision::held(image_entrypoint, &cmd);
+            let (e, c) = crate::holder::held(image_entrypoint, &cmd);
             (Some(e), c)
         }
         None => (None, cmd),

@@ -120,6 +120,11 @@ pub struct Spool {
     state: watch::Sender<SpoolState>,
 }
 
+/// Where spools live under `state_dir`.
+pub fn spool_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("transcripts")
+}
+
 /// Default of `transcript.full_disk_patience`.
 pub const DEFAULT_FULL_DISK_PATIENCE: Duration = Duration::from_secs(300);
 

@@ -320,7 +320,7 @@ impl Live {
         use base64::Engine;
         let rec = self.journal.by_task(task_id).ok()?.into_iter().next()?;
         let path = crate::spool::Spool::path_for(
-            &crate::worker::spool_dir(&self.state_dir),
+            &crate::spool::spool_dir(&self.state_dir),
             &rec.execution_id,
         );
         let t = crate::spool::Spool::read_all(&path).ok()?;
@@ -356,7 +356,7 @@ impl Live {
             reconnects_remote_close: self.session.reconnects_remote_close.load(Relaxed),
             pulls_ok,
             pulls_failed,
-            spool_bytes: dir_bytes(&crate::worker::spool_dir(&self.state_dir)),
+            spool_bytes: dir_bytes(&crate::spool::spool_dir(&self.state_dir)),
             undelivered: snap.undelivered,
             memory_available: self.memory().1,
             disk_free: crate::capacity::free_disk(&self.state_dir),

@@ -80,10 +80,7 @@ async fn reconcile_at_start(
     }
 }
 
-/// Where spools live under `state_dir`.
-pub fn spool_dir(state_dir: &std::path::Path) -> PathBuf {
-    state_dir.join("transcripts")
-}
+pub use crate::spool::spool_dir;
 
 /// Handles to a running worker, for status and tests.
 #[derive(Clone)]
