@@ -40,7 +40,21 @@ async fn a_running_task_rides_out_an_engine_outage_and_new_work_is_requeued_mean
     })
     .await;
     proxy.down();
-    // New work while the engine is away is rejected (and requeued by the server), not failed.
+    // Once the worker has noticed (its readiness says so; until then an assignment is taken
+    // and waits for the engine instead), new work is rejected and requeued, not failed.
+    let ready = format!("http://{}/readyz", env.handle.api.clone().unwrap());
+    let mut noticed = false;
+    for _ in 0..120 {
+        if reqwest::get(&ready)
+            .await
+            .is_ok_and(|r| r.status().as_u16() != 200)
+        {
+            noticed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(noticed, "the worker never noticed the engine outage");
     let t2 = env.submit(&["echo", "second"]);
     until("second task rejected while the engine is away", || {
         env.cp.task(&t2.id).is_some_and(|t| t.rejections >= 1)
