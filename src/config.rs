@@ -31,7 +31,8 @@ const DEFAULT_MAX_MESSAGE: u64 = 16 << 20;
 const DEFAULT_TRANSCRIPT_MAX: u64 = 256 << 20;
 const DEFAULT_TRANSCRIPT_TAIL: u64 = 16 << 20;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
-const DEFAULT_FULL_DISK_PATIENCE: Duration = Duration::from_secs(300);
+// One default, kept by the spool that applies it.
+use crate::spool::DEFAULT_FULL_DISK_PATIENCE;
 const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
 const DEFAULT_ENVIRONMENTS_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(15);
@@ -489,6 +490,25 @@ impl Collector<'_> {
             problem,
             fix: fix.to_string(),
         });
+    }
+
+    /// The duration at `key`, `default` when absent; an unparsable one is reported (with
+    /// `fix`) and replaced by `default` so every other error is still collected.
+    fn duration(
+        &mut self,
+        key: &str,
+        sp: Option<&Spanned<String>>,
+        default: Duration,
+        fix: &str,
+    ) -> Duration {
+        match sp.map(|sp| (sp, parse_duration(&sp.value))) {
+            None => default,
+            Some((_, Ok(d))) => d,
+            Some((sp, Err(p))) => {
+                self.at(key, Some(sp), p, fix);
+                default
+            }
+        }
     }
 }
 
@@ -1459,36 +1479,18 @@ pub fn load_str(
             "keep tail_bytes at most max_bytes",
         );
     }
-    let retention = match &tr.retention {
-        None => DEFAULT_RETENTION,
-        Some(sp) => match parse_duration(&sp.value) {
-            Ok(d) => d,
-            Err(p) => {
-                c.at(
-                    "transcript.retention",
-                    Some(sp),
-                    p,
-                    "use a duration such as 24h",
-                );
-                DEFAULT_RETENTION
-            }
-        },
-    };
-    let full_disk_patience = match &tr.full_disk_patience {
-        None => DEFAULT_FULL_DISK_PATIENCE,
-        Some(sp) => match parse_duration(&sp.value) {
-            Ok(d) => d,
-            Err(p) => {
-                c.at(
-                    "transcript.full_disk_patience",
-                    Some(sp),
-                    p,
-                    "use a duration such as 5m",
-                );
-                DEFAULT_FULL_DISK_PATIENCE
-            }
-        },
-    };
+    let retention = c.duration(
+        "transcript.retention",
+        tr.retention.as_ref(),
+        DEFAULT_RETENTION,
+        "use a duration such as 24h",
+    );
+    let full_disk_patience = c.duration(
+        "transcript.full_disk_patience",
+        tr.full_disk_patience.as_ref(),
+        DEFAULT_FULL_DISK_PATIENCE,
+        "use a duration such as 5m",
+    );
     let redact: Vec<Secret> = tr
         .redact
         .unwrap_or_default()
@@ -2015,6 +2017,19 @@ mod tests {
         );
         let e = one_error("worker_id: w\ntranscript:\n  max_bytes: 10MB\n");
         assert_eq!(e.key, "transcript.max_bytes");
+        let e = one_error("worker_id: w\ntranscript:\n  full_disk_patience: 300\n");
+        assert_eq!(
+            (
+                e.key.as_str(),
+                e.location.as_ref().map(|l| l.1),
+                e.fix.as_str()
+            ),
+            (
+                "transcript.full_disk_patience",
+                Some(3),
+                "use a duration such as 5m"
+            )
+        );
         let e = one_error("worker_id: w\nshutdown_mode: kill\n");
         assert!(e.problem.contains("preserve"), "{}", e.problem);
         let c = load_yaml(
