@@ -448,26 +448,44 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A test environment whose `state_dir` is a tmpfs of `size` (`None`, said on stderr, where
+/// mounting needs root we do not have). Bind `_dir` first so it drops last, after the unmount.
+struct DiskEnv {
+    env: Env,
+    fs: Tmpfs,
+    _dir: tempfile::TempDir,
+}
+
+impl DiskEnv {
+    async fn start(name: &str, size: &str, yaml: &str) -> Option<DiskEnv> {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(fs) = Tmpfs::mount(dir.path(), size) else {
+            eprintln!(
+                "SKIPPED: mounting a tmpfs needs root (CI runs as root); disk-full behaviour not exercised here"
+            );
+            return None;
+        };
+        let env = Env::start(
+            name,
+            EnvOptions {
+                overrides: berth::config::Overrides {
+                    state_dir: Some(dir.path().to_path_buf()),
+                    ..Default::default()
+                },
+                yaml: yaml.into(),
+                ..EnvOptions::default()
+            },
+        )
+        .await;
+        Some(DiskEnv { env, fs, _dir: dir })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_state_dir_delays_the_transcript_but_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(dir.path(), "1m") else {
-        eprintln!(
-            "SKIPPED: mounting a tmpfs needs root (CI runs as root); disk-full behaviour not exercised here"
-        );
+    let Some(DiskEnv { _dir, fs, env }) = DiskEnv::start("diskfull", "1m", "").await else {
         return;
     };
-    let env = Env::start(
-        "diskfull",
-        EnvOptions {
-            overrides: berth::config::Overrides {
-                state_dir: Some(dir.path().to_path_buf()),
-                ..Default::default()
-            },
-            ..EnvOptions::default()
-        },
-    )
-    .await;
     let t = run_task(&env.cp, "seq 1 400000", &[]);
     // The task itself is unaffected: its container runs to the end although the spool is full.
     until("container started", || {
@@ -632,25 +650,11 @@ async fn repeated_kill_9_during_interleaved_output_loses_and_doubles_no_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_dir_that_stays_full_counts_every_lost_byte_in_the_transcript_and_result() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(_fs) = Tmpfs::mount(dir.path(), "4m") else {
-        eprintln!(
-            "SKIPPED: mounting a tmpfs needs root (CI runs as root); disk-full behaviour not exercised here"
-        );
+    let Some(DiskEnv { _dir, fs: _fs, env }) =
+        DiskEnv::start("diskstays", "4m", DISK_PATIENCE).await
+    else {
         return;
     };
-    let env = Env::start(
-        "diskstays",
-        EnvOptions {
-            overrides: berth::config::Overrides {
-                state_dir: Some(dir.path().to_path_buf()),
-                ..Default::default()
-            },
-            yaml: DISK_PATIENCE.into(),
-            ..EnvOptions::default()
-        },
-    )
-    .await;
     // 20 MB of 4 KB lines into a 4 MiB state_dir that never gets more room.
     let t = run_task(
         &env.cp,
