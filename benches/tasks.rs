@@ -16,9 +16,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth::config::{self, Overrides, Secret};
+use berth::config::{self, Overrides};
 use berth::devserver::ControlPlane;
 use berth::devserver::state::{SubmitRequest, TaskState};
+use berth::secret::Secret;
 use berth::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -111,7 +112,7 @@ async fn berth_batch(cp: &ControlPlane, n: usize) -> Duration {
 }
 
 fn main() {
-    berth::tls::install_default_provider();
+    berth::control::tls::install_default_provider();
     let single_n = env_usize("BERTH_BENCH_SINGLE", 15);
     let batch_n = env_usize("BERTH_BENCH_BATCH", 100);
     let conc = 8;

@@ -83,7 +83,7 @@ fn submit(cp: &ControlPlane, bytes: u64) -> String {
 }
 
 fn main() {
-    berth::tls::install_default_provider();
+    berth::control::tls::install_default_provider();
     let mb: u64 = std::env::var("BERTH_BENCH_MB")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -32,7 +32,8 @@ const DEFAULT_TRANSCRIPT_MAX: u64 = 256 << 20;
 const DEFAULT_TRANSCRIPT_TAIL: u64 = 16 << 20;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 // One default, kept by the spool that applies it.
-use crate::spool::DEFAULT_FULL_DISK_PATIENCE;
+use crate::secret::Secret;
+use crate::transcript::spool::DEFAULT_FULL_DISK_PATIENCE;
 const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
 const DEFAULT_ENVIRONMENTS_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(15);
@@ -112,7 +113,7 @@ struct RawEnvironment {
     image: Option<Spanned<String>>,
     env: Option<BTreeMap<String, String>>,
     workdir: Option<Spanned<String>>,
-    repos: Option<Spanned<Vec<crate::environment::Repo>>>,
+    repos: Option<Spanned<Vec<crate::spec::environment::Repo>>>,
     setup: Option<Spanned<Vec<String>>>,
     resources: Option<RawResources>,
 }
@@ -224,27 +225,6 @@ struct RawLog {
 
 // ---- validated config ------------------------------------------------------------------------
 
-/// A secret string that never prints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself; call only where it is sent.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[REDACTED]")
-    }
-}
-
 /// Control-plane connection settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlPlane {
@@ -294,7 +274,7 @@ pub struct DockerBackend {
     /// Time between SIGTERM and SIGKILL when stopping a task.
     pub stop_grace_period: Duration,
     /// What tasks may run and do.
-    pub policy: crate::policy::Policy,
+    pub policy: crate::spec::policy::Policy,
     /// Docker CLI config file with registry credentials (`auths`); `None` = the service
     /// user's `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.
     pub auth_config: Option<PathBuf>,
@@ -332,7 +312,7 @@ pub struct Config {
     /// Resource-aware admission.
     pub admission: AdmissionSettings,
     /// Named environments, selected by `agent_config_snapshot.environment_id`.
-    pub environments: BTreeMap<String, crate::environment::Environment>,
+    pub environments: BTreeMap<String, crate::spec::environment::Environment>,
     /// Environment used when a task names none (or an unknown one).
     pub default_environment: Option<String>,
     /// The local API.
@@ -387,7 +367,7 @@ pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9464";
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdmissionSettings {
     /// CPU and memory held back for the host itself.
-    pub reserve: crate::policy::Resources,
+    pub reserve: crate::spec::policy::Resources,
     /// Tasks are rejected while `state_dir` or Docker's data dir has less free space.
     pub min_free_disk: u64,
 }
@@ -643,7 +623,7 @@ fn resources_of(
     key: &str,
     r: Option<RawResources>,
     c: &mut Collector<'_>,
-) -> crate::policy::Resources {
+) -> crate::spec::policy::Resources {
     let r = r.unwrap_or_default();
     let cpus = r.cpus.and_then(|sp| {
         if sp.value > 0.0 && sp.value.is_finite() {
@@ -679,11 +659,11 @@ fn resources_of(
             None
         }
     });
-    crate::policy::Resources { cpus, memory }
+    crate::spec::policy::Resources { cpus, memory }
 }
 
-fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::policy::Policy {
-    use crate::policy::{Policy, Security};
+fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::policy::Policy {
+    use crate::spec::policy::{Policy, Security};
     let d = Policy::default();
     let mut allowed = Vec::new();
     for p in raw.allowed_images.unwrap_or_default() {
@@ -1229,7 +1209,7 @@ pub fn load_str(
         .as_ref()
         .map(|s| s.value.clone())
         .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
-    if let Err(e) = crate::image::ImageRef::parse(&default_image) {
+    if let Err(e) = crate::spec::image::ImageRef::parse(&default_image) {
         c.at(
             "backend.docker.default_image",
             docker.default_image.as_ref(),
@@ -1357,7 +1337,7 @@ pub fn load_str(
     for (name, e) in raw.environments.unwrap_or_default() {
         let key = format!("environments.{name}");
         if let Some(img) = &e.image
-            && let Err(err) = crate::image::ImageRef::parse(&img.value)
+            && let Err(err) = crate::spec::image::ImageRef::parse(&img.value)
         {
             c.at(
                 &format!("{key}.image"),
@@ -1387,7 +1367,7 @@ pub fn load_str(
             }
         }
         let resources = resources_of(&format!("{key}.resources"), e.resources, &mut c);
-        let env = crate::environment::Environment {
+        let env = crate::spec::environment::Environment {
             source: format!("config:{name}"),
             image: e.image.map(|i| i.value),
             env: e.env.unwrap_or_default(),
@@ -1405,11 +1385,11 @@ pub fn load_str(
             resources,
         };
         // Workdir is reported above with its own line; repos and setup here.
-        let checked = crate::environment::Environment {
+        let checked = crate::spec::environment::Environment {
             workdir: None,
             ..env.clone()
         };
-        if let Err(problem) = crate::environment::validate(&checked) {
+        if let Err(problem) = crate::spec::environment::validate(&checked) {
             if problem.contains("setup command") {
                 c.at(
                     &format!("{key}.setup"),
@@ -1674,8 +1654,10 @@ impl Config {
             cleanup: self.cleanup,
             state_dir: self.state_dir.display().to_string(),
             control_plane: EffectiveControlPlane {
-                url: crate::redaction::display_url(self.control_plane.url.as_str()),
-                server_root_url: crate::redaction::display_url(&self.control_plane.server_root_url),
+                url: crate::transcript::redaction::display_url(self.control_plane.url.as_str()),
+                server_root_url: crate::transcript::redaction::display_url(
+                    &self.control_plane.server_root_url,
+                ),
                 api_key: format!("[REDACTED] (from {})", self.control_plane.api_key_source),
                 ca_file: p(&self.control_plane.ca_file),
                 client_cert_file: p(&self.control_plane.client_cert_file),
@@ -1690,12 +1672,12 @@ impl Config {
                     .control_plane
                     .session_sharing_server_url
                     .as_deref()
-                    .map(crate::redaction::display_url),
+                    .map(crate::transcript::redaction::display_url),
                 environments_url: self
                     .control_plane
                     .environments_url
                     .as_deref()
-                    .map(crate::redaction::display_url),
+                    .map(crate::transcript::redaction::display_url),
                 environments_ttl: humantime::format_duration(self.control_plane.environments_ttl)
                     .to_string(),
                 status_interval: humantime::format_duration(self.control_plane.status_interval)

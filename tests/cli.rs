@@ -359,7 +359,7 @@ async fn sighup_applies_a_valid_config_and_keeps_the_running_one_when_invalid() 
         let out = berth(&["status", "--json", "--api", sock.to_str().unwrap()])
             .output()
             .unwrap();
-        serde_json::from_slice::<berth::status::Status>(&out.stdout).unwrap()
+        serde_json::from_slice::<berth::admin::status::Status>(&out.stdout).unwrap()
     };
     assert_eq!(status(&sock).worker.max_concurrent_tasks, 3);
     // An invalid file: every error logged, the running configuration kept, still serving.

@@ -297,7 +297,7 @@ async fn the_unix_socket_is_0660_and_trusted_and_status_lists_tasks() {
     assert!(text.contains("connected (berth/1); ready"), "{text}");
     assert!(text.contains(&t.id) && text.contains("running"), "{text}");
     let json = cli(&["status", "--json", "--api", sock.to_str().unwrap()]);
-    let s: berth::status::Status = serde_json::from_slice(&json.stdout).unwrap();
+    let s: berth::admin::status::Status = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(s.worker.active_tasks, 1);
     assert!(s.tasks[0].output_bytes > 0);
     cli_ok(&["drain", "--api", sock.to_str().unwrap()]);

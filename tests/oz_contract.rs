@@ -10,8 +10,8 @@ use std::process::Command;
 
 use berth::config::Overrides;
 use berth::devserver::state::{SubmitRequest, TaskState};
-use berth::image::{ImageRef, sidecar_volume_name};
 use berth::protocol::{AgentConfigSnapshot, Owner, RawJson};
+use berth::spec::image::{ImageRef, sidecar_volume_name};
 use support::*;
 
 fn snapshot() -> AgentConfigSnapshot {

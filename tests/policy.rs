@@ -157,7 +157,7 @@ async fn the_policy_timeout_stops_the_container_and_reports_task_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_rejects_a_task_whose_memory_does_not_fit_until_another_ends() {
     // Hold back all host memory but 1.5 GiB: one 1 GiB task fits, a second does not.
-    let host = berth::capacity::Host::read();
+    let host = berth::supervisor::capacity::Host::read();
     let reserve = host.memory - (3 << 29);
     let env = Env::start(
         "admission",

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use berth::config::{self, Overrides, Secret};
+use berth::config::{self, Overrides};
 use berth::devserver::state::TaskState;
 use berth::devserver::{ControlPlane, ServerOptions};
+use berth::secret::Secret;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -47,7 +48,7 @@ fn pki() -> Pki {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
-    let provider = berth::tls::provider();
+    let provider = berth::control::tls::provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .unwrap();
@@ -112,7 +113,7 @@ fn tls_config(url: &str, id: &str, dir: &Path, client_cert: bool, ca: bool) -> c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_with_a_private_ca_and_a_client_certificate_runs_tasks() {
-    berth::tls::install_default_provider();
+    berth::control::tls::install_default_provider();
     let _images = Images::acquire();
     let pki = pki();
     let (cp, url) = tls_control_plane(&pki).await;
@@ -133,7 +134,7 @@ async fn wss_with_a_private_ca_and_a_client_certificate_runs_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_server_or_a_missing_client_certificate_never_connects() {
-    berth::tls::install_default_provider();
+    berth::control::tls::install_default_provider();
     let pki = pki();
     let (cp, url) = tls_control_plane(&pki).await;
     for (client_cert, ca) in [(true, false), (false, true)] {
@@ -158,7 +159,7 @@ async fn an_untrusted_server_or_a_missing_client_certificate_never_connects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_server_is_declared_dead_after_two_heartbeats_and_redialled() {
-    berth::tls::install_default_provider();
+    berth::control::tls::install_default_provider();
     // A server that completes the handshake and then never reads or writes again: no pongs.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

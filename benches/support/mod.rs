@@ -9,9 +9,9 @@ pub const IMAGE: &str = "berth-bench-busybox:latest";
 pub async fn import_image() {
     let docker = bollard::Docker::connect_with_local_defaults().expect("Docker");
     let (name, tag) = IMAGE.split_once(':').unwrap_or((IMAGE, "latest"));
-    berth::rootfs::import_busybox_image(
+    berth::runtime::docker::rootfs::import_busybox_image(
         &docker,
-        std::path::Path::new(berth::rootfs::DEFAULT_BUSYBOX),
+        std::path::Path::new(berth::runtime::docker::rootfs::DEFAULT_BUSYBOX),
         name,
         tag,
         &[],

@@ -15,10 +15,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use berth::config::{self, Overrides, Secret};
+use berth::config::{self, Overrides};
 use berth::devserver::state::{SubmitRequest, TaskRecord};
 use berth::devserver::{ControlPlane, ServerOptions};
-use berth::rootfs::{ExtraFile, rootfs_tar};
+use berth::runtime::docker::rootfs::{ExtraFile, rootfs_tar};
+use berth::secret::Secret;
 use berth::worker::{Worker, WorkerHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +58,7 @@ fn docker(args: &[&str]) -> std::process::Output {
 }
 
 fn import(name: &str, extra: &[ExtraFile]) {
-    let busybox = std::fs::read(berth::rootfs::DEFAULT_BUSYBOX)
+    let busybox = std::fs::read(berth::runtime::docker::rootfs::DEFAULT_BUSYBOX)
         .expect("install Debian's busybox-static: the tests build their images from /bin/busybox");
     let tar = rootfs_tar(&busybox, extra).unwrap();
     let mut child = Command::new("docker")
@@ -340,7 +341,7 @@ impl Env {
                 .with_test_writer()
                 .try_init();
         }
-        berth::tls::install_default_provider();
+        berth::control::tls::install_default_provider();
         let images = Images::acquire();
         let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
         let cp = control_plane(&api_key, opts.accept_berth, None).await;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::status::Live;
+use crate::admin::status::Live;
 
 /// Where and how often to notify.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +69,7 @@ impl Notifier {
 }
 
 /// The one-line `STATUS=` text (pure).
-pub fn status_line(s: &crate::status::Status) -> String {
+pub fn status_line(s: &crate::admin::status::Status) -> String {
     let link = match (&s.protocol, s.connected) {
         (Some(p), true) => format!("connected ({p})"),
         _ => "not connected".to_string(),
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn the_status_line_says_connection_slots_and_trouble() {
-        let mut st = crate::status::Status::example();
+        let mut st = crate::admin::status::Status::example();
         assert_eq!(status_line(&st), "connected (berth/1), 1/4 slots");
         st.connected = false;
         st.worker.draining = true;

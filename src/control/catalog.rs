@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::config::Secret;
-use crate::environment::{Definition, Environment};
+use crate::secret::Secret;
+use crate::spec::environment::{Definition, Environment};
 
 /// Largest environment document accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -269,7 +269,7 @@ impl Catalog {
             }
             Err(reason) => match cached {
                 Some(e) => {
-                    warn!(environment = %id, url = %crate::redaction::display_url(&url), error = %reason, "environment API failed; using the cached copy");
+                    warn!(environment = %id, url = %crate::transcript::redaction::display_url(&url), error = %reason, "environment API failed; using the cached copy");
                     Ok((e.env, Freshness::Stale(reason)))
                 }
                 None => Err(CatalogError::Unavailable {

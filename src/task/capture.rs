@@ -5,15 +5,14 @@
 //! (a [`Cursor`]), plus how many bytes were produced since. A restarted worker re-reads from
 //! that point with fresh redactors (deterministic) and skips what it had already spooled.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
-use crate::docker::{Docker, DockerError};
 use crate::protocol::Stream;
-use crate::spool::Spool;
+use crate::runtime::docker::{Docker, DockerError};
+use crate::transcript::spool::{SharedSpool, append_retrying, lock};
 use crate::transcript::{Cursor, Redactor, Resume, slot, split_timestamp};
 
 /// Largest batch written as one spool record run.
@@ -30,49 +29,6 @@ pub enum CaptureError {
     /// The engine failed and the container is gone.
     #[error(transparent)]
     Docker(#[from] DockerError),
-}
-
-/// Shared handle on a spool.
-pub type SharedSpool = Arc<Mutex<Spool>>;
-
-/// Locks a spool (a poisoned lock still holds consistent data: writes are all-or-nothing).
-pub fn lock(spool: &SharedSpool) -> std::sync::MutexGuard<'_, Spool> {
-    match spool.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-/// Appends with retries: a full disk is reported loudly and retried (the engine keeps the
-/// output meanwhile, the spool is never left with a torn record) until the spool's
-/// `full_disk_patience` runs out; then the bytes are counted as lost, and the spool announces
-/// the gap with its size at the next write. Returns whether the bytes were stored.
-pub async fn append_retrying(
-    spool: &SharedSpool,
-    stream: Stream,
-    bytes: &[u8],
-    resume: Resume,
-) -> bool {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let failed = {
-            let mut sp = lock(spool);
-            match sp.append(stream, bytes, resume) {
-                Ok(()) => return true,
-                Err(e) if sp.out_of_patience() => {
-                    if !sp.gap_pending() {
-                        error!(error = %e, "no room for the transcript for transcript.full_disk_patience; output is counted as lost until space is back, and the transcript says where and how much");
-                    }
-                    sp.give_up(bytes.len() as u64, resume, &e);
-                    return false;
-                }
-                Err(e) => e,
-            }
-        };
-        error!(error = %failed, "cannot write the transcript; the task keeps running and its output is kept by the engine until space is available (up to transcript.full_disk_patience)");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
 }
 
 /// The pure half of capture: turns engine log entries, in the engine's order, into redacted

@@ -8,11 +8,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::capture::{SharedSpool, lock};
 use crate::journal::Journal;
 use crate::protocol::{TerminalExt, WorkerMessage};
-use crate::spool::SpoolState;
 use crate::transcript::MAX_CHUNK;
+use crate::transcript::spool::SpoolState;
+use crate::transcript::spool::{SharedSpool, lock};
 
 /// The state of the control-plane link, published by the session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

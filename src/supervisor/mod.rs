@@ -2,9 +2,12 @@
 //! cancellation routing, drain and shutdown. It knows nothing about sockets or Docker details:
 //! it reads [`SessionEvent`]s, spawns task runs, and queues [`WorkerMessage`]s.
 
+pub mod capacity;
+pub mod reconcile;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -12,18 +15,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::capture::{SharedSpool, lock};
 use crate::config::ShutdownMode;
+use crate::control::session::SessionEvent;
+use crate::control::shipper::{Acks, Link, Outbound, Shipper};
 use crate::failure::FailureReason;
 use crate::journal::{ExecRecord, ExecState};
 use crate::metrics::RejectKind;
 use crate::protocol::{
     HeldTask, Hello, REJECT_AT_CAPACITY, ServerMessage, TaskAssignment, WorkerMessage,
 };
-use crate::session::SessionEvent;
-use crate::shipper::{Acks, Link, Outbound, Shipper};
-use crate::spool::Spool;
 use crate::task::{self, Execution, RunEnd, StopReason, TaskControl, TaskEnv};
+use crate::transcript::spool::Spool;
+use crate::transcript::spool::{SharedSpool, lock};
 
 /// How long a cancel-mode shutdown waits for the last results to be delivered.
 const FLUSH: Duration = Duration::from_secs(10);
@@ -94,9 +97,9 @@ pub struct Reconfigure {
     /// `worker_hello` labels.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Reservations and limits.
-    pub policy: crate::policy::Policy,
+    pub policy: crate::spec::policy::Policy,
     /// Held back for the host.
-    pub reserve: crate::policy::Resources,
+    pub reserve: crate::spec::policy::Resources,
     /// Minimum free disk.
     pub min_free_disk: u64,
 }
@@ -116,7 +119,7 @@ pub struct TaskView {
     /// When it was claimed.
     pub claimed_at: chrono::DateTime<chrono::Utc>,
     /// Live transcript length.
-    pub output: watch::Receiver<crate::spool::SpoolState>,
+    pub output: watch::Receiver<crate::transcript::spool::SpoolState>,
 }
 
 /// A snapshot of the supervisor's state for status reporting.
@@ -139,7 +142,7 @@ pub struct Snapshot {
 struct Active {
     execution_id: String,
     control: Arc<TaskControl>,
-    reservation: crate::policy::Resources,
+    reservation: crate::spec::policy::Resources,
     image: String,
     claimed_at: chrono::DateTime<chrono::Utc>,
 }
@@ -177,15 +180,15 @@ pub struct SupervisorConfig {
     /// Hello fields.
     pub labels: std::collections::BTreeMap<String, String>,
     /// What the host has.
-    pub host: crate::capacity::Host,
+    pub host: crate::supervisor::capacity::Host,
     /// Held back for the host.
-    pub reserve: crate::policy::Resources,
+    pub reserve: crate::spec::policy::Resources,
     /// Minimum free disk under `disk_paths`.
     pub min_free_disk: u64,
     /// `state_dir` and Docker's data dir.
     pub disk_paths: Vec<PathBuf>,
     /// For task reservations.
-    pub policy: crate::policy::Policy,
+    pub policy: crate::spec::policy::Policy,
 }
 
 /// Owns every execution of this worker.
@@ -361,7 +364,10 @@ impl Supervisor {
         }
     }
 
-    fn open_spool(&self, execution_id: &str) -> Result<SharedSpool, crate::spool::SpoolError> {
+    fn open_spool(
+        &self,
+        execution_id: &str,
+    ) -> Result<SharedSpool, crate::transcript::spool::SpoolError> {
         // Room for announcing losses if the disk fills (re-made once space is back).
         Spool::ensure_reserve(&self.cfg.spool_dir);
         Spool::open(
@@ -371,7 +377,7 @@ impl Supervisor {
             self.cfg.tail_bytes,
         )
         .map(|s| {
-            Arc::new(Mutex::new(
+            Arc::new(parking_lot::Mutex::new(
                 s.with_full_disk_patience(self.cfg.full_disk_patience),
             ))
         })
@@ -741,7 +747,7 @@ impl Supervisor {
         }
     }
 
-    async fn start(&mut self, a: TaskAssignment, reservation: crate::policy::Resources) {
+    async fn start(&mut self, a: TaskAssignment, reservation: crate::spec::policy::Resources) {
         let task_id = a.task_id.clone();
         let execution_id = a
             .execution_id
@@ -801,8 +807,8 @@ impl Supervisor {
 
     /// What a task reserves: its shape › its environment's resources (a fetched environment
     /// counts from its cached copy; admission never waits for the network) › the defaults.
-    fn reservation(&self, a: &TaskAssignment, berth: bool) -> crate::policy::Resources {
-        use crate::environment::{Choice, choose};
+    fn reservation(&self, a: &TaskAssignment, berth: bool) -> crate::spec::policy::Resources {
+        use crate::spec::environment::{Choice, choose};
         let s = &self.env.settings();
         let catalog = self.env.catalog.as_deref();
         let env = match choose(
@@ -843,24 +849,29 @@ impl Supervisor {
     }
 
     /// Resource-aware admission: memory/CPU reservations and free disk.
-    fn fits(&self, want: crate::policy::Resources) -> Result<(), String> {
+    fn fits(&self, want: crate::spec::policy::Resources) -> Result<(), String> {
         // A task started now could only fail: let the server requeue it instead.
         if let Some(e) = self.engine_down() {
             return Err(format!("Docker engine unreachable ({e})"));
         }
-        let running: Vec<crate::policy::Resources> =
+        let running: Vec<crate::spec::policy::Resources> =
             self.tasks.values().map(|t| t.reservation).collect();
-        crate::capacity::fits(want, &running, self.cfg.host, self.cfg.reserve)?;
+        crate::supervisor::capacity::fits(want, &running, self.cfg.host, self.cfg.reserve)?;
         if self.cfg.min_free_disk > 0 {
             let free: Vec<(String, Option<u64>)> = self
                 .cfg
                 .disk_paths
                 .iter()
-                .map(|p| (p.display().to_string(), crate::capacity::free_disk(p)))
+                .map(|p| {
+                    (
+                        p.display().to_string(),
+                        crate::supervisor::capacity::free_disk(p),
+                    )
+                })
                 .collect();
             let view: Vec<(&str, Option<u64>)> =
                 free.iter().map(|(p, f)| (p.as_str(), *f)).collect();
-            crate::capacity::disk_ok(&view, self.cfg.min_free_disk)?;
+            crate::supervisor::capacity::disk_ok(&view, self.cfg.min_free_disk)?;
         }
         Ok(())
     }

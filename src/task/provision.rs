@@ -13,14 +13,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use crate::capture::{SharedSpool, append_retrying, lock};
-use crate::docker::{Docker, DockerError};
-use crate::environment::{Environment, Repo, WORKSPACE, repo_dir};
 use crate::failure::{Failure, FailureReason};
 use crate::protocol::Stream;
+use crate::runtime::docker::{Docker, DockerError};
+use crate::spec::environment::{Environment, Repo, WORKSPACE, repo_dir};
 use crate::transcript::Redactor;
+use crate::transcript::spool::{SharedSpool, append_retrying, lock};
 
-pub use crate::holder::{HOLD_SCRIPT, RELEASE_SIGNAL, held};
+pub use crate::spec::holder::{HOLD_SCRIPT, RELEASE_SIGNAL, held};
 
 /// What a step is for (decides the failure reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,11 +3,16 @@
 //! Everything here follows PROTOCOL.md §5 to the letter; it is what makes a berth container
 //! indistinguishable from one the Oz worker would have started.
 
+pub mod environment;
+pub mod holder;
+pub mod image;
+pub mod policy;
+
 use std::collections::BTreeMap;
 
 use crate::failure::FailureReason;
-use crate::image::{ImageRef, ImageRefError};
 use crate::protocol::{AgentConfigSnapshot, TaskAssignment};
+use crate::spec::image::{ImageRef, ImageRefError};
 
 /// Where the agent sidecar is mounted.
 pub const AGENT_MOUNT: &str = "/agent";
@@ -389,7 +394,7 @@ pub struct ContainerSpec {
     pub image: String,
     /// `Cmd`.
     pub cmd: Vec<String>,
-    /// Entrypoint override: only the provisioning holder ([`crate::holder::held`]); `None`
+    /// Entrypoint override: only the provisioning holder ([`crate::spec::holder::held`]); `None`
     /// keeps the image's.
     pub entrypoint: Option<Vec<String>>,
     /// `KEY=VALUE` entries.
@@ -407,7 +412,7 @@ pub struct ContainerSpec {
     /// Memory+swap limit; equal to `memory_bytes` so the task gets no extra swap.
     pub memory_swap_bytes: Option<i64>,
     /// Operator security settings.
-    pub security: crate::policy::Security,
+    pub security: crate::spec::policy::Security,
 }
 
 /// Inputs of [`container_spec`] that are not in the assignment.
@@ -430,11 +435,11 @@ pub struct SpecContext<'a> {
     /// Operator volumes (config entries, then `-v` flags).
     pub operator_volumes: &'a [String],
     /// CPU and memory limits decided by the policy.
-    pub limits: crate::policy::Limits,
+    pub limits: crate::spec::policy::Limits,
     /// Operator security settings.
-    pub security: &'a crate::policy::Security,
+    pub security: &'a crate::spec::policy::Security,
     /// The task's environment, if any.
-    pub environment: Option<&'a crate::environment::Environment>,
+    pub environment: Option<&'a crate::spec::environment::Environment>,
     /// The image's entrypoint, when the environment provisions inside the container: the
     /// container then starts held and runs this plus the cmd once released.
     pub hold: Option<&'a [String]>,
@@ -462,7 +467,7 @@ pub fn container_spec(
     };
     let (entrypoint, cmd) = match ctx.hold {
         Some(image_entrypoint) => {
-            let (e, c) = crate::holder::held(image_entrypoint, &cmd);
+            let (e, c) = crate::spec::holder::held(image_entrypoint, &cmd);
             (Some(e), c)
         }
         None => (None, cmd),
@@ -996,7 +1001,7 @@ mod tests {
         let image = ImageRef::parse("busybox").unwrap_or_else(|e| panic!("{e}"));
         let s = settings();
         let vols = strs(&["/host:/data:ro"]);
-        let policy = crate::policy::Policy::default();
+        let policy = crate::spec::policy::Policy::default();
         let limits = policy.limits(a.instance_shape, None).unwrap_or_default();
         let ctx = SpecContext {
             worker_id: "w1",

@@ -1,5 +1,9 @@
 //! The Docker backend (bollard): images, sidecar volumes, and the life of one task container.
 
+pub mod credentials;
+pub mod progress;
+pub mod rootfs;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -22,8 +26,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::PullPolicy;
-use crate::image::{ImageRef, sidecar_volume_name};
 use crate::protocol::Stream;
+use crate::spec::image::{ImageRef, sidecar_volume_name};
 use crate::spec::{ContainerSpec, LABEL_EXECUTION, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER};
 
 /// Label on sidecar volumes so operators can find (and prune) them.
@@ -281,7 +285,7 @@ impl Docker {
     fn credentials(&self, domain: &str) -> Option<bollard::auth::DockerCredentials> {
         let path = self.auth_config.as_ref()?;
         let text = std::fs::read_to_string(path).ok()?;
-        crate::credentials::for_registry(&text, domain)
+        crate::runtime::docker::credentials::for_registry(&text, domain)
     }
 
     async fn counted_pull(
@@ -313,7 +317,7 @@ impl Docker {
         let mut stream =
             self.client
                 .create_image(Some(opts), None, self.credentials(&image.domain));
-        let mut condensed = crate::progress::PullProgress::default();
+        let mut condensed = crate::runtime::docker::progress::PullProgress::default();
         // Progress lines are a courtesy: dropped rather than slowing the pull when the reader
         // lags.
         let say = |line: String| {

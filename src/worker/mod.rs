@@ -11,15 +11,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::config::Config;
-use crate::docker::{Docker, DockerError};
+use crate::control::session::{self, SessionIo, SessionSettings, SessionStats};
+use crate::control::shipper::Link;
+use crate::control::tls::{self, TlsError};
 use crate::journal::{ExecState, Journal, JournalError};
-use crate::session::{self, SessionIo, SessionSettings, SessionStats};
-use crate::shipper::Link;
+use crate::runtime::docker::{Docker, DockerError};
 use crate::spec::AgentSettings;
-use crate::spool::Spool;
 use crate::supervisor::{Found, Snapshot, Supervisor, SupervisorConfig};
 use crate::task::{TaskEnv, TaskSettings};
-use crate::tls::{self, TlsError};
+use crate::transcript::spool::Spool;
 
 /// How long shutdown waits for the last messages to reach a server that is down.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
@@ -41,11 +41,11 @@ pub enum WorkerError {
     Catalog(String),
     /// The local API cannot listen.
     #[error(transparent)]
-    Api(#[from] crate::api::ApiError),
+    Api(#[from] crate::admin::api::ApiError),
     /// The journal and the engine could not be matched: berth does not start rather than
     /// guess which containers are its tasks.
     #[error(transparent)]
-    Reconcile(#[from] crate::reconcile::ReconcileError),
+    Reconcile(#[from] crate::supervisor::reconcile::ReconcileError),
 }
 
 /// The first reconciliation: container listings are retried a few times; a journal that
@@ -59,7 +59,7 @@ async fn reconcile_at_start(
     let mut tries = 0;
     loop {
         tries += 1;
-        match crate::reconcile::reconcile(
+        match crate::supervisor::reconcile::reconcile(
             docker,
             journal,
             &c.worker_id,
@@ -69,7 +69,7 @@ async fn reconcile_at_start(
         .await
         {
             Ok(r) => return Ok(r),
-            Err(e @ crate::reconcile::ReconcileError::Listing(_))
+            Err(e @ crate::supervisor::reconcile::ReconcileError::Listing(_))
                 if tries < START_RECONCILE_TRIES =>
             {
                 warn!(error = %e, "retrying");
@@ -80,7 +80,7 @@ async fn reconcile_at_start(
     }
 }
 
-pub use crate::spool::spool_dir;
+pub use crate::transcript::spool::spool_dir;
 
 /// Handles to a running worker, for status and tests.
 #[derive(Clone)]
@@ -92,7 +92,7 @@ pub struct WorkerHandle {
     /// Where the local API listens, if it does.
     pub api: Option<String>,
     /// Everything the status views read.
-    pub live: Arc<crate::status::Live>,
+    pub live: Arc<crate::admin::status::Live>,
     /// Turns of the supervisor's loop (for the systemd watchdog).
     pub heartbeat: Arc<std::sync::atomic::AtomicU64>,
     /// Applies a re-read configuration (SIGHUP).
@@ -106,9 +106,9 @@ pub struct Worker {
     tls: Arc<rustls::ClientConfig>,
     journal: Arc<Journal>,
     docker_root: Option<PathBuf>,
-    catalog: Option<Arc<crate::catalog::Catalog>>,
+    catalog: Option<Arc<crate::control::catalog::Catalog>>,
     docker_version: String,
-    api: Option<crate::api::Bound>,
+    api: Option<crate::admin::api::Bound>,
     /// The journal as read at start-up and what reconciliation found of it.
     start: (Vec<crate::journal::ExecRecord>, HashMap<String, Found>),
 }
@@ -127,7 +127,10 @@ impl Worker {
         let docker_config = std::env::var("DOCKER_CONFIG").ok();
         let docker = Docker::connect(config.docker.host.as_deref(), docker_host_env)?
             .with_auth_config(config.docker.auth_config.clone().or_else(|| {
-                crate::credentials::default_path(docker_config.as_deref(), home.as_deref())
+                crate::runtime::docker::credentials::default_path(
+                    docker_config.as_deref(),
+                    home.as_deref(),
+                )
             }));
         let engine = docker.check().await?;
         info!(version = %engine.version, api = %engine.api_version, platform = %engine.platform, "Docker engine reachable");
@@ -146,7 +149,7 @@ impl Worker {
         let journal = Journal::open(&config.state_dir)?;
         let catalog = match &cp.environments_url {
             Some(t) => Some(Arc::new(
-                crate::catalog::Catalog::new(
+                crate::control::catalog::Catalog::new(
                     t.clone(),
                     cp.api_key.clone(),
                     cp.environments_ttl,
@@ -158,7 +161,8 @@ impl Worker {
         };
         let api = match &config.api.listen {
             Some(l) => Some(
-                crate::api::bind(l, config.api.socket_group.as_deref(), &config.state_dir).await?,
+                crate::admin::api::bind(l, config.api.socket_group.as_deref(), &config.state_dir)
+                    .await?,
             ),
             None => None,
         };
@@ -192,7 +196,7 @@ impl Worker {
         let status_link = link_rx.clone();
         let stats = Arc::new(SessionStats::default());
         let abort = CancellationToken::new();
-        let engine = crate::engine::Engine::new(self.docker.clone());
+        let engine = crate::runtime::engine::Engine::new(self.docker.clone());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let env = Arc::new(TaskEnv {
             metrics: metrics.clone(),
@@ -215,7 +219,7 @@ impl Worker {
                 tail_bytes: c.transcript.tail_bytes,
                 full_disk_patience: c.transcript.full_disk_patience,
                 labels: c.labels.clone(),
-                host: crate::capacity::Host::read(),
+                host: crate::supervisor::capacity::Host::read(),
                 reserve: c.admission.reserve,
                 min_free_disk: c.admission.min_free_disk,
                 disk_paths: std::iter::once(c.state_dir.clone())
@@ -264,7 +268,7 @@ impl Worker {
             c.transcript.retention,
             shutdown.clone(),
         ));
-        let live = Arc::new(crate::status::Live::new(
+        let live = Arc::new(crate::admin::status::Live::new(
             c.worker_id.clone(),
             c.state_dir.clone(),
             stats.clone(),
@@ -288,7 +292,7 @@ impl Worker {
             supervisor.reconfigurer(),
             shutdown.clone(),
         ));
-        let reporter = tokio::spawn(crate::status::report(
+        let reporter = tokio::spawn(crate::admin::status::report(
             live.clone(),
             status_outbox,
             status_link,
@@ -414,7 +418,7 @@ fn task_settings(c: &Config) -> TaskSettings {
 /// Whenever the engine comes back after an outage, sweeps what the outage may have left:
 /// containers of finished tasks whose removal failed, and orphans.
 async fn resync_after_outages(
-    engine: Arc<crate::engine::Engine>,
+    engine: Arc<crate::runtime::engine::Engine>,
     docker: Arc<Docker>,
     journal: Arc<Journal>,
     worker_id: String,
@@ -434,8 +438,10 @@ async fn resync_after_outages(
             info!("Docker engine is back: reconciling containers with the journal");
             let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(60));
             // Retried while the engine stays up; a failed attempt touches nothing.
-            while let Err(e) =
-                crate::reconcile::reconcile(&docker, &journal, &worker_id, cleanup, grace).await
+            while let Err(e) = crate::supervisor::reconcile::reconcile(
+                &docker, &journal, &worker_id, cleanup, grace,
+            )
+            .await
             {
                 warn!(error = %e, "reconciliation skipped; nothing was stopped or removed; retrying");
                 tokio::select! {
@@ -507,7 +513,7 @@ mod tests {
 
     fn load(yaml: &str) -> Config {
         let ov = crate::config::Overrides {
-            api_key: Some(crate::config::Secret::new("k")),
+            api_key: Some(crate::secret::Secret::new("k")),
             ..crate::config::Overrides::default()
         };
         crate::config::load_str(Some(yaml), None, &ov, &|_| None).unwrap_or_else(|e| panic!("{e}"))

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::docker::{Docker, DockerError};
 use crate::journal::{ExecRecord, ExecState, Journal, JournalError};
+use crate::runtime::docker::{Docker, DockerError};
 use crate::supervisor::Found;
 
 /// Why a reconciliation did nothing: without both lists, a live task's container cannot be

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::policy::Resources;
+use crate::spec::policy::Resources;
 
 /// What the host has.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::admin::status::Status;
 use crate::config::Listen;
-use crate::status::Status;
 
 /// Why a local API call failed, phrased for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ impl Client {
             ),
         };
         let token = token_dir
-            .map(|d| d.join(crate::api::TOKEN_FILE))
+            .map(|d| d.join(crate::admin::api::TOKEN_FILE))
             .and_then(|p: PathBuf| std::fs::read_to_string(p).ok())
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty());
@@ -124,9 +124,9 @@ impl Client {
         &self,
         task_id: &str,
         from: u64,
-    ) -> Result<crate::status::TranscriptPart, ClientError> {
+    ) -> Result<crate::admin::status::TranscriptPart, ClientError> {
         // Task ids are the control plane's; keep them one path segment.
-        let id = crate::catalog::encode_segment(task_id);
+        let id = crate::control::catalog::encode_segment(task_id);
         let url = format!("{}/v1/tasks/{id}/transcript?from={from}", self.base);
         self.call(self.http.get(url)).await
     }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::failure::FailureReason;
-use crate::image::ImageRef;
 use crate::protocol::InstanceShape;
+use crate::spec::image::ImageRef;
 
 /// Settings every task container gets.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::Docker;
-use crate::engine::Engine;
+use crate::control::session::SessionStats;
+use crate::control::shipper::{Link, Outbound};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::{DockerStatus, HostStatus, WorkerMessage, WorkerStatus};
-use crate::session::SessionStats;
-use crate::shipper::{Link, Outbound};
+use crate::runtime::docker::Docker;
+use crate::runtime::engine::Engine;
 use crate::supervisor::Snapshot;
 
 /// Shortest gap between two `worker_status` messages sent because slots changed.
@@ -196,7 +196,7 @@ impl Live {
         metrics: Arc<Metrics>,
         journal: Arc<crate::journal::Journal>,
     ) -> Self {
-        let host = crate::capacity::Host::read();
+        let host = crate::supervisor::capacity::Host::read();
         Live {
             worker_id,
             state_dir,
@@ -244,7 +244,8 @@ impl Live {
                 load_1m: load_1m(),
                 memory_total_bytes: total,
                 memory_available_bytes: available,
-                disk_free_bytes: crate::capacity::free_disk(&self.state_dir).unwrap_or(0),
+                disk_free_bytes: crate::supervisor::capacity::free_disk(&self.state_dir)
+                    .unwrap_or(0),
                 docker: DockerStatus {
                     reachable,
                     version: self.docker_version.clone(),
@@ -319,11 +320,11 @@ impl Live {
     pub fn transcript(&self, task_id: &str, from: u64) -> Option<TranscriptPart> {
         use base64::Engine;
         let rec = self.journal.by_task(task_id).ok()?.into_iter().next()?;
-        let path = crate::spool::Spool::path_for(
-            &crate::spool::spool_dir(&self.state_dir),
+        let path = crate::transcript::spool::Spool::path_for(
+            &crate::transcript::spool::spool_dir(&self.state_dir),
             &rec.execution_id,
         );
-        let t = crate::spool::Spool::read_all(&path).ok()?;
+        let t = crate::transcript::spool::Spool::read_all(&path).ok()?;
         let (pieces, next) = t.since(from, TRANSCRIPT_PART);
         Some(TranscriptPart {
             execution_id: rec.execution_id,
@@ -356,10 +357,10 @@ impl Live {
             reconnects_remote_close: self.session.reconnects_remote_close.load(Relaxed),
             pulls_ok,
             pulls_failed,
-            spool_bytes: dir_bytes(&crate::spool::spool_dir(&self.state_dir)),
+            spool_bytes: dir_bytes(&crate::transcript::spool::spool_dir(&self.state_dir)),
             undelivered: snap.undelivered,
             memory_available: self.memory().1,
-            disk_free: crate::capacity::free_disk(&self.state_dir),
+            disk_free: crate::supervisor::capacity::free_disk(&self.state_dir),
             uptime_secs: self.started.elapsed().as_secs(),
         }
     }

@@ -3,6 +3,9 @@
 //! The run returns exactly one terminal message; turning an [`Outcome`] into that message is a
 //! pure function ([`terminal_message`]) so every classification rule is unit-tested.
 
+pub mod capture;
+pub mod provision;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -10,20 +13,21 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::capture::{self, SharedSpool, append_retrying, lock};
-use crate::config::{PullPolicy, Secret};
-use crate::docker::{Docker, ExitStatus};
+use crate::config::PullPolicy;
+use crate::control::shipper::Outbound;
 use crate::failure::FailureReason;
 use crate::journal::Journal;
 use crate::protocol::{
     MSG_CANCELLED, MSG_COMPLETED, MSG_INTERRUPTED, MSG_TIMEOUT, Started, Stream,
     TASK_STATE_CANCELLED, TaskAssignment, TerminalExt, WorkerMessage,
 };
-use crate::shipper::Outbound;
+use crate::runtime::docker::{Docker, ExitStatus};
+use crate::secret::Secret;
 use crate::spec::{
     AgentSettings, SpecContext, container_spec, plan_sidecars, resolve_image, sidecar_bind,
 };
 use crate::transcript;
+use crate::transcript::spool::{SharedSpool, append_retrying, lock};
 
 /// Operator settings every task run needs.
 #[derive(Debug, Clone)]
@@ -49,9 +53,9 @@ pub struct TaskSettings {
     /// Operator literals redacted from transcripts.
     pub redact: Vec<Secret>,
     /// What tasks may run and do.
-    pub policy: crate::policy::Policy,
+    pub policy: crate::spec::policy::Policy,
     /// Named environments.
-    pub environments: std::collections::BTreeMap<String, crate::environment::Environment>,
+    pub environments: std::collections::BTreeMap<String, crate::spec::environment::Environment>,
     /// Environment for tasks that name none.
     pub default_environment: Option<String>,
 }
@@ -227,9 +231,9 @@ pub struct TaskEnv {
     /// Fires when the worker shuts down in `preserve` mode.
     pub detach: CancellationToken,
     /// The control plane's environments API, when configured.
-    pub catalog: Option<Arc<crate::catalog::Catalog>>,
+    pub catalog: Option<Arc<crate::control::catalog::Catalog>>,
     /// The engine's health (told when a call fails).
-    pub engine: Arc<crate::engine::Engine>,
+    pub engine: Arc<crate::runtime::engine::Engine>,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -293,7 +297,7 @@ pub async fn run(env: Arc<TaskEnv>, exec: Execution, control: Arc<TaskControl>) 
     async move {
         // Task env values never reach the log, whatever its level (bollard's debug output
         // carries the container body).
-        let _secrets = crate::redaction::register(secrets_of(&env, &exec.assignment));
+        let _secrets = crate::transcript::redaction::register(secrets_of(&env, &exec.assignment));
         let outcome = execute(&env, &exec, &control).await;
         finish(&env, &exec, &control, outcome).await
     }
@@ -312,7 +316,7 @@ pub async fn resume(
     let span =
         info_span!("task", task_id = %exec.assignment.task_id, execution_id = %exec.execution_id);
     async move {
-        let _secrets = crate::redaction::register(secrets_of(&env, &exec.assignment));
+        let _secrets = crate::transcript::redaction::register(secrets_of(&env, &exec.assignment));
         info!(container = %container_id, "re-attaching to the task's container after a restart");
         let timeout = task_timeout(&env, &exec).map(|t| {
             let elapsed = (chrono::Utc::now() - exec.claimed_at)
@@ -500,11 +504,11 @@ async fn choose_environment(
     env: &TaskEnv,
     exec: &Execution,
     token: &CancellationToken,
-) -> Result<Option<crate::environment::Environment>, Outcome> {
-    use crate::catalog::Freshness;
-    use crate::environment::Choice;
+) -> Result<Option<crate::spec::environment::Environment>, Outcome> {
+    use crate::control::catalog::Freshness;
+    use crate::spec::environment::Choice;
     let s = &env.settings();
-    let choice = crate::environment::choose(
+    let choice = crate::spec::environment::choose(
         &exec.assignment,
         exec.berth,
         &s.environments,
@@ -591,7 +595,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
         .and_then(|e| e.workdir.clone())
         .unwrap_or_else(|| crate::spec::WORKDIR.to_string());
     let steps = match environment.as_ref().filter(|e| e.provisions()) {
-        Some(e) => match crate::provision::steps(e, &workdir) {
+        Some(e) => match crate::task::provision::steps(e, &workdir) {
             Ok(st) => st,
             Err(detail) => return Some(phase(FailureReason::WorkspaceSetup)(detail)),
         },
@@ -762,7 +766,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     if !steps.is_empty() {
         let secrets = secrets_of(env, a);
         let provisioned = tokio::select! {
-            r = crate::provision::provision(docker, &id, &steps, &exec.spool, &secrets) => Some(r),
+            r = crate::task::provision::provision(docker, &id, &steps, &exec.spool, &secrets) => Some(r),
             _ = token.cancelled() => None,
             _ = sleep_or_forever(timeout) => {
                 control.stop(StopReason::Timeout);

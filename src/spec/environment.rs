@@ -1,14 +1,14 @@
 //! Environment definitions: what a task's container is built from (image, env, repositories,
 //! setup commands, working directory, resources), resolved from the assignment's inline
 //! definition (berth/1), the operator's named environments, or the control plane's API
-//! (see [`crate::catalog`]). Pure.
+//! (see [`crate::control::catalog`]). Pure.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::policy::Resources;
 use crate::protocol::TaskAssignment;
+use crate::spec::policy::Resources;
 
 /// Where repositories are cloned (`/workspace/<path or repo name>`).
 pub const WORKSPACE: &str = "/workspace";

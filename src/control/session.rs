@@ -22,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::Secret;
+use crate::control::shipper::{Link, Outbound};
 use crate::protocol::{
     BERTH_PROTOCOL_HEADER, BERTH_PROTOCOL_VERSION, DecodeError, Hello, ServerMessage, WorkerMessage,
 };
-use crate::shipper::{Link, Outbound};
+use crate::secret::Secret;
 
 /// oz/1 write deadline.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -204,7 +204,7 @@ pub async fn run(
                 stats.handshakes.fetch_add(1, Ordering::Relaxed);
                 stats.connected.store(true, Ordering::Relaxed);
                 stats.berth.store(berth, Ordering::Relaxed);
-                info!(url = %crate::redaction::display_url(settings.url.as_str()), berth, "connected to control plane");
+                info!(url = %crate::transcript::redaction::display_url(settings.url.as_str()), berth, "connected to control plane");
                 io.link.send_replace(Link {
                     epoch,
                     connected: true,
@@ -247,7 +247,7 @@ pub async fn run(
             }
             Err(e) => {
                 stats.reconnects_dial_failed.fetch_add(1, Ordering::Relaxed);
-                warn!(url = %crate::redaction::display_url(settings.url.as_str()), error = %e, "cannot connect to control plane");
+                warn!(url = %crate::transcript::redaction::display_url(settings.url.as_str()), error = %e, "cannot connect to control plane");
             }
         }
         let delay = backoff.next_delay();

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::docker::Docker;
+use crate::runtime::docker::Docker;
 
 /// How often a healthy engine is pinged.
 const HEALTHY_EVERY: Duration = Duration::from_secs(5);

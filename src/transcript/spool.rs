@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::error;
 
 use crate::protocol::Stream;
 use crate::transcript::{
@@ -661,6 +662,46 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         let _ = self.file.flush();
+    }
+}
+
+/// Shared handle on a spool.
+pub type SharedSpool = std::sync::Arc<parking_lot::Mutex<Spool>>;
+
+/// Locks a spool.
+pub fn lock(spool: &SharedSpool) -> parking_lot::MutexGuard<'_, Spool> {
+    spool.lock()
+}
+
+/// Appends with retries: a full disk is reported loudly and retried (the engine keeps the
+/// output meanwhile, the spool is never left with a torn record) until the spool's
+/// `full_disk_patience` runs out; then the bytes are counted as lost, and the spool announces
+/// the gap with its size at the next write. Returns whether the bytes were stored.
+pub async fn append_retrying(
+    spool: &SharedSpool,
+    stream: Stream,
+    bytes: &[u8],
+    resume: Resume,
+) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let failed = {
+            let mut sp = lock(spool);
+            match sp.append(stream, bytes, resume) {
+                Ok(()) => return true,
+                Err(e) if sp.out_of_patience() => {
+                    if !sp.gap_pending() {
+                        error!(error = %e, "no room for the transcript for transcript.full_disk_patience; output is counted as lost until space is back, and the transcript says where and how much");
+                    }
+                    sp.give_up(bytes.len() as u64, resume, &e);
+                    return false;
+                }
+                Err(e) => e,
+            }
+        };
+        error!(error = %failed, "cannot write the transcript; the task keeps running and its output is kept by the engine until space is available (up to transcript.full_disk_patience)");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

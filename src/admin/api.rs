@@ -20,10 +20,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::admin::status::Live;
 use crate::config::Listen;
+use crate::control::session::SessionEvent;
 use crate::protocol::ServerMessage;
-use crate::session::SessionEvent;
-use crate::status::Live;
 
 /// File under `state_dir` holding the admin token.
 pub const TOKEN_FILE: &str = "admin-token";
@@ -133,11 +133,11 @@ async fn metrics(State(c): State<Ctx>) -> Response {
         .into_response()
 }
 
-async fn status(State(c): State<Ctx>) -> Json<crate::status::Status> {
+async fn status(State(c): State<Ctx>) -> Json<crate::admin::status::Status> {
     Json(c.live.status())
 }
 
-async fn tasks(State(c): State<Ctx>) -> Json<Vec<crate::status::TaskRow>> {
+async fn tasks(State(c): State<Ctx>) -> Json<Vec<crate::admin::status::TaskRow>> {
     Json(c.live.status().tasks)
 }
 

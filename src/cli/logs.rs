@@ -1,0 +1,141 @@
+//! `berth logs`: a task's transcript, from the daemon or straight from the spool.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use berth::config;
+use clap::Args;
+use tracing::info;
+
+use super::admin::{AdminArgs, admin_client, admin_config};
+
+#[derive(Args)]
+pub(super) struct LogsArgs {
+    /// The task.
+    pub(super) task_id: String,
+    /// Keep printing until the transcript is finished.
+    #[arg(short, long)]
+    pub(super) follow: bool,
+    /// The daemon's local API (default: api.listen of the config, else 127.0.0.1:9464).
+    #[arg(long, env = "BERTH_API", value_name = "ADDR")]
+    pub(super) api: Option<String>,
+    /// Read the spool under state_dir directly, without asking the daemon.
+    #[arg(long)]
+    pub(super) local: bool,
+    /// Config file (to find api.listen and state_dir).
+    #[arg(long, alias = "config-file", value_name = "PATH")]
+    pub(super) config: Option<PathBuf>,
+    /// State directory (overrides the config).
+    #[arg(long, value_name = "PATH")]
+    pub(super) state_dir: Option<PathBuf>,
+}
+
+/// Writes transcript bytes to the terminal: stdout to stdout, stderr and berth's own lines to
+/// stderr.
+pub(super) fn print_piece(stream: berth::protocol::Stream, bytes: &[u8]) {
+    use std::io::Write;
+    match stream {
+        berth::protocol::Stream::Stderr | berth::protocol::Stream::System => {
+            let _ = std::io::stderr().write_all(bytes);
+        }
+        berth::protocol::Stream::Stdout => {
+            let _ = std::io::stdout().write_all(bytes);
+        }
+    }
+}
+
+/// `berth logs`: through the daemon's local API; when it does not answer (stopped), or with
+/// `--local`, straight from the spool under state_dir.
+pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
+    use berth::admin::client::ClientError;
+    use std::io::Write;
+    if !a.local {
+        let admin = AdminArgs {
+            api: a.api.clone(),
+            config: a.config.clone(),
+            state_dir: a.state_dir.clone(),
+            json: false,
+        };
+        let client = admin_client(&admin)?;
+        let mut from = 0;
+        loop {
+            match client.transcript(&a.task_id, from).await {
+                Ok(part) => {
+                    for p in &part.pieces {
+                        use base64::Engine;
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(&p.data_b64)
+                            .context("the daemon sent an undecodable transcript piece")?;
+                        print_piece(p.stream, &bytes);
+                    }
+                    let _ = std::io::stdout().flush();
+                    let more = part.next > from;
+                    from = part.next;
+                    if part.finished || (!a.follow && !more) {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    if !more {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+                Err(ClientError::Refused {
+                    status: 404, body, ..
+                }) => {
+                    bail!(
+                        "{}",
+                        serde_json::from_str::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v["error"].as_str().map(str::to_string))
+                            .unwrap_or(body)
+                    );
+                }
+                // The daemon is down or will not serve us: the spool may still be readable.
+                Err(e) if from == 0 => {
+                    info!(error = %e, "local API unavailable; reading the spool directly");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let state_dir = match &a.state_dir {
+        Some(d) => d.clone(),
+        // Only state_dir matters here.
+        None => admin_config(a.config.as_deref())
+            .map(|c| c.state_dir)
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR)),
+    };
+    let journal = berth::journal::Journal::open_read_only(&state_dir)?;
+    let Some(rec) = journal.by_task(&a.task_id)?.into_iter().next() else {
+        bail!(
+            "no transcript for task {} under {} (finished transcripts are kept for transcript.retention)",
+            a.task_id,
+            state_dir.display()
+        );
+    };
+    let path = berth::transcript::spool::Spool::path_for(
+        &berth::worker::spool_dir(&state_dir),
+        &rec.execution_id,
+    );
+    let mut printed = 0usize;
+    loop {
+        let t = berth::transcript::spool::Spool::read_all(&path)?;
+        let mut seen = 0usize;
+        for (stream, bytes) in &t.pieces {
+            let end = seen + bytes.len();
+            if end > printed {
+                let from = printed.saturating_sub(seen);
+                print_piece(*stream, &bytes[from..]);
+                printed = end;
+            }
+            seen = end;
+        }
+        let _ = std::io::stdout().flush();
+        if !a.follow || t.finished {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

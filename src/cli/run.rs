@@ -1,0 +1,263 @@
+//! `berth run` and `berth check-config`: load the configuration, then run the daemon until a
+//! signal (SIGHUP reloads).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use berth::config::{self, Config, LogFormat, Overrides};
+use berth::secret::Secret;
+use berth::worker::Worker;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::host_env;
+
+/// Exit status for configuration errors.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Args, Clone, Default)]
+pub(super) struct RunArgs {
+    /// Config file (default /etc/berth/config.yaml when it exists).
+    #[arg(long, alias = "config-file", value_name = "PATH")]
+    pub(super) config: Option<PathBuf>,
+    /// Worker id (overrides worker_id).
+    #[arg(long)]
+    pub(super) worker_id: Option<String>,
+    /// API key (also BERTH_API_KEY, or WARP_API_KEY for Oz compatibility).
+    #[arg(long, env = "BERTH_API_KEY", hide_env_values = true)]
+    pub(super) api_key: Option<String>,
+    /// File holding the API key.
+    #[arg(long, value_name = "PATH")]
+    pub(super) api_key_file: Option<PathBuf>,
+    /// Control-plane WebSocket URL.
+    #[arg(long, env = "BERTH_CONTROL_PLANE_URL")]
+    pub(super) control_plane_url: Option<String>,
+    /// Root URL handed to the agent.
+    #[arg(long)]
+    pub(super) server_root_url: Option<String>,
+    /// Concurrency slots (0 = unlimited).
+    #[arg(long)]
+    pub(super) max_concurrent_tasks: Option<u32>,
+    /// Log level or filter (error, warn, info, debug, trace).
+    #[arg(long)]
+    pub(super) log_level: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub(super) log_format: Option<LogFormat>,
+    /// Env var for every task container: KEY=VALUE, or KEY to pass the host's value.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub(super) env: Vec<String>,
+    /// Bind for every task container: HOST:CONTAINER[:MODE].
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:MODE]")]
+    pub(super) volume: Vec<String>,
+    /// Keep task containers after they exit.
+    #[arg(long)]
+    pub(super) no_cleanup: bool,
+    /// Default for the agent's --idle-on-complete (e.g. 10m).
+    #[arg(long, value_name = "DURATION")]
+    pub(super) idle_on_complete: Option<String>,
+    /// State directory.
+    #[arg(long, value_name = "PATH")]
+    pub(super) state_dir: Option<PathBuf>,
+    /// What SIGTERM does to running tasks (preserve: leave them running; cancel: stop them).
+    #[arg(long, value_enum)]
+    pub(super) shutdown_mode: Option<config::ShutdownMode>,
+    /// Local API address: host:port, an absolute Unix socket path, or off.
+    #[arg(long, value_name = "ADDR")]
+    pub(super) api_listen: Option<String>,
+}
+
+pub(super) fn overrides(a: &RunArgs) -> Overrides {
+    let api_key = a
+        .api_key
+        .clone()
+        .or_else(|| host_env("WARP_API_KEY"))
+        .filter(|k| !k.is_empty())
+        .map(Secret::new);
+    Overrides {
+        worker_id: a.worker_id.clone(),
+        api_key,
+        api_key_file: a.api_key_file.clone(),
+        control_plane_url: a.control_plane_url.clone(),
+        server_root_url: a.server_root_url.clone(),
+        max_concurrent_tasks: a.max_concurrent_tasks,
+        log_level: a.log_level.clone(),
+        log_format: a.log_format,
+        env: a.env.clone(),
+        volumes: a.volume.clone(),
+        no_cleanup: a.no_cleanup,
+        idle_on_complete: a.idle_on_complete.clone(),
+        state_dir: a.state_dir.clone(),
+        api_listen: a.api_listen.clone(),
+        credentials_directory: host_env("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        shutdown_mode: a.shutdown_mode,
+    }
+}
+
+pub(super) fn load_config(a: &RunArgs) -> Result<Config, config::ConfigErrors> {
+    let default = Path::new(config::DEFAULT_CONFIG_PATH);
+    let path = a
+        .config
+        .clone()
+        .or_else(|| default.exists().then(|| default.to_path_buf()));
+    config::load(path.as_deref(), &overrides(a), &host_env)
+}
+
+/// Handle to change the log filter at runtime (reload).
+pub(super) type LogFilter =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+pub(super) fn init_logging(level: &str, format: LogFormat) -> LogFilter {
+    use tracing_subscriber::prelude::*;
+    let filter = berth::transcript::redaction::log_filter(level);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    // Every line is scrubbed of registered secrets, whatever the level (issue 8.5).
+    let fmt =
+        tracing_subscriber::fmt::layer().with_writer(berth::transcript::redaction::ScrubbedStderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+        LogFormat::Text => registry.with(fmt).init(),
+    }
+    handle
+}
+/// On SIGHUP: re-reads the configuration (same flags); a valid one is applied (log level
+/// here, the rest by the worker), an invalid one is logged in full and the running one kept.
+pub(super) fn reload_on_sighup(
+    args: RunArgs,
+    log: LogFilter,
+    apply: tokio::sync::mpsc::Sender<Config>,
+    notifier: Option<berth::admin::notify::Notifier>,
+) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            error!("cannot install the SIGHUP handler; reload is unavailable");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match load_config(&args) {
+                Ok(cfg) => {
+                    info!(config = ?cfg.source, "reloading the configuration");
+                    if tracing_subscriber::EnvFilter::try_new(&cfg.log_level).is_ok() {
+                        let f = berth::transcript::redaction::log_filter(&cfg.log_level);
+                        let _ = log.modify(|current| *current = f);
+                    }
+                    if apply.send(cfg).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    error!("reload refused, the running configuration is kept:\n{e}");
+                    if let Some(n) = &notifier {
+                        n.send("STATUS=reload refused: invalid configuration (see the log)");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Cancels the token on SIGTERM or SIGINT (a second signal exits at once).
+pub(super) fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        info!("shutdown requested");
+        t.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        error!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+    token
+}
+
+/// `berth check-config`: validates and prints the effective settings.
+pub fn check_config(a: &RunArgs) -> ExitCode {
+    match load_config(a) {
+        Ok(c) => {
+            if let Some(p) = &c.source {
+                println!("# {}: configuration is valid", p.display());
+            } else {
+                println!(
+                    "# no config file: configuration from flags, environment and defaults is valid"
+                );
+            }
+            print!("{}", c.effective_yaml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: invalid configuration:\n{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `berth run`: the daemon.
+pub fn run(rt: &tokio::runtime::Runtime, a: RunArgs) -> ExitCode {
+    let cfg = match load_config(&a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth: invalid configuration:\n{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Whatever berth creates is private to its user, also outside systemd (the unit
+    // sets UMask=0077 too); modes under state_dir are also set explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // The API key and the operator's redact literals never reach the log.
+    let cp = &cfg.control_plane;
+    let url_passwords = [
+        Some(cp.url.as_str()),
+        Some(cp.server_root_url.as_str()),
+        cp.environments_url.as_deref(),
+        cp.session_sharing_server_url.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(berth::transcript::redaction::url_password)
+    .map(String::into_bytes);
+    let _secrets = berth::transcript::redaction::register(
+        std::iter::once(cp.api_key.expose().as_bytes().to_vec())
+            .chain(
+                cfg.transcript
+                    .redact
+                    .iter()
+                    .map(|s| s.expose().as_bytes().to_vec()),
+            )
+            .chain(url_passwords),
+    );
+    let log = init_logging(&cfg.log_level, cfg.log_format);
+    rt.block_on(async move {
+        let shutdown = shutdown_on_signals();
+        let worker = match Worker::prepare(cfg, host_env("DOCKER_HOST").as_deref()).await {
+            Ok(w) => w,
+            Err(e) => {
+                error!("{e}");
+                eprintln!("berth: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let notifier = berth::admin::notify::Notifier::from_env(&host_env, std::process::id());
+        let stop = shutdown.clone();
+        worker
+            .run(shutdown, move |h| {
+                reload_on_sighup(a, log, h.reload.clone(), notifier.clone());
+                if let Some(n) = notifier {
+                    tokio::spawn(berth::admin::notify::run(n, h.live, h.heartbeat, stop));
+                }
+            })
+            .await;
+        ExitCode::SUCCESS
+    })
+}
