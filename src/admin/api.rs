@@ -22,8 +22,7 @@ use tracing::info;
 
 use crate::admin::status::Live;
 use crate::config::Listen;
-use crate::control::session::SessionEvent;
-use crate::protocol::ServerMessage;
+use crate::supervisor::Command;
 
 /// File under `state_dir` holding the admin token.
 pub const TOKEN_FILE: &str = "admin-token";
@@ -52,7 +51,7 @@ pub enum ApiError {
 #[derive(Clone)]
 struct Ctx {
     live: Arc<Live>,
-    events: mpsc::Sender<SessionEvent>,
+    commands: mpsc::Sender<Command>,
     token: Arc<String>,
     /// Requests arrive over the Unix socket: already authorised by its permissions.
     trusted: bool,
@@ -202,13 +201,12 @@ async fn set_draining(c: Ctx, headers: HeaderMap, drain: bool) -> Response {
     if !authorised(&c, &headers) {
         return refused();
     }
-    let m = if drain {
-        ServerMessage::Drain
+    let command = if drain {
+        Command::Drain
     } else {
-        ServerMessage::Resume
+        Command::Resume
     };
-    // The same path as a drain from the control plane.
-    if c.events.send(SessionEvent::Message(m)).await.is_err() {
+    if c.commands.send(command).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "worker is stopping\n").into_response();
     }
     info!(drain, "drain state changed through the local API");
@@ -290,16 +288,11 @@ pub async fn bind(
 
 impl Bound {
     /// Serves until `stop` (a Unix socket is removed afterwards).
-    pub fn serve(
-        self,
-        live: Arc<Live>,
-        events: mpsc::Sender<SessionEvent>,
-        stop: CancellationToken,
-    ) {
+    pub fn serve(self, live: Arc<Live>, commands: mpsc::Sender<Command>, stop: CancellationToken) {
         let address = self.address.clone();
         let ctx = |trusted| Ctx {
             live,
-            events,
+            commands,
             token: self.token,
             trusted,
         };

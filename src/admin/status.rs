@@ -16,7 +16,7 @@ use crate::control::session::SessionStats;
 use crate::control::shipper::{Link, Outbound};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::{DockerStatus, HostStatus, WorkerMessage, WorkerStatus};
-use crate::runtime::docker::Docker;
+use crate::runtime::Runtime;
 use crate::runtime::engine::Engine;
 use crate::supervisor::Snapshot;
 
@@ -151,7 +151,7 @@ pub struct Live {
     /// Engine version (checked at start-up).
     pub docker_version: String,
     /// Pull counters.
-    pub docker: Arc<Docker>,
+    pub runtime: Arc<dyn Runtime>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Start time.
@@ -192,7 +192,7 @@ impl Live {
         slots: watch::Receiver<Snapshot>,
         engine: Arc<Engine>,
         docker_version: String,
-        docker: Arc<Docker>,
+        runtime: Arc<dyn Runtime>,
         metrics: Arc<Metrics>,
         journal: Arc<crate::journal::Journal>,
     ) -> Self {
@@ -204,7 +204,7 @@ impl Live {
             slots,
             engine,
             docker_version,
-            docker,
+            runtime,
             metrics,
             started: std::time::Instant::now(),
             journal,
@@ -344,7 +344,7 @@ impl Live {
     pub fn gauges(&self) -> Gauges {
         use std::sync::atomic::Ordering::Relaxed;
         let snap = self.slots.borrow().clone();
-        let (pulls_ok, pulls_failed) = self.docker.pull_counts();
+        let (pulls_ok, pulls_failed) = self.runtime.pull_counts();
         Gauges {
             worker_id: self.worker_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

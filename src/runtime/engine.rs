@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::runtime::docker::Docker;
+use crate::runtime::Runtime;
 
 /// How often a healthy engine is pinged.
 const HEALTHY_EVERY: Duration = Duration::from_secs(5);
@@ -31,21 +31,21 @@ pub struct EngineState {
 
 /// Watches one engine.
 pub struct Engine {
-    docker: Arc<Docker>,
+    runtime: Arc<dyn Runtime>,
     state: watch::Sender<EngineState>,
     poke: Notify,
 }
 
 impl Engine {
     /// Starts out reachable (berth checked the engine before getting here).
-    pub fn new(docker: Arc<Docker>) -> Arc<Self> {
+    pub fn new(runtime: Arc<dyn Runtime>) -> Arc<Self> {
         let (state, _) = watch::channel(EngineState {
             reachable: true,
             error: None,
             since: chrono::Utc::now(),
         });
         Arc::new(Engine {
-            docker,
+            runtime,
             state,
             poke: Notify::new(),
         })
@@ -110,7 +110,7 @@ impl Engine {
         let mut backoff = Backoff::capped(RETRY_CAP);
         loop {
             let result = tokio::select! {
-                r = self.docker.ping() => r.map_err(|e| e.to_string()),
+                r = self.runtime.ping() => r.map_err(|e| e.to_string()),
                 _ = shutdown.cancelled() => return,
             };
             let ok = result.is_ok();

@@ -1,4 +1,192 @@
-//! The engine a task runs on, behind one trait; Docker (bollard) is the implementation.
+//! The engine a task runs on, behind one trait: what a task run, capture, reconcile and the
+//! health monitor need, and nothing engine-specific (tar copies of sidecars, pull progress,
+//! registry credentials stay in the backend). Docker through bollard is the backend; `fake`
+//! is a scripted, recording one for component tests.
 
 pub mod docker;
 pub mod engine;
+pub mod fake;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::PullPolicy;
+use crate::protocol::Stream;
+use crate::spec::ContainerSpec;
+use crate::spec::image::ImageRef;
+
+/// An engine failure, phrased for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine cannot be reached.
+    #[error(
+        "cannot reach the Docker engine at {host}: {reason}. Check that dockerd is running, that the socket path (backend.docker.host / DOCKER_HOST) is right, and that berth's user may use it (member of the docker group)"
+    )]
+    Unreachable {
+        /// Address tried.
+        host: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The engine runs on a platform berth does not support.
+    #[error(
+        "Docker engine platform {os}/{arch} is not supported (need linux/amd64 or linux/arm64)"
+    )]
+    Platform {
+        /// OS reported by the engine.
+        os: String,
+        /// Architecture reported by the engine.
+        arch: String,
+    },
+    /// The image is missing and policy forbids pulling.
+    #[error(
+        "image {image} is not present locally and pull_policy is never (load it with `docker load`, or change backend.docker.pull_policy)"
+    )]
+    ImageMissing {
+        /// The image.
+        image: String,
+    },
+    /// A pull failed.
+    #[error("pulling image {image} failed: {reason}")]
+    Pull {
+        /// The image.
+        image: String,
+        /// What the registry or engine said.
+        reason: String,
+    },
+    /// A sidecar volume could not be filled.
+    #[error("preparing sidecar volume {volume} from {image} failed: {reason}")]
+    Sidecar {
+        /// Image.
+        image: String,
+        /// Volume.
+        volume: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Any other engine call failed.
+    #[error("Docker {op} failed: {reason}")]
+    Api {
+        /// The operation.
+        op: &'static str,
+        /// What the engine said.
+        reason: String,
+    },
+}
+
+/// What an image resolved to locally.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInfo {
+    /// Image id (`sha256:…`).
+    pub id: String,
+    /// First repo digest (`name@sha256:…`), absent for locally built images.
+    pub repo_digest: Option<String>,
+    /// The image's own `ENTRYPOINT` (kept when berth holds a container for provisioning).
+    pub entrypoint: Vec<String>,
+}
+
+/// stdout/stderr pieces of a command, in the order the engine delivered them.
+pub type ExecOutput = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<(Stream, bytes::Bytes), RuntimeError>> + Send>,
+>;
+
+/// A command started inside a running container, with its output.
+pub struct ExecRun {
+    /// Exec instance id (for its exit code).
+    pub id: String,
+    /// Its output.
+    pub output: ExecOutput,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExitStatus {
+    /// Exit status (128 + N for death by signal N).
+    pub code: i64,
+    /// The cgroup's OOM killer fired.
+    pub oom_killed: bool,
+}
+
+/// One entry of a container's output log, stamped by the engine when it read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// stdout or stderr.
+    pub stream: Stream,
+    /// Nanoseconds since the Unix epoch.
+    pub ts: i64,
+    /// The bytes (a line, or a piece of a long one).
+    pub bytes: bytes::Bytes,
+}
+
+/// A container's output from a cursor, in the engine's order.
+pub type LogStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<LogEntry, RuntimeError>> + Send>>;
+
+/// A managed container found on the engine.
+#[derive(Debug, Clone)]
+pub struct ManagedContainer {
+    /// Container id.
+    pub id: String,
+    /// `berth.task_id` label.
+    pub task_id: String,
+    /// `berth.execution_id` label.
+    pub execution_id: String,
+    /// Still running.
+    pub running: bool,
+}
+
+/// What a task run needs from its engine. Every method is one engine call (or a small fixed
+/// sequence of them); retry and outage policy belong to the caller.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// Whether the engine answers (bounded: at most a few seconds).
+    async fn ping(&self) -> Result<(), RuntimeError>;
+    /// Makes `image` available under `policy`; concurrent callers for one image share one pull.
+    /// Condensed progress lines of a pull this caller performs go to `progress`.
+    async fn ensure_image(
+        &self,
+        image: &ImageRef,
+        policy: PullPolicy,
+        progress: Option<&tokio::sync::mpsc::Sender<String>>,
+    ) -> Result<ImageInfo, RuntimeError>;
+    /// Makes the volume holding `image`'s filesystem exist (filled once); returns its name.
+    async fn ensure_sidecar(
+        &self,
+        image: &ImageRef,
+        policy: PullPolicy,
+    ) -> Result<String, RuntimeError>;
+    /// Creates the task container; returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// Starts a created container.
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Runs `cmd` inside running container `id` (its env plus `env`), streaming its output.
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        working_dir: Option<&str>,
+        env: Vec<String>,
+    ) -> Result<ExecRun, RuntimeError>;
+    /// Exit code of a finished exec (`None` while it still runs).
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError>;
+    /// Sends `signal` (e.g. `SIGUSR1`) to the container's main process.
+    async fn signal(&self, id: &str, signal: &str) -> Result<(), RuntimeError>;
+    /// The container's output from `since` (whole seconds, inclusive); `follow` keeps the
+    /// stream open until the container stops.
+    fn logs(&self, id: &str, follow: bool, since: i64) -> LogStream;
+    /// Waits for the container to stop and reads how it ended.
+    async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError>;
+    /// The container's state without waiting: `None` when it no longer exists, else whether it
+    /// runs and, if not, how it ended.
+    async fn inspect_state(&self, id: &str) -> Result<Option<(bool, ExitStatus)>, RuntimeError>;
+    /// Stops gracefully: the stop signal, `grace`, then SIGKILL. A stopped or missing
+    /// container is fine.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Removes a container with its anonymous volumes; a missing one is fine.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Containers labelled as this worker's.
+    async fn list_managed(&self, worker_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError>;
+    /// Image pulls so far: (succeeded, failed).
+    fn pull_counts(&self) -> (u64, u64);
+}

@@ -2,6 +2,7 @@
 //! cancellation routing, drain and shutdown. It knows nothing about sockets or Docker details:
 //! it reads [`SessionEvent`]s, spawns task runs, and queues [`WorkerMessage`]s.
 
+pub mod admission;
 pub mod capacity;
 pub mod reconcile;
 
@@ -20,63 +21,14 @@ use crate::control::session::SessionEvent;
 use crate::control::shipper::{Acks, Link, Outbound, Shipper};
 use crate::failure::FailureReason;
 use crate::journal::{ExecRecord, ExecState};
-use crate::metrics::RejectKind;
-use crate::protocol::{
-    HeldTask, Hello, REJECT_AT_CAPACITY, ServerMessage, TaskAssignment, WorkerMessage,
-};
+use crate::protocol::{HeldTask, Hello, ServerMessage, TaskAssignment, WorkerMessage};
 use crate::task::{self, Execution, RunEnd, StopReason, TaskControl, TaskEnv};
 use crate::transcript::spool::Spool;
 use crate::transcript::spool::{SharedSpool, lock};
+use admission::{Admission, RejectReason, admit};
 
 /// How long a cancel-mode shutdown waits for the last results to be delivered.
 const FLUSH: Duration = Duration::from_secs(10);
-
-/// Rejection reason for assignments that arrive while the worker shuts down.
-pub const REJECT_SHUTTING_DOWN: &str = "worker shutting down";
-/// Rejection reason while draining (berth/1).
-pub const REJECT_DRAINING: &str = "draining";
-
-/// Admission decision for one assignment (pure; see [`admit`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Already running here: claim again, start nothing.
-    Reclaim,
-    /// Refuse with this reason; the server requeues.
-    Reject(&'static str),
-    /// The assignment cannot run at all.
-    Fail(String),
-    /// Claim and start.
-    Accept,
-}
-
-/// Decides what to do with an assignment given the worker's state.
-pub fn admit(
-    a: &TaskAssignment,
-    active: bool,
-    running: usize,
-    max: u32,
-    stopping: bool,
-    draining: bool,
-) -> Admission {
-    if active {
-        return Admission::Reclaim;
-    }
-    if stopping {
-        return Admission::Reject(REJECT_SHUTTING_DOWN);
-    }
-    if draining {
-        return Admission::Reject(REJECT_DRAINING);
-    }
-    if max > 0 && running >= max as usize {
-        return Admission::Reject(REJECT_AT_CAPACITY);
-    }
-    if a.task.is_none() {
-        return Admission::Fail(
-            "the task assignment has no task object; this is a control-plane bug, report it with the task id".into(),
-        );
-    }
-    Admission::Accept
-}
 
 /// The image an assignment names (inline environment, then `docker_image`), for status views.
 fn image_asked(a: &TaskAssignment) -> String {
@@ -87,6 +39,18 @@ fn image_asked(a: &TaskAssignment) -> String {
         .or(a.docker_image.as_deref())
         .unwrap_or_default()
         .to_string()
+}
+
+/// What the rest of the worker (the local API, reload) may ask of the supervisor. The control
+/// plane's own drain/resume messages take the same path.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Stop accepting tasks; running ones finish.
+    Drain,
+    /// Accept tasks again.
+    Resume,
+    /// Apply reloaded settings.
+    Reconfigure(Box<Reconfigure>),
 }
 
 /// Settings a reload may change while the worker runs.
@@ -213,8 +177,8 @@ pub struct Supervisor {
     snapshot: watch::Sender<Snapshot>,
     unpersisted_acks: std::collections::HashSet<String>,
     beat: Arc<std::sync::atomic::AtomicU64>,
-    reconfigure_tx: mpsc::Sender<Reconfigure>,
-    reconfigure_rx: mpsc::Receiver<Reconfigure>,
+    commands_tx: mpsc::Sender<Command>,
+    commands_rx: mpsc::Receiver<Command>,
 }
 
 impl Supervisor {
@@ -227,7 +191,7 @@ impl Supervisor {
     ) -> Self {
         let (done_tx, done_rx) = mpsc::channel(64);
         let (delivered_tx, delivered_rx) = mpsc::channel(64);
-        let (reconfigure_tx, reconfigure_rx) = mpsc::channel(4);
+        let (commands_tx, commands_rx) = mpsc::channel(8);
         let (snapshot, _) = watch::channel(Snapshot {
             max: cfg.max,
             ..Snapshot::default()
@@ -261,8 +225,8 @@ impl Supervisor {
             snapshot,
             unpersisted_acks: std::collections::HashSet::new(),
             beat: Arc::default(),
-            reconfigure_tx,
-            reconfigure_rx,
+            commands_tx,
+            commands_rx,
         }
     }
 
@@ -272,9 +236,9 @@ impl Supervisor {
         self.beat.clone()
     }
 
-    /// Where reloaded settings are sent.
-    pub fn reconfigurer(&self) -> mpsc::Sender<Reconfigure> {
-        self.reconfigure_tx.clone()
+    /// Where commands (drain, resume, reloaded settings) are sent.
+    pub fn commands(&self) -> mpsc::Sender<Command> {
+        self.commands_tx.clone()
     }
 
     /// Live view of the slot usage.
@@ -593,7 +557,7 @@ impl Supervisor {
                     }
                     self.publish();
                 }
-                Some(r) = self.reconfigure_rx.recv() => self.reconfigure(r),
+                Some(c) = self.commands_rx.recv() => self.command(c),
                 _ = tick.tick() => {
                     self.beat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.persist_acks();
@@ -642,16 +606,8 @@ impl Supervisor {
                         info!(%task_id, "cancellation for a task this worker does not have; ignored")
                     }
                 },
-                ServerMessage::Drain => {
-                    info!("drain requested: finishing running tasks, rejecting new ones");
-                    self.draining = true;
-                    self.publish();
-                }
-                ServerMessage::Resume => {
-                    info!("resume requested: accepting tasks again");
-                    self.draining = false;
-                    self.publish();
-                }
+                ServerMessage::Drain => self.command(Command::Drain),
+                ServerMessage::Resume => self.command(Command::Resume),
                 ServerMessage::OutputAck {
                     execution_id,
                     offset,
@@ -701,19 +657,7 @@ impl Supervisor {
                 info!(%task_id, "task is already running here; claiming again without a second start");
                 self.send(self.claimed(&task_id)).await;
             }
-            Admission::Reject(reason) => {
-                info!(%task_id, %reason, "rejecting task");
-                self.env.metrics.rejected(match reason {
-                    REJECT_DRAINING => RejectKind::Draining,
-                    REJECT_SHUTTING_DOWN => RejectKind::ShuttingDown,
-                    _ => RejectKind::AtCapacity,
-                });
-                self.send(WorkerMessage::TaskRejected {
-                    task_id,
-                    reason: reason.to_string(),
-                })
-                .await;
-            }
+            Admission::Reject(reason) => self.reject(task_id, reason).await,
             Admission::Fail(why) => {
                 warn!(%task_id, %why, "cannot run task");
                 self.send(WorkerMessage::TaskFailed {
@@ -731,20 +675,24 @@ impl Supervisor {
                 let want = self.reservation(&a, self.berth);
                 if let Err(why) = self.fits(want) {
                     info!(%task_id, %why, "rejecting task: it does not fit on this host now");
-                    self.env.metrics.rejected(RejectKind::InsufficientResources);
-                    // oz/1 servers know only the capacity reason; both requeue the task.
-                    let reason = if self.berth {
-                        format!("insufficient resources: {why}")
-                    } else {
-                        REJECT_AT_CAPACITY.to_string()
-                    };
-                    self.send(WorkerMessage::TaskRejected { task_id, reason })
+                    self.reject(task_id, RejectReason::InsufficientResources(why))
                         .await;
                     return;
                 }
                 self.start(a, want).await
             }
         }
+    }
+
+    /// Refuses an assignment (counted; the server requeues it).
+    async fn reject(&mut self, task_id: String, reason: RejectReason) {
+        if !matches!(reason, RejectReason::InsufficientResources(_)) {
+            info!(%task_id, reason = %reason.wire(true), "rejecting task");
+        }
+        self.env.metrics.rejected(reason.kind());
+        let reason = reason.wire(self.berth);
+        self.send(WorkerMessage::TaskRejected { task_id, reason })
+            .await;
     }
 
     async fn start(&mut self, a: TaskAssignment, reservation: crate::spec::policy::Resources) {
@@ -765,11 +713,9 @@ impl Supervisor {
             Ok(s) => s,
             Err(e) => {
                 error!(%task_id, error = %e, "cannot record the task durably; rejecting it so the server requeues it");
-                self.send(WorkerMessage::TaskRejected {
-                    task_id,
-                    reason: format!("insufficient resources: state_dir not writable ({e})"),
-                })
-                .await;
+                let why = format!("state_dir not writable ({e})");
+                self.reject(task_id, RejectReason::InsufficientResources(why))
+                    .await;
                 return;
             }
         };
@@ -823,6 +769,22 @@ impl Supervisor {
             Ok(Choice::None) | Err(_) => None,
         };
         self.cfg.policy.reservation(a.instance_shape, env.as_ref())
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Drain => {
+                info!("drain requested: finishing running tasks, rejecting new ones");
+                self.draining = true;
+                self.publish();
+            }
+            Command::Resume => {
+                info!("resume requested: accepting tasks again");
+                self.draining = false;
+                self.publish();
+            }
+            Command::Reconfigure(r) => self.reconfigure(*r),
+        }
     }
 
     fn reconfigure(&mut self, r: Reconfigure) {
@@ -881,54 +843,5 @@ impl Supervisor {
             task_id: task_id.to_string(),
             worker_id: self.env.settings().worker_id.clone(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::Task;
-
-    fn a() -> TaskAssignment {
-        TaskAssignment {
-            task_id: "t".into(),
-            task: Some(Task::default()),
-            ..TaskAssignment::default()
-        }
-    }
-
-    #[test]
-    fn admission_rules_in_order() {
-        // (active, running, max, stopping, draining) → decision
-        let cases = [
-            ((true, 5, 1, true, true), Admission::Reclaim),
-            (
-                (false, 0, 1, true, false),
-                Admission::Reject(REJECT_SHUTTING_DOWN),
-            ),
-            (
-                (false, 0, 1, false, true),
-                Admission::Reject(REJECT_DRAINING),
-            ),
-            (
-                (false, 1, 1, false, false),
-                Admission::Reject(REJECT_AT_CAPACITY),
-            ),
-            (
-                (false, 2, 1, false, false),
-                Admission::Reject(REJECT_AT_CAPACITY),
-            ),
-            ((false, 0, 1, false, false), Admission::Accept),
-            ((false, 1000, 0, false, false), Admission::Accept),
-        ];
-        for ((active, running, max, stopping, draining), want) in cases {
-            assert_eq!(admit(&a(), active, running, max, stopping, draining), want);
-        }
-        let no_task = TaskAssignment { task: None, ..a() };
-        assert!(matches!(
-            admit(&no_task, false, 0, 1, false, false),
-            Admission::Fail(_)
-        ));
-        assert_eq!(REJECT_AT_CAPACITY, "worker at maximum concurrency");
     }
 }

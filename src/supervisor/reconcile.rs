@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::journal::{ExecRecord, ExecState, Journal, JournalError};
-use crate::runtime::docker::{Docker, DockerError};
+use crate::runtime::{Runtime, RuntimeError};
 use crate::supervisor::Found;
 
 /// Why a reconciliation did nothing: without both lists, a live task's container cannot be
@@ -18,7 +18,7 @@ use crate::supervisor::Found;
 pub enum ReconcileError {
     /// The engine's container list could not be read.
     #[error("cannot list berth's containers, so nothing was reconciled: {0}")]
-    Listing(#[from] DockerError),
+    Listing(#[from] RuntimeError),
     /// The journal could not be read.
     #[error("{0}")]
     Journal(#[from] JournalError),
@@ -29,7 +29,7 @@ pub enum ReconcileError {
 /// Returns the journal as read with what was found, or an error (and touches nothing) when
 /// either side cannot be read.
 pub async fn reconcile(
-    docker: &Docker,
+    runtime: &dyn Runtime,
     journal: &Journal,
     worker_id: &str,
     cleanup: bool,
@@ -38,7 +38,7 @@ pub async fn reconcile(
     // Containers first: every container listed was claimed in the journal before it was
     // created, so a record read afterwards exists for each live one (no false orphans while
     // tasks start concurrently).
-    let containers = docker.list_managed(worker_id).await?;
+    let containers = runtime.list_managed(worker_id).await?;
     let records = journal.all()?;
     let mut found = HashMap::new();
     for c in containers {
@@ -49,18 +49,18 @@ pub async fn reconcile(
             }
             Some(_) => {
                 // Finished before the crash but not yet removed.
-                if cleanup && let Err(e) = docker.remove(&c.id).await {
+                if cleanup && let Err(e) = runtime.remove(&c.id).await {
                     warn!(container = %c.id, error = %e, "cannot remove container");
                 }
             }
             None => {
                 warn!(container = %c.id, task_id = %c.task_id, running = c.running, "removing orphaned container (no journal record)");
                 if c.running
-                    && let Err(e) = docker.stop(&c.id, grace).await
+                    && let Err(e) = runtime.stop(&c.id, grace).await
                 {
                     warn!(container = %c.id, error = %e, "cannot stop orphan");
                 }
-                if let Err(e) = docker.remove(&c.id).await {
+                if let Err(e) = runtime.remove(&c.id).await {
                     warn!(container = %c.id, error = %e, "cannot remove orphan");
                 }
             }
@@ -86,7 +86,8 @@ mod tests {
             }
         });
         let host = format!("unix://{}", sock.display());
-        let docker = Docker::connect(Some(&host), None).unwrap_or_else(|e| panic!("{e}"));
+        let docker = crate::runtime::docker::Docker::connect(Some(&host), None)
+            .unwrap_or_else(|e| panic!("{e}"));
         let r = reconcile(&docker, &journal, "w", true, Duration::from_secs(1)).await;
         assert!(
             matches!(r, Err(ReconcileError::Listing(_))),

@@ -11,9 +11,9 @@ use futures_util::StreamExt;
 use tracing::{debug, warn};
 
 use crate::protocol::Stream;
-use crate::runtime::docker::{Docker, DockerError};
+use crate::runtime::{Runtime, RuntimeError};
 use crate::transcript::spool::{SharedSpool, append_retrying, lock};
-use crate::transcript::{Cursor, Redactor, Resume, slot, split_timestamp};
+use crate::transcript::{Cursor, Redactor, Resume, slot};
 
 /// Largest batch written as one spool record run.
 const BATCH: usize = 64 << 10;
@@ -28,7 +28,7 @@ const ENGINE_PIECE: usize = 16 << 10;
 pub enum CaptureError {
     /// The engine failed and the container is gone.
     #[error(transparent)]
-    Docker(#[from] DockerError),
+    Docker(#[from] RuntimeError),
 }
 
 /// The pure half of capture: turns engine log entries, in the engine's order, into redacted
@@ -195,7 +195,7 @@ impl Replay {
 /// Reads the container's output into the spool until the container has stopped and its log is
 /// drained. Safe to call again after a restart: it resumes from what the spool recorded.
 pub async fn capture(
-    docker: &Docker,
+    runtime: &dyn Runtime,
     container_id: &str,
     spool: &SharedSpool,
     secrets: Vec<Vec<u8>>,
@@ -208,7 +208,7 @@ pub async fn capture(
     for follow in [true, false] {
         loop {
             st.start_read();
-            let mut logs = Box::pin(docker.logs(container_id, follow, st.since_secs()));
+            let mut logs = Box::pin(runtime.logs(container_id, follow, st.since_secs()));
             let mut failed = None;
             let mut due: Option<tokio::time::Instant> = None;
             loop {
@@ -232,18 +232,15 @@ pub async fn capture(
                         failed = Some(e);
                         break;
                     }
-                    Some(Ok((stream, bytes))) => match split_timestamp(&bytes) {
-                        Some((ts, payload)) => {
-                            st.entry(stream, ts, payload);
-                            if st.pending() >= BATCH {
-                                st.flush(spool).await;
-                                due = None;
-                            } else if due.is_none() {
-                                due = Some(tokio::time::Instant::now() + FLUSH_AFTER);
-                            }
+                    Some(Ok(e)) => {
+                        st.entry(e.stream, e.ts, &e.bytes);
+                        if st.pending() >= BATCH {
+                            st.flush(spool).await;
+                            due = None;
+                        } else if due.is_none() {
+                            due = Some(tokio::time::Instant::now() + FLUSH_AFTER);
                         }
-                        None => warn!(bytes = bytes.len(), "log entry without a timestamp ignored"),
-                    },
+                    }
                 }
             }
             st.flush(spool).await;
@@ -253,7 +250,7 @@ pub async fn capture(
                     failures += 1;
                     // The engine may be away or restarting: retry while the container exists
                     // or the engine does not answer (the supervisor decides when to stop).
-                    let gone = matches!(docker.inspect_state(container_id).await, Ok(None));
+                    let gone = matches!(runtime.inspect_state(container_id).await, Ok(None));
                     if gone && failures > 3 {
                         return Err(e.into());
                     }

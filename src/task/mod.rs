@@ -21,7 +21,7 @@ use crate::protocol::{
     MSG_CANCELLED, MSG_COMPLETED, MSG_INTERRUPTED, MSG_TIMEOUT, Started, Stream,
     TASK_STATE_CANCELLED, TaskAssignment, TerminalExt, WorkerMessage,
 };
-use crate::runtime::docker::{Docker, ExitStatus};
+use crate::runtime::{ExitStatus, Runtime};
 use crate::secret::Secret;
 use crate::spec::{
     AgentSettings, SpecContext, container_spec, plan_sidecars, resolve_image, sidecar_bind,
@@ -221,7 +221,7 @@ pub enum RunEnd {
 /// What every task run shares.
 pub struct TaskEnv {
     /// The engine.
-    pub docker: Arc<Docker>,
+    pub runtime: Arc<dyn Runtime>,
     /// Operator settings; replaced on reload (a task keeps the settings it started with).
     pub settings: std::sync::RwLock<Arc<TaskSettings>>,
     /// Durable state.
@@ -463,7 +463,7 @@ async fn outlast_outage(
     token: &CancellationToken,
     what: &str,
 ) -> bool {
-    if env.docker.ping().await.is_ok() {
+    if env.runtime.ping().await.is_ok() {
         return false;
     }
     env.engine.suspect();
@@ -481,7 +481,7 @@ async fn outlast_outage(
             _ = token.cancelled() => return false,
             _ = env.detach.cancelled() => return false,
         }
-        if env.docker.ping().await.is_ok() {
+        if env.runtime.ping().await.is_ok() {
             system_line(&exec.spool, "Docker engine reachable again; retrying").await;
             return true;
         }
@@ -555,7 +555,7 @@ async fn choose_environment(
 async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Option<Outcome> {
     let s = &env.settings();
     let a = &exec.assignment;
-    let docker = &env.docker;
+    let runtime = env.runtime.as_ref();
     let token = control.token.clone();
     let environment = match choose_environment(env, exec, &token).await {
         Ok(e) => e,
@@ -618,7 +618,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     // A pull may be abandoned safely; the engine finishes or drops it on its own.
     let pulled = loop {
         let r = tokio::select! {
-            r = docker.ensure_image(&image, s.pull_policy, Some(&progress_tx)) => Some(r),
+            r = runtime.ensure_image(&image, s.pull_policy, Some(&progress_tx)) => Some(r),
             _ = token.cancelled() => None,
             _ = env.detach.cancelled() => None,
         };
@@ -652,7 +652,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     for m in &sidecars {
         let t = tokio::time::Instant::now();
         let prepared = loop {
-            match docker.ensure_sidecar(&m.image, s.pull_policy).await {
+            match runtime.ensure_sidecar(&m.image, s.pull_policy).await {
                 Err(_) if outlast_outage(env, exec, &token, "preparing a sidecar").await => {}
                 r => break r,
             }
@@ -698,7 +698,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     // Create is never abandoned: a create cut short could leave a container nobody tracks.
     let created_in = tokio::time::Instant::now();
     let id = loop {
-        match docker.create(&spec).await {
+        match runtime.create(&spec).await {
             Ok(id) => break id,
             Err(e) => {
                 if !outlast_outage(env, exec, &token, "creating the container").await {
@@ -708,7 +708,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
                     return Some(phase(FailureReason::ContainerCreate)(e.to_string()));
                 }
                 // The engine may have created it before the connection dropped.
-                let ours = docker.list_managed(&s.worker_id).await.ok().and_then(|l| {
+                let ours = runtime.list_managed(&s.worker_id).await.ok().and_then(|l| {
                     l.into_iter()
                         .find(|c| c.execution_id == exec.execution_id)
                         .map(|c| c.id)
@@ -732,7 +732,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     }
     let created_ms = created_in.elapsed().as_millis();
     let started_in = tokio::time::Instant::now();
-    if let Err(e) = docker.start(&id).await {
+    if let Err(e) = runtime.start(&id).await {
         return cleanup(
             env,
             &id,
@@ -766,7 +766,7 @@ async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Opti
     if !steps.is_empty() {
         let secrets = secrets_of(env, a);
         let provisioned = tokio::select! {
-            r = crate::task::provision::provision(docker, &id, &steps, &exec.spool, &secrets) => Some(r),
+            r = crate::task::provision::provision(runtime, &id, &steps, &exec.spool, &secrets) => Some(r),
             _ = token.cancelled() => None,
             _ = sleep_or_forever(timeout) => {
                 control.stop(StopReason::Timeout);
@@ -812,10 +812,10 @@ async fn cleanup(env: &TaskEnv, id: &str, outcome: Supervised) -> Option<Outcome
     let s = &env.settings();
     let exited = matches!(outcome, Outcome::Exited(_));
     if s.cleanup || !exited {
-        if !exited && let Err(e) = env.docker.stop(id, s.stop_grace_period).await {
+        if !exited && let Err(e) = env.runtime.stop(id, s.stop_grace_period).await {
             warn!(container = %id, error = %e, "cannot stop container");
         }
-        if let Err(e) = env.docker.remove(id).await {
+        if let Err(e) = env.runtime.remove(id).await {
             error!(container = %id, error = %e, "cannot remove container; it is labelled berth.managed and will be removed at the next start");
         }
     }
@@ -829,13 +829,15 @@ async fn supervise(
     control: &TaskControl,
     timeout: Option<Duration>,
 ) -> Supervised {
-    let docker = env.docker.clone();
+    let runtime = env.runtime.clone();
     let grace = env.settings().stop_grace_period;
     let secrets = secrets_of(env, &exec.assignment);
     let spool = exec.spool.clone();
     let cid = id.to_string();
     let capture_task =
-        tokio::spawn(async move { capture::capture(&docker, &cid, &spool, secrets).await });
+        tokio::spawn(
+            async move { capture::capture(runtime.as_ref(), &cid, &spool, secrets).await },
+        );
     let deadline = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -900,11 +902,11 @@ async fn wait_through_outages(env: &TaskEnv, id: &str) -> Outcome {
     let mut outage: Option<tokio::time::Instant> = None;
     let mut errors_while_up = 0u32;
     loop {
-        let err = match env.docker.wait(id).await {
+        let err = match env.runtime.wait(id).await {
             Ok(st) => return exited_after(st, outage),
             Err(e) => e,
         };
-        let state = env.docker.inspect_state(id).await;
+        let state = env.runtime.inspect_state(id).await;
         if outage.is_some() && state.is_ok() {
             // Back: let admission know now rather than at the monitor's next ping.
             env.engine.suspect();
@@ -973,10 +975,10 @@ async fn stop_through_outages(env: &TaskEnv, id: &str, grace: Duration) {
     let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(5));
     let mut refused = 0u32;
     loop {
-        let Err(e) = env.docker.stop(id, grace).await else {
+        let Err(e) = env.runtime.stop(id, grace).await else {
             return;
         };
-        match env.docker.inspect_state(id).await {
+        match env.runtime.inspect_state(id).await {
             Ok(None) | Ok(Some((false, _))) => return,
             Ok(Some((true, _))) => {
                 refused += 1;

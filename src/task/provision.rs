@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::failure::{Failure, FailureReason};
 use crate::protocol::Stream;
-use crate::runtime::docker::{Docker, DockerError};
+use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::environment::{Environment, Repo, WORKSPACE, repo_dir};
 use crate::transcript::Redactor;
 use crate::transcript::spool::{SharedSpool, append_retrying, lock};
@@ -156,14 +156,14 @@ async fn announce(spool: &SharedSpool, secrets: &[Vec<u8>], text: &str) {
 
 /// Runs one step; its output goes to the spool. Returns its exit status.
 async fn run_step(
-    docker: &Docker,
+    runtime: &dyn Runtime,
     container: &str,
     step: &Step,
     spool: &SharedSpool,
     secrets: &[Vec<u8>],
-) -> Result<i64, DockerError> {
+) -> Result<i64, RuntimeError> {
     let env = vec!["GIT_TERMINAL_PROMPT=0".to_string()];
-    let mut run = docker
+    let mut run = runtime
         .exec(container, step.argv.clone(), Some(&step.workdir), env)
         .await?;
     let mut redactors = [
@@ -188,12 +188,12 @@ async fn run_step(
     }
     // The output stream ends a moment before the engine records the exit code.
     for _ in 0..100 {
-        if let Some(code) = docker.exec_exit_code(&run.id).await? {
+        if let Some(code) = runtime.exec_exit_code(&run.id).await? {
             return Ok(code);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(DockerError::Api {
+    Err(RuntimeError::Api {
         op: "exec inspect",
         reason: format!("`{}` did not report an exit status", step.title),
     })
@@ -202,7 +202,7 @@ async fn run_step(
 /// Runs every step in order, then releases the task's command. Stops at the first failure.
 /// Cancellation is the caller's (drop this future): the container is then stopped and removed.
 pub async fn provision(
-    docker: &Docker,
+    runtime: &dyn Runtime,
     container: &str,
     steps: &[Step],
     spool: &SharedSpool,
@@ -212,7 +212,7 @@ pub async fn provision(
     for step in steps {
         announce(spool, secrets, &step.title).await;
         let t = Instant::now();
-        let code = run_step(docker, container, step, spool, secrets)
+        let code = run_step(runtime, container, step, spool, secrets)
             .await
             .map_err(|e| Failure {
                 reason: match step.kind {
@@ -242,7 +242,7 @@ pub async fn provision(
         ),
     )
     .await;
-    docker
+    runtime
         .signal(container, RELEASE_SIGNAL)
         .await
         .map_err(|e| Failure {

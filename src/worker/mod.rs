@@ -15,7 +15,8 @@ use crate::control::session::{self, SessionIo, SessionSettings, SessionStats};
 use crate::control::shipper::Link;
 use crate::control::tls::{self, TlsError};
 use crate::journal::{ExecState, Journal, JournalError};
-use crate::runtime::docker::{Docker, DockerError};
+use crate::runtime::docker::Docker;
+use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::AgentSettings;
 use crate::supervisor::{Found, Snapshot, Supervisor, SupervisorConfig};
 use crate::task::{TaskEnv, TaskSettings};
@@ -29,7 +30,7 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 pub enum WorkerError {
     /// Docker is unreachable or unsuitable.
     #[error(transparent)]
-    Docker(#[from] DockerError),
+    Docker(#[from] RuntimeError),
     /// TLS trust could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -51,7 +52,7 @@ pub enum WorkerError {
 /// The first reconciliation: container listings are retried a few times; a journal that
 /// cannot be read is an error at once (nothing is touched either way).
 async fn reconcile_at_start(
-    docker: &Docker,
+    runtime: &dyn Runtime,
     journal: &Journal,
     c: &Config,
 ) -> Result<(Vec<crate::journal::ExecRecord>, HashMap<String, Found>), WorkerError> {
@@ -60,7 +61,7 @@ async fn reconcile_at_start(
     loop {
         tries += 1;
         match crate::supervisor::reconcile::reconcile(
-            docker,
+            runtime,
             journal,
             &c.worker_id,
             c.cleanup,
@@ -99,10 +100,20 @@ pub struct WorkerHandle {
     pub reload: mpsc::Sender<Config>,
 }
 
+/// What berth learnt of its engine at start-up (shown in status; its data dir counts in the
+/// free-disk check).
+#[derive(Debug, Clone, Default)]
+pub struct EngineFacts {
+    /// Engine version.
+    pub version: String,
+    /// The engine's data directory, when it shares this host's disks.
+    pub root_dir: Option<PathBuf>,
+}
+
 /// Everything needed to start a worker.
 pub struct Worker {
     config: Config,
-    docker: Arc<Docker>,
+    runtime: Arc<dyn Runtime>,
     tls: Arc<rustls::ClientConfig>,
     journal: Arc<Journal>,
     docker_root: Option<PathBuf>,
@@ -134,6 +145,20 @@ impl Worker {
             }));
         let engine = docker.check().await?;
         info!(version = %engine.version, api = %engine.api_version, platform = %engine.platform, "Docker engine reachable");
+        let facts = EngineFacts {
+            version: engine.version,
+            root_dir: engine.root_dir.map(PathBuf::from),
+        };
+        Self::prepare_on(config, Arc::new(docker), facts).await
+    }
+
+    /// Everything but connecting to the engine: TLS trust, the journal, the local API, and the
+    /// first reconciliation against `runtime`.
+    pub async fn prepare_on(
+        config: Config,
+        runtime: Arc<dyn Runtime>,
+        engine: EngineFacts,
+    ) -> Result<Self, WorkerError> {
         let cp = &config.control_plane;
         let tls = tls::client_config(
             cp.ca_file.as_deref(),
@@ -166,17 +191,17 @@ impl Worker {
             ),
             None => None,
         };
-        let start = reconcile_at_start(&docker, &journal, &config).await?;
+        let start = reconcile_at_start(runtime.as_ref(), &journal, &config).await?;
         Ok(Worker {
             start,
             catalog,
             api,
-            docker_version: engine.version.clone(),
+            docker_version: engine.version,
             config,
-            docker: Arc::new(docker),
+            runtime,
             tls,
             journal: Arc::new(journal),
-            docker_root: engine.root_dir.map(PathBuf::from),
+            docker_root: engine.root_dir,
         })
     }
 
@@ -191,17 +216,16 @@ impl Worker {
         let (out_tx, out_rx) = mpsc::channel(32);
         let (ev_tx, ev_rx) = mpsc::channel(64);
         let (link_tx, link_rx) = watch::channel(Link::default());
-        let ev_tx_api = ev_tx.clone();
         let status_outbox = out_tx.clone();
         let status_link = link_rx.clone();
         let stats = Arc::new(SessionStats::default());
         let abort = CancellationToken::new();
-        let engine = crate::runtime::engine::Engine::new(self.docker.clone());
+        let engine = crate::runtime::engine::Engine::new(self.runtime.clone());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let env = Arc::new(TaskEnv {
             metrics: metrics.clone(),
             engine: engine.clone(),
-            docker: self.docker.clone(),
+            runtime: self.runtime.clone(),
             settings: std::sync::RwLock::new(Arc::new(settings)),
             journal: self.journal.clone(),
             outbox: out_tx.clone(),
@@ -255,7 +279,7 @@ impl Worker {
         let monitor = tokio::spawn(engine.clone().monitor(shutdown.clone()));
         let resync = tokio::spawn(resync_after_outages(
             engine.clone(),
-            self.docker.clone(),
+            self.runtime.clone(),
             self.journal.clone(),
             c.worker_id.clone(),
             c.cleanup,
@@ -275,13 +299,13 @@ impl Worker {
             supervisor.subscribe(),
             engine.clone(),
             self.docker_version.clone(),
-            self.docker.clone(),
+            self.runtime.clone(),
             metrics,
             self.journal.clone(),
         ));
         let api = self.api.map(|bound| {
             let address = bound.address.clone();
-            bound.serve(live.clone(), ev_tx_api, shutdown.clone());
+            bound.serve(live.clone(), supervisor.commands(), shutdown.clone());
             address
         });
         let (reload_tx, reload_rx) = mpsc::channel::<Config>(2);
@@ -289,7 +313,7 @@ impl Worker {
             c.clone(),
             reload_rx,
             env_for_reload,
-            supervisor.reconfigurer(),
+            supervisor.commands(),
             shutdown.clone(),
         ));
         let reporter = tokio::spawn(crate::admin::status::report(
@@ -356,7 +380,7 @@ async fn apply_reloads(
     mut current: Config,
     mut rx: mpsc::Receiver<Config>,
     env: Arc<TaskEnv>,
-    supervisor: mpsc::Sender<crate::supervisor::Reconfigure>,
+    supervisor: mpsc::Sender<crate::supervisor::Command>,
     stop: CancellationToken,
 ) {
     loop {
@@ -385,6 +409,7 @@ async fn apply_reloads(
             reserve: new.admission.reserve,
             min_free_disk: new.admission.min_free_disk,
         };
+        let r = crate::supervisor::Command::Reconfigure(Box::new(r));
         if supervisor.send(r).await.is_err() {
             return;
         }
@@ -393,7 +418,7 @@ async fn apply_reloads(
 }
 
 /// The operator settings every task run reads (rebuilt on reload).
-fn task_settings(c: &Config) -> TaskSettings {
+pub fn task_settings(c: &Config) -> TaskSettings {
     TaskSettings {
         worker_id: c.worker_id.clone(),
         agent: AgentSettings {
@@ -419,7 +444,7 @@ fn task_settings(c: &Config) -> TaskSettings {
 /// containers of finished tasks whose removal failed, and orphans.
 async fn resync_after_outages(
     engine: Arc<crate::runtime::engine::Engine>,
-    docker: Arc<Docker>,
+    runtime: Arc<dyn Runtime>,
     journal: Arc<Journal>,
     worker_id: String,
     cleanup: bool,
@@ -439,7 +464,11 @@ async fn resync_after_outages(
             let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(60));
             // Retried while the engine stays up; a failed attempt touches nothing.
             while let Err(e) = crate::supervisor::reconcile::reconcile(
-                &docker, &journal, &worker_id, cleanup, grace,
+                runtime.as_ref(),
+                &journal,
+                &worker_id,
+                cleanup,
+                grace,
             )
             .await
             {

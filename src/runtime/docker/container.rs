@@ -1,0 +1,335 @@
+//! The life of one task container: create, start, exec, signal, logs, wait, stop, remove, and
+//! the list of this worker's containers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::exec::StartExecResults;
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use tracing::warn;
+
+use super::{Docker, api, is_status};
+use crate::protocol::Stream;
+use crate::runtime::{ExecRun, ExitStatus, LogEntry, LogStream, ManagedContainer, RuntimeError};
+use crate::spec::{ContainerSpec, LABEL_EXECUTION, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER};
+use crate::transcript::split_timestamp;
+
+impl Docker {
+    /// Creates the task container.
+    pub(super) async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            entrypoint: spec.entrypoint.clone(),
+            env: Some(spec.env.clone()),
+            working_dir: Some(spec.working_dir.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            tty: Some(false),
+            user: spec.security.user.clone(),
+            host_config: Some(HostConfig {
+                binds: Some(spec.binds.clone()),
+                nano_cpus: spec.nano_cpus,
+                memory: spec.memory_bytes,
+                memory_swap: spec.memory_swap_bytes,
+                // Never privileged; everything else as the operator's policy says.
+                privileged: Some(false),
+                security_opt: spec
+                    .security
+                    .no_new_privileges
+                    .then(|| vec!["no-new-privileges".to_string()]),
+                cap_drop: Some(spec.security.cap_drop.clone()).filter(|c| !c.is_empty()),
+                cap_add: Some(spec.security.cap_add.clone()).filter(|c| !c.is_empty()),
+                pids_limit: spec.security.pids_limit,
+                readonly_rootfs: Some(spec.security.read_only_rootfs),
+                runtime: spec.security.runtime.clone(),
+                network_mode: Some(spec.security.network.clone()),
+                // Explicit, so a host-wide log driver of none/syslog cannot hide task output;
+                // `local` keeps raw bytes (json-file turns invalid UTF-8 into U+FFFD) and is
+                // what berth re-reads after a restart.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("local".to_string()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), "100m".to_string()),
+                        ("max-file".to_string(), "5".to_string()),
+                    ])),
+                }),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let r = self
+            .client
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            )
+            .await
+            .map_err(api("container create"))?;
+        for w in r.warnings {
+            warn!(container = %r.id, warning = %w, "engine warning on create");
+        }
+        Ok(r.id)
+    }
+
+    /// Whether the engine answers (`/_ping`, at most 5 s).
+    pub(super) async fn ping(&self) -> Result<(), RuntimeError> {
+        let unreachable = |reason: String| RuntimeError::Unreachable {
+            host: self.host.clone(),
+            reason,
+        };
+        match tokio::time::timeout(Duration::from_secs(5), self.client.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable("no answer within 5 s".into())),
+        }
+    }
+
+    /// Runs `cmd` inside running container `id` (as the container's user, with its env plus
+    /// `env`), streaming its output.
+    pub(super) async fn exec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        working_dir: Option<&str>,
+        env: Vec<String>,
+    ) -> Result<ExecRun, RuntimeError> {
+        let created = self
+            .client
+            .create_exec(
+                id,
+                ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    attach_stdin: Some(false),
+                    tty: Some(false),
+                    cmd: Some(cmd),
+                    env: Some(env).filter(|e| !e.is_empty()),
+                    working_dir: working_dir.map(str::to_string),
+                    ..ExecConfig::default()
+                },
+            )
+            .await
+            .map_err(api("exec create"))?;
+        let started = self
+            .client
+            .start_exec(&created.id, None)
+            .await
+            .map_err(api("exec start"))?;
+        let StartExecResults::Attached { output, .. } = started else {
+            return Err(RuntimeError::Api {
+                op: "exec start",
+                reason: "the engine did not attach the command's output".into(),
+            });
+        };
+        let output = output.filter_map(|item| async move {
+            match item {
+                Ok(LogOutput::StdOut { message }) => Some(Ok((Stream::Stdout, message))),
+                Ok(LogOutput::StdErr { message }) => Some(Ok((Stream::Stderr, message))),
+                Ok(LogOutput::Console { message }) => Some(Ok((Stream::Stdout, message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(api("exec output")(e))),
+            }
+        });
+        Ok(ExecRun {
+            id: created.id,
+            output: Box::pin(output),
+        })
+    }
+
+    /// Exit code of a finished exec (`None` while it still runs).
+    pub(super) async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {
+        let r = self
+            .client
+            .inspect_exec(exec_id)
+            .await
+            .map_err(api("exec inspect"))?;
+        Ok(if r.running == Some(true) {
+            None
+        } else {
+            r.exit_code
+        })
+    }
+
+    /// Sends `signal` (e.g. `SIGUSR1`) to the container's main process.
+    pub(super) async fn signal(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        self.client
+            .kill_container(
+                id,
+                Some(bollard::query_parameters::KillContainerOptions {
+                    signal: signal.to_string(),
+                }),
+            )
+            .await
+            .map_err(api("container kill"))
+    }
+
+    /// Starts a created container.
+    pub(super) async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.client
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(api("container start"))
+    }
+
+    /// Waits for the container to stop and reads how it ended.
+    pub(super) async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
+        let mut s = self.client.wait_container(id, None::<WaitContainerOptions>);
+        let code = match s.next().await {
+            Some(Ok(r)) => r.status_code,
+            // bollard turns a non-zero exit into this error variant: it is a result, not a failure.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(api("container wait")(e)),
+            None => {
+                return Err(RuntimeError::Api {
+                    op: "container wait",
+                    reason: "engine closed the wait stream without a status".into(),
+                });
+            }
+        };
+        let oom_killed = match self.client.inspect_container(id, None).await {
+            Ok(c) => c.state.and_then(|s| s.oom_killed).unwrap_or(false),
+            Err(e) => {
+                warn!(container = id, error = %e, "cannot inspect exited container");
+                false
+            }
+        };
+        Ok(ExitStatus { code, oom_killed })
+    }
+
+    /// The container's state without waiting: `None` when it no longer exists, else whether
+    /// it runs and, if not, how it ended.
+    pub(super) async fn inspect_state(
+        &self,
+        id: &str,
+    ) -> Result<Option<(bool, ExitStatus)>, RuntimeError> {
+        match self.client.inspect_container(id, None).await {
+            Ok(c) => {
+                let st = c.state.unwrap_or_default();
+                Ok(Some((
+                    st.running.unwrap_or(false),
+                    ExitStatus {
+                        code: st.exit_code.unwrap_or(0),
+                        oom_killed: st.oom_killed.unwrap_or(false),
+                    },
+                )))
+            }
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(api("container inspect")(e)),
+        }
+    }
+
+    /// The container's log from `since` (whole seconds, inclusive), each entry with its
+    /// timestamp; `follow` keeps the stream open until the container stops.
+    pub(super) fn logs(&self, id: &str, follow: bool, since: i64) -> LogStream {
+        let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+            .follow(follow)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since(i32::try_from(since.max(0)).unwrap_or(i32::MAX))
+            .build();
+        let entries = self
+            .client
+            .logs(id, Some(opts))
+            .filter_map(|item| async move {
+                let (stream, message) = match item {
+                    Ok(LogOutput::StdOut { message }) => (Stream::Stdout, message),
+                    Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
+                    Ok(_) => return None,
+                    Err(e) => return Some(Err(api("container logs")(e))),
+                };
+                // With `timestamps`, every entry starts with the engine's RFC 3339 stamp.
+                match split_timestamp(&message) {
+                    Some((ts, payload)) => {
+                        let start = message.len() - payload.len();
+                        Some(Ok(LogEntry {
+                            stream,
+                            ts,
+                            bytes: message.slice(start..),
+                        }))
+                    }
+                    None => {
+                        warn!(
+                            bytes = message.len(),
+                            "log entry without a timestamp ignored"
+                        );
+                        None
+                    }
+                }
+            });
+        Box::pin(entries)
+    }
+
+    /// Stops gracefully: the engine sends the stop signal (SIGTERM), waits `grace`, then SIGKILL.
+    pub(super) async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let opts = StopContainerOptionsBuilder::default().t(t).build();
+        match self.client.stop_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(api("container stop")(e)),
+        }
+    }
+
+    /// Removes a container (forced, with its anonymous volumes); a missing one is fine.
+    pub(super) async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.client.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(api("container remove")(e)),
+        }
+    }
+
+    /// Containers labelled as this worker's.
+    pub(super) async fn list_managed(
+        &self,
+        worker_id: &str,
+    ) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_WORKER}={worker_id}"),
+            ],
+        )]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .client
+            .list_containers(Some(opts))
+            .await
+            .map_err(api("container list"))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ManagedContainer {
+                id: c.id.unwrap_or_default(),
+                task_id: c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_TASK).cloned())
+                    .unwrap_or_default(),
+                execution_id: c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_EXECUTION).cloned())
+                    .unwrap_or_default(),
+                running: c
+                    .state
+                    .is_some_and(|s| s.to_string().eq_ignore_ascii_case("running")),
+            })
+            .collect())
+    }
+}
