@@ -265,7 +265,6 @@ pub struct DockerBackend {
     pub host: Option<String>,
     /// Image when the assignment names none.
     pub default_image: String,
-    /// Pull policy.
     pub pull_policy: PullPolicy,
     /// Operator binds (config entries, then `-v` flags).
     pub volumes: Vec<String>,
@@ -295,7 +294,6 @@ pub struct Config {
     pub cleanup: bool,
     /// Durable state directory.
     pub state_dir: PathBuf,
-    /// Control plane.
     pub control_plane: ControlPlane,
     /// Docker backend.
     pub docker: DockerBackend,
@@ -303,7 +301,6 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// Log level / filter directive.
     pub log_level: String,
-    /// Log format.
     pub log_format: LogFormat,
     /// What SIGTERM does to running tasks.
     pub shutdown_mode: ShutdownMode,
@@ -1803,7 +1800,7 @@ mod tests {
 
     #[test]
     fn minimal_file_gets_every_default() {
-        let c = load_yaml("worker_id: host-1\n", &with_key()).unwrap_or_else(|e| panic!("{e}"));
+        let c = load_yaml("worker_id: host-1\n", &with_key()).unwrap();
         assert_eq!(c.worker_id, "host-1");
         assert_eq!(c.max_concurrent_tasks, DEFAULT_MAX_CONCURRENT_TASKS);
         assert!(c.cleanup);
@@ -1828,7 +1825,7 @@ mod tests {
     #[test]
     fn the_operator_policy_from_the_issue_is_expressible_and_validated() {
         let yaml = "worker_id: w\nbackend:\n  docker:\n    policy:\n      allowed_images: ['registry.example.com/**']\n      security:\n        no_new_privileges: true\n        cap_drop: [ALL]\n        pids_limit: 512\n        network: none\n      max_resources:\n        cpus: 4\n        memory: 8GiB\n      timeout: 2h\n";
-        let c = load_yaml(yaml, &with_key()).unwrap_or_else(|e| panic!("{e}"));
+        let c = load_yaml(yaml, &with_key()).unwrap();
         let p = &c.docker.policy;
         assert_eq!(p.allowed_images, ["registry.example.com/**"]);
         assert_eq!(
@@ -1874,14 +1871,14 @@ mod tests {
 
     #[test]
     fn auth_config_must_be_a_readable_json_file() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("config.json");
-        std::fs::write(&good, r#"{"auths": {}}"#).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&good, r#"{"auths": {}}"#).unwrap();
         let y = format!(
             "worker_id: w\nbackend:\n  docker:\n    auth_config: {}\n",
             good.display()
         );
-        let c = load_yaml(&y, &with_key()).unwrap_or_else(|e| panic!("{e}"));
+        let c = load_yaml(&y, &with_key()).unwrap();
         assert_eq!(c.docker.auth_config, Some(good));
         let e =
             one_error("worker_id: w\nbackend:\n  docker:\n    auth_config: /nonexistent.json\n");
@@ -1894,7 +1891,7 @@ mod tests {
     #[test]
     fn named_environments_are_validated() {
         let c = load_yaml("worker_id: w\nenvironments:\n  py:\n    image: python:3.12\n    env: {PIP_NO_CACHE_DIR: '1'}\n    workdir: /src\ndefault_environment: py\n", &with_key())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let py = c.environments.get("py").cloned().unwrap_or_default();
         assert_eq!(
             (
@@ -1933,7 +1930,7 @@ mod tests {
             "worker_id: w\nenvironments:\n  app:\n    repos:\n      - {url: /srv/app.git, ref: main, path: src/app}\n    setup: [make deps]\n    resources: {cpus: 2, memory: 1GiB}\n",
             &with_key(),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let app = c.environments.get("app").cloned().unwrap_or_default();
         assert_eq!(app.repos[0].path.as_deref(), Some("src/app"));
         assert_eq!(app.repos[0].git_ref.as_deref(), Some("main"));
@@ -1950,13 +1947,13 @@ mod tests {
             "worker_id: w\ncontrol_plane:\n  environments_url: https://cp.example.com/api/v1/environments/{id}\n  environments_ttl: 90s\n",
             &with_key(),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(
             c.control_plane.environments_url.as_deref(),
             Some("https://cp.example.com/api/v1/environments/{id}")
         );
         assert_eq!(c.control_plane.environments_ttl, Duration::from_secs(90));
-        let d = load_yaml("worker_id: w\n", &with_key()).unwrap_or_else(|e| panic!("{e}"));
+        let d = load_yaml("worker_id: w\n", &with_key()).unwrap();
         assert_eq!(
             (
                 d.control_plane.environments_url,
@@ -2018,7 +2015,7 @@ mod tests {
             "worker_id: w\nshutdown_mode: cancel\ntranscript:\n  redact: [hunter2hunter2]\n",
             &with_key(),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(c.shutdown_mode, ShutdownMode::Cancel);
         assert_eq!(c.transcript.redact, vec![Secret::new("hunter2hunter2")]);
         assert!(!c.effective_yaml().contains("hunter2"));
@@ -2034,8 +2031,7 @@ mod tests {
             &no_env,
         )
         .unwrap_or_else(|e| panic!("config.example.yaml is invalid:\n{e}"));
-        let d = load_yaml(&format!("worker_id: {}\n", c.worker_id), &with_key())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let d = load_yaml(&format!("worker_id: {}\n", c.worker_id), &with_key()).unwrap();
         // The example documents defaults: loading it must equal loading nothing but the id
         // (apart from where it came from).
         assert_eq!(Config { source: None, ..c }, Config { source: None, ..d });
@@ -2166,7 +2162,7 @@ mod tests {
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
         let yaml = "worker_id: file-id\nmax_concurrent_tasks: 2\ncleanup: true\nlog:\n  level: warn\n  format: json\ncontrol_plane:\n  url: wss://file.example/ws\n";
-        let c = load_yaml(yaml, &with_key()).unwrap_or_else(|e| panic!("{e}"));
+        let c = load_yaml(yaml, &with_key()).unwrap();
         assert_eq!(
             (
                 c.worker_id.as_str(),
@@ -2185,7 +2181,7 @@ mod tests {
             idle_on_complete: Some("5m".into()),
             ..with_key()
         };
-        let c = load_yaml(yaml, &ov).unwrap_or_else(|e| panic!("{e}"));
+        let c = load_yaml(yaml, &ov).unwrap();
         assert_eq!(c.worker_id, "flag-id");
         assert_eq!(c.max_concurrent_tasks, 0);
         assert_eq!(c.control_plane.url.as_str(), "wss://flag.example/ws");
@@ -2197,14 +2193,14 @@ mod tests {
 
     #[test]
     fn api_key_sources_in_order() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let flag_file = dir.path().join("flag-key");
         let cfg_file = dir.path().join("cfg-key");
         let creds = dir.path().join("creds");
-        std::fs::create_dir_all(&creds).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&flag_file, "from-flag-file\n").unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&cfg_file, "from-config-file").unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(creds.join("api-key"), "from-credential").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&creds).unwrap();
+        std::fs::write(&flag_file, "from-flag-file\n").unwrap();
+        std::fs::write(&cfg_file, "from-config-file").unwrap();
+        std::fs::write(creds.join("api-key"), "from-credential").unwrap();
         let yaml = format!(
             "worker_id: w\ncontrol_plane:\n  api_key_file: {}\n",
             cfg_file.display()
@@ -2212,7 +2208,7 @@ mod tests {
         let key = |ov: &Overrides, yaml: &str| {
             load_yaml(yaml, ov)
                 .map(|c| c.control_plane.api_key.expose().to_string())
-                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap()
         };
         let base = Overrides {
             credentials_directory: Some(creds.clone()),
@@ -2249,7 +2245,7 @@ mod tests {
             env: vec!["B=x=y".into(), "A=2".into(), "E=".into(), "HOME_TZ".into()],
             ..with_key()
         };
-        let c = load_str(Some(yaml), None, &ov, &host).unwrap_or_else(|e| panic!("{e}"));
+        let c = load_str(Some(yaml), None, &ov, &host).unwrap();
         let pairs: Vec<(&str, &str)> = c
             .docker
             .environment
@@ -2277,7 +2273,7 @@ mod tests {
             volumes: vec!["/c:/c:rw".into()],
             ..with_key()
         };
-        let c = load_yaml(yaml, &ov).unwrap_or_else(|e| panic!("{e}"));
+        let c = load_yaml(yaml, &ov).unwrap();
         assert_eq!(c.docker.volumes, ["/srv/a:/a:ro", "named:/b", "/c:/c:rw"]);
         let bad = Overrides {
             volumes: vec!["/c".into()],
@@ -2309,7 +2305,7 @@ mod tests {
             env: vec!["TOKEN=hunter2hunter2".into()],
             ..Overrides::default()
         };
-        let c = load_yaml("worker_id: w\n", &ov).unwrap_or_else(|e| panic!("{e}"));
+        let c = load_yaml("worker_id: w\n", &ov).unwrap();
         let y = c.effective_yaml();
         assert!(
             !y.contains("supersecretkey") && !y.contains("hunter2"),
@@ -2321,7 +2317,7 @@ mod tests {
             "worker_id: w\ncontrol_plane:\n  url: ws://ops:urlpa55word@127.0.0.1:9/ws\n  environments_url: http://u:envpa55word@127.0.0.1:9/env/{id}\n",
             &ov,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let y = c.effective_yaml();
         assert!(
             !y.contains("urlpa55word") && !y.contains("envpa55word"),

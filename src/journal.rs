@@ -6,8 +6,8 @@
 //! acknowledged transcript offset, and the terminal message until it is acknowledged (the
 //! durable outbox). Writes take about 0.3 ms, so they run inline under a mutex.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, params};
 
@@ -85,13 +85,11 @@ impl ExecState {
 pub struct ExecRecord {
     /// Execution id (primary key).
     pub execution_id: String,
-    /// Task id.
     pub task_id: String,
     /// The assignment as received (holds env secrets: the file is private to berth).
     pub assignment: TaskAssignment,
     /// berth/1 was negotiated when it was claimed.
     pub berth: bool,
-    /// State.
     pub state: ExecState,
     /// Container, once created.
     pub container_id: Option<String>,
@@ -107,7 +105,6 @@ pub struct ExecRecord {
     pub finished_at_ms: Option<i64>,
 }
 
-/// The journal.
 pub struct Journal {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -238,10 +235,7 @@ impl Journal {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, JournalError> {
-        let conn = match self.conn.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let conn = self.conn.lock();
         f(&conn).map_err(|e| JournalError::Io {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -466,19 +460,17 @@ mod tests {
 
     #[test]
     fn records_every_transition_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let j = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        j.claim("e1", &a("t1"), true)
-            .unwrap_or_else(|e| panic!("{e}"));
-        j.set_container("e1", "c1", true)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.claim("e1", &a("t1"), true).unwrap();
+        j.set_container("e1", "c1", true).unwrap();
         assert_eq!(
             j.get("e1").ok().flatten().map(|r| r.state),
             Some(ExecState::Provisioning)
         );
-        j.set_running("e1").unwrap_or_else(|e| panic!("{e}"));
-        j.set_acked("e1", 10).unwrap_or_else(|e| panic!("{e}"));
-        j.set_acked("e1", 5).unwrap_or_else(|e| panic!("{e}"));
+        j.set_running("e1").unwrap();
+        j.set_acked("e1", 10).unwrap();
+        j.set_acked("e1", 5).unwrap();
         let term = WorkerMessage::TaskFailed {
             task_id: "t1".into(),
             message: "Failed to execute task: x".into(),
@@ -494,9 +486,9 @@ mod tests {
                 transcript_lost_bytes: 0,
             }),
         };
-        j.finish("e1", &term).unwrap_or_else(|e| panic!("{e}"));
+        j.finish("e1", &term).unwrap();
         drop(j);
-        let j = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let j = Journal::open(dir.path()).unwrap();
         let r = j
             .get("e1")
             .ok()
@@ -508,18 +500,18 @@ mod tests {
         assert_eq!(r.terminal, Some(term));
         assert_eq!(r.assignment, a("t1"));
         assert!(r.berth && !r.terminal_done);
-        j.terminal_done("e1").unwrap_or_else(|e| panic!("{e}"));
+        j.terminal_done("e1").unwrap();
         assert!(j.get("e1").ok().flatten().is_some_and(|r| r.terminal_done));
         assert_eq!(j.by_task("t1").map(|v| v.len()).unwrap_or(0), 1);
-        j.remove("e1").unwrap_or_else(|e| panic!("{e}"));
+        j.remove("e1").unwrap();
         assert!(j.all().unwrap_or_default().is_empty());
     }
 
     #[test]
     fn a_corrupted_file_is_a_clear_error_not_a_reset() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), b"this is not a sqlite database, it is garbage........................................................................................")
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         match Journal::open(dir.path()) {
             Err(e @ JournalError::Corrupt { .. }) => {
                 let msg = e.to_string();
@@ -538,31 +530,31 @@ mod tests {
 
     #[test]
     fn a_journal_locked_by_another_connection_opens_once_the_lock_is_released() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        drop(Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}")));
+        let dir = tempfile::tempdir().unwrap();
+        drop(Journal::open(dir.path()).unwrap());
         let path = dir.path().join(FILE);
-        let holder = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let holder = Connection::open(&path).unwrap();
         // An exclusive lock blocks even WAL readers: the worst case a second opener meets.
         holder
             .execute_batch("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE;")
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let release = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(300));
             holder
                 .execute_batch("COMMIT; PRAGMA locking_mode=NORMAL; SELECT 1 FROM executions;")
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             drop(holder);
         });
-        let j = Journal::open_read_only(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(j.all().unwrap_or_else(|e| panic!("{e}")).is_empty());
+        let j = Journal::open_read_only(dir.path()).unwrap();
+        assert!(j.all().unwrap().is_empty());
         drop(j);
-        Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        Journal::open(dir.path()).unwrap();
         release.join().unwrap_or_else(|_| panic!("holder thread"));
     }
 
     #[test]
     fn reading_a_state_dir_without_a_journal_says_so_and_creates_nothing() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         match Journal::open_read_only(dir.path()) {
             Err(e @ JournalError::Io { .. }) => assert!(e.to_string().contains("state_dir"), "{e}"),
             Err(e) => panic!("wrong error: {e}"),

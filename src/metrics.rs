@@ -2,9 +2,9 @@
 //! keep working) plus berth's own. Counters are updated where things happen; gauges are read
 //! at scrape time. Rendering is pure.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::failure::FailureReason;
@@ -109,7 +109,6 @@ pub struct Metrics {
 /// Values read at scrape time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Gauges {
-    /// This worker.
     pub worker_id: String,
     /// berth's version.
     pub version: String,
@@ -143,11 +142,8 @@ pub struct Gauges {
     pub uptime_secs: u64,
 }
 
-fn lock(m: &Mutex<Labelled>) -> std::sync::MutexGuard<'_, Labelled> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
+fn lock(m: &Mutex<Labelled>) -> parking_lot::MutexGuard<'_, Labelled> {
+    m.lock()
 }
 
 impl Metrics {

@@ -90,19 +90,17 @@ mod tests {
 
     #[test]
     fn created_and_existing_paths_end_up_private() {
-        let t = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let t = tempfile::tempdir().unwrap();
         let d = t.path().join("a/b");
-        create_dir(&d).unwrap_or_else(|e| panic!("{e}"));
+        create_dir(&d).unwrap();
         assert_eq!((mode(&t.path().join("a")), mode(&d)), (0o700, 0o700));
-        write(&d.join("f"), b"x").unwrap_or_else(|e| panic!("{e}"));
-        drop(open_rw(&d.join("g"), true).unwrap_or_else(|e| panic!("{e}")));
+        write(&d.join("f"), b"x").unwrap();
+        drop(open_rw(&d.join("g"), true).unwrap());
         assert_eq!((mode(&d.join("f")), mode(&d.join("g"))), (0o600, 0o600));
         // Left by an older version with wide modes.
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("{e}"));
-        std::fs::set_permissions(d.join("f"), std::fs::Permissions::from_mode(0o644))
-            .unwrap_or_else(|e| panic!("{e}"));
-        tighten_tree(t.path()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d.join("f"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        tighten_tree(t.path()).unwrap();
         assert_eq!((mode(&d), mode(&d.join("f"))), (0o700, 0o600));
         assert!(tighten(&t.path().join("missing"), FILE_MODE).is_ok());
     }

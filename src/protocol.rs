@@ -332,16 +332,12 @@ pub struct AgentConfigSnapshot {
     /// Named environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment_id: Option<String>,
-    /// Base prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_prompt: Option<String>,
-    /// Model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_id: Option<String>,
-    /// Profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_id: Option<String>,
-    /// Skill spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skill_spec: Option<String>,
     /// MCP servers: name → arbitrary JSON, kept as received.
@@ -362,7 +358,6 @@ pub struct AgentConfigSnapshot {
     /// Inference provider settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_providers: Option<InferenceProviders>,
-    /// Session sharing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_sharing: Option<SessionSharing>,
     /// Disable snapshots.
@@ -419,7 +414,6 @@ pub struct AwsInference {
     /// Role to assume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
-    /// Region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
 }
@@ -521,9 +515,7 @@ pub struct TerminalExt {
 /// One execution a worker still holds (`worker_hello.tasks`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldTask {
-    /// Task.
     pub task_id: String,
-    /// Execution.
     pub execution_id: String,
     /// `running` or `finished`.
     pub state: String,
@@ -534,7 +526,6 @@ pub struct HeldTask {
 /// `worker_hello` payload (berth/1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
-    /// This worker.
     pub worker_id: String,
     /// berth version.
     pub version: String,
@@ -560,13 +551,10 @@ pub struct DockerStatus {
 /// Host capacity in `worker_status.host`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostStatus {
-    /// CPUs.
     pub cpus: f64,
     /// 1-minute load average.
     pub load_1m: f64,
-    /// Total memory.
     pub memory_total_bytes: u64,
-    /// Memory available.
     pub memory_available_bytes: u64,
     /// Free disk under `state_dir`.
     pub disk_free_bytes: u64,
@@ -594,15 +582,11 @@ pub struct WorkerStatus {
 /// `task_started` payload (berth/1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Started {
-    /// Task.
     pub task_id: String,
-    /// Execution.
     pub execution_id: String,
-    /// Container id.
     pub container_id: String,
     /// Image reference.
     pub image: String,
-    /// Image id.
     pub image_id: String,
     /// RFC 3339.
     pub started_at: String,
@@ -612,22 +596,15 @@ pub struct Started {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerMessage {
     /// `task_claimed`.
-    TaskClaimed {
-        /// Task.
-        task_id: String,
-        /// This worker.
-        worker_id: String,
-    },
+    TaskClaimed { task_id: String, worker_id: String },
     /// `task_rejected`.
     TaskRejected {
-        /// Task.
         task_id: String,
         /// Why; `worker at maximum concurrency` for capacity.
         reason: String,
     },
     /// `task_completed`.
     TaskCompleted {
-        /// Task.
         task_id: String,
         /// Fixed oz/1 text.
         message: String,
@@ -638,7 +615,6 @@ pub enum WorkerMessage {
     },
     /// `task_failed`.
     TaskFailed {
-        /// Task.
         task_id: String,
         /// User-facing text.
         message: String,
@@ -659,13 +635,10 @@ pub enum WorkerMessage {
     TaskStarted(Box<Started>),
     /// `task_output` (berth/1).
     TaskOutput {
-        /// Task.
         task_id: String,
-        /// Execution.
         execution_id: String,
         /// Transcript position of the first byte.
         offset: u64,
-        /// Stream.
         stream: Stream,
         /// Raw bytes (sent as `data` when UTF-8, else `data_b64`).
         data: Vec<u8>,

@@ -23,7 +23,6 @@ pub enum ClientError {
     /// The daemon refused (no admin rights) or failed.
     #[error("{address} answered HTTP {status}: {body}")]
     Refused {
-        /// Address.
         address: String,
         /// HTTP status.
         status: u16,
@@ -33,7 +32,6 @@ pub enum ClientError {
     /// The answer was not a status.
     #[error("{address} sent an unreadable answer: {reason}")]
     Garbled {
-        /// Address.
         address: String,
         /// Cause.
         reason: String,

@@ -171,9 +171,9 @@ mod tests {
 
     #[test]
     fn a_datagram_reaches_the_socket() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
-        let rx = UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("{e}"));
+        let rx = UnixDatagram::bind(&path).unwrap();
         let n = Notifier {
             socket: Socket::Path(path),
             watchdog_every: None,

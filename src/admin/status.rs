@@ -5,7 +5,9 @@
 //! one read of `/proc/loadavg`, free disk one `statvfs`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,9 +28,7 @@ const COALESCE: Duration = Duration::from_secs(1);
 /// One task row of `/v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRow {
-    /// Task.
     pub task_id: String,
-    /// Execution.
     pub execution_id: String,
     /// `running` or `delivering`.
     pub state: String,
@@ -43,7 +43,6 @@ pub struct TaskRow {
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
-    /// This worker.
     pub worker_id: String,
     /// berth's version.
     pub version: String,
@@ -138,7 +137,6 @@ impl Status {
 
 /// Everything the views read.
 pub struct Live {
-    /// This worker.
     pub worker_id: String,
     /// `state_dir`.
     pub state_dir: PathBuf,
@@ -214,10 +212,7 @@ impl Live {
     }
 
     fn memory(&self) -> (u64, u64) {
-        let mut s = match self.system.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut s = self.system.lock();
         let Some(s) = s.as_mut() else {
             return (0, 0);
         };

@@ -6,7 +6,9 @@
 //! hiccup must not fail tasks that ran a minute ago. A `404` is authoritative and drops the copy.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -135,17 +137,11 @@ impl Catalog {
     }
 
     fn cached_entry(&self, id: &str) -> Option<Entry> {
-        match self.cache.lock() {
-            Ok(c) => c.get(id).cloned(),
-            Err(p) => p.into_inner().get(id).cloned(),
-        }
+        self.cache.lock().get(id).cloned()
     }
 
     fn store(&self, id: &str, entry: Option<Entry>) {
-        let mut c = match self.cache.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let mut c = self.cache.lock();
         match entry {
             Some(e) => c.insert(id.to_string(), e),
             None => c.remove(id),
@@ -205,10 +201,7 @@ impl Catalog {
     /// cached copy), else the stale copy.
     pub async fn get(&self, id: &str) -> Result<(Environment, Freshness), CatalogError> {
         let lock = {
-            let mut m = match self.inflight.lock() {
-                Ok(m) => m,
-                Err(p) => p.into_inner(),
-            };
+            let mut m = self.inflight.lock();
             m.entry(id.to_string()).or_default().clone()
         };
         let _one = lock.lock().await;

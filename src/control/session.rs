@@ -432,13 +432,12 @@ mod tests {
 
     #[test]
     fn dial_url_sets_worker_id_and_keeps_other_parameters() {
-        let u =
-            url::Url::parse("wss://h/ws?a=1&worker_id=old&b=2").unwrap_or_else(|e| panic!("{e}"));
+        let u = url::Url::parse("wss://h/ws?a=1&worker_id=old&b=2").unwrap();
         assert_eq!(
             dial_url(&u, "w 1").as_str(),
             "wss://h/ws?a=1&b=2&worker_id=w+1"
         );
-        let u = url::Url::parse("ws://127.0.0.1:9/ws").unwrap_or_else(|e| panic!("{e}"));
+        let u = url::Url::parse("ws://127.0.0.1:9/ws").unwrap();
         assert_eq!(
             dial_url(&u, "w").as_str(),
             "ws://127.0.0.1:9/ws?worker_id=w"

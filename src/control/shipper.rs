@@ -59,9 +59,7 @@ pub struct Acks {
 
 /// Everything one shipper needs.
 pub struct Shipper {
-    /// Task.
     pub task_id: String,
-    /// Execution.
     pub execution_id: String,
     /// The transcript.
     pub spool: SharedSpool,

@@ -16,7 +16,6 @@ pub enum TlsError {
     Pem {
         /// Which file (CA bundle, client certificate, client key).
         what: &'static str,
-        /// Its path.
         path: PathBuf,
         /// What went wrong.
         reason: String,

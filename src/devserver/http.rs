@@ -133,7 +133,6 @@ struct TranscriptQuery {
 pub struct TranscriptLine {
     /// Offset of the first byte.
     pub offset: u64,
-    /// Stream.
     pub stream: crate::protocol::Stream,
     /// Bytes, when UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,9 @@ mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -215,10 +217,7 @@ impl ControlPlane {
     }
 
     fn environments(&self) -> MutexGuard<'_, environments::Store> {
-        match self.shared.environments.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        self.shared.environments.lock()
     }
 
     /// Defines (or replaces, with a new ETag) environment `id` served to workers.
@@ -304,10 +303,7 @@ impl ControlPlane {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        match self.shared.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        self.shared.state.lock()
     }
 
     /// Applies a change to the state and delivers the frames it produced.
@@ -325,10 +321,7 @@ impl ControlPlane {
     fn deliver(&self, out: Vec<Outgoing>) {
         for o in out {
             let sent = {
-                let conns = match self.shared.conns.lock() {
-                    Ok(c) => c,
-                    Err(p) => p.into_inner(),
-                };
+                let conns = self.shared.conns.lock();
                 conns
                     .get(&o.conn)
                     .is_some_and(|tx| tx.try_send(o.frame.clone()).is_ok())
@@ -349,10 +342,7 @@ impl ControlPlane {
     }
 
     fn deliver_once(&self, out: Vec<Outgoing>) {
-        let conns = match self.shared.conns.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let conns = self.shared.conns.lock();
         for o in out {
             if let Some(tx) = conns.get(&o.conn) {
                 let _ = tx.try_send(o.frame);
@@ -422,10 +412,7 @@ impl ControlPlane {
     /// Sends a raw text frame to a connected worker (debugging and fault-injection tests).
     pub fn send_raw(&self, worker_id: &str, frame: &str) -> bool {
         let conn = self.state().conn_of(worker_id);
-        let conns = match self.shared.conns.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let conns = self.shared.conns.lock();
         conn.and_then(|c| conns.get(&c))
             .is_some_and(|tx| tx.try_send(frame.to_string()).is_ok())
     }

@@ -86,7 +86,6 @@ pub enum TaskState {
     Succeeded,
     /// Finished with a failure.
     Failed,
-    /// Cancelled.
     Cancelled,
 }
 
@@ -116,10 +115,8 @@ pub struct SubmitRequest {
     /// Wall-clock limit.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
-    /// Title.
     #[serde(default)]
     pub title: Option<String>,
-    /// Prompt.
     #[serde(default)]
     pub prompt: Option<String>,
     /// Agent sidecar image.
@@ -152,7 +149,6 @@ pub struct TaskRecord {
     pub id: String,
     /// Execution id sent to the worker.
     pub execution_id: String,
-    /// State.
     pub state: TaskState,
     /// Image asked for.
     pub image: Option<String>,
@@ -162,7 +158,6 @@ pub struct TaskRecord {
     pub worker: Option<String>,
     /// Exit code (0 on success).
     pub exit_code: Option<i64>,
-    /// Failure reason.
     pub failure_reason: Option<String>,
     /// Message from the worker's terminal message.
     pub message: Option<String>,
@@ -209,7 +204,6 @@ impl TaskRecord {
 /// A connected worker as the HTTP API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerRecord {
-    /// Worker id.
     pub worker_id: String,
     /// berth/1 negotiated.
     pub berth: bool,
@@ -238,11 +232,9 @@ pub struct WorkerRecord {
 /// A frame to deliver to one worker connection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
-    /// Worker id.
     pub worker_id: String,
     /// Connection number (frames for a replaced connection are dropped).
     pub conn: u64,
-    /// The frame.
     pub frame: String,
 }
 

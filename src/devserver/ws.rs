@@ -65,10 +65,7 @@ async fn serve(socket: WebSocket, cp: ControlPlane, worker_id: String, berth: bo
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         + 1;
     {
-        let mut conns = match cp.shared.conns.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let mut conns = cp.shared.conns.lock();
         conns.insert(conn, tx);
     }
     cp.apply(|s| ((), s.connect(&worker_id, conn, berth, chrono::Utc::now())));
@@ -92,10 +89,7 @@ async fn serve(socket: WebSocket, cp: ControlPlane, worker_id: String, berth: bo
         }
     }
     {
-        let mut conns = match cp.shared.conns.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let mut conns = cp.shared.conns.lock();
         conns.remove(&conn);
     }
     cp.apply(|s| ((), s.disconnect(&worker_id, conn)));

@@ -31,31 +31,22 @@ pub const STOPPED: i64 = 143;
 /// One engine call, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
-    /// `ping`.
     Ping,
     /// `ensure_image`.
     EnsureImage,
     /// `ensure_sidecar`.
     EnsureSidecar,
-    /// `create`.
     Create,
-    /// `start`.
     Start,
-    /// `exec`.
     Exec,
     /// `exec_exit_code`.
     ExecExitCode,
-    /// `signal`.
     Signal,
-    /// `logs`.
     Logs,
-    /// `wait`.
     Wait,
     /// `inspect_state`.
     Inspect,
-    /// `stop`.
     Stop,
-    /// `remove`.
     Remove,
     /// `list_managed`.
     ListManaged,
@@ -118,7 +109,6 @@ impl Script {
 /// What an `exec` prints and exits with.
 #[derive(Debug, Clone, Default)]
 pub struct ExecScript {
-    /// Its output.
     pub output: Vec<(Stream, Vec<u8>)>,
     /// Its exit code.
     pub code: i64,
@@ -206,10 +196,12 @@ impl FakeRuntime {
 
     /// Makes `image` present locally (with this entrypoint).
     pub fn add_image(&self, image: &str, entrypoint: &[&str]) {
+        // Keyed as the engine would resolve it (`busybox` is `docker.io/library/busybox:latest`).
+        let name = ImageRef::parse(image).map_or_else(|_| image.to_string(), |r| r.to_string());
         let mut s = self.shared.state.lock();
         let n = s.images.len();
         s.images.insert(
-            image.to_string(),
+            name,
             ImageInfo {
                 id: format!("sha256:{n:064x}"),
                 repo_digest: None,
@@ -380,6 +372,24 @@ impl FakeRuntime {
         }
         drop(s);
         self.changed();
+    }
+
+    /// The container disappears behind berth's back (removed by someone else, or lost by an
+    /// engine restart); not recorded as a call.
+    pub fn lose(&self, id: &str) {
+        self.shared.state.lock().containers.remove(id);
+        self.changed();
+    }
+
+    /// The output a container wrote so far.
+    pub fn log_of(&self, id: &str) -> Vec<LogEntry> {
+        self.shared
+            .state
+            .lock()
+            .containers
+            .get(id)
+            .map(|c| c.log.clone())
+            .unwrap_or_default()
     }
 
     /// Ends a running container with `code`.

@@ -43,14 +43,10 @@ pub enum RuntimeError {
     #[error(
         "image {image} is not present locally and pull_policy is never (load it with `docker load`, or change backend.docker.pull_policy)"
     )]
-    ImageMissing {
-        /// The image.
-        image: String,
-    },
+    ImageMissing { image: String },
     /// A pull failed.
     #[error("pulling image {image} failed: {reason}")]
     Pull {
-        /// The image.
         image: String,
         /// What the registry or engine said.
         reason: String,
@@ -58,9 +54,7 @@ pub enum RuntimeError {
     /// A sidecar volume could not be filled.
     #[error("preparing sidecar volume {volume} from {image} failed: {reason}")]
     Sidecar {
-        /// Image.
         image: String,
-        /// Volume.
         volume: String,
         /// What failed.
         reason: String,
@@ -95,7 +89,6 @@ pub type ExecOutput = std::pin::Pin<
 pub struct ExecRun {
     /// Exec instance id (for its exit code).
     pub id: String,
-    /// Its output.
     pub output: ExecOutput,
 }
 

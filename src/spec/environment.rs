@@ -405,14 +405,14 @@ mod tests {
             "setup": ["make deps", "echo ok"],
             "resources": {"cpus": 1.5, "memory": "512MiB"}
         });
-        let e = Definition::parse("inline", &v).unwrap_or_else(|e| panic!("{e}"));
+        let e = Definition::parse("inline", &v).unwrap();
         assert!(e.provisions());
         assert_eq!(e.repos[0].git_ref.as_deref(), Some("v1.2"));
         assert_eq!(e.setup, vec!["make deps", "echo ok"]);
         assert_eq!(e.resources.cpus, Some(1.5));
         assert_eq!(e.resources.memory, Some(512 << 20));
         let bytes = serde_json::json!({"resources": {"memory": 1073741824}});
-        let e = Definition::parse("inline", &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let e = Definition::parse("inline", &bytes).unwrap();
         assert_eq!(e.resources.memory, Some(1 << 30));
         for (bad, needle) in [
             (

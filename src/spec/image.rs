@@ -295,14 +295,14 @@ mod tests {
 
     #[test]
     fn digests_pin_the_pull() {
-        let r = ImageRef::parse(&format!("ubuntu@{D}")).unwrap_or_else(|e| panic!("{e}"));
+        let r = ImageRef::parse(&format!("ubuntu@{D}")).unwrap();
         assert_eq!(
             r.pull_parts(),
             ("docker.io/library/ubuntu".into(), D.into())
         );
-        let r = ImageRef::parse(&format!("ubuntu:22.04@{D}")).unwrap_or_else(|e| panic!("{e}"));
+        let r = ImageRef::parse(&format!("ubuntu:22.04@{D}")).unwrap();
         assert_eq!(r.pull_parts().1, D);
-        let r = ImageRef::parse("ubuntu").unwrap_or_else(|e| panic!("{e}"));
+        let r = ImageRef::parse("ubuntu").unwrap();
         assert_eq!(r.pull_parts().1, "latest");
     }
 
@@ -350,7 +350,7 @@ mod tests {
             ),
         ];
         for (img, want) in cases {
-            let r = ImageRef::parse(img).unwrap_or_else(|e| panic!("{e}"));
+            let r = ImageRef::parse(img).unwrap();
             assert_eq!(sidecar_volume_name(&r, &format!("{img}@{D}")), want);
             // A locally built image has no repo digest: its image id is used.
             assert_eq!(sidecar_volume_name(&r, D), want);

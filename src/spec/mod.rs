@@ -392,7 +392,6 @@ pub fn container_env(
 pub struct ContainerSpec {
     /// Normalised image reference.
     pub image: String,
-    /// `Cmd`.
     pub cmd: Vec<String>,
     /// Entrypoint override: only the provisioning holder ([`crate::spec::holder::held`]); `None`
     /// keeps the image's.
@@ -418,7 +417,6 @@ pub struct ContainerSpec {
 /// Inputs of [`container_spec`] that are not in the assignment.
 #[derive(Debug, Clone)]
 pub struct SpecContext<'a> {
-    /// This worker.
     pub worker_id: &'a str,
     /// The execution being started.
     pub execution_id: &'a str,
@@ -547,7 +545,7 @@ mod tests {
     ];
 
     fn raw(s: &str) -> RawJson {
-        serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}"))
+        serde_json::from_str(s).unwrap()
     }
 
     #[test]
@@ -998,7 +996,7 @@ mod tests {
             memory_gb: Some(3),
         });
         a.command = Some(strs(&["echo", "hi"]));
-        let image = ImageRef::parse("busybox").unwrap_or_else(|e| panic!("{e}"));
+        let image = ImageRef::parse("busybox").unwrap();
         let s = settings();
         let vols = strs(&["/host:/data:ro"]);
         let policy = crate::spec::policy::Policy::default();
@@ -1017,7 +1015,7 @@ mod tests {
             environment: None,
             hold: None,
         };
-        let spec = container_spec(&a, &ctx).unwrap_or_else(|e| panic!("{e}"));
+        let spec = container_spec(&a, &ctx).unwrap();
         assert_eq!(spec.cmd, strs(&["echo", "hi"]));
         assert!(spec.security.no_new_privileges);
         assert_eq!(spec.binds, strs(&["agentvol:/agent:ro", "/host:/data:ro"]));
@@ -1043,7 +1041,7 @@ mod tests {
             berth: false,
             ..ctx.clone()
         };
-        let spec = container_spec(&a, &oz).unwrap_or_else(|e| panic!("{e}"));
+        let spec = container_spec(&a, &oz).unwrap();
         assert_eq!(spec.cmd[0], "/agent/entrypoint.sh");
         // Non-positive axes mean no limit.
         let none = policy
@@ -1059,7 +1057,7 @@ mod tests {
             limits: none,
             ..ctx
         };
-        let spec = container_spec(&a, &ctx).unwrap_or_else(|e| panic!("{e}"));
+        let spec = container_spec(&a, &ctx).unwrap();
         assert_eq!((spec.nano_cpus, spec.memory_bytes), (None, None));
         assert_eq!(spec.entrypoint, None, "the image's entrypoint is kept");
         // Held for provisioning: the holder is the entrypoint and runs image entrypoint + cmd.
@@ -1068,7 +1066,7 @@ mod tests {
             hold: Some(&image_ep),
             ..ctx.clone()
         };
-        let spec = container_spec(&a, &held).unwrap_or_else(|e| panic!("{e}"));
+        let spec = container_spec(&a, &held).unwrap();
         assert_eq!(
             spec.entrypoint.as_deref().map(|e| &e[..2]),
             Some(&strs(&["/bin/sh", "-c"])[..])

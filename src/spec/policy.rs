@@ -299,7 +299,7 @@ mod tests {
     }
 
     fn img(s: &str) -> ImageRef {
-        ImageRef::parse(s).unwrap_or_else(|e| panic!("{e}"))
+        ImageRef::parse(s).unwrap()
     }
 
     #[test]

@@ -9,7 +9,6 @@ use crate::spec::policy::Resources;
 /// What the host has.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Host {
-    /// CPUs.
     pub cpus: f64,
     /// Memory in bytes.
     pub memory: u64,

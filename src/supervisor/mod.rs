@@ -71,9 +71,7 @@ pub struct Reconfigure {
 /// One execution in a [`Snapshot`].
 #[derive(Debug, Clone)]
 pub struct TaskView {
-    /// Task.
     pub task_id: String,
-    /// Execution.
     pub execution_id: String,
     /// `running` (holds a slot) or `delivering` (ended; transcript or result not yet
     /// acknowledged).

@@ -75,19 +75,18 @@ mod tests {
 
     #[tokio::test]
     async fn an_engine_that_cannot_list_containers_reconciles_nothing() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let journal = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
         // Something answers on the socket, but not the engine: every connection is dropped.
         let sock = dir.path().join("not-docker.sock");
-        let l = tokio::net::UnixListener::bind(&sock).unwrap_or_else(|e| panic!("{e}"));
+        let l = tokio::net::UnixListener::bind(&sock).unwrap();
         tokio::spawn(async move {
             while let Ok((c, _)) = l.accept().await {
                 drop(c);
             }
         });
         let host = format!("unix://{}", sock.display());
-        let docker = crate::runtime::docker::Docker::connect(Some(&host), None)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let docker = crate::runtime::docker::Docker::connect(Some(&host), None).unwrap();
         let r = reconcile(&docker, &journal, "w", true, Duration::from_secs(1)).await;
         assert!(
             matches!(r, Err(ReconcileError::Listing(_))),

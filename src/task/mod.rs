@@ -32,15 +32,12 @@ use crate::transcript::spool::{SharedSpool, append_retrying, lock};
 /// Operator settings every task run needs.
 #[derive(Debug, Clone)]
 pub struct TaskSettings {
-    /// This worker.
     pub worker_id: String,
     /// Agent argv settings.
     pub agent: AgentSettings,
     /// Image when the assignment names none.
     pub default_image: String,
-    /// Pull policy.
     pub pull_policy: PullPolicy,
-    /// Operator env.
     pub operator_env: Vec<(String, String)>,
     /// Operator binds.
     pub operator_volumes: Vec<String>,
@@ -223,7 +220,7 @@ pub struct TaskEnv {
     /// The engine.
     pub runtime: Arc<dyn Runtime>,
     /// Operator settings; replaced on reload (a task keeps the settings it started with).
-    pub settings: std::sync::RwLock<Arc<TaskSettings>>,
+    pub settings: parking_lot::RwLock<Arc<TaskSettings>>,
     /// Durable state.
     pub journal: Arc<Journal>,
     /// Queue for `task_started` (berth/1).
@@ -241,30 +238,21 @@ pub struct TaskEnv {
 impl TaskEnv {
     /// The current operator settings.
     pub fn settings(&self) -> Arc<TaskSettings> {
-        match self.settings.read() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.settings.read().clone()
     }
 
     /// Replaces the operator settings (reload); tasks already running keep theirs.
     pub fn set_settings(&self, s: TaskSettings) {
-        match self.settings.write() {
-            Ok(mut g) => *g = Arc::new(s),
-            Err(p) => *p.into_inner() = Arc::new(s),
-        }
+        *self.settings.write() = Arc::new(s);
     }
 }
 
 /// One execution's identity and transcript.
 pub struct Execution {
-    /// The assignment.
     pub assignment: TaskAssignment,
-    /// Execution id.
     pub execution_id: String,
     /// berth/1 negotiated when it was claimed.
     pub berth: bool,
-    /// Its spool.
     pub spool: SharedSpool,
     /// Claim time (for `duration_ms`).
     pub claimed_at: chrono::DateTime<chrono::Utc>,

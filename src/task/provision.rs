@@ -274,7 +274,7 @@ mod tests {
             setup: vec!["make deps".into(), "echo ok".into()],
             ..Environment::default()
         };
-        let s = steps(&env, "/workspace/app").unwrap_or_else(|e| panic!("{e}"));
+        let s = steps(&env, "/workspace/app").unwrap();
         let argv: Vec<Vec<&str>> = s
             .iter()
             .map(|s| s.argv.iter().map(String::as_str).collect())

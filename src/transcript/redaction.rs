@@ -6,8 +6,8 @@
 //! task's secrets, the same set the transcript redactor uses — in every line it writes, raw or
 //! escaped the way JSON and Rust's `Debug` print it.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard};
 
 /// What replaces a secret.
 const MARK: &[u8] = b"[REDACTED]";
@@ -16,10 +16,7 @@ const MARK: &[u8] = b"[REDACTED]";
 static SECRETS: Mutex<Vec<(Vec<u8>, usize)>> = Mutex::new(Vec::new());
 
 fn secrets() -> MutexGuard<'static, Vec<(Vec<u8>, usize)>> {
-    match SECRETS.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
+    SECRETS.lock()
 }
 
 /// The forms in which `secret` can appear in a log line: as is, and escaped as JSON strings and

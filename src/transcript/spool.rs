@@ -729,15 +729,11 @@ mod tests {
 
     #[test]
     fn appends_read_back_by_offset_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut s =
-            Spool::open(dir.path(), "e1", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
-        s.append(Stream::Stdout, b"hello ", r(1))
-            .unwrap_or_else(|e| panic!("{e}"));
-        s.append(Stream::Stdout, b"world\n", r(2))
-            .unwrap_or_else(|e| panic!("{e}"));
-        s.append(Stream::Stderr, b"oops\n", r(3))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), "e1", 1 << 20, 1 << 10).unwrap();
+        s.append(Stream::Stdout, b"hello ", r(1)).unwrap();
+        s.append(Stream::Stdout, b"world\n", r(2)).unwrap();
+        s.append(Stream::Stderr, b"oops\n", r(3)).unwrap();
         assert_eq!(
             s.state(),
             SpoolState {
@@ -765,7 +761,7 @@ mod tests {
             .unwrap_or((Stream::System, vec![]));
         assert_eq!(st, Stream::Stderr);
         drop(s);
-        let s = Spool::open(dir.path(), "e1", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        let s = Spool::open(dir.path(), "e1", 1 << 20, 1 << 10).unwrap();
         assert_eq!(s.state().len, 17);
         assert_eq!(s.last_resume(), r(3));
         assert_eq!(all_bytes(&s), b"hello world\noops\n");
@@ -773,17 +769,12 @@ mod tests {
 
     #[test]
     fn a_torn_last_record_is_cut_off_on_open() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut s =
-            Spool::open(dir.path(), "e", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
-        s.append(Stream::Stdout, b"kept\n", r(1))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), "e", 1 << 20, 1 << 10).unwrap();
+        s.append(Stream::Stdout, b"kept\n", r(1)).unwrap();
         drop(s);
         let path = Spool::path_for(dir.path(), "e");
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         let torn = Record {
             stream: Stream::Stdout,
             flags: 0,
@@ -791,28 +782,23 @@ mod tests {
             payload: b"lost".to_vec(),
         }
         .encode();
-        f.write_all(&torn[..torn.len() - 2])
-            .unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(&torn[..torn.len() - 2]).unwrap();
         drop(f);
-        let mut s =
-            Spool::open(dir.path(), "e", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        let mut s = Spool::open(dir.path(), "e", 1 << 20, 1 << 10).unwrap();
         assert_eq!((s.state().len, s.last_resume()), (5, r(1)));
-        s.append(Stream::Stdout, b"next\n", r(3))
-            .unwrap_or_else(|e| panic!("{e}"));
+        s.append(Stream::Stdout, b"next\n", r(3)).unwrap();
         drop(s);
-        let s = Spool::open(dir.path(), "e", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        let s = Spool::open(dir.path(), "e", 1 << 20, 1 << 10).unwrap();
         assert_eq!(all_bytes(&s), b"kept\nnext\n");
     }
 
     #[test]
     fn chunks_do_not_split_utf8_and_respect_the_limit() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut s =
-            Spool::open(dir.path(), "u", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), "u", 1 << 20, 1 << 10).unwrap();
         let text = "ééééé✓✓✓".repeat(10);
         for piece in text.as_bytes().chunks(5) {
-            s.append(Stream::Stdout, piece, r(1))
-                .unwrap_or_else(|e| panic!("{e}"));
+            s.append(Stream::Stdout, piece, r(1)).unwrap();
         }
         let mut off = 0;
         let mut out = Vec::new();
@@ -830,21 +816,21 @@ mod tests {
 
     #[test]
     fn over_budget_output_keeps_head_then_elision_line_then_tail() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut s = Spool::open(dir.path(), "b", 100, 30).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), "b", 100, 30).unwrap();
         let mut all = Vec::new();
         for i in 0..200u32 {
             let line = format!("{i:04}\n");
             all.extend(line.as_bytes());
             s.append(Stream::Stdout, line.as_bytes(), r(i64::from(i)))
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
         }
         assert_eq!(s.state().len, 100, "live bytes stop at max_bytes");
         assert!(s.over_budget());
         drop(s);
         // Survives a restart while over budget.
-        let mut s = Spool::open(dir.path(), "b", 100, 30).unwrap_or_else(|e| panic!("{e}"));
-        s.finish().unwrap_or_else(|e| panic!("{e}"));
+        let mut s = Spool::open(dir.path(), "b", 100, 30).unwrap();
+        s.finish().unwrap();
         let bytes = all_bytes(&s);
         let head = &all[..100];
         let tail = &all[all.len() - 30..];
@@ -907,12 +893,11 @@ mod tests {
 
     #[test]
     fn output_given_up_is_announced_once_with_its_size_before_what_follows() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), "g", 1 << 20, 1 << 10)
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .with_full_disk_patience(Duration::ZERO);
-        s.append(Stream::Stdout, b"before\n", r(1))
-            .unwrap_or_else(|e| panic!("{e}"));
+        s.append(Stream::Stdout, b"before\n", r(1)).unwrap();
         let full = SpoolError::Io {
             path: dir.path().into(),
             source: std::io::Error::from_raw_os_error(28),
@@ -920,10 +905,9 @@ mod tests {
         s.give_up(1000, r(2), &full);
         s.give_up(234, r(3), &full);
         assert!(s.gap_pending());
-        s.append(Stream::Stdout, b"after\n", r(4))
-            .unwrap_or_else(|e| panic!("{e}"));
+        s.append(Stream::Stdout, b"after\n", r(4)).unwrap();
         assert!(!s.gap_pending());
-        s.finish().unwrap_or_else(|e| panic!("{e}"));
+        s.finish().unwrap();
         let text = String::from_utf8(all_bytes(&s)).unwrap_or_default();
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("before"));
@@ -938,21 +922,20 @@ mod tests {
         assert_eq!(s.lost(), 1234);
         // The count survives a reopen (it is read back from the gap line).
         drop(s);
-        let s = Spool::open(dir.path(), "g", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        let s = Spool::open(dir.path(), "g", 1 << 20, 1 << 10).unwrap();
         assert_eq!(s.lost(), 1234);
     }
 
     #[test]
     fn a_gap_still_pending_at_the_end_is_announced_before_the_final_marker() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut s =
-            Spool::open(dir.path(), "h", 1 << 20, 1 << 10).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), "h", 1 << 20, 1 << 10).unwrap();
         let full = SpoolError::Io {
             path: dir.path().into(),
             source: std::io::Error::from_raw_os_error(28),
         };
         s.give_up(77, r(2), &full);
-        s.finish().unwrap_or_else(|e| panic!("{e}"));
+        s.finish().unwrap();
         let text = String::from_utf8(all_bytes(&s)).unwrap_or_default();
         assert!(
             text.starts_with("[berth] 77 bytes of output were lost here"),
@@ -963,7 +946,7 @@ mod tests {
 
     #[test]
     fn no_execution_id_names_a_file_outside_the_spool_directory() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let spools = dir.path().join("transcripts");
         for id in [
             "../../x/exec",
@@ -976,9 +959,8 @@ mod tests {
         ] {
             let mut s = Spool::open(&spools, id, 1 << 20, 1 << 10)
                 .unwrap_or_else(|e| panic!("{id:?}: {e}"));
-            s.append(Stream::Stdout, b"x", r(1))
-                .unwrap_or_else(|e| panic!("{e}"));
-            s.finish().unwrap_or_else(|e| panic!("{e}"));
+            s.append(Stream::Stdout, b"x", r(1)).unwrap();
+            s.finish().unwrap();
             let p = Spool::path_for(&spools, id);
             assert_eq!(
                 p.parent(),
@@ -989,7 +971,7 @@ mod tests {
         }
         // Everything that was created lies in the spool directory, nothing beside it.
         let outside: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .filter_map(Result::ok)
             .map(|e| e.file_name())
             .filter(|n| n != "transcripts")

@@ -226,7 +226,7 @@ impl Worker {
             metrics: metrics.clone(),
             engine: engine.clone(),
             runtime: self.runtime.clone(),
-            settings: std::sync::RwLock::new(Arc::new(settings)),
+            settings: parking_lot::RwLock::new(Arc::new(settings)),
             journal: self.journal.clone(),
             outbox: out_tx.clone(),
             detach: CancellationToken::new(),
@@ -235,22 +235,7 @@ impl Worker {
         let env_for_reload = env.clone();
         let mut supervisor = Supervisor::new(
             env,
-            SupervisorConfig {
-                max: c.max_concurrent_tasks,
-                shutdown_mode: c.shutdown_mode,
-                spool_dir: spool_dir(&c.state_dir),
-                max_bytes: c.transcript.max_bytes,
-                tail_bytes: c.transcript.tail_bytes,
-                full_disk_patience: c.transcript.full_disk_patience,
-                labels: c.labels.clone(),
-                host: crate::supervisor::capacity::Host::read(),
-                reserve: c.admission.reserve,
-                min_free_disk: c.admission.min_free_disk,
-                disk_paths: std::iter::once(c.state_dir.clone())
-                    .chain(self.docker_root.clone())
-                    .collect(),
-                policy: c.docker.policy.clone(),
-            },
+            supervisor_config(c, self.docker_root.clone()),
             out_tx,
             link_rx,
         );
@@ -417,6 +402,27 @@ async fn apply_reloads(
     }
 }
 
+/// The supervisor's settings from the configuration (`engine_root`: the engine's data dir,
+/// checked for free disk beside `state_dir`).
+pub fn supervisor_config(c: &Config, engine_root: Option<PathBuf>) -> SupervisorConfig {
+    SupervisorConfig {
+        max: c.max_concurrent_tasks,
+        shutdown_mode: c.shutdown_mode,
+        spool_dir: spool_dir(&c.state_dir),
+        max_bytes: c.transcript.max_bytes,
+        tail_bytes: c.transcript.tail_bytes,
+        full_disk_patience: c.transcript.full_disk_patience,
+        labels: c.labels.clone(),
+        host: crate::supervisor::capacity::Host::read(),
+        reserve: c.admission.reserve,
+        min_free_disk: c.admission.min_free_disk,
+        disk_paths: std::iter::once(c.state_dir.clone())
+            .chain(engine_root)
+            .collect(),
+        policy: c.docker.policy.clone(),
+    }
+}
+
 /// The operator settings every task run reads (rebuilt on reload).
 pub fn task_settings(c: &Config) -> TaskSettings {
     TaskSettings {
@@ -545,7 +551,7 @@ mod tests {
             api_key: Some(crate::secret::Secret::new("k")),
             ..crate::config::Overrides::default()
         };
-        crate::config::load_str(Some(yaml), None, &ov, &|_| None).unwrap_or_else(|e| panic!("{e}"))
+        crate::config::load_str(Some(yaml), None, &ov, &|_| None).unwrap()
     }
 
     #[test]

@@ -55,7 +55,6 @@ fn is_status(e: &BollardError, code: u16) -> bool {
 pub struct EngineInfo {
     /// Engine version.
     pub version: String,
-    /// API version.
     pub api_version: String,
     /// `linux/amd64` style.
     pub platform: String,

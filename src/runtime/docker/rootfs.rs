@@ -47,7 +47,6 @@ pub enum RootfsError {
 pub struct ExtraFile {
     /// Absolute path inside the image.
     pub path: String,
-    /// Contents.
     pub contents: Vec<u8>,
     /// Unix mode.
     pub mode: u32,
