@@ -101,6 +101,7 @@ struct RawConfig {
     log: Option<RawLog>,
     api: Option<RawApi>,
     shutdown_mode: Option<ShutdownMode>,
+    shutdown_grace: Option<Spanned<String>>,
     transcript: Option<RawTranscript>,
     admission: Option<RawAdmission>,
     environments: Option<BTreeMap<String, RawEnvironment>>,
@@ -304,6 +305,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// What SIGTERM does to running tasks.
     pub shutdown_mode: ShutdownMode,
+    /// How long shutdown waits, once no task runs, for the last results and transcript bytes
+    /// to reach the control plane (they stay in the journal either way).
+    pub shutdown_grace: Duration,
     /// Transcript capture.
     pub transcript: TranscriptSettings,
     /// Resource-aware admission.
@@ -1468,6 +1472,12 @@ pub fn load_str(
         DEFAULT_FULL_DISK_PATIENCE,
         "use a duration such as 5m",
     );
+    let shutdown_grace = c.duration(
+        "shutdown_grace",
+        raw.shutdown_grace.as_ref(),
+        DEFAULT_SHUTDOWN_GRACE,
+        "use a duration such as 10s",
+    );
     let redact: Vec<Secret> = tr
         .redact
         .unwrap_or_default()
@@ -1525,6 +1535,7 @@ pub fn load_str(
             .shutdown_mode
             .or(raw.shutdown_mode)
             .unwrap_or(ShutdownMode::Preserve),
+        shutdown_grace,
         transcript: TranscriptSettings {
             max_bytes,
             tail_bytes,
@@ -1542,6 +1553,9 @@ pub fn load_str(
     })
 }
 
+/// Default of `shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The effective configuration as printed by `check-config`: secrets and env values redacted.
 #[derive(Debug, Serialize)]
 pub struct Effective {
@@ -1556,6 +1570,7 @@ pub struct Effective {
     log: EffectiveLog,
     api: EffectiveApi,
     shutdown_mode: ShutdownMode,
+    shutdown_grace: String,
     transcript: EffectiveTranscript,
     admission: EffectiveAdmission,
 }
@@ -1730,6 +1745,7 @@ impl Config {
                 format: self.log_format,
             },
             shutdown_mode: self.shutdown_mode,
+            shutdown_grace: humantime::format_duration(self.shutdown_grace).to_string(),
             api: EffectiveApi {
                 listen: self
                     .api
@@ -1819,6 +1835,7 @@ mod tests {
         assert_eq!(c.transcript.tail_bytes, 16 << 20);
         assert_eq!(c.transcript.retention, Duration::from_secs(86400));
         assert_eq!(c.transcript.full_disk_patience, Duration::from_secs(300));
+        assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
         assert!(c.transcript.redact.is_empty());
     }
 

@@ -246,7 +246,7 @@ async fn under_systemd_it_notifies_ready_status_watchdog_and_stopping() {
     let state = tempfile::tempdir().unwrap();
     let sock = state.path().join("notify.sock");
     let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
-    rx.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(90)))
         .unwrap();
     let mut child = berth(&[
         "run",
@@ -268,11 +268,14 @@ async fn under_systemd_it_notifies_ready_status_watchdog_and_stopping() {
     .unwrap();
     let guard = Cleanup(id.clone());
     let mut seen: Vec<String> = Vec::new();
-    // Reads notifications until one matches `want` (30 s read timeout per datagram).
+    // Reads notifications until one matches `want` (90 s per datagram: start-up lists the
+    // engine's containers, which a loaded shared engine can take long to answer).
     let until_seen = |seen: &mut Vec<String>, want: &dyn Fn(&str) -> bool| {
         while !seen.iter().any(|m| want(m)) {
             let mut b = [0u8; 512];
-            let len = rx.recv(&mut b).expect("a notification within 30 s");
+            let len = rx
+                .recv(&mut b)
+                .unwrap_or_else(|e| panic!("no notification for 90 s ({e}); seen: {seen:?}"));
             seen.push(String::from_utf8_lossy(&b[..len]).into_owned());
         }
     };

@@ -41,7 +41,7 @@ struct Harness {
     commands: mpsc::Sender<Command>,
     slots: watch::Receiver<berth::supervisor::Snapshot>,
     shutdown: CancellationToken,
-    join: Option<JoinHandle<()>>,
+    join: Option<JoinHandle<tokio::time::Instant>>,
     _link: watch::Sender<Link>,
     journal: Arc<Journal>,
     /// Every message received, in order.
@@ -194,6 +194,11 @@ impl Harness {
             .await
             .unwrap_or_else(|_| panic!("nothing sent for 60 s; seen so far: {}", self.summary()))
             .expect("outbox closed");
+        self.handle(o).await
+    }
+
+    /// Records a message and acknowledges it as a server would.
+    async fn handle(&mut self, o: Outbound) -> WorkerMessage {
         if let Some(w) = o.written {
             let _ = w.send(());
         }
@@ -320,15 +325,26 @@ impl Harness {
         )
     }
 
-    async fn stop(mut self) {
+    /// Shuts the supervisor down, acknowledging what it still sends; returns the messages
+    /// sent meanwhile.
+    async fn stop(mut self) -> Vec<WorkerMessage> {
         self.shutdown.cancel();
-        // Keep acknowledging while the supervisor winds down.
-        let join = self.join.take().unwrap();
-        tokio::pin!(join);
+        let seen = self.seen.len();
+        let mut join = self.join.take().unwrap();
         loop {
             tokio::select! {
-                r = &mut join => { r.unwrap(); return; }
-                o = self.out.recv() => if o.is_none() { let _ = (&mut join).await; return; },
+                r = &mut join => {
+                    r.unwrap();
+                    return self.seen.split_off(seen);
+                }
+                o = self.out.recv() => match o {
+                    Some(o) => { self.handle(o).await; }
+                    None => {
+                        let r = (&mut join).await;
+                        r.unwrap();
+                        return self.seen.split_off(seen);
+                    }
+                },
             }
         }
     }
@@ -1047,4 +1063,56 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+// ---- shutdown -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_cancel_mode_shutdown_stops_running_tasks_and_delivers_their_results() {
+    let mut h = Harness::start(2, "shutdown_mode: cancel\n").await;
+    h.fake.script_all(Script::runs());
+    h.assign(assignment("s1", &["run"])).await;
+    let c = h.container_for("s1").await;
+    h.fake.called(Op::Wait, 1).await;
+    let fake = h.fake.clone();
+    let sent = tokio::time::timeout(Duration::from_secs(60), h.stop())
+        .await
+        .unwrap();
+    let r = sent
+        .iter()
+        .find(|m| matches!(m, WorkerMessage::TaskFailed { task_id, .. } if task_id == "s1"))
+        .unwrap_or_else(|| panic!("no result during shutdown: {sent:?}"));
+    assert_eq!(reason_of(r), Some(FailureReason::GracefulShutdown));
+    assert!(
+        fake.calls()
+            .iter()
+            .any(|k| k.op == Op::Stop && k.target == c)
+    );
+    assert!(fake.containers().is_empty());
+}
+
+#[tokio::test]
+async fn a_preserve_mode_shutdown_leaves_running_tasks_alone() {
+    let mut h = Harness::start(2, "shutdown_mode: preserve\n").await;
+    h.fake.script_all(Script::runs());
+    h.assign(assignment("p1", &["run"])).await;
+    let c = h.container_for("p1").await;
+    h.fake.called(Op::Wait, 1).await;
+    let fake = h.fake.clone();
+    let sent = tokio::time::timeout(Duration::from_secs(60), h.stop())
+        .await
+        .unwrap();
+    assert!(
+        !sent.iter().any(|m| matches!(
+            m,
+            WorkerMessage::TaskFailed { .. } | WorkerMessage::TaskCompleted { .. }
+        )),
+        "{sent:?}"
+    );
+    assert_eq!(fake.count(Op::Stop), 0);
+    assert!(
+        fake.containers()
+            .iter()
+            .any(|(id, running)| *id == c && *running)
+    );
 }

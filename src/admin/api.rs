@@ -287,8 +287,14 @@ pub async fn bind(
 }
 
 impl Bound {
-    /// Serves until `stop` (a Unix socket is removed afterwards).
-    pub fn serve(self, live: Arc<Live>, commands: mpsc::Sender<Command>, stop: CancellationToken) {
+    /// Serves until `stop` (a Unix socket is removed afterwards), as a task of `tracker`.
+    pub fn serve(
+        self,
+        tracker: &tokio_util::task::TaskTracker,
+        live: Arc<Live>,
+        commands: mpsc::Sender<Command>,
+        stop: CancellationToken,
+    ) {
         let address = self.address.clone();
         let ctx = |trusted| Ctx {
             live,
@@ -297,8 +303,10 @@ impl Bound {
             trusted,
         };
         match self.listener {
-            Listener::Tcp(l) => spawn_server(l, router(ctx(false)), stop, None),
-            Listener::Unix(l, path) => spawn_server(l, router(ctx(true)), stop, Some(path)),
+            Listener::Tcp(l) => spawn_server(tracker, l, router(ctx(false)), stop, None),
+            Listener::Unix(l, path) => {
+                spawn_server(tracker, l, router(ctx(true)), stop, Some(path))
+            }
         }
         info!(%address, "local API listening");
     }
@@ -314,12 +322,17 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Serves `app` on `l` until `stop`, then removes `socket` (a Unix socket file) if given.
 /// At most [`MAX_CONNECTIONS`] at once, each bound by [`HEADER_READ_TIMEOUT`], so a
 /// misbehaving local client cannot exhaust berth's file descriptors.
-fn spawn_server<L>(mut l: L, app: Router, stop: CancellationToken, socket: Option<PathBuf>)
-where
+fn spawn_server<L>(
+    tracker: &tokio_util::task::TaskTracker,
+    mut l: L,
+    app: Router,
+    stop: CancellationToken,
+    socket: Option<PathBuf>,
+) where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let conns = tokio_util::task::TaskTracker::new();
         loop {

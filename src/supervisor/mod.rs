@@ -27,9 +27,6 @@ use crate::transcript::spool::Spool;
 use crate::transcript::spool::{SharedSpool, lock};
 use admission::{Admission, RejectReason, admit};
 
-/// How long a cancel-mode shutdown waits for the last results to be delivered.
-const FLUSH: Duration = Duration::from_secs(10);
-
 /// The image an assignment names (inline environment, then `docker_image`), for status views.
 fn image_asked(a: &TaskAssignment) -> String {
     a.environment
@@ -131,6 +128,8 @@ pub struct SupervisorConfig {
     pub max: u32,
     /// What SIGTERM does.
     pub shutdown_mode: ShutdownMode,
+    /// How long shutdown waits, once no task runs, for the last results to be delivered.
+    pub shutdown_grace: Duration,
     /// Where spools live.
     pub spool_dir: PathBuf,
     /// Transcript budget.
@@ -481,32 +480,41 @@ impl Supervisor {
     }
 
     /// Runs until `shutdown` fires and every task has reported (cancel mode) or detached
-    /// (preserve mode).
+    /// (preserve mode), then until the results are delivered or `shutdown_grace` passed.
+    /// Returns that same deadline: the session flushes what is queued until then, so the
+    /// whole shutdown waits for the control plane once, not twice.
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<SessionEvent>,
         shutdown: CancellationToken,
-    ) {
+    ) -> tokio::time::Instant {
         let mut events_open = true;
         let mut flush_deadline: Option<tokio::time::Instant> = None;
         // Persists acknowledgements and re-checks the shutdown deadline, however busy the loop.
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let deadline = loop {
             if self.stopping && self.tasks.is_empty() {
+                let deadline = *flush_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.cfg.shutdown_grace);
                 let preserve = self.cfg.shutdown_mode == ShutdownMode::Preserve;
                 if preserve || self.deliveries.is_empty() {
-                    break;
+                    if self.deliveries.is_empty() {
+                        info!("shutdown: every result delivered");
+                    } else {
+                        info!(
+                            undelivered = self.deliveries.len(),
+                            "shutdown: detached tasks keep running; their results are delivered by the next start"
+                        );
+                    }
+                    break deadline;
                 }
-                // Cancel mode: give the last results a moment to reach the server.
-                let deadline =
-                    *flush_deadline.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH);
                 if tokio::time::Instant::now() >= deadline {
                     warn!(
                         undelivered = self.deliveries.len(),
-                        "shutting down with undelivered results; they stay in the journal and are sent by the next start"
+                        "shutdown deadline (shutdown_grace) hit with undelivered results; they stay in the journal and are sent by the next start"
                     );
-                    break;
+                    break deadline;
                 }
             }
             tokio::select! {
@@ -561,14 +569,14 @@ impl Supervisor {
                     self.persist_acks();
                 }
             }
-        }
+        };
         self.persist_acks();
         self.stop_shipping.cancel();
         self.runs.close();
         self.runs.wait().await;
         self.shippers.close();
         self.shippers.wait().await;
-        info!("supervisor stopped");
+        deadline
     }
 
     async fn on_event(&mut self, ev: SessionEvent) {

@@ -4,6 +4,7 @@
 //! pure function ([`terminal_message`]) so every classification rule is unit-tested.
 
 pub mod capture;
+mod phases;
 pub mod provision;
 
 use std::sync::{Arc, OnceLock};
@@ -18,14 +19,12 @@ use crate::control::shipper::Outbound;
 use crate::failure::FailureReason;
 use crate::journal::Journal;
 use crate::protocol::{
-    MSG_CANCELLED, MSG_COMPLETED, MSG_INTERRUPTED, MSG_TIMEOUT, Started, Stream,
-    TASK_STATE_CANCELLED, TaskAssignment, TerminalExt, WorkerMessage,
+    MSG_CANCELLED, MSG_COMPLETED, MSG_INTERRUPTED, MSG_TIMEOUT, Stream, TASK_STATE_CANCELLED,
+    TaskAssignment, TerminalExt, WorkerMessage,
 };
 use crate::runtime::{ExitStatus, Runtime};
 use crate::secret::Secret;
-use crate::spec::{
-    AgentSettings, SpecContext, container_spec, plan_sidecars, resolve_image, sidecar_bind,
-};
+use crate::spec::AgentSettings;
 use crate::transcript;
 use crate::transcript::spool::{SharedSpool, append_retrying, lock};
 
@@ -286,7 +285,7 @@ pub async fn run(env: Arc<TaskEnv>, exec: Execution, control: Arc<TaskControl>) 
         // Task env values never reach the log, whatever its level (bollard's debug output
         // carries the container body).
         let _secrets = crate::transcript::redaction::register(secrets_of(&env, &exec.assignment));
-        let outcome = execute(&env, &exec, &control).await;
+        let outcome = phases::execute(&env, &exec, &control).await;
         finish(&env, &exec, &control, outcome).await
     }
     .instrument(span)
@@ -539,253 +538,6 @@ async fn choose_environment(
     Ok(Some(e))
 }
 
-/// `None` means detached.
-async fn execute(env: &TaskEnv, exec: &Execution, control: &TaskControl) -> Option<Outcome> {
-    let s = &env.settings();
-    let a = &exec.assignment;
-    let runtime = env.runtime.as_ref();
-    let token = control.token.clone();
-    let environment = match choose_environment(env, exec, &token).await {
-        Ok(e) => e,
-        Err(o) => return Some(o),
-    };
-    let image = match resolve_image(
-        a,
-        environment.as_ref().and_then(|e| e.image.as_deref()),
-        &s.default_image,
-    ) {
-        Ok(i) => i,
-        Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
-    };
-    let sidecars = match plan_sidecars(a) {
-        Ok(p) => p,
-        Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
-    };
-    // Policy first: a refused task never pulls or creates anything.
-    let policy_check = s
-        .policy
-        .check_image(&image, "")
-        .and_then(|()| {
-            sidecars
-                .iter()
-                .try_for_each(|m| s.policy.check_image(&m.image, "sidecar"))
-        })
-        .and_then(|()| {
-            s.policy
-                .limits(a.instance_shape, environment.as_ref().map(|e| &e.resources))
-        });
-    let limits = match policy_check {
-        Ok(l) => l,
-        Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
-    };
-    let workdir = environment
-        .as_ref()
-        .and_then(|e| e.workdir.clone())
-        .unwrap_or_else(|| crate::spec::WORKDIR.to_string());
-    let steps = match environment.as_ref().filter(|e| e.provisions()) {
-        Some(e) => match crate::task::provision::steps(e, &workdir) {
-            Ok(st) => st,
-            Err(detail) => return Some(phase(FailureReason::WorkspaceSetup)(detail)),
-        },
-        None => Vec::new(),
-    };
-    let t = tokio::time::Instant::now();
-    system_line(
-        &exec.spool,
-        &format!("preparing image {image} (pull policy {:?})", s.pull_policy),
-    )
-    .await;
-    // Condensed pull progress goes into the transcript as it comes.
-    let (progress_tx, mut progress_rx) = mpsc::channel::<String>(8);
-    let spool = exec.spool.clone();
-    let forward = tokio::spawn(async move {
-        while let Some(line) = progress_rx.recv().await {
-            system_line(&spool, &line).await;
-        }
-    });
-    // A pull may be abandoned safely; the engine finishes or drops it on its own.
-    let pulled = loop {
-        let r = tokio::select! {
-            r = runtime.ensure_image(&image, s.pull_policy, Some(&progress_tx)) => Some(r),
-            _ = token.cancelled() => None,
-            _ = env.detach.cancelled() => None,
-        };
-        match r {
-            Some(Err(_)) if outlast_outage(env, exec, &token, "preparing the image").await => {}
-            r => break r,
-        }
-    };
-    drop(progress_tx);
-    // Every progress line precedes what follows the pull.
-    let _ = forward.await;
-    let stopped = || token.is_cancelled() || env.detach.is_cancelled();
-    let info = match pulled {
-        Some(Ok(i)) => i,
-        Some(Err(_)) if stopped() => return Some(Outcome::Interrupted),
-        Some(Err(e)) => return Some(phase(FailureReason::ImagePull)(e.to_string())),
-        None => return Some(Outcome::Interrupted),
-    };
-    system_line(
-        &exec.spool,
-        &format!(
-            "image ready in {} ms ({})",
-            t.elapsed().as_millis(),
-            info.id
-        ),
-    )
-    .await;
-    // Sidecar copies are shared and clean up after themselves, so they are never abandoned
-    // half-way; cancellation is checked between them.
-    let mut sidecar_binds = Vec::new();
-    for m in &sidecars {
-        let t = tokio::time::Instant::now();
-        let prepared = loop {
-            match runtime.ensure_sidecar(&m.image, s.pull_policy).await {
-                Err(_) if outlast_outage(env, exec, &token, "preparing a sidecar").await => {}
-                r => break r,
-            }
-        };
-        match prepared {
-            Ok(volume) => {
-                system_line(
-                    &exec.spool,
-                    &format!(
-                        "sidecar {} ready as volume {volume} in {} ms",
-                        m.image,
-                        t.elapsed().as_millis()
-                    ),
-                )
-                .await;
-                sidecar_binds.push(sidecar_bind(&volume, m));
-            }
-            Err(_) if stopped() => return Some(Outcome::Interrupted),
-            Err(e) => return Some(phase(FailureReason::SidecarPrep)(e.to_string())),
-        }
-        if token.is_cancelled() || env.detach.is_cancelled() {
-            return Some(Outcome::Interrupted);
-        }
-    }
-    let ctx = SpecContext {
-        worker_id: &s.worker_id,
-        execution_id: &exec.execution_id,
-        berth: exec.berth,
-        image: &image,
-        sidecar_binds,
-        agent: &s.agent,
-        operator_env: &s.operator_env,
-        operator_volumes: &s.operator_volumes,
-        limits,
-        security: &s.policy.security,
-        environment: environment.as_ref(),
-        hold: (!steps.is_empty()).then_some(info.entrypoint.as_slice()),
-    };
-    let spec = match container_spec(a, &ctx) {
-        Ok(spec) => spec,
-        Err(e) => return Some(phase(e.failure_reason())(e.to_string())),
-    };
-    // Create is never abandoned: a create cut short could leave a container nobody tracks.
-    let created_in = tokio::time::Instant::now();
-    let id = loop {
-        match runtime.create(&spec).await {
-            Ok(id) => break id,
-            Err(e) => {
-                if !outlast_outage(env, exec, &token, "creating the container").await {
-                    if stopped() {
-                        return Some(Outcome::Interrupted);
-                    }
-                    return Some(phase(FailureReason::ContainerCreate)(e.to_string()));
-                }
-                // The engine may have created it before the connection dropped.
-                let ours = runtime.list_managed(&s.worker_id).await.ok().and_then(|l| {
-                    l.into_iter()
-                        .find(|c| c.execution_id == exec.execution_id)
-                        .map(|c| c.id)
-                });
-                if let Some(id) = ours {
-                    break id;
-                }
-            }
-        }
-    };
-    // Journal before acting: a restarted worker must know this container is ours.
-    if let Err(e) = env
-        .journal
-        .set_container(&exec.execution_id, &id, !steps.is_empty())
-    {
-        error!(error = %e, "cannot record the container in the journal");
-    }
-    info!(container = %id, image = %spec.image, "container created");
-    if token.is_cancelled() {
-        return cleanup(env, &id, Supervised::Done(Outcome::Interrupted)).await;
-    }
-    let created_ms = created_in.elapsed().as_millis();
-    let started_in = tokio::time::Instant::now();
-    if let Err(e) = runtime.start(&id).await {
-        return cleanup(
-            env,
-            &id,
-            Supervised::Done(phase(FailureReason::ContainerStart)(e.to_string())),
-        )
-        .await;
-    }
-    info!(container = %id, "container started");
-    system_line(
-        &exec.spool,
-        &format!(
-            "container {} created in {created_ms} ms, started in {} ms",
-            short(&id),
-            started_in.elapsed().as_millis()
-        ),
-    )
-    .await;
-    if exec.berth {
-        let started = WorkerMessage::TaskStarted(Box::new(Started {
-            task_id: a.task_id.clone(),
-            execution_id: exec.execution_id.clone(),
-            container_id: id.clone(),
-            image: spec.image.clone(),
-            image_id: info.id.clone(),
-            started_at: chrono::Utc::now().to_rfc3339(),
-        }));
-        let _ = env.outbox.send(Outbound::durable(started)).await;
-    }
-    let timeout = task_timeout(env, exec);
-    let started_at = tokio::time::Instant::now();
-    if !steps.is_empty() {
-        let secrets = secrets_of(env, a);
-        let provisioned = tokio::select! {
-            r = crate::task::provision::provision(runtime, &id, &steps, &exec.spool, &secrets) => Some(r),
-            _ = token.cancelled() => None,
-            _ = sleep_or_forever(timeout) => {
-                control.stop(StopReason::Timeout);
-                None
-            }
-            // A held container cannot be resumed by the next worker: end it now.
-            _ = env.detach.cancelled() => {
-                control.stop(StopReason::Shutdown);
-                None
-            }
-        };
-        match provisioned {
-            Some(Ok(())) => {
-                if let Err(e) = env.journal.set_running(&exec.execution_id) {
-                    error!(error = %e, "cannot record the end of provisioning in the journal");
-                }
-            }
-            Some(Err(f)) => {
-                return cleanup(env, &id, Supervised::Done(Outcome::Failure(f))).await;
-            }
-            None => return cleanup(env, &id, Supervised::Done(Outcome::Interrupted)).await,
-        }
-    }
-    let remaining = timeout.map(|t| t.saturating_sub(started_at.elapsed()));
-    let outcome = supervise(env, exec, &id, control, remaining).await;
-    if matches!(outcome, Supervised::Detached) {
-        return None;
-    }
-    cleanup(env, &id, outcome).await
-}
-
 enum Supervised {
     Done(Outcome),
     Detached,
@@ -817,57 +569,66 @@ async fn supervise(
     control: &TaskControl,
     timeout: Option<Duration>,
 ) -> Supervised {
-    let runtime = env.runtime.clone();
     let grace = env.settings().stop_grace_period;
     let secrets = secrets_of(env, &exec.assignment);
-    let spool = exec.spool.clone();
-    let cid = id.to_string();
-    let capture_task =
-        tokio::spawn(
-            async move { capture::capture(runtime.as_ref(), &cid, &spool, secrets).await },
-        );
+    // Capture runs alongside the wait in this task (not spawned): whatever ends the run also
+    // ends the capture, and nothing is left running unowned.
+    let capture = capture::capture(env.runtime.as_ref(), id, &exec.spool, secrets);
+    let mut capture = std::pin::pin!(capture);
+    let mut captured = None;
     let deadline = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
             None => std::future::pending().await,
         }
     };
-    let waited = tokio::select! {
-        r = wait_through_outages(env, id) => Some(r),
-        _ = control.token.cancelled() => None,
-        _ = deadline => {
-            control.stop(StopReason::Timeout);
-            None
+    let waiting = async {
+        tokio::select! {
+            r = wait_through_outages(env, id) => Some(r),
+            _ = control.token.cancelled() => None,
+            _ = deadline => {
+                control.stop(StopReason::Timeout);
+                None
+            }
         }
-        _ = env.detach.cancelled() => {
-            capture_task.abort();
-            return Supervised::Detached;
+    };
+    let waiting = async {
+        tokio::select! {
+            w = waiting => Some(w),
+            _ = env.detach.cancelled() => None,
         }
+    };
+    let Some(waited) = alongside(waiting, &mut capture, &mut captured).await else {
+        return Supervised::Detached;
     };
     let waited = match waited {
         Some(r) => r,
         None => {
             info!(container = %id, reason = ?control.reason(), grace_s = grace.as_secs(), "stopping container");
-            stop_through_outages(env, id, grace).await;
-            wait_through_outages(env, id).await
+            let stopped = async {
+                stop_through_outages(env, id, grace).await;
+                wait_through_outages(env, id).await
+            };
+            alongside(stopped, &mut capture, &mut captured).await
         }
     };
     // All output is read before the result is decided, and the container is kept until then.
     // Bounded: the engine closes the stream once the container has stopped, and a full disk
     // is waited for at most full_disk_patience before output is counted as lost.
     let patience = lock(&exec.spool).full_disk_patience() + CAPTURE_DRAIN;
-    let mut capture_task = capture_task;
-    let incomplete = match tokio::time::timeout(patience, &mut capture_task).await {
-        Ok(Ok(Ok(()))) => None,
-        Ok(Ok(Err(e))) => Some(format!("output capture ended early ({e})")),
-        Ok(Err(e)) => Some(format!("output capture failed ({e})")),
-        Err(_) => {
-            capture_task.abort();
-            Some(format!(
-                "output capture did not finish within {} of the container's exit",
-                humantime::format_duration(patience)
-            ))
+    let drained = async {
+        match captured.take() {
+            Some(r) => r,
+            None => capture.as_mut().await,
         }
+    };
+    let incomplete = match tokio::time::timeout(patience, drained).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("output capture ended early ({e})")),
+        Err(_) => Some(format!(
+            "output capture did not finish within {} of the container's exit",
+            humantime::format_duration(patience)
+        )),
     };
     if let Some(why) = incomplete {
         warn!(container = %id, "{why}; the transcript may be incomplete");
@@ -879,6 +640,23 @@ async fn supervise(
     }
     Supervised::Done(waited)
 }
+
+/// Runs `work` while also driving `capture` (its result kept in `captured` if it ends first).
+async fn alongside<W: std::future::Future>(
+    work: W,
+    capture: &mut std::pin::Pin<&mut impl std::future::Future<Output = CaptureResult>>,
+    captured: &mut Option<CaptureResult>,
+) -> W::Output {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            w = &mut work => return w,
+            r = capture.as_mut(), if captured.is_none() => *captured = Some(r),
+        }
+    }
+}
+
+type CaptureResult = Result<(), capture::CaptureError>;
 
 /// Waits for the container to exit, riding out Docker engine outages: while the engine does
 /// not answer, the wait is retried with a capped backoff (the container keeps running; the

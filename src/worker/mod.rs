@@ -22,9 +22,6 @@ use crate::supervisor::{Found, Snapshot, Supervisor, SupervisorConfig};
 use crate::task::{TaskEnv, TaskSettings};
 use crate::transcript::spool::Spool;
 
-/// How long shutdown waits for the last messages to reach a server that is down.
-const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
-
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -255,14 +252,16 @@ impl Worker {
             link: link_tx,
             hello: supervisor.hello(),
         };
-        let session = tokio::spawn(session::run(
+        // Every task the worker starts is owned here and observes `shutdown`; none is aborted.
+        let tracker = tokio_util::task::TaskTracker::new();
+        let session = tracker.spawn(session::run(
             session_settings,
             io,
             stats.clone(),
             abort.clone(),
         ));
-        let monitor = tokio::spawn(engine.clone().monitor(shutdown.clone()));
-        let resync = tokio::spawn(resync_after_outages(
+        tracker.spawn(engine.clone().monitor(shutdown.clone()));
+        tracker.spawn(resync_after_outages(
             engine.clone(),
             self.runtime.clone(),
             self.journal.clone(),
@@ -271,7 +270,7 @@ impl Worker {
             c.docker.stop_grace_period,
             shutdown.clone(),
         ));
-        let janitor = tokio::spawn(janitor(
+        tracker.spawn(janitor(
             self.journal.clone(),
             spool_dir(&c.state_dir),
             c.transcript.retention,
@@ -290,18 +289,23 @@ impl Worker {
         ));
         let api = self.api.map(|bound| {
             let address = bound.address.clone();
-            bound.serve(live.clone(), supervisor.commands(), shutdown.clone());
+            bound.serve(
+                &tracker,
+                live.clone(),
+                supervisor.commands(),
+                shutdown.clone(),
+            );
             address
         });
         let (reload_tx, reload_rx) = mpsc::channel::<Config>(2);
-        let reloader = tokio::spawn(apply_reloads(
+        tracker.spawn(apply_reloads(
             c.clone(),
             reload_rx,
             env_for_reload,
             supervisor.commands(),
             shutdown.clone(),
         ));
-        let reporter = tokio::spawn(crate::admin::status::report(
+        tracker.spawn(crate::admin::status::report(
             live.clone(),
             status_outbox,
             status_link,
@@ -317,21 +321,27 @@ impl Worker {
             reload: reload_tx,
         });
         info!(worker_id = %c.worker_id, max_concurrent_tasks = c.max_concurrent_tasks, shutdown_mode = ?c.shutdown_mode, "worker running");
-        supervisor.run(ev_rx, shutdown).await;
-        janitor.abort();
-        reporter.abort();
-        reloader.abort();
-        monitor.abort();
-        resync.abort();
-        // The supervisor dropped its senders: the session flushes the queue and closes.
-        let abort_on_deadline = abort.clone();
-        let deadline = tokio::spawn(async move {
-            tokio::time::sleep(FLUSH_DEADLINE).await;
-            warn!("control plane unreachable during shutdown; unsent messages stay in the journal");
-            abort_on_deadline.cancel();
-        });
+        let deadline = supervisor.run(ev_rx, shutdown).await;
+        // The supervisor dropped its senders: the session flushes the queue and closes, or
+        // gives up at the same deadline the supervisor waited for.
+        let session_done = CancellationToken::new();
+        let give_up = {
+            let (abort, done) = (abort.clone(), session_done.clone());
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {
+                        warn!("control plane unreachable during shutdown; unsent messages stay in the journal");
+                        abort.cancel();
+                    }
+                    _ = done.cancelled() => {}
+                }
+            }
+        };
+        tracker.spawn(give_up);
         let _ = session.await;
-        deadline.abort();
+        session_done.cancel();
+        tracker.close();
+        tracker.wait().await;
         info!("worker stopped");
     }
 }
@@ -347,6 +357,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     check("worker_id", old.worker_id != new.worker_id);
     check("state_dir", old.state_dir != new.state_dir);
     check("shutdown_mode", old.shutdown_mode != new.shutdown_mode);
+    check("shutdown_grace", old.shutdown_grace != new.shutdown_grace);
     check("control_plane", old.control_plane != new.control_plane);
     check("backend.docker.host", old.docker.host != new.docker.host);
     check("api", old.api != new.api);
@@ -408,6 +419,7 @@ pub fn supervisor_config(c: &Config, engine_root: Option<PathBuf>) -> Supervisor
     SupervisorConfig {
         max: c.max_concurrent_tasks,
         shutdown_mode: c.shutdown_mode,
+        shutdown_grace: c.shutdown_grace,
         spool_dir: spool_dir(&c.state_dir),
         max_bytes: c.transcript.max_bytes,
         tail_bytes: c.transcript.tail_bytes,

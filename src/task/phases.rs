@@ -1,0 +1,364 @@
+//! One task's run as explicit phases: prepare → image → create → start → provision → (the
+//! supervised run, capture and wait, then cleanup). Each phase returns what the next one
+//! needs, or the [`Outcome`] that ends the run; the first failure or stop wins.
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::{
+    Execution, Outcome, StopReason, Supervised, TaskControl, TaskEnv, TaskSettings, cleanup,
+    outlast_outage, phase, secrets_of, short, sleep_or_forever, supervise, system_line,
+    task_timeout,
+};
+use crate::control::shipper::Outbound;
+use crate::failure::FailureReason;
+use crate::protocol::{Started, WorkerMessage};
+use crate::runtime::ImageInfo;
+use crate::spec::environment::Environment;
+use crate::spec::image::ImageRef;
+use crate::spec::policy::Limits;
+use crate::spec::{
+    ContainerSpec, SidecarMount, SpecContext, container_spec, plan_sidecars, resolve_image,
+    sidecar_bind,
+};
+use crate::task::provision::Step;
+
+/// What a phase hands on, or the outcome that ends the run.
+type Phase<T> = Result<T, Outcome>;
+
+/// The decisions made before the engine is touched.
+struct Plan {
+    environment: Option<Environment>,
+    image: ImageRef,
+    sidecars: Vec<SidecarMount>,
+    limits: Limits,
+    steps: Vec<Step>,
+}
+
+/// A container the engine created for the execution (journaled as ours).
+struct Created {
+    id: String,
+    spec: ContainerSpec,
+    /// How long the create took (announced with the start).
+    took_ms: u128,
+}
+
+/// Runs the phases; `None` means the worker detached (`preserve` shutdown).
+pub(super) async fn execute(
+    env: &TaskEnv,
+    exec: &Execution,
+    control: &TaskControl,
+) -> Option<Outcome> {
+    let s = env.settings();
+    let plan = match prepare(env, exec, &s, &control.token).await {
+        Ok(p) => p,
+        Err(o) => return Some(o),
+    };
+    let (info, sidecar_binds) = match image(env, exec, &s, &control.token, &plan).await {
+        Ok(r) => r,
+        Err(o) => return Some(o),
+    };
+    let created = match create(env, exec, &s, &control.token, &plan, &info, sidecar_binds).await {
+        Ok(c) => c,
+        Err(o) => return Some(o),
+    };
+    let id = created.id.clone();
+    let run = async {
+        start(env, exec, &control.token, &created, &info).await?;
+        let timeout = task_timeout(env, exec);
+        let started_at = tokio::time::Instant::now();
+        provision(env, exec, control, &id, &plan.steps, timeout).await?;
+        Ok(timeout.map(|t| t.saturating_sub(started_at.elapsed())))
+    };
+    let outcome = match run.await {
+        Ok(remaining) => supervise(env, exec, &id, control, remaining).await,
+        Err(o) => Supervised::Done(o),
+    };
+    if matches!(outcome, Supervised::Detached) {
+        return None;
+    }
+    cleanup(env, &id, outcome).await
+}
+
+/// Environment, image, sidecars, policy and provisioning steps: everything decided before
+/// the engine is asked for anything (a refused task never pulls or creates).
+async fn prepare(
+    env: &TaskEnv,
+    exec: &Execution,
+    s: &TaskSettings,
+    token: &CancellationToken,
+) -> Phase<Plan> {
+    let a = &exec.assignment;
+    let refused = |e: crate::spec::SpecError| phase(e.failure_reason())(e.to_string());
+    let environment = super::choose_environment(env, exec, token).await?;
+    let image = resolve_image(
+        a,
+        environment.as_ref().and_then(|e| e.image.as_deref()),
+        &s.default_image,
+    )
+    .map_err(refused)?;
+    let sidecars = plan_sidecars(a).map_err(refused)?;
+    let limits = s
+        .policy
+        .check_image(&image, "")
+        .and_then(|()| {
+            sidecars
+                .iter()
+                .try_for_each(|m| s.policy.check_image(&m.image, "sidecar"))
+        })
+        .and_then(|()| {
+            s.policy
+                .limits(a.instance_shape, environment.as_ref().map(|e| &e.resources))
+        })
+        .map_err(|e| phase(e.failure_reason())(e.to_string()))?;
+    let workdir = environment
+        .as_ref()
+        .and_then(|e| e.workdir.clone())
+        .unwrap_or_else(|| crate::spec::WORKDIR.to_string());
+    let steps = match environment.as_ref().filter(|e| e.provisions()) {
+        Some(e) => crate::task::provision::steps(e, &workdir)
+            .map_err(phase(FailureReason::WorkspaceSetup))?,
+        None => Vec::new(),
+    };
+    Ok(Plan {
+        environment,
+        image,
+        sidecars,
+        limits,
+        steps,
+    })
+}
+
+/// The image (pull progress into the transcript) and the sidecar volumes, waiting out engine
+/// outages. A pull may be abandoned on a stop; a sidecar copy never is (it is shared).
+async fn image(
+    env: &TaskEnv,
+    exec: &Execution,
+    s: &TaskSettings,
+    token: &CancellationToken,
+    plan: &Plan,
+) -> Phase<(ImageInfo, Vec<String>)> {
+    let runtime = env.runtime.as_ref();
+    let stopped = || token.is_cancelled() || env.detach.is_cancelled();
+    let t = tokio::time::Instant::now();
+    let image = &plan.image;
+    system_line(
+        &exec.spool,
+        &format!("preparing image {image} (pull policy {:?})", s.pull_policy),
+    )
+    .await;
+    // Condensed pull progress goes into the transcript as it comes.
+    let (progress_tx, mut progress_rx) = mpsc::channel::<String>(8);
+    let spool = exec.spool.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(line) = progress_rx.recv().await {
+            system_line(&spool, &line).await;
+        }
+    });
+    let pulled = loop {
+        let r = tokio::select! {
+            r = runtime.ensure_image(image, s.pull_policy, Some(&progress_tx)) => Some(r),
+            _ = token.cancelled() => None,
+            _ = env.detach.cancelled() => None,
+        };
+        match r {
+            Some(Err(_)) if outlast_outage(env, exec, token, "preparing the image").await => {}
+            r => break r,
+        }
+    };
+    drop(progress_tx);
+    // Every progress line precedes what follows the pull.
+    let _ = forward.await;
+    let info = match pulled {
+        Some(Ok(i)) => i,
+        Some(Err(_)) if stopped() => return Err(Outcome::Interrupted),
+        Some(Err(e)) => return Err(phase(FailureReason::ImagePull)(e.to_string())),
+        None => return Err(Outcome::Interrupted),
+    };
+    system_line(
+        &exec.spool,
+        &format!(
+            "image ready in {} ms ({})",
+            t.elapsed().as_millis(),
+            info.id
+        ),
+    )
+    .await;
+    let mut binds = Vec::new();
+    for m in &plan.sidecars {
+        let t = tokio::time::Instant::now();
+        let prepared = loop {
+            match runtime.ensure_sidecar(&m.image, s.pull_policy).await {
+                Err(_) if outlast_outage(env, exec, token, "preparing a sidecar").await => {}
+                r => break r,
+            }
+        };
+        match prepared {
+            Ok(volume) => {
+                system_line(
+                    &exec.spool,
+                    &format!(
+                        "sidecar {} ready as volume {volume} in {} ms",
+                        m.image,
+                        t.elapsed().as_millis()
+                    ),
+                )
+                .await;
+                binds.push(sidecar_bind(&volume, m));
+            }
+            Err(_) if stopped() => return Err(Outcome::Interrupted),
+            Err(e) => return Err(phase(FailureReason::SidecarPrep)(e.to_string())),
+        }
+        if stopped() {
+            return Err(Outcome::Interrupted);
+        }
+    }
+    Ok((info, binds))
+}
+
+/// Builds the container spec and creates the container, journaled as ours before anything
+/// else happens to it. Never abandoned: a create cut short could leave a container nobody
+/// tracks, so a create retried after an outage first looks for the one the engine made.
+async fn create(
+    env: &TaskEnv,
+    exec: &Execution,
+    s: &TaskSettings,
+    token: &CancellationToken,
+    plan: &Plan,
+    info: &ImageInfo,
+    sidecar_binds: Vec<String>,
+) -> Phase<Created> {
+    let runtime = env.runtime.as_ref();
+    let ctx = SpecContext {
+        worker_id: &s.worker_id,
+        execution_id: &exec.execution_id,
+        berth: exec.berth,
+        image: &plan.image,
+        sidecar_binds,
+        agent: &s.agent,
+        operator_env: &s.operator_env,
+        operator_volumes: &s.operator_volumes,
+        limits: plan.limits,
+        security: &s.policy.security,
+        environment: plan.environment.as_ref(),
+        hold: (!plan.steps.is_empty()).then_some(info.entrypoint.as_slice()),
+    };
+    let spec = container_spec(&exec.assignment, &ctx)
+        .map_err(|e| phase(e.failure_reason())(e.to_string()))?;
+    let created_in = tokio::time::Instant::now();
+    let id = loop {
+        match runtime.create(&spec).await {
+            Ok(id) => break id,
+            Err(e) => {
+                if !outlast_outage(env, exec, token, "creating the container").await {
+                    if token.is_cancelled() || env.detach.is_cancelled() {
+                        return Err(Outcome::Interrupted);
+                    }
+                    return Err(phase(FailureReason::ContainerCreate)(e.to_string()));
+                }
+                let ours = runtime.list_managed(&s.worker_id).await.ok().and_then(|l| {
+                    l.into_iter()
+                        .find(|c| c.execution_id == exec.execution_id)
+                        .map(|c| c.id)
+                });
+                if let Some(id) = ours {
+                    break id;
+                }
+            }
+        }
+    };
+    // Journal before acting: a restarted worker must know this container is ours.
+    if let Err(e) = env
+        .journal
+        .set_container(&exec.execution_id, &id, !plan.steps.is_empty())
+    {
+        error!(error = %e, "cannot record the container in the journal");
+    }
+    info!(container = %id, image = %spec.image, "container created");
+    Ok(Created {
+        id,
+        spec,
+        took_ms: created_in.elapsed().as_millis(),
+    })
+}
+
+/// Starts the container (announced, with `task_started` on berth/1).
+async fn start(
+    env: &TaskEnv,
+    exec: &Execution,
+    token: &CancellationToken,
+    created: &Created,
+    info: &ImageInfo,
+) -> Phase<()> {
+    if token.is_cancelled() {
+        return Err(Outcome::Interrupted);
+    }
+    let id = &created.id;
+    let started_in = tokio::time::Instant::now();
+    env.runtime
+        .start(id)
+        .await
+        .map_err(|e| phase(FailureReason::ContainerStart)(e.to_string()))?;
+    info!(container = %id, "container started");
+    system_line(
+        &exec.spool,
+        &format!(
+            "container {} created in {} ms, started in {} ms",
+            short(id),
+            created.took_ms,
+            started_in.elapsed().as_millis()
+        ),
+    )
+    .await;
+    if exec.berth {
+        let started = WorkerMessage::TaskStarted(Box::new(Started {
+            task_id: exec.assignment.task_id.clone(),
+            execution_id: exec.execution_id.clone(),
+            container_id: id.clone(),
+            image: created.spec.image.clone(),
+            image_id: info.id.clone(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+        }));
+        let _ = env.outbox.send(Outbound::durable(started)).await;
+    }
+    Ok(())
+}
+
+/// Clones and setup commands inside the held container, then the release of the task's
+/// command. A held container cannot be resumed by the next worker, so a shutdown ends it.
+async fn provision(
+    env: &TaskEnv,
+    exec: &Execution,
+    control: &TaskControl,
+    id: &str,
+    steps: &[Step],
+    timeout: Option<std::time::Duration>,
+) -> Phase<()> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let secrets = secrets_of(env, &exec.assignment);
+    let provisioned = tokio::select! {
+        r = crate::task::provision::provision(env.runtime.as_ref(), id, steps, &exec.spool, &secrets) => Some(r),
+        _ = control.token.cancelled() => None,
+        _ = sleep_or_forever(timeout) => {
+            control.stop(StopReason::Timeout);
+            None
+        }
+        _ = env.detach.cancelled() => {
+            control.stop(StopReason::Shutdown);
+            None
+        }
+    };
+    match provisioned {
+        Some(Ok(())) => {
+            if let Err(e) = env.journal.set_running(&exec.execution_id) {
+                error!(error = %e, "cannot record the end of provisioning in the journal");
+            }
+            Ok(())
+        }
+        Some(Err(f)) => Err(Outcome::Failure(f)),
+        None => Err(Outcome::Interrupted),
+    }
+}
