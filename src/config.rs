@@ -493,6 +493,60 @@ impl Collector<'_> {
     }
 }
 
+impl Collector<'_> {
+    /// A duration of at least `min` at `key`; `fix` says how to write one.
+    fn duration_min(
+        &mut self,
+        key: &str,
+        sp: Option<&Spanned<String>>,
+        default: Duration,
+        min: Duration,
+        fix: &str,
+    ) -> Duration {
+        match sp.map(|sp| (sp, parse_duration(&sp.value))) {
+            None => default,
+            Some((_, Ok(d))) if d >= min => d,
+            Some((sp, Ok(_))) => {
+                let problem = format!(
+                    "{:?} is shorter than the minimum {}",
+                    sp.value,
+                    humantime::format_duration(min)
+                );
+                self.at(key, Some(sp), problem, "use a longer duration");
+                default
+            }
+            Some((sp, Err(p))) => {
+                self.at(key, Some(sp), p, fix);
+                default
+            }
+        }
+    }
+
+    /// A size of at least `min` bytes at `key`; `fix` says how to write one.
+    fn size_min(
+        &mut self,
+        key: &str,
+        sp: Option<&Spanned<String>>,
+        default: u64,
+        min: u64,
+        fix: &str,
+    ) -> u64 {
+        match sp.map(|sp| (sp, parse_size(&sp.value))) {
+            None => default,
+            Some((_, Ok(n))) if n >= min => n,
+            Some((sp, Ok(_))) => {
+                let problem = format!("{:?} is below the minimum of {min} bytes", sp.value);
+                self.at(key, Some(sp), problem, "use a larger size");
+                default
+            }
+            Some((sp, Err(p))) => {
+                self.at(key, Some(sp), p, fix);
+                default
+            }
+        }
+    }
+}
+
 pub use crate::units::{parse_duration, parse_size};
 
 /// Validates a `HOST:CONTAINER[:MODE]` bind.
@@ -800,7 +854,7 @@ pub fn load_str(
     host_env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
     let display_path = path.unwrap_or(Path::new("<config>"));
-    let raw: RawConfig = match text {
+    let mut raw: RawConfig = match text {
         None => RawConfig::default(),
         Some(t) => {
             let opts = serde_saphyr::options! { strict_booleans: true };
@@ -824,10 +878,70 @@ pub fn load_str(
         file: path,
         errors: Vec::new(),
     };
-    let cp = raw.control_plane.unwrap_or_default();
-    let docker = raw.backend.unwrap_or_default().docker.unwrap_or_default();
-    let raw_api = raw.api.unwrap_or_default();
-    let api = ApiSettings {
+    let cp = raw.control_plane.take().unwrap_or_default();
+    let docker = raw
+        .backend
+        .take()
+        .unwrap_or_default()
+        .docker
+        .unwrap_or_default();
+    let raw_api = raw.api.take().unwrap_or_default();
+    let api = api_section(raw_api, ov, &mut c);
+    let log = raw.log.take().unwrap_or_default();
+    let worker_id = worker_id_of(ov, &raw, &mut c);
+    let control_plane = control_plane_section(cp, ov, &mut c);
+    let idle_on_complete = idle_on_complete_of(ov, &raw, &mut c);
+    let state_dir = state_dir_of(ov, &raw, &mut c);
+    let docker = docker_section(docker, ov, host_env, &mut c);
+    let log_level = log_level_of(ov, &log, &mut c);
+    let admission = admission_section(raw.admission.take(), &mut c);
+    let (environments, default_environment) = environments_section(&mut raw, &mut c);
+    let transcript = transcript_section(raw.transcript.take(), &mut c);
+    let shutdown_grace = c.duration(
+        "shutdown_grace",
+        raw.shutdown_grace.as_ref(),
+        DEFAULT_SHUTDOWN_GRACE,
+        "use a duration such as 10s",
+    );
+
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    let Some(control_plane) = control_plane else {
+        return Err(ConfigErrors(c.errors));
+    };
+    Ok(Config {
+        source: path.map(Path::to_path_buf),
+        worker_id,
+        max_concurrent_tasks: ov
+            .max_concurrent_tasks
+            .or(raw.max_concurrent_tasks)
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_TASKS),
+        idle_on_complete,
+        cleanup: !ov.no_cleanup && raw.cleanup.unwrap_or(true),
+        state_dir,
+        control_plane,
+        docker,
+        labels: raw.labels.unwrap_or_default(),
+        log_level,
+        log_format: ov.log_format.or(log.format).unwrap_or(LogFormat::Text),
+        shutdown_mode: ov
+            .shutdown_mode
+            .or(raw.shutdown_mode)
+            .unwrap_or(ShutdownMode::Preserve),
+        shutdown_grace,
+        transcript,
+        admission,
+        environments,
+        default_environment,
+        api,
+    })
+}
+
+// ---- sections: one function per part of the file, each key one call on the collector ------
+
+fn api_section(raw_api: RawApi, ov: &Overrides, c: &mut Collector<'_>) -> ApiSettings {
+    ApiSettings {
         listen: match ov.api_listen.as_deref() {
             Some(flag) => parse_listen(flag).unwrap_or_else(|p| {
                 c.at::<String>(
@@ -862,11 +976,11 @@ pub fn load_str(
             }
             g.value
         }),
-    };
-    let log = raw.log.unwrap_or_default();
+    }
+}
 
-    // worker_id
-    let worker_id = match (&ov.worker_id, &raw.worker_id) {
+fn worker_id_of(ov: &Overrides, raw: &RawConfig, c: &mut Collector<'_>) -> String {
+    match (&ov.worker_id, &raw.worker_id) {
         (Some(id), _) => {
             if let Err((p, fix)) = valid_worker_id(id) {
                 c.at::<String>("--worker-id", None, p, fix);
@@ -888,8 +1002,15 @@ pub fn load_str(
             );
             String::new()
         }
-    };
+    }
+}
 
+/// `control_plane.*` (with the flags that override it); `None` when the URL is unusable.
+fn control_plane_section(
+    cp: RawControlPlane,
+    ov: &Overrides,
+    c: &mut Collector<'_>,
+) -> Option<ControlPlane> {
     // control plane url
     let url_text = ov
         .control_plane_url
@@ -972,45 +1093,19 @@ pub fn load_str(
         }
         t
     });
-    let status_interval = match &cp.status_interval {
-        None => DEFAULT_STATUS_INTERVAL,
-        Some(sp) => match parse_duration(&sp.value) {
-            Ok(d) if d >= Duration::from_secs(1) => d,
-            Ok(_) => {
-                c.at(
-                    "control_plane.status_interval",
-                    Some(sp),
-                    format!("{:?} is shorter than 1s", sp.value),
-                    "use a duration such as 15s",
-                );
-                DEFAULT_STATUS_INTERVAL
-            }
-            Err(p) => {
-                c.at(
-                    "control_plane.status_interval",
-                    Some(sp),
-                    p,
-                    "use a duration such as 15s",
-                );
-                DEFAULT_STATUS_INTERVAL
-            }
-        },
-    };
-    let environments_ttl = match &cp.environments_ttl {
-        None => DEFAULT_ENVIRONMENTS_TTL,
-        Some(sp) => match parse_duration(&sp.value) {
-            Ok(d) => d,
-            Err(p) => {
-                c.at(
-                    "control_plane.environments_ttl",
-                    Some(sp),
-                    p,
-                    "use a duration such as 5m, or 0s to revalidate on every task",
-                );
-                DEFAULT_ENVIRONMENTS_TTL
-            }
-        },
-    };
+    let status_interval = c.duration_min(
+        "control_plane.status_interval",
+        cp.status_interval.as_ref(),
+        DEFAULT_STATUS_INTERVAL,
+        Duration::from_secs(1),
+        "use a duration such as 15s",
+    );
+    let environments_ttl = c.duration(
+        "control_plane.environments_ttl",
+        cp.environments_ttl.as_ref(),
+        DEFAULT_ENVIRONMENTS_TTL,
+        "use a duration such as 5m, or 0s to revalidate on every task",
+    );
 
     let server_root_url = ov
         .server_root_url
@@ -1111,43 +1206,13 @@ pub fn load_str(
         );
     }
 
-    let mut duration =
-        |key: &str, s: &Option<Spanned<String>>, default: Duration, min: Duration| match s {
-            None => default,
-            Some(sp) => match parse_duration(&sp.value) {
-                Ok(d) if d >= min => d,
-                Ok(_) => {
-                    c.at(
-                        key,
-                        Some(sp),
-                        format!(
-                            "{:?} is shorter than the minimum {}",
-                            sp.value,
-                            humantime::format_duration(min)
-                        ),
-                        "use a longer duration",
-                    );
-                    default
-                }
-                Err(p) => {
-                    c.at(key, Some(sp), p, "use a duration such as 30s, 5m or 1h30m");
-                    default
-                }
-            },
-        };
-    let heartbeat_interval = duration(
+    let heartbeat_interval = c.duration_min(
         "control_plane.heartbeat_interval",
-        &cp.heartbeat_interval,
+        cp.heartbeat_interval.as_ref(),
         DEFAULT_HEARTBEAT,
         Duration::from_secs(1),
+        "use a duration such as 30s, 5m or 1h30m",
     );
-    let stop_grace_period = duration(
-        "backend.docker.stop_grace_period",
-        &docker.stop_grace_period,
-        DEFAULT_STOP_GRACE,
-        Duration::ZERO,
-    );
-
     let max_message_size = match &cp.max_message_size {
         None => DEFAULT_MAX_MESSAGE,
         Some(s) => match parse_size(&s.value) {
@@ -1172,8 +1237,26 @@ pub fn load_str(
             }
         },
     };
+    Some(ControlPlane {
+        url: url?,
+        server_root_url,
+        api_key,
+        api_key_source,
+        ca_file,
+        client_cert_file,
+        client_key_file,
+        allow_insecure,
+        heartbeat_interval,
+        max_message_size,
+        session_sharing_server_url: cp.session_sharing_server_url.map(|s| s.value),
+        environments_url,
+        environments_ttl,
+        status_interval,
+    })
+}
 
-    let idle_on_complete = match (&ov.idle_on_complete, &raw.idle_on_complete) {
+fn idle_on_complete_of(ov: &Overrides, raw: &RawConfig, c: &mut Collector<'_>) -> Option<String> {
+    match (&ov.idle_on_complete, &raw.idle_on_complete) {
         (Some(v), _) => {
             if let Err(p) = parse_duration(v) {
                 c.at::<String>("--idle-on-complete", None, p, "use a duration such as 10m");
@@ -1187,9 +1270,11 @@ pub fn load_str(
             Some(s.value.trim().to_string())
         }
         (None, None) => None,
-    };
+    }
+}
 
-    let state_dir = match (&ov.state_dir, &raw.state_dir) {
+fn state_dir_of(ov: &Overrides, raw: &RawConfig, c: &mut Collector<'_>) -> PathBuf {
+    match (&ov.state_dir, &raw.state_dir) {
         (Some(p), _) => p.clone(),
         (None, Some(s)) => {
             if !s.value.starts_with('/') {
@@ -1203,8 +1288,23 @@ pub fn load_str(
             PathBuf::from(&s.value)
         }
         (None, None) => PathBuf::from(DEFAULT_STATE_DIR),
-    };
+    }
+}
 
+/// `backend.docker.*` with `-v` and `-e`.
+fn docker_section(
+    docker: RawDocker,
+    ov: &Overrides,
+    host_env: &dyn Fn(&str) -> Option<String>,
+    c: &mut Collector<'_>,
+) -> DockerBackend {
+    let stop_grace_period = c.duration_min(
+        "backend.docker.stop_grace_period",
+        docker.stop_grace_period.as_ref(),
+        DEFAULT_STOP_GRACE,
+        Duration::ZERO,
+        "use a duration such as 30s, 5m or 1h30m",
+    );
     let default_image = docker
         .default_image
         .as_ref()
@@ -1275,7 +1375,38 @@ pub fn load_str(
             Err(p) => c.at::<String>("--env", None, p, "use -e KEY=VALUE or -e KEY"),
         }
     }
+    let policy = policy_of(docker.policy.unwrap_or_default(), c);
+    let auth_config = docker.auth_config.as_ref().map(|sp| {
+        match std::fs::read_to_string(&sp.value) {
+            Ok(text) if serde_json::from_str::<serde_json::Value>(&text).is_ok() => {}
+            Ok(_) => c.at(
+                "backend.docker.auth_config",
+                Some(sp),
+                format!("{} is not JSON", sp.value),
+                "point it at a Docker CLI config.json (with an `auths` map)",
+            ),
+            Err(e) => c.at(
+                "backend.docker.auth_config",
+                Some(sp),
+                format!("cannot read {}: {e}", sp.value),
+                "check the path and that the berth user may read it",
+            ),
+        }
+        PathBuf::from(&sp.value)
+    });
+    DockerBackend {
+        host,
+        default_image,
+        pull_policy: docker.pull_policy.unwrap_or(PullPolicy::IfNotPresent),
+        volumes,
+        environment,
+        stop_grace_period,
+        policy,
+        auth_config,
+    }
+}
 
+fn log_level_of(ov: &Overrides, log: &RawLog, c: &mut Collector<'_>) -> String {
     let log_level = ov
         .log_level
         .clone()
@@ -1297,45 +1428,35 @@ pub fn load_str(
             "use error, warn, info, debug or trace (or a filter such as info,berth=debug)",
         );
     }
+    log_level
+}
 
-    let policy = policy_of(docker.policy.unwrap_or_default(), &mut c);
-    let auth_config = docker.auth_config.as_ref().map(|sp| {
-        match std::fs::read_to_string(&sp.value) {
-            Ok(text) if serde_json::from_str::<serde_json::Value>(&text).is_ok() => {}
-            Ok(_) => c.at(
-                "backend.docker.auth_config",
-                Some(sp),
-                format!("{} is not JSON", sp.value),
-                "point it at a Docker CLI config.json (with an `auths` map)",
-            ),
-            Err(e) => c.at(
-                "backend.docker.auth_config",
-                Some(sp),
-                format!("cannot read {}: {e}", sp.value),
-                "check the path and that the berth user may read it",
-            ),
-        }
-        PathBuf::from(&sp.value)
-    });
-    let adm = raw.admission.unwrap_or_default();
-    let reserve = resources_of("admission.reserve", adm.reserve, &mut c);
-    let min_free_disk = match &adm.min_free_disk {
-        None => DEFAULT_MIN_FREE_DISK,
-        Some(sp) => match parse_size(&sp.value) {
-            Ok(n) => n,
-            Err(p) => {
-                c.at(
-                    "admission.min_free_disk",
-                    Some(sp),
-                    p,
-                    "use a size such as 1GiB, or 0 to disable the check",
-                );
-                DEFAULT_MIN_FREE_DISK
-            }
-        },
-    };
+fn admission_section(raw: Option<RawAdmission>, c: &mut Collector<'_>) -> AdmissionSettings {
+    let adm = raw.unwrap_or_default();
+    let reserve = resources_of("admission.reserve", adm.reserve, c);
+    let min_free_disk = c.size_min(
+        "admission.min_free_disk",
+        adm.min_free_disk.as_ref(),
+        DEFAULT_MIN_FREE_DISK,
+        0,
+        "use a size such as 1GiB, or 0 to disable the check",
+    );
+    AdmissionSettings {
+        reserve,
+        min_free_disk,
+    }
+}
+
+/// `environments` and `default_environment`.
+fn environments_section(
+    raw: &mut RawConfig,
+    c: &mut Collector<'_>,
+) -> (
+    BTreeMap<String, crate::spec::environment::Environment>,
+    Option<String>,
+) {
     let mut environments = BTreeMap::new();
-    for (name, e) in raw.environments.unwrap_or_default() {
+    for (name, e) in raw.environments.take().unwrap_or_default() {
         let key = format!("environments.{name}");
         if let Some(img) = &e.image
             && let Err(err) = crate::spec::image::ImageRef::parse(&img.value)
@@ -1367,7 +1488,7 @@ pub fn load_str(
                 );
             }
         }
-        let resources = resources_of(&format!("{key}.resources"), e.resources, &mut c);
+        let resources = resources_of(&format!("{key}.resources"), e.resources, c);
         let env = crate::spec::environment::Environment {
             source: format!("config:{name}"),
             image: e.image.map(|i| i.value),
@@ -1409,7 +1530,7 @@ pub fn load_str(
         }
         environments.insert(name.clone(), env);
     }
-    let default_environment = raw.default_environment.map(|d| {
+    let default_environment = raw.default_environment.take().map(|d| {
         if !environments.contains_key(&d.value) {
             c.at(
                 "default_environment",
@@ -1420,37 +1541,24 @@ pub fn load_str(
         }
         d.value
     });
-    let tr = raw.transcript.unwrap_or_default();
-    let mut size = |key: &str, s: &Option<Spanned<String>>, default: u64, min: u64| match s {
-        None => default,
-        Some(sp) => match parse_size(&sp.value) {
-            Ok(n) if n >= min => n,
-            Ok(_) => {
-                c.at(
-                    key,
-                    Some(sp),
-                    format!("{:?} is below the minimum of {min} bytes", sp.value),
-                    "use a larger size",
-                );
-                default
-            }
-            Err(p) => {
-                c.at(key, Some(sp), p, "use a size such as 256MiB");
-                default
-            }
-        },
-    };
-    let max_bytes = size(
+    (environments, default_environment)
+}
+
+fn transcript_section(raw: Option<RawTranscript>, c: &mut Collector<'_>) -> TranscriptSettings {
+    let tr = raw.unwrap_or_default();
+    let max_bytes = c.size_min(
         "transcript.max_bytes",
-        &tr.max_bytes,
+        tr.max_bytes.as_ref(),
         DEFAULT_TRANSCRIPT_MAX,
         64 << 10,
+        "use a size such as 256MiB",
     );
-    let tail_bytes = size(
+    let tail_bytes = c.size_min(
         "transcript.tail_bytes",
-        &tr.tail_bytes,
+        tr.tail_bytes.as_ref(),
         DEFAULT_TRANSCRIPT_TAIL,
         4 << 10,
+        "use a size such as 256MiB",
     );
     if tail_bytes > max_bytes {
         c.at(
@@ -1472,12 +1580,6 @@ pub fn load_str(
         DEFAULT_FULL_DISK_PATIENCE,
         "use a duration such as 5m",
     );
-    let shutdown_grace = c.duration(
-        "shutdown_grace",
-        raw.shutdown_grace.as_ref(),
-        DEFAULT_SHUTDOWN_GRACE,
-        "use a duration such as 10s",
-    );
     let redact: Vec<Secret> = tr
         .redact
         .unwrap_or_default()
@@ -1486,71 +1588,13 @@ pub fn load_str(
         .map(Secret::new)
         .collect();
 
-    if !c.errors.is_empty() {
-        return Err(ConfigErrors(c.errors));
+    TranscriptSettings {
+        max_bytes,
+        tail_bytes,
+        redact,
+        retention,
+        full_disk_patience,
     }
-    let Some(url) = url else {
-        return Err(ConfigErrors(c.errors));
-    };
-    Ok(Config {
-        source: path.map(Path::to_path_buf),
-        worker_id,
-        max_concurrent_tasks: ov
-            .max_concurrent_tasks
-            .or(raw.max_concurrent_tasks)
-            .unwrap_or(DEFAULT_MAX_CONCURRENT_TASKS),
-        idle_on_complete,
-        cleanup: !ov.no_cleanup && raw.cleanup.unwrap_or(true),
-        state_dir,
-        control_plane: ControlPlane {
-            url,
-            server_root_url,
-            api_key,
-            api_key_source,
-            ca_file,
-            client_cert_file,
-            client_key_file,
-            allow_insecure,
-            heartbeat_interval,
-            max_message_size,
-            session_sharing_server_url: cp.session_sharing_server_url.map(|s| s.value),
-            environments_url,
-            environments_ttl,
-            status_interval,
-        },
-        docker: DockerBackend {
-            host,
-            default_image,
-            pull_policy: docker.pull_policy.unwrap_or(PullPolicy::IfNotPresent),
-            volumes,
-            environment,
-            stop_grace_period,
-            policy,
-            auth_config,
-        },
-        labels: raw.labels.unwrap_or_default(),
-        log_level,
-        log_format: ov.log_format.or(log.format).unwrap_or(LogFormat::Text),
-        shutdown_mode: ov
-            .shutdown_mode
-            .or(raw.shutdown_mode)
-            .unwrap_or(ShutdownMode::Preserve),
-        shutdown_grace,
-        transcript: TranscriptSettings {
-            max_bytes,
-            tail_bytes,
-            redact,
-            retention,
-            full_disk_patience,
-        },
-        admission: AdmissionSettings {
-            reserve,
-            min_free_disk,
-        },
-        environments,
-        default_environment,
-        api,
-    })
 }
 
 /// Default of `shutdown_grace`.
