@@ -129,14 +129,20 @@ pub(super) fn reload_on_sighup(
     log: LogFilter,
     apply: tokio::sync::mpsc::Sender<Config>,
     notifier: Option<berth::admin::notify::Notifier>,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: CancellationToken,
 ) {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             error!("cannot install the SIGHUP handler; reload is unavailable");
             return;
         };
-        while hup.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                r = hup.recv() => if r.is_none() { return },
+                _ = stop.cancelled() => return,
+            }
             match load_config(&args) {
                 Ok(cfg) => {
                     info!(config = ?cfg.source, "reloading the configuration");
@@ -252,9 +258,11 @@ pub fn run(rt: &tokio::runtime::Runtime, a: RunArgs) -> ExitCode {
         let stop = shutdown.clone();
         worker
             .run(shutdown, move |h| {
-                reload_on_sighup(a, log, h.reload.clone(), notifier.clone());
+                let reload = h.reload.clone();
+                reload_on_sighup(a, log, reload, notifier.clone(), &h.tasks, stop.clone());
                 if let Some(n) = notifier {
-                    tokio::spawn(berth::admin::notify::run(n, h.live, h.heartbeat, stop));
+                    h.tasks
+                        .spawn(berth::admin::notify::run(n, h.live, h.heartbeat, stop));
                 }
             })
             .await;

@@ -95,6 +95,9 @@ pub struct WorkerHandle {
     pub heartbeat: Arc<std::sync::atomic::AtomicU64>,
     /// Applies a re-read configuration (SIGHUP).
     pub reload: mpsc::Sender<Config>,
+    /// The worker's task tracker: tasks the caller adds (signal handlers, systemd notify) are
+    /// waited for at shutdown like the worker's own, so they must observe the root token.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// What berth learnt of its engine at start-up (shown in status; its data dir counts in the
@@ -319,6 +322,7 @@ impl Worker {
             live,
             heartbeat: supervisor.heartbeat(),
             reload: reload_tx,
+            tasks: tracker.clone(),
         });
         info!(worker_id = %c.worker_id, max_concurrent_tasks = c.max_concurrent_tasks, shutdown_mode = ?c.shutdown_mode, "worker running");
         let deadline = supervisor.run(ev_rx, shutdown).await;
