@@ -6,10 +6,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::supervise::{Supervised, cleanup, short, supervise};
 use super::{
-    Execution, Outcome, StopReason, Supervised, TaskControl, TaskEnv, TaskSettings, cleanup,
-    outlast_outage, phase, secrets_of, short, sleep_or_forever, supervise, system_line,
-    task_timeout,
+    Execution, Outcome, StopReason, TaskControl, TaskEnv, TaskSettings, phase, secrets_of,
+    system_line, task_timeout,
 };
 use crate::control::shipper::Outbound;
 use crate::failure::FailureReason;
@@ -23,6 +27,107 @@ use crate::spec::{
     sidecar_bind,
 };
 use crate::task::provision::Step;
+
+/// Longest wait for an unreachable engine before a task that has no container yet fails.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// After a failed engine call: if the engine does not answer (an outage, not an error of the
+/// call), waits for it (announced in the transcript) and returns true so the caller retries;
+/// false when the engine answers (a real error), the task is stopped, or the outage outlasts
+/// [`OUTAGE_PATIENCE`].
+async fn outlast_outage(
+    env: &TaskEnv,
+    exec: &Execution,
+    token: &CancellationToken,
+    what: &str,
+) -> bool {
+    if env.runtime.ping().await.is_ok() {
+        return false;
+    }
+    env.engine.suspect();
+    warn!(phase = what, "Docker engine unreachable; waiting for it");
+    system_line(
+        &exec.spool,
+        &format!("Docker engine unreachable while {what}; waiting for it"),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+    let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = token.cancelled() => return false,
+            _ = env.detach.cancelled() => return false,
+        }
+        if env.runtime.ping().await.is_ok() {
+            system_line(&exec.spool, "Docker engine reachable again; retrying").await;
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+async fn sleep_or_forever(t: Option<Duration>) {
+    match t {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The task's environment: inline › configured by name › fetched from the control plane ›
+/// the operator's default. Announced as the transcript's first line.
+async fn choose_environment(
+    env: &TaskEnv,
+    exec: &Execution,
+    token: &CancellationToken,
+) -> Result<Option<crate::spec::environment::Environment>, Outcome> {
+    use crate::control::catalog::Freshness;
+    use crate::spec::environment::Choice;
+    let s = &env.settings();
+    let choice = crate::spec::environment::choose(
+        &exec.assignment,
+        exec.berth,
+        &s.environments,
+        s.default_environment.as_deref(),
+        env.catalog.is_some(),
+    )
+    .map_err(|e| phase(FailureReason::WorkspaceSetup)(e.to_string()))?;
+    let e = match choice {
+        Choice::None => return Ok(None),
+        Choice::Ready(e) => {
+            system_line(&exec.spool, &format!("environment {}", e.source)).await;
+            e
+        }
+        Choice::Fetch(id) => {
+            let Some(catalog) = &env.catalog else {
+                return Ok(None);
+            };
+            let t = tokio::time::Instant::now();
+            let got = tokio::select! {
+                r = catalog.get(&id) => r,
+                _ = token.cancelled() => return Err(Outcome::Interrupted),
+                _ = env.detach.cancelled() => return Err(Outcome::Interrupted),
+            };
+            let (e, how) = got.map_err(|e| phase(FailureReason::WorkspaceSetup)(e.to_string()))?;
+            let how = match how {
+                Freshness::Fetched => format!("fetched in {} ms", t.elapsed().as_millis()),
+                Freshness::Cached => "cached copy".to_string(),
+                Freshness::Revalidated => format!(
+                    "cached copy, still current ({} ms)",
+                    t.elapsed().as_millis()
+                ),
+                Freshness::Stale(why) => {
+                    format!("the control plane's API failed ({why}); using the last copy fetched")
+                }
+            };
+            system_line(&exec.spool, &format!("environment {}: {how}", e.source)).await;
+            e
+        }
+    };
+    Ok(Some(e))
+}
 
 /// What a phase hands on, or the outcome that ends the run.
 type Phase<T> = Result<T, Outcome>;
@@ -91,7 +196,7 @@ async fn prepare(
 ) -> Phase<Plan> {
     let a = &exec.assignment;
     let refused = |e: crate::spec::SpecError| phase(e.failure_reason())(e.to_string());
-    let environment = super::choose_environment(env, exec, token).await?;
+    let environment = choose_environment(env, exec, token).await?;
     let image = resolve_image(
         a,
         environment.as_ref().and_then(|e| e.image.as_deref()),

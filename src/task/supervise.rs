@@ -1,0 +1,242 @@
+//! The supervised part of a run: the container runs while its output is captured; a stop,
+//! a time limit or the container's own exit ends it, riding out engine outages; then cleanup.
+
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use super::{
+    Execution, Outcome, StopReason, TaskControl, TaskEnv, capture, phase, secrets_of, system_line,
+};
+use crate::failure::FailureReason;
+use crate::runtime::ExitStatus;
+use crate::transcript::spool::lock;
+
+/// How long capture may take to drain the engine's log after the container stopped, besides
+/// waiting for disk space.
+const CAPTURE_DRAIN: Duration = Duration::from_secs(60);
+
+/// How the supervised part of a run ended.
+pub(super) enum Supervised {
+    /// With this outcome; the container may be removed.
+    Done(Outcome),
+    /// The worker detached (`preserve` shutdown): the container keeps running.
+    Detached,
+}
+
+/// Removes the container once its status and output are captured (stopping it first when it
+/// may still run), as cleanup settings say.
+pub(super) async fn cleanup(env: &TaskEnv, id: &str, outcome: Supervised) -> Option<Outcome> {
+    let Supervised::Done(outcome) = outcome else {
+        return None;
+    };
+    let s = &env.settings();
+    let exited = matches!(outcome, Outcome::Exited(_));
+    if s.cleanup || !exited {
+        if !exited && let Err(e) = env.runtime.stop(id, s.stop_grace_period).await {
+            warn!(container = %id, error = %e, "cannot stop container");
+        }
+        if let Err(e) = env.runtime.remove(id).await {
+            error!(container = %id, error = %e, "cannot remove container; it is labelled berth.managed and will be removed at the next start");
+        }
+    }
+    Some(outcome)
+}
+
+pub(super) async fn supervise(
+    env: &TaskEnv,
+    exec: &Execution,
+    id: &str,
+    control: &TaskControl,
+    timeout: Option<Duration>,
+) -> Supervised {
+    let grace = env.settings().stop_grace_period;
+    let secrets = secrets_of(env, &exec.assignment);
+    // Capture runs alongside the wait in this task (not spawned): whatever ends the run also
+    // ends the capture, and nothing is left running unowned.
+    let capture = capture::capture(env.runtime.as_ref(), id, &exec.spool, secrets);
+    let mut capture = std::pin::pin!(capture);
+    let mut captured = None;
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let waiting = async {
+        tokio::select! {
+            r = wait_through_outages(env, id) => Some(r),
+            _ = control.token.cancelled() => None,
+            _ = deadline => {
+                control.stop(StopReason::Timeout);
+                None
+            }
+        }
+    };
+    let waiting = async {
+        tokio::select! {
+            w = waiting => Some(w),
+            _ = env.detach.cancelled() => None,
+        }
+    };
+    let Some(waited) = alongside(waiting, &mut capture, &mut captured).await else {
+        return Supervised::Detached;
+    };
+    let waited = match waited {
+        Some(r) => r,
+        None => {
+            info!(container = %id, reason = ?control.reason(), grace_s = grace.as_secs(), "stopping container");
+            let stopped = async {
+                stop_through_outages(env, id, grace).await;
+                wait_through_outages(env, id).await
+            };
+            alongside(stopped, &mut capture, &mut captured).await
+        }
+    };
+    // All output is read before the result is decided, and the container is kept until then.
+    // Bounded: the engine closes the stream once the container has stopped, and a full disk
+    // is waited for at most full_disk_patience before output is counted as lost.
+    let patience = lock(&exec.spool).full_disk_patience() + CAPTURE_DRAIN;
+    let drained = async {
+        match captured.take() {
+            Some(r) => r,
+            None => capture.as_mut().await,
+        }
+    };
+    let incomplete = match tokio::time::timeout(patience, drained).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("output capture ended early ({e})")),
+        Err(_) => Some(format!(
+            "output capture did not finish within {} of the container's exit",
+            humantime::format_duration(patience)
+        )),
+    };
+    if let Some(why) = incomplete {
+        warn!(container = %id, "{why}; the transcript may be incomplete");
+        system_line(
+            &exec.spool,
+            &format!("{why}; the transcript may be missing output after this line"),
+        )
+        .await;
+    }
+    Supervised::Done(waited)
+}
+
+/// Runs `work` while also driving `capture` (its result kept in `captured` if it ends first).
+async fn alongside<W: std::future::Future>(
+    work: W,
+    capture: &mut std::pin::Pin<&mut impl std::future::Future<Output = CaptureResult>>,
+    captured: &mut Option<CaptureResult>,
+) -> W::Output {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            w = &mut work => return w,
+            r = capture.as_mut(), if captured.is_none() => *captured = Some(r),
+        }
+    }
+}
+
+type CaptureResult = Result<(), capture::CaptureError>;
+
+/// Waits for the container to exit, riding out Docker engine outages: while the engine does
+/// not answer, the wait is retried with a capped backoff (the container keeps running; the
+/// session stays up). Once it answers, the container's state decides: still running → wait
+/// again; exited → its status (a failure says the engine was away, since an engine restart
+/// stops containers); gone → the task failed with a message saying so.
+async fn wait_through_outages(env: &TaskEnv, id: &str) -> Outcome {
+    let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(5));
+    let mut outage: Option<tokio::time::Instant> = None;
+    let mut errors_while_up = 0u32;
+    loop {
+        let err = match env.runtime.wait(id).await {
+            Ok(st) => return exited_after(st, outage),
+            Err(e) => e,
+        };
+        let state = env.runtime.inspect_state(id).await;
+        if outage.is_some() && state.is_ok() {
+            // Back: let admission know now rather than at the monitor's next ping.
+            env.engine.suspect();
+        }
+        match state {
+            Ok(Some((false, st))) => return exited_after(st, outage),
+            Ok(Some((true, _))) => {
+                // The engine answers and the container runs: the wait itself failed.
+                errors_while_up += 1;
+                if errors_while_up > 5 {
+                    return phase(FailureReason::ContainerWait)(err.to_string());
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Ok(None) => {
+                let detail = match outage {
+                    Some(_) => format!(
+                        "the task's container {} disappeared while the Docker engine was unreachable (the engine restarted, or the container was removed); resubmit the task",
+                        short(id)
+                    ),
+                    None => format!(
+                        "the task's container {} was removed by someone else while the task ran",
+                        short(id)
+                    ),
+                };
+                return phase(FailureReason::ContainerWait)(detail);
+            }
+            Err(e) => {
+                if outage.is_none() {
+                    warn!(container = %id, error = %e, "Docker engine unreachable while the task runs; waiting for it");
+                    outage = Some(tokio::time::Instant::now());
+                }
+                env.engine.suspect();
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+pub(super) fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
+}
+
+/// The outcome of an exit seen after an engine outage: a non-zero status (not an OOM kill)
+/// says the engine was away, since an engine restart stops the containers it runs.
+fn exited_after(st: ExitStatus, outage: Option<tokio::time::Instant>) -> Outcome {
+    match outage {
+        Some(since) if st.code != 0 && !st.oom_killed => {
+            Outcome::Failure(crate::failure::Failure {
+                reason: FailureReason::ContainerExit,
+                detail: format!(
+                    "container exited with non-zero status: {} after the Docker engine was unreachable for {} s during the task (a Docker engine restart stops running containers); resubmit the task if it did not fail on its own",
+                    st.code,
+                    since.elapsed().as_secs()
+                ),
+                exit_code: Some(st.code),
+            })
+        }
+        _ => Outcome::Exited(st),
+    }
+}
+
+/// Stops the container, retrying while the engine is unreachable: a cancelled task's
+/// container must never be left running because the engine was briefly away.
+async fn stop_through_outages(env: &TaskEnv, id: &str, grace: Duration) {
+    let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(5));
+    let mut refused = 0u32;
+    loop {
+        let Err(e) = env.runtime.stop(id, grace).await else {
+            return;
+        };
+        match env.runtime.inspect_state(id).await {
+            Ok(None) | Ok(Some((false, _))) => return,
+            Ok(Some((true, _))) => {
+                refused += 1;
+                if refused > 5 {
+                    error!(container = %id, error = %e, "the engine refuses to stop the task's container; stop it by hand");
+                    return;
+                }
+                warn!(container = %id, error = %e, "stop failed; retrying");
+            }
+            Err(_) => env.engine.suspect(),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
