@@ -172,6 +172,21 @@ impl Harness {
         .await;
     }
 
+    /// Cancels a running task and waits until the supervisor shows it no longer running
+    /// (stopping, or already ended).
+    async fn cancel_seen(&mut self, task_id: &str) {
+        self.cancel(task_id).await;
+        let shows = |s: &berth::supervisor::Snapshot| {
+            !s.tasks
+                .iter()
+                .any(|t| t.task_id == task_id && t.state == "running")
+        };
+        tokio::time::timeout(Duration::from_secs(30), self.slots.wait_for(shows))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     /// What was sent so far, one line per message (transcript as text).
     fn summary(&self) -> String {
         self.seen
@@ -717,9 +732,8 @@ async fn cancel_during(op: Op, yaml: &str, a: TaskAssignment) -> (FakeRuntime, S
     let task = a.task_id.clone();
     h.assign(a).await;
     h.fake.called(op, 1).await;
-    h.cancel(&task).await;
-    // Calls that are never abandoned finish first.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.cancel_seen(&task).await;
+    // Calls that are never abandoned (a sidecar copy, a create) finish first.
     h.fake.unblock(op);
     let r = h.result(&task).await;
     assert!(cancelled(&r), "cancel during {op:?}: {r:?}");

@@ -70,8 +70,8 @@ pub struct Reconfigure {
 pub struct TaskView {
     pub task_id: String,
     pub execution_id: String,
-    /// `running` (holds a slot) or `delivering` (ended; transcript or result not yet
-    /// acknowledged).
+    /// `running` (holds a slot), `stopping` (asked to stop: cancel, time limit, shutdown; still
+    /// holds its slot) or `delivering` (ended; transcript or result not yet acknowledged).
     pub state: &'static str,
     /// Image the assignment asked for (empty: the environment's or the default).
     pub image: String,
@@ -255,7 +255,12 @@ impl Supervisor {
                 tasks.push(TaskView {
                     task_id: task_id.clone(),
                     execution_id: t.execution_id.clone(),
-                    state: "running",
+                    // A task asked to stop (cancel, time limit, shutdown) shows it until it ends.
+                    state: if t.control.reason().is_some() {
+                        "stopping"
+                    } else {
+                        "running"
+                    },
                     image: t.image.clone(),
                     claimed_at: t.claimed_at,
                     output: lock(&d.spool).subscribe(),
@@ -607,6 +612,7 @@ impl Supervisor {
                     Some(t) => {
                         info!(%task_id, execution_id = %t.execution_id, "cancellation requested");
                         t.control.stop(StopReason::User);
+                        self.publish();
                     }
                     None => {
                         info!(%task_id, "cancellation for a task this worker does not have; ignored")
