@@ -1,6 +1,9 @@
 //! Transcript benchmark: one task printing 200 MB as fast as it can, end to end into the
-//! embedded control plane, against `docker logs CONTAINER > /dev/null` of the same output in
-//! the same run; then the worker process's peak RSS while four such tasks run at once.
+//! embedded control plane, against `docker run IMAGE CMD > /dev/null` (attached) and against
+//! `docker logs CONTAINER > /dev/null` of the same output in the same run; what the engine's two
+//! output paths (attach stream, timestamped log read) deliver through bollard; then four such
+//! tasks at once through berth and through four attached `docker run`s, with the worker's peak
+//! RSS.
 //!
 //!   cargo bench --bench transcript                 # 200 MB
 //!   BERTH_BENCH_MB=50 cargo bench --bench transcript
@@ -82,6 +85,92 @@ fn submit(cp: &ControlPlane, bytes: u64) -> String {
     .id
 }
 
+/// `docker run --rm IMAGE sh -c SCRIPT > /dev/null`, attached (the CLI streams the output).
+fn docker_run_attached(bytes: u64) -> std::process::Child {
+    Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--label",
+            "berth.bench=transcript",
+            IMAGE,
+            "sh",
+            "-c",
+            &script(bytes),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Seconds for the engine to deliver the output through each of its two paths, read through
+/// bollard as berth would: (attach stream while the container runs, timestamped log read-back
+/// of the same container afterwards).
+async fn engine_paths(bytes: u64) -> (f64, f64, u64, u64) {
+    use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+    use bollard::query_parameters::{AttachContainerOptionsBuilder, LogsOptionsBuilder};
+    use futures_util::StreamExt;
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let body = ContainerCreateBody {
+        image: Some(IMAGE.into()),
+        cmd: Some(vec!["sh".into(), "-c".into(), script(bytes)]),
+        labels: Some([("berth.bench".to_string(), "transcript".to_string())].into()),
+        host_config: Some(HostConfig {
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("local".into()),
+                config: Some([("max-size".to_string(), "1g".to_string())].into()),
+            }),
+            ..HostConfig::default()
+        }),
+        ..ContainerCreateBody::default()
+    };
+    let id = docker
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            body,
+        )
+        .await
+        .unwrap()
+        .id;
+    let opts = AttachContainerOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .stream(true)
+        .build();
+    let mut attached = docker.attach_container(&id, Some(opts)).await.unwrap();
+    let t = Instant::now();
+    docker
+        .start_container(
+            &id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = attached.output.next().await {
+        seen += chunk.into_bytes().len() as u64;
+    }
+    let attach_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let opts = LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .build();
+    let mut logs = docker.logs(&id, Some(opts));
+    let mut read = 0u64;
+    while let Some(Ok(entry)) = logs.next().await {
+        read += entry.into_bytes().len() as u64;
+    }
+    let logs_secs = t.elapsed().as_secs_f64();
+    let rm = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .build();
+    let _ = docker.remove_container(&id, Some(rm)).await;
+    (attach_secs, logs_secs, seen, read)
+}
+
 fn main() {
     berth::control::tls::install_default_provider();
     let mb: u64 = std::env::var("BERTH_BENCH_MB")
@@ -109,7 +198,13 @@ fn main() {
         let berth_secs = t0.elapsed().as_secs_f64();
         let stored = cp.task(&id).unwrap().transcript_bytes;
 
-        // 2. The same output through Docker alone: run it, then read it back with docker logs.
+        // 2. The same output through Docker alone: attached, as `docker run` users see it.
+        let ta = Instant::now();
+        assert!(docker_run_attached(bytes).wait().unwrap().success());
+        let attached_secs = ta.elapsed().as_secs_f64();
+        let (attach_secs, engine_logs_secs, attach_bytes, log_bytes) = engine_paths(bytes).await;
+
+        // 3. Run detached, then read it back with docker logs.
         let t1 = Instant::now();
         let out = Command::new("docker")
             .args(["run", "-d", "--log-driver", "local", "--log-opt", "max-size=1g", IMAGE, "sh", "-c", &script(bytes)])
@@ -127,7 +222,14 @@ fn main() {
         let logs_secs = t2.elapsed().as_secs_f64();
         Command::new("docker").args(["rm", "-f", &cid]).output().unwrap();
 
-        // 3. Four such tasks at once: the worker's peak RSS.
+        // 4. Four attached docker runs at once, then four such tasks through berth (with the
+        // worker's peak RSS).
+        let t4 = Instant::now();
+        let runs: Vec<Child> = (0..4).map(|_| docker_run_attached(bytes)).collect();
+        for mut r in runs {
+            assert!(r.wait().unwrap().success());
+        }
+        let four_docker_secs = t4.elapsed().as_secs_f64();
         let ids: Vec<String> = (0..4).map(|_| submit(&cp, bytes)).collect();
         let mut peak = 0;
         let t3 = Instant::now();
@@ -144,11 +246,15 @@ fn main() {
         r.line(format!("berth transcript throughput ({mb} MB of ~80-byte lines, image {IMAGE})"));
         r.line(format!("{:<58} {:>10} {:>10}", "measure", "seconds", "MB/s"));
         r.line(format!("{:<58} {:>10.2} {:>10.1}", "berth: submit -> whole transcript stored by control plane", berth_secs, mbps(berth_secs)));
+        r.line(format!("{:<58} {:>10.2} {:>10.1}", "docker run IMAGE CMD > /dev/null (attached)", attached_secs, mbps(attached_secs)));
+        r.line(format!("{:<58} {:>10.2} {:>10.1}", "engine attach stream via bollard (start -> last byte)", attach_secs, attach_bytes as f64 / 1e6 / attach_secs));
+        r.line(format!("{:<58} {:>10.2} {:>10.1}", "engine log read-back via bollard, timestamped (berth today)", engine_logs_secs, log_bytes as f64 / 1e6 / engine_logs_secs));
         r.line(format!("{:<58} {:>10.2} {:>10.1}", "docker: run -d ... until exit (output into the log)", produce_secs, mbps(produce_secs)));
         r.line(format!("{:<58} {:>10.2} {:>10.1}", "docker logs CONTAINER > /dev/null (read back)", logs_secs, mbps(logs_secs)));
         r.line(format!("{:<58} {:>10.2} {:>10.1}", "docker total: produce + read back", produce_secs + logs_secs, mbps(produce_secs + logs_secs)));
         r.line(format!(
-            "ratio berth / docker logs (read back only): {:.2}x   berth / docker total: {:.2}x   (target >= 0.8x)",
+            "ratio berth / attached docker run: {:.2}x (target >= 0.9x)   berth / docker logs read back: {:.2}x   berth / docker produce + read back: {:.2}x",
+            mbps(berth_secs) / mbps(attached_secs),
             mbps(berth_secs) / mbps(logs_secs),
             mbps(berth_secs) / mbps(produce_secs + logs_secs)
         ));
@@ -158,12 +264,20 @@ fn main() {
         r.line(format!("  idle RSS:                           {:>8.1} MiB", idle_rss as f64 / 1024.0));
         r.line(format!("  peak RSS, 4 x {mb} MB tasks at once: {:>8.1} MiB (VmHWM over the whole run {:.1} MiB; target <= 64 MiB)", peak as f64 / 1024.0, hwm as f64 / 1024.0));
         r.line(format!("  4 tasks finished in {four_secs:.1} s ({:.1} MB/s aggregate)", 4.0 * bytes as f64 / 1e6 / four_secs));
+        r.line(format!(
+            "  4 attached docker runs finished in {four_docker_secs:.1} s ({:.1} MB/s aggregate); ratio berth / docker: {:.2}x (target >= 0.9x)",
+            4.0 * bytes as f64 / 1e6 / four_docker_secs,
+            four_docker_secs / four_secs
+        ));
         r.publish("transcript", "cargo bench --bench transcript");
         let _ = w.kill();
         let _ = w.wait();
-        let _ = Command::new("sh")
-            .args(["-c", "docker ps -aq --filter label=berth.worker_id | xargs -r docker rm -f >/dev/null"])
-            .status();
+        // Only this benchmark's own containers: the engine is shared.
+        let mine = format!(
+            "docker ps -aq --filter label=berth.worker_id=bench-tr-{} | xargs -r docker rm -f >/dev/null; docker ps -aq --filter label=berth.bench=transcript | xargs -r docker rm -f >/dev/null",
+            std::process::id()
+        );
+        let _ = Command::new("sh").args(["-c", &mine]).status();
         cp.shutdown();
     });
     let _ = Command::new("docker").args(["rmi", "-f", IMAGE]).output();
