@@ -482,18 +482,9 @@ impl Collector<'_> {
         default: Duration,
         fix: &str,
     ) -> Duration {
-        match sp.map(|sp| (sp, parse_duration(&sp.value))) {
-            None => default,
-            Some((_, Ok(d))) => d,
-            Some((sp, Err(p))) => {
-                self.at(key, Some(sp), p, fix);
-                default
-            }
-        }
+        self.duration_min(key, sp, default, Duration::ZERO, fix)
     }
-}
 
-impl Collector<'_> {
     /// A duration of at least `min` at `key`; `fix` says how to write one.
     fn duration_min(
         &mut self,

@@ -253,11 +253,7 @@ impl Harness {
     }
 
     /// Pumps until `pick` matches a message.
-    async fn until<T>(
-        &mut self,
-        what: &str,
-        mut pick: impl FnMut(&WorkerMessage) -> Option<T>,
-    ) -> T {
+    async fn until<T>(&mut self, mut pick: impl FnMut(&WorkerMessage) -> Option<T>) -> T {
         for m in &self.seen {
             if let Some(t) = pick(m) {
                 return t;
@@ -268,19 +264,18 @@ impl Harness {
             if let Some(t) = pick(&m) {
                 return t;
             }
-            let _ = what;
         }
     }
 
     async fn claimed(&mut self, task: &str) {
-        self.until("claim", |m| {
+        self.until(|m| {
             matches!(m, WorkerMessage::TaskClaimed { task_id, .. } if task_id == task).then_some(())
         })
         .await
     }
 
     async fn rejected(&mut self, task: &str) -> String {
-        self.until("rejection", |m| match m {
+        self.until(|m| match m {
             WorkerMessage::TaskRejected { task_id, reason } if task_id == task => {
                 Some(reason.clone())
             }
@@ -292,7 +287,7 @@ impl Harness {
     /// The task's terminal message, once its whole transcript arrived too.
     async fn result(&mut self, task: &str) -> WorkerMessage {
         let m = self
-            .until("result", |m| match m {
+            .until(|m| match m {
                 WorkerMessage::TaskCompleted { task_id, .. }
                 | WorkerMessage::TaskFailed { task_id, .. }
                     if task_id == task =>

@@ -407,17 +407,19 @@ impl FakeRuntime {
         self.changed();
     }
 
+    /// Records a call (and wakes whoever waits for one).
+    fn record(&self, op: Op, target: &str) {
+        self.shared.state.lock().calls.push(Call {
+            op,
+            target: target.to_string(),
+        });
+        self.changed();
+    }
+
     /// Records the call, honours an injected failure, an outage and a block. The lock is not
     /// held across the wait.
     async fn enter(&self, op: Op, target: &str) -> Result<(), RuntimeError> {
-        {
-            let mut s = self.shared.state.lock();
-            s.calls.push(Call {
-                op,
-                target: target.to_string(),
-            });
-        }
-        self.changed();
+        self.record(op, target);
         self.wait_until(|s| !s.blocked.contains(&op)).await;
         let mut s = self.shared.state.lock();
         if s.down {
@@ -604,14 +606,7 @@ impl Runtime for FakeRuntime {
     fn logs(&self, id: &str, follow: bool, since: i64) -> LogStream {
         let fake = self.clone();
         let id = id.to_string();
-        {
-            let mut s = self.shared.state.lock();
-            s.calls.push(Call {
-                op: Op::Logs,
-                target: id.clone(),
-            });
-        }
-        self.changed();
+        self.record(Op::Logs, &id);
         let since_ns = since.max(0).saturating_mul(1_000_000_000);
         // (position in the log, entries delivered, ended)
         let init = (fake, id, 0usize, 0usize, false);

@@ -432,6 +432,14 @@ async fn finish(
     RunEnd::Finished(msg)
 }
 
+/// Sleeps for `t`, or forever when there is no limit.
+async fn sleep_or_forever(t: Option<Duration>) {
+    match t {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn phase(reason: FailureReason) -> impl Fn(String) -> Outcome {
     move |detail| Outcome::Failed { reason, detail }
 }

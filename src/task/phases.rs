@@ -13,7 +13,7 @@ use tracing::warn;
 use super::supervise::{Supervised, cleanup, short, supervise};
 use super::{
     Execution, Outcome, StopReason, TaskControl, TaskEnv, TaskSettings, phase, secrets_of,
-    system_line, task_timeout,
+    sleep_or_forever, system_line, task_timeout,
 };
 use crate::control::shipper::Outbound;
 use crate::failure::FailureReason;
@@ -66,13 +66,6 @@ async fn outlast_outage(
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-    }
-}
-
-async fn sleep_or_forever(t: Option<Duration>) {
-    match t {
-        Some(t) => tokio::time::sleep(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use super::{
-    Execution, Outcome, StopReason, TaskControl, TaskEnv, capture, phase, secrets_of, system_line,
+    Execution, Outcome, StopReason, TaskControl, TaskEnv, capture, phase, secrets_of,
+    sleep_or_forever, system_line,
 };
 use crate::failure::FailureReason;
 use crate::runtime::ExitStatus;
@@ -57,17 +58,11 @@ pub(super) async fn supervise(
     let capture = capture::capture(env.runtime.as_ref(), id, &exec.spool, secrets);
     let mut capture = std::pin::pin!(capture);
     let mut captured = None;
-    let deadline = async {
-        match timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
-        }
-    };
     let waiting = async {
         tokio::select! {
             r = wait_through_outages(env, id) => Some(r),
             _ = control.token.cancelled() => None,
-            _ = deadline => {
+            _ = sleep_or_forever(timeout) => {
                 control.stop(StopReason::Timeout);
                 None
             }
