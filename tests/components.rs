@@ -1011,7 +1011,7 @@ async fn capture_with_kills(
         fake.cut_logs_after(Some(n));
         let spool = open_spool(dir);
         {
-            let capture = berth::task::capture::capture(fake, id, &spool, secrets.to_vec());
+            let capture = berth::task::capture::capture(fake, id, &spool, secrets.to_vec(), None);
             tokio::pin!(capture);
             tokio::select! {
                 r = &mut capture => { r.unwrap(); }
@@ -1026,13 +1026,55 @@ async fn capture_with_kills(
     }
     fake.cut_logs_after(None);
     let spool = open_spool(dir);
-    berth::task::capture::capture(fake, id, &spool, secrets.to_vec())
+    berth::task::capture::capture(fake, id, &spool, secrets.to_vec(), None)
         .await
         .unwrap();
 }
 
+/// Each stream of `log`, verbatim.
+fn raw_streams(log: &[LogEntry]) -> [Vec<u8>; 2] {
+    let mut out = [Vec::new(), Vec::new()];
+    for e in log {
+        out[usize::from(e.stream != Stream::Stdout)].extend_from_slice(&e.bytes);
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn live_capture_cut_anywhere_hands_over_to_the_log_with_every_byte_once(
+        log in engine_log(),
+        cut in proptest::option::of(0usize..60),
+        kills in proptest::collection::vec((0usize..40, any::<bool>()), 0..3),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let fake = FakeRuntime::new();
+            let id = fake.add_container(WORKER, "cap", "cap-e1", true, Vec::new(), None);
+            // The attach connection drops after `cut` pieces (never, with `None`).
+            fake.cut_attach_after(cut);
+            let live = fake.attach(&id).await.unwrap();
+            for e in &log {
+                fake.print(&id, e.stream, &e.bytes);
+            }
+            fake.exit(&id, 0);
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let spool = open_spool(dir.path());
+                berth::task::capture::capture(&fake, &id, &spool, Vec::new(), Some(live))
+                    .await
+                    .unwrap();
+            }
+            // A complete live capture leaves nothing to read; one cut short was finished from
+            // the log. Either way, restarts after it add nothing.
+            let handed_over = fake.count(Op::Logs) > 0;
+            assert_eq!(handed_over, cut.is_some_and(|n| n < log.len()), "handover when and only when the live stream was cut");
+            capture_with_kills(&fake, &id, dir.path(), &kills, &[]).await;
+            assert_eq!(spooled(dir.path()), raw_streams(&fake.log_of(&id)));
+        });
+    }
 
     #[test]
     fn a_capture_killed_anywhere_and_restarted_spools_every_byte_once(

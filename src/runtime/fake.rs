@@ -17,7 +17,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{
-    ExecRun, ExitStatus, ImageInfo, LogEntry, LogStream, ManagedContainer, Runtime, RuntimeError,
+    ExecRun, ExitStatus, ImageInfo, LogEntry, LogStream, ManagedContainer, OutputStream, Runtime,
+    RuntimeError,
 };
 use crate::config::PullPolicy;
 use crate::protocol::Stream;
@@ -43,6 +44,9 @@ pub enum Op {
     ExecExitCode,
     Signal,
     Logs,
+    /// `log_tail`.
+    LogTail,
+    Attach,
     Wait,
     /// `inspect_state`.
     Inspect,
@@ -147,6 +151,8 @@ struct State {
     /// After this many log entries delivered by one `logs` stream, it hangs (a kill point).
     cut_after: Option<usize>,
     cut_reached: bool,
+    /// After this many pieces delivered by one attach stream, it ends early (a lost connection).
+    attach_cut_after: Option<usize>,
 }
 
 #[derive(Default)]
@@ -264,6 +270,11 @@ impl FakeRuntime {
         let mut s = self.shared.state.lock();
         s.cut_after = n;
         s.cut_reached = false;
+    }
+
+    /// An attach stream ends (as if the connection dropped) after delivering `n` pieces.
+    pub fn cut_attach_after(&self, n: Option<usize>) {
+        self.shared.state.lock().attach_cut_after = n;
     }
 
     /// Waits until a `logs` stream hung at its cut point.
@@ -655,6 +666,67 @@ impl Runtime for FakeRuntime {
                 }
             },
         ))
+    }
+
+    fn log_tail(&self, id: &str, entries: u32) -> LogStream {
+        self.record(Op::LogTail, id);
+        let s = self.shared.state.lock();
+        let tail: Vec<Result<LogEntry, RuntimeError>> = if s.down {
+            vec![Err(unreachable())]
+        } else {
+            let log = s
+                .containers
+                .get(id)
+                .map(|c| c.log.as_slice())
+                .unwrap_or(&[]);
+            let from = log.len().saturating_sub(entries as usize);
+            log[from..].iter().cloned().map(Ok).collect()
+        };
+        Box::pin(futures_util::stream::iter(tail))
+    }
+
+    async fn attach(&self, id: &str) -> Result<OutputStream, RuntimeError> {
+        self.enter(Op::Attach, id).await?;
+        let fake = self.clone();
+        let (pos, cut) = {
+            let s = self.shared.state.lock();
+            let c = s
+                .containers
+                .get(id)
+                .ok_or_else(|| no_such("container attach", id))?;
+            (c.log.len(), s.attach_cut_after)
+        };
+        // (position in the log, pieces delivered, ended)
+        let init = (fake, id.to_string(), pos, 0usize, false);
+        Ok(Box::pin(futures_util::stream::unfold(
+            init,
+            move |(fake, id, pos, sent, ended)| async move {
+                if ended || cut.is_some_and(|n| sent >= n) {
+                    return None;
+                }
+                loop {
+                    let notified = fake.shared.changed.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    {
+                        let s = fake.shared.state.lock();
+                        if s.down {
+                            return Some((Err(unreachable()), (fake.clone(), id, pos, sent, true)));
+                        }
+                        let c = s.containers.get(&id)?;
+                        if let Some(e) = c.log.get(pos) {
+                            let piece = (e.stream, e.bytes.clone());
+                            return Some((Ok(piece), (fake.clone(), id, pos + 1, sent + 1, false)));
+                        }
+                        // Output closes when the command has ended (not before it starts).
+                        if c.exit.is_some() && !c.running {
+                            return None;
+                        }
+                    }
+                    notified.await;
+                }
+            },
+        )))
     }
 
     async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {

@@ -80,8 +80,8 @@ pub struct ImageInfo {
     pub entrypoint: Vec<String>,
 }
 
-/// stdout/stderr pieces of a command, in the order the engine delivered them.
-pub type ExecOutput = std::pin::Pin<
+/// stdout/stderr pieces of a command or container, in the order the engine delivered them.
+pub type OutputStream = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<(Stream, bytes::Bytes), RuntimeError>> + Send>,
 >;
 
@@ -89,7 +89,7 @@ pub type ExecOutput = std::pin::Pin<
 pub struct ExecRun {
     /// Exec instance id (for its exit code).
     pub id: String,
-    pub output: ExecOutput,
+    pub output: OutputStream,
 }
 
 /// How a container ended.
@@ -168,6 +168,11 @@ pub trait Runtime: Send + Sync {
     /// The container's output from `since` (whole seconds, inclusive); `follow` keeps the
     /// stream open until the container stops.
     fn logs(&self, id: &str, follow: bool, since: i64) -> LogStream;
+    /// The last `entries` entries of the container's log (both streams, in the engine's order).
+    fn log_tail(&self, id: &str, entries: u32) -> LogStream;
+    /// The container's stdout and stderr as the engine hands them out live, from now until
+    /// the container's output closes. Attach before the command starts to see all of it.
+    async fn attach(&self, id: &str) -> Result<OutputStream, RuntimeError>;
     /// Waits for the container to stop and reads how it ended.
     async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError>;
     /// The container's state without waiting: `None` when it no longer exists, else whether it

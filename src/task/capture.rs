@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::protocol::Stream;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{OutputStream, Runtime, RuntimeError};
 use crate::transcript::spool::{SharedSpool, append_retrying, lock};
 use crate::transcript::{Cursor, Redactor, Resume, slot};
 
@@ -47,8 +47,16 @@ pub struct Replay {
     newline_owed: [bool; 2],
     cursor: Cursor,
     clean: Cursor,
-    since_clean: u64,
-    skip: u64,
+    /// Per stream: bytes produced since `clean` (including skipped ones).
+    since_clean: [u64; 2],
+    /// Per stream: bytes still to drop (already spooled before a restart).
+    skip: [u64; 2],
+    /// Bytes of both streams still to drop, in the log's order (a resume point written by an
+    /// older version).
+    legacy_skip: u64,
+    /// Live output was consumed: bytes with no place in the log, so `clean` stays where the
+    /// live stretch began and only the per-stream counts say how far it got.
+    live: bool,
     /// Per stream, within the current read: timestamp of the previous entry and its index
     /// among the entries sharing it.
     run: [(i64, u32); 2],
@@ -69,8 +77,10 @@ impl Replay {
             newline_owed: [false; 2],
             cursor: resume.clean,
             clean: resume.clean,
-            since_clean: 0,
+            since_clean: [0; 2],
             skip: resume.skip,
+            legacy_skip: resume.legacy_skip,
+            live: false,
             run: [(i64::MIN, 0); 2],
             passed: [false; 2],
             batch: Vec::new(),
@@ -89,15 +99,28 @@ impl Replay {
         self.cursor.since_secs()
     }
 
+    /// The resume point after what was produced so far. Its skip counts every byte after
+    /// `clean` that is in the spool: produced since (spooled or dropped as spooled before),
+    /// plus what is still to drop (a live stretch has no clean points of its own, so its
+    /// replay can pass one while still dropping).
     fn resume(&self) -> Resume {
         Resume {
             clean: self.clean,
-            skip: self.since_clean,
+            skip: [
+                self.since_clean[0] + self.skip[0],
+                self.since_clean[1] + self.skip[1],
+            ],
+            legacy_skip: self.legacy_skip,
         }
     }
 
-    /// Consumes one entry; returns false when it was already consumed earlier.
+    /// Consumes one entry of the engine's log; returns false when it was already consumed
+    /// earlier.
     pub fn entry(&mut self, stream: Stream, ts: i64, payload: &[u8]) -> bool {
+        debug_assert!(
+            !self.live,
+            "log entries after live output need a new Replay"
+        );
         let slot = slot(stream);
         // Index of this entry among its stream's entries sharing its timestamp.
         let (run_ts, run_index) = &mut self.run[slot];
@@ -123,21 +146,46 @@ impl Replay {
             self.newline_owed[slot] = true;
         }
         self.in_split[slot] = open && payload.len() == ENGINE_PIECE;
-        self.since_clean += out.len() as u64;
-        if self.skip > 0 {
-            let n = (self.skip as usize).min(out.len());
-            out.drain(..n);
-            self.skip -= n as u64;
-        }
+        self.emit(stream, out);
         if self.redactors.iter().all(Redactor::is_clear)
             && !self.in_split.iter().any(|b| *b)
             && !self.newline_owed.iter().any(|b| *b)
         {
             self.clean = self.cursor;
-            self.since_clean = 0;
+            self.since_clean = [0; 2];
+            let resume = self.resume();
+            if let Some((_, _, r)) = self.batch.last_mut() {
+                *r = resume;
+            }
         }
-        self.push(stream, out);
         true
+    }
+
+    /// Consumes live output (raw bytes as the container wrote them, no timestamps). The
+    /// resume point stays at the start of the live stretch; the per-stream counts grow, and a
+    /// restarted reader replays the log from there and drops that many bytes of each stream.
+    pub fn live(&mut self, stream: Stream, payload: &[u8]) {
+        self.live = true;
+        let out = self.redactors[slot(stream)].feed(payload);
+        self.emit(stream, out);
+    }
+
+    /// Counts produced bytes, drops those spooled before a restart, batches the rest.
+    fn emit(&mut self, stream: Stream, mut out: Vec<u8>) {
+        let slot = slot(stream);
+        self.since_clean[slot] += out.len() as u64;
+        let mut drop = 0usize;
+        if self.legacy_skip > 0 {
+            drop = (self.legacy_skip as usize).min(out.len());
+            self.legacy_skip -= drop as u64;
+        }
+        if self.skip[slot] > 0 {
+            let n = (self.skip[slot] as usize).min(out.len() - drop);
+            self.skip[slot] -= n as u64;
+            drop += n;
+        }
+        out.drain(..drop);
+        self.push(stream, out);
     }
 
     /// End of output: whatever a redactor still holds cannot become a secret any more.
@@ -145,17 +193,18 @@ impl Replay {
         for (slot, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
             let rest = self.redactors[slot].finish();
             if !rest.is_empty() {
-                self.since_clean += rest.len() as u64;
-                self.push(stream, rest);
+                self.emit(stream, rest);
             }
         }
+        if self.live {
+            // The cursor never moved over live bytes: only the counts say where they end.
+            return;
+        }
         self.clean = self.cursor;
-        self.since_clean = 0;
+        self.since_clean = [0; 2];
+        let resume = self.resume();
         if let Some((_, _, r)) = self.batch.last_mut() {
-            *r = Resume {
-                clean: self.clean,
-                skip: 0,
-            };
+            *r = resume;
         }
     }
 
@@ -190,11 +239,226 @@ impl Replay {
         }
         // (A run that did not fit was counted by the spool, which announces the gap.)
     }
+
+    /// Spools the batch without waiting for disk space; false when a write failed (what was
+    /// not written is then read again from the engine's log).
+    fn flush_now(&mut self, spool: &SharedSpool) -> bool {
+        let runs = self.take();
+        let mut sp = lock(spool);
+        runs.iter()
+            .all(|(stream, bytes, resume)| sp.append(*stream, bytes, *resume).is_ok())
+    }
 }
 
-/// Reads the container's output into the spool until the container has stopped and its log is
-/// drained. Safe to call again after a restart: it resumes from what the spool recorded.
+/// Whether the end of the engine's log (`entries`, both streams, in the log's order) is also
+/// the end of what the attach stream delivered: per stream, its last raw bytes and whether
+/// they are all of that stream's output (`true`) or only its end.
+///
+/// Each stream's entries are matched backwards against its bytes; an entry without a newline
+/// may stand for a line whose newline the log driver dropped. Where the kept end runs out,
+/// the entry reaching past it must end with what is left.
+pub fn log_end_matches(tails: [(&[u8], bool); 2], entries: &[(Stream, &[u8])]) -> bool {
+    for (slot, (tail, whole)) in tails.into_iter().enumerate() {
+        let mut rest: &[u8] = tail;
+        let mine = entries
+            .iter()
+            .rev()
+            .filter(|(s, _)| crate::transcript::slot(*s) == slot);
+        for (_, payload) in mine {
+            let dropped_newline = !payload.ends_with(b"\n") && rest.ends_with(b"\n");
+            let without = |r: &[u8]| -> usize {
+                if dropped_newline {
+                    r.len() - 1
+                } else {
+                    r.len()
+                }
+            };
+            if rest.ends_with(payload) {
+                rest = &rest[..rest.len() - payload.len()];
+            } else if dropped_newline && rest[..without(rest)].ends_with(payload) {
+                rest = &rest[..without(rest) - payload.len()];
+            } else if !whole
+                && (payload.ends_with(rest)
+                    || (dropped_newline && payload.ends_with(&rest[..without(rest)])))
+            {
+                // The entry reaches back before the kept bytes: nothing more to compare.
+                break;
+            } else {
+                return false;
+            }
+            if rest.is_empty() && !whole {
+                break;
+            }
+        }
+    }
+    true
+}
+
+/// How many of the log's last entries confirm that the attach stream saw the end.
+const TAIL_ENTRIES: u32 = 64;
+/// Raw bytes of each stream kept to compare with the log's last entries.
+const TAIL_KEEP: usize = 128 << 10;
+/// How long a closed attach stream may precede the container's stop before berth stops
+/// trusting it.
+const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(5);
+
+/// The last raw bytes of one stream (bounded), and whether they are all of it.
+#[derive(Default)]
+struct Tail {
+    bytes: Vec<u8>,
+    trimmed: bool,
+}
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        if bytes.len() >= TAIL_KEEP {
+            self.bytes.clear();
+            self.bytes
+                .extend_from_slice(&bytes[bytes.len() - TAIL_KEEP..]);
+            self.trimmed = true;
+            return;
+        }
+        // Trim in large steps so this stays amortised O(1) per byte.
+        if self.bytes.len() + bytes.len() > 2 * TAIL_KEEP {
+            let cut = self.bytes.len() + bytes.len() - TAIL_KEEP;
+            self.bytes.drain(..cut.min(self.bytes.len()));
+            self.trimmed = true;
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    fn view(&self) -> (&[u8], bool) {
+        (&self.bytes, !self.trimmed)
+    }
+}
+
+/// Why live capture handed over to the engine's log.
+#[derive(Debug, PartialEq, Eq)]
+enum Handover {
+    /// Every byte was delivered live and spooled.
+    Complete,
+    /// The rest must come from the log (why, for the operator's debug log).
+    Incomplete(String),
+}
+
+/// Captures the attach stream into the spool. Any doubt (a broken stream, a spool write that
+/// failed, a log that ends differently) hands over to the log reader, which resumes exactly
+/// where the spooled live bytes end.
+async fn capture_live(
+    runtime: &dyn Runtime,
+    container_id: &str,
+    spool: &SharedSpool,
+    secrets: Vec<Vec<u8>>,
+    mut live: OutputStream,
+) -> Handover {
+    let mut st = Replay::new(lock(spool).last_resume(), secrets);
+    let mut tails = [Tail::default(), Tail::default()];
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match due {
+            None => live.next().await,
+            Some(at) => match tokio::time::timeout_at(at, live.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    if !st.flush_now(spool) {
+                        return Handover::Incomplete("the spool could not be written".into());
+                    }
+                    due = None;
+                    continue;
+                }
+            },
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => return Handover::Incomplete(format!("the attach stream failed: {e}")),
+            Some(Ok((stream, bytes))) => {
+                tails[slot(stream)].push(&bytes);
+                st.live(stream, &bytes);
+                if st.pending() >= BATCH {
+                    if !st.flush_now(spool) {
+                        return Handover::Incomplete("the spool could not be written".into());
+                    }
+                    due = None;
+                } else if due.is_none() {
+                    due = Some(tokio::time::Instant::now() + FLUSH_AFTER);
+                }
+            }
+        }
+    }
+    if !st.flush_now(spool) {
+        return Handover::Incomplete("the spool could not be written".into());
+    }
+    drop(live);
+    // The stream closed: trusted only if the container has really ended (not a dropped
+    // connection) and the log ends with what was delivered.
+    let stopped = async {
+        loop {
+            match runtime.inspect_state(container_id).await {
+                Ok(Some((false, _))) => return Ok(()),
+                Ok(Some((true, _))) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(None) => return Err("the container disappeared".to_string()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    match tokio::time::timeout(EXIT_AFTER_CLOSE, stopped).await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return Handover::Incomplete(why),
+        Err(_) => {
+            return Handover::Incomplete(
+                "the attach stream closed while the container still runs".into(),
+            );
+        }
+    }
+    let mut entries = Vec::new();
+    let mut tail = runtime.log_tail(container_id, TAIL_ENTRIES);
+    while let Some(e) = tail.next().await {
+        match e {
+            Ok(e) => entries.push(e),
+            Err(e) => return Handover::Incomplete(format!("reading the log's end failed: {e}")),
+        }
+    }
+    let entries: Vec<(Stream, &[u8])> = entries.iter().map(|e| (e.stream, &e.bytes[..])).collect();
+    if !log_end_matches([tails[0].view(), tails[1].view()], &entries) {
+        return Handover::Incomplete(
+            "the engine's log holds output the attach stream did not deliver".into(),
+        );
+    }
+    st.finish();
+    if !st.flush_now(spool) {
+        return Handover::Incomplete("the spool could not be written".into());
+    }
+    Handover::Complete
+}
+
+/// Reads the container's output into the spool until the container has stopped and its output
+/// is drained. With `live` (the attach stream, opened before the command started) output is
+/// taken as the engine hands it out; otherwise, and wherever the live stream cannot be
+/// trusted to the byte, from the engine's log. Safe to call again after a restart: it resumes
+/// from what the spool recorded.
 pub async fn capture(
+    runtime: &dyn Runtime,
+    container_id: &str,
+    spool: &SharedSpool,
+    secrets: Vec<Vec<u8>>,
+    live: Option<OutputStream>,
+) -> Result<(), CaptureError> {
+    if let Some(live) = live {
+        match capture_live(runtime, container_id, spool, secrets.clone(), live).await {
+            Handover::Complete => {
+                debug!(container = container_id, "output captured live");
+                return Ok(());
+            }
+            Handover::Incomplete(why) => {
+                info!(container = container_id, why = %why, "reading the rest of the output from the engine's log");
+            }
+        }
+    }
+    capture_log(runtime, container_id, spool, secrets).await
+}
+
+/// Reads the container's output from the engine's log, from the spool's resume point.
+async fn capture_log(
     runtime: &dyn Runtime,
     container_id: &str,
     spool: &SharedSpool,
@@ -271,6 +535,7 @@ pub async fn capture(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::VecDeque;
 
     const SEC: i64 = 1_000_000_000;
 
@@ -312,7 +577,16 @@ mod tests {
         secrets: &[Vec<u8>],
         kills: &[(usize, usize)],
     ) -> Vec<(Stream, Vec<u8>, Resume)> {
-        let mut spool: Vec<(Stream, Vec<u8>, Resume)> = Vec::new();
+        with_kills_after(Vec::new(), log, secrets, kills)
+    }
+
+    /// [`with_kills`], starting from what an earlier life already spooled.
+    fn with_kills_after(
+        mut spool: Vec<(Stream, Vec<u8>, Resume)>,
+        log: &[Entry],
+        secrets: &[Vec<u8>],
+        kills: &[(usize, usize)],
+    ) -> Vec<(Stream, Vec<u8>, Resume)> {
         let mut kills = kills.iter();
         loop {
             let resume = spool.last().map(|(_, _, r)| *r).unwrap_or_default();
@@ -396,8 +670,109 @@ mod tests {
         )
     }
 
+    /// Each stream's bytes on its own (live output and the log interleave streams differently;
+    /// within a stream, order is what must hold).
+    fn per_stream(runs: &[(Stream, Vec<u8>, Resume)]) -> [Vec<u8>; 2] {
+        let mut out = [Vec::new(), Vec::new()];
+        for (s, b, _) in runs {
+            out[slot(*s)].extend_from_slice(b);
+        }
+        out
+    }
+
+    /// The attach stream's view of `log`: each stream's bytes cut into pieces of the given
+    /// sizes (not aligned to the log's entries), the two streams merged in the given order.
+    fn live_pieces(log: &[Entry], sizes: &[usize], order: &[bool]) -> Vec<(Stream, Vec<u8>)> {
+        let mut raw = [Vec::new(), Vec::new()];
+        for e in log {
+            raw[slot(e.stream)].extend_from_slice(&e.payload);
+        }
+        let mut pieces: [VecDeque<Vec<u8>>; 2] = [VecDeque::new(), VecDeque::new()];
+        let mut sizes = sizes.iter().cycle();
+        for (i, r) in raw.iter().enumerate() {
+            let mut at = 0;
+            while at < r.len() {
+                let n = (*sizes.next().unwrap_or(&7)).clamp(1, r.len() - at);
+                pieces[i].push_back(r[at..at + n].to_vec());
+                at += n;
+            }
+        }
+        let mut out = Vec::new();
+        let mut order = order.iter().cycle();
+        while !pieces[0].is_empty() || !pieces[1].is_empty() {
+            let pick = usize::from(*order.next().unwrap_or(&false));
+            let slot = if pieces[pick].is_empty() {
+                1 - pick
+            } else {
+                pick
+            };
+            let stream = if slot == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            if let Some(p) = pieces[slot].pop_front() {
+                out.push((stream, p));
+            }
+        }
+        out
+    }
+
+    /// Live capture of `pieces` killed after `cut` of them with `kept` runs of its last batch
+    /// spooled (`None`: it ran to the end), then the log reader with `kills` from what was
+    /// spooled.
+    fn live_then_log(
+        log: &[Entry],
+        pieces: &[(Stream, Vec<u8>)],
+        secrets: &[Vec<u8>],
+        cut: Option<(usize, usize)>,
+        kills: &[(usize, usize)],
+    ) -> Vec<(Stream, Vec<u8>, Resume)> {
+        let mut spool = Vec::new();
+        let mut r = Replay::new(Resume::default(), secrets.to_vec());
+        for (i, (stream, bytes)) in pieces.iter().enumerate() {
+            if let Some((at, kept)) = cut
+                && i == at
+            {
+                spool.extend(r.take().into_iter().take(kept));
+                return with_kills_after(spool, log, secrets, kills);
+            }
+            r.live(*stream, bytes);
+            if i % 5 == 4 {
+                spool.extend(r.take());
+            }
+        }
+        r.finish();
+        spool.extend(r.take());
+        if let Some((_, kept)) = cut {
+            // Killed after the last piece, before the end was confirmed: the log reader
+            // takes over from what was spooled.
+            spool.truncate(spool.len().saturating_sub(kept % 2));
+            return with_kills_after(spool, log, secrets, kills);
+        }
+        spool
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn live_output_then_any_kills_spools_each_stream_exactly_once(
+            log in log_strategy(),
+            sizes in proptest::collection::vec(1usize..40, 1..8),
+            order in proptest::collection::vec(any::<bool>(), 1..8),
+            cut in proptest::option::of((0usize..200, 0usize..4)),
+            kills in proptest::collection::vec((1usize..30, 0usize..4), 0..6),
+            secret in any::<bool>(),
+        ) {
+            let secrets = if secret { vec![b"s3ks3k".to_vec(), b"xax".to_vec()] } else { vec![] };
+            let want = per_stream(&uninterrupted(&log, &secrets));
+            let pieces = live_pieces(&log, &sizes, &order);
+            let got = per_stream(&live_then_log(&log, &pieces, &secrets, cut, &kills));
+            prop_assert_eq!(got[0].len(), want[0].len(), "stdout bytes lost or doubled");
+            prop_assert_eq!(got[1].len(), want[1].len(), "stderr bytes lost or doubled");
+            prop_assert!(got == want, "same lengths, different bytes");
+        }
 
         #[test]
         fn any_kills_at_any_point_of_any_interleaving_spool_the_same_bytes(
@@ -422,6 +797,39 @@ mod tests {
                 prop_assert_eq!(mine, want);
             }
         }
+    }
+
+    #[test]
+    fn the_log_end_must_be_the_end_of_the_live_bytes() {
+        let out = Stream::Stdout;
+        let err = Stream::Stderr;
+        let whole = |b: &'static [u8]| (b, true);
+        // Everything delivered: matches, whatever the interleaving.
+        let log: &[(Stream, &[u8])] = &[(out, b"a\n"), (err, b"e\n"), (out, b"b\n")];
+        assert!(log_end_matches([whole(b"a\nb\n"), whole(b"e\n")], log));
+        // The live stream missed the last line of one stream, or a stream entirely.
+        assert!(!log_end_matches([whole(b"a\n"), whole(b"e\n")], log));
+        assert!(!log_end_matches([whole(b"a\nb\n"), whole(b"")], log));
+        // The same last line again is caught when the stream is kept whole.
+        let twice: &[(Stream, &[u8])] = &[(out, b"x\n"), (out, b"x\n")];
+        assert!(!log_end_matches([whole(b"x\n"), whole(b"")], twice));
+        // A split line whose newline the log driver dropped.
+        let piece = vec![b'p'; ENGINE_PIECE];
+        let mut raw = piece.clone();
+        raw.extend_from_slice(b"qq\n");
+        let split: Vec<(Stream, &[u8])> = vec![(out, &piece), (out, b"qq")];
+        assert!(log_end_matches([(&raw, true), whole(b"")], &split));
+        // Only the end kept: an entry reaching before it must end with what is left.
+        assert!(log_end_matches(
+            [(b"ne\nz\n", false), whole(b"")],
+            &[(out, b"long line\n"), (out, b"z\n")]
+        ));
+        assert!(!log_end_matches(
+            [(b"XX\nz\n", false), whole(b"")],
+            &[(out, b"long line\n"), (out, b"z\n")]
+        ));
+        // Nothing printed, nothing logged.
+        assert!(log_end_matches([whole(b""), whole(b"")], &[]));
     }
 
     #[test]

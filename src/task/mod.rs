@@ -314,7 +314,8 @@ pub async fn resume(
                 .unwrap_or_default();
             t.saturating_sub(elapsed)
         });
-        let outcome = supervise::supervise(&env, &exec, &container_id, &control, timeout).await;
+        let outcome =
+            supervise::supervise(&env, &exec, &container_id, &control, timeout, None).await;
         if matches!(outcome, Supervised::Detached) {
             return RunEnd::Detached;
         }

@@ -162,6 +162,15 @@ pub(super) async fn execute(
         Err(o) => return Some(o),
     };
     let id = created.id.clone();
+    // Attached before the command starts, so the live stream holds all of its output; without
+    // it (an engine that refuses), the log is read instead.
+    let live = match env.runtime.attach(&id).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(container = %id, error = %e, "cannot attach to the container's output; reading it from the engine's log");
+            None
+        }
+    };
     let run = async {
         start(env, exec, &control.token, &created, &info).await?;
         let timeout = task_timeout(env, exec);
@@ -170,7 +179,7 @@ pub(super) async fn execute(
         Ok(timeout.map(|t| t.saturating_sub(started_at.elapsed())))
     };
     let outcome = match run.await {
-        Ok(remaining) => supervise(env, exec, &id, control, remaining).await,
+        Ok(remaining) => supervise(env, exec, &id, control, remaining, live).await,
         Err(o) => Supervised::Done(o),
     };
     if matches!(outcome, Supervised::Detached) {

@@ -50,12 +50,13 @@ pub(super) async fn supervise(
     id: &str,
     control: &TaskControl,
     timeout: Option<Duration>,
+    live: Option<crate::runtime::OutputStream>,
 ) -> Supervised {
     let grace = env.settings().stop_grace_period;
     let secrets = secrets_of(env, &exec.assignment);
     // Capture runs alongside the wait in this task (not spawned): whatever ends the run also
     // ends the capture, and nothing is left running unowned.
-    let capture = capture::capture(env.runtime.as_ref(), id, &exec.spool, secrets);
+    let capture = capture::capture(env.runtime.as_ref(), id, &exec.spool, secrets, live);
     let mut capture = std::pin::pin!(capture);
     let mut captured = None;
     let waiting = async {

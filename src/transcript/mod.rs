@@ -244,11 +244,15 @@ pub fn gap_count(line: &[u8]) -> Option<u64> {
 /// First record format: one timestamp cursor for both streams (read for spools written by
 /// older versions, never written).
 const MAGIC_V1: u8 = 0xB7;
-/// Current record format: a mark per stream.
-const MAGIC: u8 = 0xB8;
+/// Second record format: a mark per stream, one skip count for both streams (read, never
+/// written).
+const MAGIC_V2: u8 = 0xB8;
+/// Current record format: a mark and a skip count per stream.
+const MAGIC: u8 = 0xB9;
 const HEADER_V1: usize = 1 + 1 + 1 + 4 + 8 + 4 + 8 + 4;
+const HEADER_V2: usize = 1 + 1 + 1 + 4 + 2 * (8 + 4) + 8 + 4;
 /// Bytes of a record header.
-pub const HEADER_LEN: usize = 1 + 1 + 1 + 4 + 2 * (8 + 4) + 8 + 4;
+pub const HEADER_LEN: usize = 1 + 1 + 1 + 4 + 2 * (8 + 4) + 2 * 8 + 4;
 
 /// Resume information carried by every record: where to restart reading the engine's log with
 /// an empty redactor, and how many transcript bytes were produced since that point.
@@ -256,8 +260,13 @@ pub const HEADER_LEN: usize = 1 + 1 + 1 + 4 + 2 * (8 + 4) + 8 + 4;
 pub struct Resume {
     /// Cursor at the last point where no redactor held anything back.
     pub clean: Cursor,
-    /// Transcript bytes (stdout/stderr) produced since `clean`; skipped when replaying.
-    pub skip: u64,
+    /// Transcript bytes of each stream (stdout, stderr) produced since `clean`; skipped when
+    /// replaying. Per stream, because live output (the attach stream) and the engine's log
+    /// interleave the two streams differently, while each stream's own bytes are the same.
+    pub skip: [u64; 2],
+    /// Bytes of both streams together, in the log's order, produced since `clean`, as older
+    /// versions recorded them: skipped first when replaying (never written now).
+    pub legacy_skip: u64,
 }
 
 /// One spool record.
@@ -285,7 +294,9 @@ impl Record {
             v.extend_from_slice(&m.ts.to_le_bytes());
             v.extend_from_slice(&m.seen.to_le_bytes());
         }
-        v.extend_from_slice(&self.resume.skip.to_le_bytes());
+        for n in &self.resume.skip {
+            v.extend_from_slice(&n.to_le_bytes());
+        }
         let mut h = crc32fast::Hasher::new();
         h.update(&v);
         h.update(&self.payload);
@@ -299,6 +310,7 @@ impl Record {
     pub fn decode(buf: &[u8]) -> Option<(Record, usize)> {
         let header = match buf.first() {
             Some(&MAGIC) => HEADER_LEN,
+            Some(&MAGIC_V2) => HEADER_V2,
             Some(&MAGIC_V1) => HEADER_V1,
             _ => return None,
         };
@@ -310,7 +322,7 @@ impl Record {
         let len = u32::from_le_bytes(buf[3..7].try_into().ok()?) as usize;
         let i64_at = |at: usize| buf.get(at..at + 8)?.try_into().ok().map(i64::from_le_bytes);
         let u32_at = |at: usize| buf.get(at..at + 4)?.try_into().ok().map(u32::from_le_bytes);
-        let (clean, skip_at) = if header == HEADER_LEN {
+        let (clean, skip_at) = if header != HEADER_V1 {
             let out = Mark {
                 ts: i64_at(7)?,
                 seen: u32_at(15)?,
@@ -330,14 +342,30 @@ impl Record {
             };
             (Cursor { marks: [m, m] }, 19)
         };
-        let skip = u64::from_le_bytes(buf.get(skip_at..skip_at + 8)?.try_into().ok()?);
-        let crc = u32_at(skip_at + 8)?;
+        let u64_at = |at: usize| buf.get(at..at + 8)?.try_into().ok().map(u64::from_le_bytes);
+        let (resume, crc_at) = if header == HEADER_LEN {
+            let skip = [u64_at(skip_at)?, u64_at(skip_at + 8)?];
+            let r = Resume {
+                clean,
+                skip,
+                legacy_skip: 0,
+            };
+            (r, skip_at + 16)
+        } else {
+            let r = Resume {
+                clean,
+                skip: [0; 2],
+                legacy_skip: u64_at(skip_at)?,
+            };
+            (r, skip_at + 8)
+        };
+        let crc = u32_at(crc_at)?;
         let end = header.checked_add(len)?;
         if buf.len() < end {
             return None;
         }
         let mut h = crc32fast::Hasher::new();
-        h.update(&buf[..skip_at + 8]);
+        h.update(&buf[..crc_at]);
         h.update(&buf[header..end]);
         if h.finalize() != crc {
             return None;
@@ -346,7 +374,7 @@ impl Record {
             Record {
                 stream,
                 flags,
-                resume: Resume { clean, skip },
+                resume,
                 payload: buf[header..end].to_vec(),
             },
             end,
@@ -467,10 +495,11 @@ mod tests {
         fn records_round_trip_and_torn_records_are_rejected(
             payload in proptest::collection::vec(any::<u8>(), 0..300),
             ts in any::<i64>(), seen in any::<u32>(), ts2 in any::<i64>(), seen2 in any::<u32>(),
-            skip in any::<u64>(), cut in 0usize..400,
+            skip in any::<[u64; 2]>(), cut in 0usize..400,
         ) {
             let clean = Cursor { marks: [Mark { ts, seen }, Mark { ts: ts2, seen: seen2 }] };
-            let r = Record { stream: Stream::Stderr, flags: FLAG_FINAL, resume: Resume { clean, skip }, payload };
+            let resume = Resume { clean, skip, legacy_skip: 0 };
+            let r = Record { stream: Stream::Stderr, flags: FLAG_FINAL, resume, payload };
             let bytes = r.encode();
             let (back, used) = Record::decode(&bytes).unwrap_or_else(|| panic!("decodes"));
             prop_assert_eq!(&back, &r);
@@ -533,6 +562,33 @@ mod tests {
     }
 
     #[test]
+    fn version_2_records_decode_with_their_shared_skip_count() {
+        let mut v = vec![MAGIC_V2, Stream::Stderr.code(), 0];
+        v.extend_from_slice(&2u32.to_le_bytes());
+        for (ts, seen) in [(77i64, 3u32), (80, 1)] {
+            v.extend_from_slice(&ts.to_le_bytes());
+            v.extend_from_slice(&seen.to_le_bytes());
+        }
+        v.extend_from_slice(&11u64.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&v);
+        h.update(b"hi");
+        v.extend_from_slice(&h.finalize().to_le_bytes());
+        v.extend_from_slice(b"hi");
+        let (r, used) = Record::decode(&v).unwrap_or_else(|| panic!("v2 decodes"));
+        assert_eq!(
+            (
+                r.payload.as_slice(),
+                used,
+                r.resume.legacy_skip,
+                r.resume.skip
+            ),
+            (&b"hi"[..], v.len(), 11, [0, 0])
+        );
+        assert_eq!(r.resume.clean.marks[1], Mark { ts: 80, seen: 1 });
+    }
+
+    #[test]
     fn version_1_records_still_decode_as_whole_timestamps_consumed() {
         let mut v = vec![MAGIC_V1, Stream::Stdout.code(), 0];
         v.extend_from_slice(&2u32.to_le_bytes());
@@ -546,8 +602,13 @@ mod tests {
         v.extend_from_slice(b"hi");
         let (r, used) = Record::decode(&v).unwrap_or_else(|| panic!("v1 decodes"));
         assert_eq!(
-            (r.payload.as_slice(), used, r.resume.skip),
-            (&b"hi"[..], v.len(), 9)
+            (
+                r.payload.as_slice(),
+                used,
+                r.resume.legacy_skip,
+                r.resume.skip
+            ),
+            (&b"hi"[..], v.len(), 9, [0, 0])
         );
         assert!(r.resume.clean.consumed(1, 77, 1_000) && !r.resume.clean.consumed(1, 78, 0));
     }

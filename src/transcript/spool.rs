@@ -713,7 +713,7 @@ mod tests {
     fn r(ts: i64) -> Resume {
         Resume {
             clean: Cursor::default().advance(0, ts),
-            skip: 0,
+            ..Resume::default()
         }
     }
 

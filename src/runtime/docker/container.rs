@@ -17,7 +17,9 @@ use tracing::warn;
 
 use super::{Docker, api, is_status};
 use crate::protocol::Stream;
-use crate::runtime::{ExecRun, ExitStatus, LogEntry, LogStream, ManagedContainer, RuntimeError};
+use crate::runtime::{
+    ExecRun, ExitStatus, LogEntry, LogStream, ManagedContainer, OutputStream, RuntimeError,
+};
 use crate::spec::{ContainerSpec, LABEL_EXECUTION, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER};
 use crate::transcript::split_timestamp;
 
@@ -235,6 +237,47 @@ impl Docker {
             .timestamps(true)
             .since(i32::try_from(since.max(0)).unwrap_or(i32::MAX))
             .build();
+        self.log_entries(id, opts)
+    }
+
+    /// The last `entries` entries of the container's log, with their timestamps.
+    pub(super) fn log_tail(&self, id: &str, entries: u32) -> LogStream {
+        let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .tail(&entries.to_string())
+            .build();
+        self.log_entries(id, opts)
+    }
+
+    /// The container's live stdout and stderr (the attach stream: what `docker run` shows,
+    /// the engine's fast path; no timestamps, no replay of earlier output).
+    pub(super) async fn attach(&self, id: &str) -> Result<OutputStream, RuntimeError> {
+        let opts = bollard::query_parameters::AttachContainerOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let attached = self
+            .client
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(api("container attach"))?;
+        let output = attached.output.filter_map(|item| async move {
+            match item {
+                Ok(LogOutput::StdOut { message }) => Some(Ok((Stream::Stdout, message))),
+                Ok(LogOutput::StdErr { message }) => Some(Ok((Stream::Stderr, message))),
+                Ok(LogOutput::Console { message }) => Some(Ok((Stream::Stdout, message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(api("container attach")(e))),
+            }
+        });
+        Ok(Box::pin(output))
+    }
+
+    fn log_entries(&self, id: &str, opts: bollard::query_parameters::LogsOptions) -> LogStream {
         let entries = self
             .client
             .logs(id, Some(opts))

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use crate::config::PullPolicy;
 use crate::runtime::{
-    ExecRun, ExitStatus, ImageInfo, LogStream, ManagedContainer, Runtime, RuntimeError,
+    ExecRun, ExitStatus, ImageInfo, LogStream, ManagedContainer, OutputStream, Runtime,
+    RuntimeError,
 };
 use crate::spec::ContainerSpec;
 use crate::spec::image::ImageRef;
@@ -208,6 +209,14 @@ impl Runtime for Docker {
 
     fn logs(&self, id: &str, follow: bool, since: i64) -> LogStream {
         Docker::logs(self, id, follow, since)
+    }
+
+    fn log_tail(&self, id: &str, entries: u32) -> LogStream {
+        Docker::log_tail(self, id, entries)
+    }
+
+    async fn attach(&self, id: &str) -> Result<OutputStream, RuntimeError> {
+        Docker::attach(self, id).await
     }
 
     async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
