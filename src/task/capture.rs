@@ -135,18 +135,16 @@ impl Replay {
         }
         self.passed[slot] = true;
         self.cursor = self.cursor.advance(slot, ts);
-        let mut out = Vec::new();
         if self.newline_owed[slot] {
-            out.extend(self.redactors[slot].feed(b"\n"));
+            self.feed(stream, b"\n");
             self.newline_owed[slot] = false;
         }
-        out.extend(self.redactors[slot].feed(payload));
+        self.feed(stream, payload);
         let open = !payload.ends_with(b"\n");
         if open && self.in_split[slot] && payload.len() < ENGINE_PIECE {
             self.newline_owed[slot] = true;
         }
         self.in_split[slot] = open && payload.len() == ENGINE_PIECE;
-        self.emit(stream, out);
         if self.redactors.iter().all(Redactor::is_clear)
             && !self.in_split.iter().any(|b| *b)
             && !self.newline_owed.iter().any(|b| *b)
@@ -166,8 +164,35 @@ impl Replay {
     /// restarted reader replays the log from there and drops that many bytes of each stream.
     pub fn live(&mut self, stream: Stream, payload: &[u8]) {
         self.live = true;
-        let out = self.redactors[slot(stream)].feed(payload);
-        self.emit(stream, out);
+        self.feed(stream, payload);
+    }
+
+    /// Redacts `input` into the batch. Without bytes to drop (the usual case) the redactor
+    /// writes straight into the batch's last run: one copy from the engine's buffer.
+    fn feed(&mut self, stream: Stream, input: &[u8]) {
+        let slot = slot(stream);
+        if self.skip[slot] > 0 || self.legacy_skip > 0 {
+            let out = self.redactors[slot].feed(input);
+            self.emit(stream, out);
+            return;
+        }
+        if !matches!(self.batch.last(), Some((s, _, _)) if *s == stream) {
+            let resume = self.resume();
+            self.batch.push((stream, Vec::with_capacity(BATCH), resume));
+        }
+        let redactor = &mut self.redactors[slot];
+        let Some((_, bytes, _)) = self.batch.last_mut() else {
+            return;
+        };
+        let before = bytes.len();
+        redactor.feed_into(input, bytes);
+        let n = bytes.len() - before;
+        self.since_clean[slot] += n as u64;
+        self.batch_len += n;
+        let resume = self.resume();
+        if let Some((_, _, r)) = self.batch.last_mut() {
+            *r = resume;
+        }
     }
 
     /// Counts produced bytes, drops those spooled before a restart, batches the rest.

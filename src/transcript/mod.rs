@@ -21,7 +21,10 @@ pub const MIN_ENV_SECRET: usize = 6;
 #[derive(Debug, Clone)]
 pub struct Redactor {
     secrets: Vec<Vec<u8>>,
+    /// Bytes that start some secret.
     first: [bool; 256],
+    /// The distinct first bytes, when there are at most three (searched with `memchr`).
+    few: Option<Vec<u8>>,
     carry: Vec<u8>,
 }
 
@@ -35,9 +38,11 @@ impl Redactor {
         for x in &s {
             first[x[0] as usize] = true;
         }
+        let distinct: Vec<u8> = (0..=255u8).filter(|b| first[*b as usize]).collect();
         Redactor {
             secrets: s,
             first,
+            few: (distinct.len() <= 3).then_some(distinct),
             carry: Vec::new(),
         }
     }
@@ -49,34 +54,57 @@ impl Redactor {
 
     /// Feeds bytes; returns what can be emitted now.
     pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(input.len());
+        self.feed_into(input, &mut out);
+        out
+    }
+
+    /// Feeds bytes; appends what can be emitted now to `out` (no copy of its own when
+    /// nothing is held back).
+    pub fn feed_into(&mut self, input: &[u8], out: &mut Vec<u8>) {
         if self.secrets.is_empty() {
-            return input.to_vec();
+            out.extend_from_slice(input);
+        } else if self.carry.is_empty() {
+            self.scan(input, false, out);
+        } else {
+            let mut buf = std::mem::take(&mut self.carry);
+            buf.extend_from_slice(input);
+            self.scan(&buf, false, out);
         }
-        let mut buf = std::mem::take(&mut self.carry);
-        buf.extend_from_slice(input);
-        self.scan(buf, false)
     }
 
     /// Emits whatever is held back (end of stream), still redacting complete secrets.
     pub fn finish(&mut self) -> Vec<u8> {
         let buf = std::mem::take(&mut self.carry);
-        if buf.is_empty() {
-            return buf;
+        let mut out = Vec::with_capacity(buf.len());
+        if !buf.is_empty() {
+            self.scan(&buf, true, &mut out);
         }
-        self.scan(buf, true)
+        out
+    }
+
+    /// Position of the next byte that starts some secret.
+    fn next_candidate(&self, hay: &[u8]) -> Option<usize> {
+        match self.few.as_deref() {
+            Some([a]) => memchr::memchr(*a, hay),
+            Some([a, b]) => memchr::memchr2(*a, *b, hay),
+            Some([a, b, c]) => memchr::memchr3(*a, *b, *c, hay),
+            _ => hay.iter().position(|b| self.first[*b as usize]),
+        }
     }
 
     /// Leftmost-longest replacement. Unless `last`, a position where a longer secret could
     /// still complete with more input is held back, even if a shorter secret matches there.
-    fn scan(&mut self, buf: Vec<u8>, last: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(buf.len());
+    /// Runs without a candidate byte are copied whole.
+    fn scan(&mut self, buf: &[u8], last: bool, out: &mut Vec<u8>) {
         let mut i = 0;
         'scan: while i < buf.len() {
-            if !self.first[buf[i] as usize] {
-                out.push(buf[i]);
-                i += 1;
-                continue;
-            }
+            let Some(at) = self.next_candidate(&buf[i..]) else {
+                out.extend_from_slice(&buf[i..]);
+                return;
+            };
+            out.extend_from_slice(&buf[i..i + at]);
+            i += at;
             let rest = &buf[i..];
             let mut could_grow = false;
             // Longest first: the first complete match is the longest one.
@@ -95,12 +123,11 @@ impl Redactor {
             }
             if could_grow {
                 self.carry = rest.to_vec();
-                return out;
+                return;
             }
             out.push(buf[i]);
             i += 1;
         }
-        out
     }
 }
 
@@ -478,6 +505,34 @@ mod tests {
             pieces.push(&text[prev..]);
             let mut split = Redactor::new(secrets);
             prop_assert_eq!(redact_all(&mut split, &pieces), expect);
+        }
+
+        #[test]
+        fn redaction_is_leftmost_longest_replacement_for_any_secret_set(
+            text in proptest::collection::vec(0u8..6, 0..300),
+            secrets in proptest::collection::vec(proptest::collection::vec(0u8..6, 1..5), 1..7),
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+        ) {
+            // Small alphabets make matches common; 1..7 secrets cover both searches (memchr
+            // over at most three first bytes, the table otherwise).
+            let mut sorted = secrets.clone();
+            sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+            let mut expect = Vec::new();
+            let mut i = 0;
+            while i < text.len() {
+                match sorted.iter().find(|s| text[i..].starts_with(s)) {
+                    Some(s) => { expect.extend_from_slice(REDACTED); i += s.len(); }
+                    None => { expect.push(text[i]); i += 1; }
+                }
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut prev = 0;
+            for c in cuts { pieces.push(&text[prev..c]); prev = c; }
+            pieces.push(&text[prev..]);
+            let mut r = Redactor::new(secrets);
+            prop_assert_eq!(redact_all(&mut r, &pieces), expect);
         }
 
         #[test]
