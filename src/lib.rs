@@ -3,7 +3,7 @@
 //! Read it top-down: `worker` wires everything; `control` talks to the control plane;
 //! `supervisor` owns the task table; `task` runs one task through its phases against a
 //! `runtime`; `spec` builds what to run (pure); `transcript` keeps what it printed; `admin` is
-//! the operator's surface. The leaves (`protocol`, `journal`, `failure`, `metrics`, `units`,
+//! the operator's surface. The leaves (`protocol`, `jsonstr`, `journal`, `failure`, `metrics`, `units`,
 //! `secret`, `backoff`, `private`, `config`) import none of those. DESIGN.md has the picture.
 
 pub mod admin;
@@ -13,6 +13,7 @@ pub mod control;
 pub mod devserver;
 pub mod failure;
 pub mod journal;
+pub mod jsonstr;
 pub mod metrics;
 pub mod private;
 pub mod protocol;

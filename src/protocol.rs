@@ -229,6 +229,41 @@ fn peek_task_id(raw: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Encodes a `task_output` frame straight from borrowed fields: it is the one message sent
+/// per 64 KiB of transcript, so it skips the `Value` tree, the copy of the text into it and
+/// serde_json's byte-at-a-time escaping. Same fields, order and bytes as serde_json writes.
+fn output_frame(
+    task_id: &str,
+    execution_id: &str,
+    offset: u64,
+    stream: Stream,
+    data: &[u8],
+) -> String {
+    let mut f = String::with_capacity(data.len() + data.len() / 3 + 160);
+    f.push_str(r#"{"type":"task_output","data":{"task_id":"#);
+    crate::jsonstr::push(task_id, &mut f);
+    f.push_str(r#","execution_id":"#);
+    crate::jsonstr::push(execution_id, &mut f);
+    f.push_str(r#","offset":"#);
+    f.push_str(&offset.to_string());
+    f.push_str(r#","stream":"#);
+    crate::jsonstr::push(stream.as_str(), &mut f);
+    match std::str::from_utf8(data) {
+        Ok(text) => {
+            f.push_str(r#","data":"#);
+            crate::jsonstr::push(text, &mut f);
+        }
+        Err(_) => {
+            use base64::Engine;
+            f.push_str(r#","data_b64":""#);
+            base64::engine::general_purpose::STANDARD.encode_string(data, &mut f);
+            f.push('"');
+        }
+    }
+    f.push_str("}}");
+    f
+}
+
 fn frame(kind: &str, data: Option<serde_json::Value>) -> String {
     let mut obj = serde_json::Map::new();
     obj.insert("type".into(), serde_json::Value::String(kind.into()));
@@ -781,22 +816,7 @@ impl WorkerMessage {
                 offset,
                 stream,
                 data,
-            } => {
-                let mut v = serde_json::json!({
-                    "task_id": task_id, "execution_id": execution_id,
-                    "offset": offset, "stream": stream.as_str(),
-                });
-                match std::str::from_utf8(data) {
-                    Ok(text) => v["data"] = serde_json::Value::String(text.to_string()),
-                    Err(_) => {
-                        use base64::Engine;
-                        v["data_b64"] = serde_json::Value::String(
-                            base64::engine::general_purpose::STANDARD.encode(data),
-                        );
-                    }
-                }
-                v
-            }
+            } => return Some(output_frame(task_id, execution_id, *offset, *stream, data)),
         };
         Some(frame(self.kind(), Some(data)))
     }
@@ -1290,6 +1310,38 @@ mod tests {
             parse(&out.encode_for(true).unwrap_or_default()),
             json!({"type": "task_output", "data": {"task_id": "t", "execution_id": "e", "offset": 5, "stream": "stderr", "data": "hi"}})
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_output_frame_is_the_json_serde_would_write_and_decodes_back(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            text in "[ -~\\n\\t\"\\\\é✓\u{1}]{0,120}",
+            task_id in "[a-z0-9\"\\\\]{1,12}",
+            offset in proptest::prelude::any::<u64>(),
+        ) {
+            for bytes in [data.clone(), text.clone().into_bytes()] {
+                let m = WorkerMessage::TaskOutput {
+                    task_id: task_id.clone(),
+                    execution_id: "e-1".into(),
+                    offset,
+                    stream: Stream::Stdout,
+                    data: bytes.clone(),
+                };
+                let wire = m.encode_for(true).unwrap_or_default();
+                let mut want = json!({"task_id": task_id, "execution_id": "e-1", "offset": offset, "stream": "stdout"});
+                match std::str::from_utf8(&bytes) {
+                    Ok(t) => want["data"] = json!(t),
+                    Err(_) => {
+                        use base64::Engine;
+                        want["data_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&bytes));
+                    }
+                }
+                let want = json!({"type": "task_output", "data": want});
+                proptest::prop_assert_eq!(parse(&wire), want);
+                proptest::prop_assert_eq!(WorkerMessage::decode(&wire).ok(), Some(m));
+            }
+        }
     }
 
     #[test]

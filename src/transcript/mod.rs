@@ -23,8 +23,11 @@ pub struct Redactor {
     secrets: Vec<Vec<u8>>,
     /// Bytes that start some secret.
     first: [bool; 256],
-    /// The distinct first bytes, when there are at most three (searched with `memchr`).
-    few: Option<Vec<u8>>,
+    /// Finds leftmost-longest matches of all secrets at once (SIMD prefilters): testing
+    /// every byte that merely starts a secret cost more than the rest of the path did.
+    finder: Option<aho_corasick::AhoCorasick>,
+    /// Length of the longest secret.
+    longest: usize,
     carry: Vec<u8>,
 }
 
@@ -38,11 +41,18 @@ impl Redactor {
         for x in &s {
             first[x[0] as usize] = true;
         }
-        let distinct: Vec<u8> = (0..=255u8).filter(|b| first[*b as usize]).collect();
+        // Without a finder (it cannot be built for these secrets) every position is
+        // scanned the slow, exact way.
+        let finder = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(&s)
+            .ok()
+            .filter(|_| !s.is_empty());
         Redactor {
+            longest: s.first().map_or(0, Vec::len),
             secrets: s,
             first,
-            few: (distinct.len() <= 3).then_some(distinct),
+            finder,
             carry: Vec::new(),
         }
     }
@@ -83,23 +93,35 @@ impl Redactor {
         out
     }
 
-    /// Position of the next byte that starts some secret.
-    fn next_candidate(&self, hay: &[u8]) -> Option<usize> {
-        match self.few.as_deref() {
-            Some([a]) => memchr::memchr(*a, hay),
-            Some([a, b]) => memchr::memchr2(*a, *b, hay),
-            Some([a, b, c]) => memchr::memchr3(*a, *b, *c, hay),
-            _ => hay.iter().position(|b| self.first[*b as usize]),
-        }
-    }
-
     /// Leftmost-longest replacement. Unless `last`, a position where a longer secret could
     /// still complete with more input is held back, even if a shorter secret matches there.
-    /// Runs without a candidate byte are copied whole.
     fn scan(&mut self, buf: &[u8], last: bool, out: &mut Vec<u8>) {
+        // Positions where even the longest secret fits in `buf` are settled: no more input
+        // can change what matches there, so the finder decides them in one pass and copies
+        // the runs between matches whole. Only the last `longest - 1` positions need the
+        // exact per-position rule below.
+        let settled = if last {
+            buf.len()
+        } else {
+            (buf.len() + 1).saturating_sub(self.longest)
+        };
         let mut i = 0;
+        if let Some(finder) = &self.finder {
+            for m in finder.find_iter(buf) {
+                if m.start() >= settled {
+                    break;
+                }
+                out.extend_from_slice(&buf[i..m.start()]);
+                out.extend_from_slice(REDACTED);
+                i = m.end();
+            }
+            if i < settled {
+                out.extend_from_slice(&buf[i..settled]);
+                i = settled;
+            }
+        }
         'scan: while i < buf.len() {
-            let Some(at) = self.next_candidate(&buf[i..]) else {
+            let Some(at) = buf[i..].iter().position(|b| self.first[*b as usize]) else {
                 out.extend_from_slice(&buf[i..]);
                 return;
             };
@@ -309,26 +331,33 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// Appends the encoding of one record (header with CRC, then payload) to `out`, so a
+/// writer can reuse one buffer instead of building a `Record` and a fresh `Vec` per write.
+pub fn encode_into(stream: Stream, flags: u8, resume: &Resume, payload: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.push(MAGIC);
+    out.push(stream.code());
+    out.push(flags);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    for m in &resume.clean.marks {
+        out.extend_from_slice(&m.ts.to_le_bytes());
+        out.extend_from_slice(&m.seen.to_le_bytes());
+    }
+    for n in &resume.skip {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&out[start..]);
+    h.update(payload);
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
 impl Record {
     /// Serialises the record (header with CRC, then payload).
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(HEADER_LEN + self.payload.len());
-        v.push(MAGIC);
-        v.push(self.stream.code());
-        v.push(self.flags);
-        v.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
-        for m in &self.resume.clean.marks {
-            v.extend_from_slice(&m.ts.to_le_bytes());
-            v.extend_from_slice(&m.seen.to_le_bytes());
-        }
-        for n in &self.resume.skip {
-            v.extend_from_slice(&n.to_le_bytes());
-        }
-        let mut h = crc32fast::Hasher::new();
-        h.update(&v);
-        h.update(&self.payload);
-        v.extend_from_slice(&h.finalize().to_le_bytes());
-        v.extend_from_slice(&self.payload);
+        encode_into(self.stream, self.flags, &self.resume, &self.payload, &mut v);
         v
     }
 

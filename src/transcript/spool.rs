@@ -119,6 +119,9 @@ pub struct Spool {
     failing_since: Option<std::time::Instant>,
     full_disk_patience: Duration,
     state: watch::Sender<SpoolState>,
+    /// Reused for every record written: header and payload go out in one write, with no
+    /// allocation per record.
+    scratch: Vec<u8>,
 }
 
 /// Where spools live under `state_dir`.
@@ -254,6 +257,7 @@ impl Spool {
             failing_since: None,
             full_disk_patience: DEFAULT_FULL_DISK_PATIENCE,
             state,
+            scratch: Vec::new(),
         })
     }
 
@@ -367,23 +371,41 @@ impl Spool {
     }
 
     fn write_main(&mut self, r: &Record) -> Result<(), SpoolError> {
-        let bytes = r.encode();
-        if let Err(e) = self.file.write_all_at(&bytes, self.end_pos) {
+        self.write_main_parts(r.stream, r.flags, r.resume, &r.payload)
+    }
+
+    fn write_main_parts(
+        &mut self,
+        stream: Stream,
+        flags: u8,
+        resume: Resume,
+        payload: &[u8],
+    ) -> Result<(), SpoolError> {
+        let mut bytes = std::mem::take(&mut self.scratch);
+        bytes.clear();
+        super::encode_into(stream, flags, &resume, payload, &mut bytes);
+        let written = self.file.write_all_at(&bytes, self.end_pos);
+        let encoded = bytes.len() as u64;
+        // Keep the buffer unless one huge record grew it past what a record usually needs.
+        if bytes.capacity() <= 4 * (HEADER_LEN + super::MAX_CHUNK) {
+            self.scratch = bytes;
+        }
+        if let Err(e) = written {
             // Never leave a torn record behind: later appends would be unreadable.
             let _ = self.file.set_len(self.end_pos);
             return Err(io(&self.path)(e));
         }
-        if !r.payload.is_empty() {
+        if !payload.is_empty() {
             self.index.push(Entry {
                 offset: self.len,
                 pos: self.end_pos + HEADER_LEN as u64,
-                len: r.payload.len() as u32,
-                stream: r.stream,
+                len: payload.len() as u32,
+                stream,
             });
         }
-        self.end_pos += bytes.len() as u64;
-        self.len += r.payload.len() as u64;
-        self.last_resume = r.resume;
+        self.end_pos += encoded;
+        self.len += payload.len() as u64;
+        self.last_resume = resume;
         Ok(())
     }
 
@@ -526,12 +548,7 @@ impl Spool {
             payload.split_at(room.min(payload.len()))
         };
         if !live.is_empty() || (rest.is_empty() && self.tail.is_none()) {
-            self.write_main(&Record {
-                stream,
-                flags: 0,
-                resume,
-                payload: live.to_vec(),
-            })?;
+            self.write_main_parts(stream, 0, resume, live)?;
         }
         if !rest.is_empty() {
             self.write_tail(&Record {
@@ -616,18 +633,18 @@ impl Spool {
             Err(i) => i.saturating_sub(1),
         };
         let stream = self.index[i].stream;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max + 4);
         let mut at = offset;
         // Read one byte past `max` so the cut can see whether a UTF-8 sequence continues.
         while i < self.index.len() && self.index[i].stream == stream && out.len() <= max {
             let e = self.index[i];
             let skip = at - e.offset;
             let want = ((e.len as u64 - skip) as usize).min(max + 4 - out.len());
-            let mut buf = vec![0u8; want];
+            let from = out.len();
+            out.resize(from + want, 0);
             self.file
-                .read_exact_at(&mut buf, e.pos + skip)
+                .read_exact_at(&mut out[from..], e.pos + skip)
                 .map_err(io(&self.path))?;
-            out.extend_from_slice(&buf);
             at += want as u64;
             i += 1;
         }
