@@ -73,6 +73,8 @@ pub struct TranscriptSettings {
     pub retention: Duration,
     /// How long output waits for space under `state_dir` before it is counted as lost.
     pub full_disk_patience: Duration,
+    /// Live output bytes between resume anchors (0: never).
+    pub anchor_every: u64,
 }
 
 /// Log output format.
@@ -141,6 +143,7 @@ struct RawTranscript {
     redact: Option<Vec<String>>,
     retention: Option<Spanned<String>>,
     full_disk_patience: Option<Spanned<String>>,
+    anchor_every: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1571,6 +1574,21 @@ fn transcript_section(raw: Option<RawTranscript>, c: &mut Collector<'_>) -> Tran
         DEFAULT_FULL_DISK_PATIENCE,
         "use a duration such as 5m",
     );
+    let anchor_every = c.size_min(
+        "transcript.anchor_every",
+        tr.anchor_every.as_ref(),
+        DEFAULT_ANCHOR_EVERY,
+        0,
+        "use a size such as 128MiB, or 0 to never freeze a task for an anchor",
+    );
+    if anchor_every != 0 && !(MIN_ANCHOR_EVERY..=MAX_ANCHOR_EVERY).contains(&anchor_every) {
+        c.at(
+            "transcript.anchor_every",
+            tr.anchor_every.as_ref(),
+            format!("{anchor_every} bytes is outside 1MiB..=256MiB (a task is frozen briefly at every anchor, and the engine keeps only 500 MB of a container's log)"),
+            "use a size such as 128MiB, or 0 to never freeze a task for an anchor",
+        );
+    }
     let redact: Vec<Secret> = tr
         .redact
         .unwrap_or_default()
@@ -1585,8 +1603,14 @@ fn transcript_section(raw: Option<RawTranscript>, c: &mut Collector<'_>) -> Tran
         redact,
         retention,
         full_disk_patience,
+        anchor_every,
     }
 }
+
+/// Default of `transcript.anchor_every`.
+pub const DEFAULT_ANCHOR_EVERY: u64 = 128 << 20;
+const MIN_ANCHOR_EVERY: u64 = 1 << 20;
+const MAX_ANCHOR_EVERY: u64 = 256 << 20;
 
 /// Default of `shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -1630,6 +1654,7 @@ struct EffectiveTranscript {
     redact: Vec<String>,
     retention: String,
     full_disk_patience: String,
+    anchor_every: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -1806,6 +1831,7 @@ impl Config {
                 retention: humantime::format_duration(self.transcript.retention).to_string(),
                 full_disk_patience: humantime::format_duration(self.transcript.full_disk_patience)
                     .to_string(),
+                anchor_every: self.transcript.anchor_every,
             },
         }
     }
@@ -1870,6 +1896,7 @@ mod tests {
         assert_eq!(c.transcript.tail_bytes, 16 << 20);
         assert_eq!(c.transcript.retention, Duration::from_secs(86400));
         assert_eq!(c.transcript.full_disk_patience, Duration::from_secs(300));
+        assert_eq!(c.transcript.anchor_every, 128 << 20);
         assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
         assert!(c.transcript.redact.is_empty());
     }
@@ -2048,6 +2075,22 @@ mod tests {
         );
         let e = one_error("worker_id: w\ntranscript:\n  max_bytes: 10MB\n");
         assert_eq!(e.key, "transcript.max_bytes");
+        let e = one_error("worker_id: w\ntranscript:\n  anchor_every: 1KiB\n");
+        assert_eq!(
+            (e.key.as_str(), e.location.as_ref().map(|l| l.1)),
+            ("transcript.anchor_every", Some(3))
+        );
+        assert!(e.problem.contains("1MiB..=256MiB"), "{}", e.problem);
+        assert_eq!(
+            one_error("worker_id: w\ntranscript:\n  anchor_every: 1GiB\n").key,
+            "transcript.anchor_every"
+        );
+        let c = load_yaml(
+            "worker_id: w\ntranscript:\n  anchor_every: 0\n",
+            &with_key(),
+        )
+        .unwrap();
+        assert_eq!(c.transcript.anchor_every, 0);
         let e = one_error("worker_id: w\ntranscript:\n  full_disk_patience: 300\n");
         assert_eq!(
             (

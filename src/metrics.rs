@@ -103,6 +103,7 @@ pub struct Metrics {
     claimed: AtomicU64,
     transcript_bytes: AtomicU64,
     transcript_lost_bytes: AtomicU64,
+    resume_anchors: AtomicU64,
     labelled: Mutex<Labelled>,
 }
 
@@ -150,6 +151,11 @@ impl Metrics {
     /// A task was claimed.
     pub fn claimed(&self) {
         self.claimed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Live capture moved a transcript's resume point up to the engine's log.
+    pub fn anchor_placed(&self) {
+        self.resume_anchors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An assignment was rejected.
@@ -342,6 +348,17 @@ impl Metrics {
         );
         head(
             &mut o,
+            "berth_transcript_resume_anchors_total",
+            "counter",
+            "Times live capture froze a task briefly and moved its transcript's resume point up to the engine's log end.",
+        );
+        let _ = writeln!(
+            o,
+            "berth_transcript_resume_anchors_total {}",
+            self.resume_anchors.load(Ordering::Relaxed)
+        );
+        head(
+            &mut o,
             "berth_spool_bytes",
             "gauge",
             "Bytes of transcript spools on disk under state_dir.",
@@ -444,6 +461,7 @@ mod tests {
             "oz_worker_websocket_reconnects_total{reason=\"remote_close\"}",
             "berth_transcript_bytes_total",
             "berth_transcript_lost_bytes_total",
+            "berth_transcript_resume_anchors_total",
         ] {
             assert_eq!(value(&t, s), Some(0.0), "{s}");
         }

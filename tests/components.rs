@@ -1063,6 +1063,9 @@ proptest! {
             let dir = tempfile::tempdir().unwrap();
             {
                 let spool = open_spool(dir.path());
+                let metrics = berth::metrics::Metrics::default();
+                // Anchors off: this property is about the handover alone.
+                let live = berth::task::capture::Live { stream: live, anchor_every: 0, metrics: &metrics };
                 berth::task::capture::capture(&fake, &id, &spool, Vec::new(), Some(live))
                     .await
                     .unwrap();
@@ -1074,6 +1077,84 @@ proptest! {
             capture_with_kills(&fake, &id, dir.path(), &kills, &[]).await;
             assert_eq!(spooled(dir.path()), raw_streams(&fake.log_of(&id)));
         });
+    }
+
+    #[test]
+    fn live_capture_with_resume_anchors_killed_anywhere_resumes_with_every_byte_once(
+        log in engine_log(),
+        every in 1u64..600,
+        kill_after in proptest::option::of(0usize..60),
+        secret in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let fake = FakeRuntime::new();
+            let id = fake.add_container(WORKER, "cap", "cap-e1", true, Vec::new(), None);
+            let secrets = if secret { vec![b"xx\no".to_vec(), b"xxxx".to_vec()] } else { vec![] };
+            let live = fake.attach(&id).await.unwrap();
+            // The task prints entry by entry and, like a frozen cgroup, not while paused.
+            let printed = std::sync::atomic::AtomicUsize::new(0);
+            let printer = async {
+                for e in &log {
+                    while fake.is_paused(&id) {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    fake.print_entry(&id, e.clone());
+                    printed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                fake.exit(&id, 0);
+            };
+            let metrics = berth::metrics::Metrics::default();
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let spool = open_spool(dir.path());
+                let live = berth::task::capture::Live { stream: live, anchor_every: every, metrics: &metrics };
+                let capture = berth::task::capture::capture(&fake, &id, &spool, secrets.clone(), Some(live));
+                tokio::pin!(capture);
+                tokio::pin!(printer);
+                let mut printer_done = false;
+                // SIGKILL once `kill_after` entries were printed: the capture is dropped.
+                loop {
+                    tokio::select! {
+                        r = &mut capture => { r.unwrap(); break; }
+                        _ = &mut printer, if !printer_done => printer_done = true,
+                        _ = tokio::time::sleep(Duration::from_millis(1)) => {
+                            if kill_after.is_some_and(|k| printed.load(std::sync::atomic::Ordering::SeqCst) >= k) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if !printer_done {
+                    // The killed worker froze nothing for good: the task goes on.
+                    fake.unpause(&id).await.unwrap();
+                    printer.await;
+                }
+            }
+            assert!(!fake.is_paused(&id), "a container left frozen");
+            // The restarted worker resumes from the spool's resume point through the log.
+            let spool = open_spool(dir.path());
+            berth::task::capture::capture(&fake, &id, &spool, secrets.clone(), None).await.unwrap();
+            drop(spool);
+            let got = spooled(dir.path());
+            let once = tempfile::tempdir().unwrap();
+            capture_with_kills(&fake, &id, once.path(), &[], &secrets).await;
+            let want = spooled(once.path());
+            if !secret {
+                prop_assert_eq!(&want, &raw_streams(&fake.log_of(&id)));
+            }
+            for slot in 0..2 {
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&got[slot]),
+                    String::from_utf8_lossy(&want[slot]),
+                    "stream {} (anchor every {} bytes, killed after {:?} entries, {} anchors)",
+                    slot, every, kill_after, metrics.render(&Default::default()).lines()
+                        .find(|l| l.starts_with("berth_transcript_resume_anchors_total")).unwrap_or("")
+                );
+            }
+            Ok(())
+        })?;
     }
 
     #[test]

@@ -648,6 +648,86 @@ async fn repeated_kill_9_during_interleaved_output_loses_and_doubles_no_line() {
     cp.shutdown();
 }
 
+/// Numbered lines in bursts: unique lines show any misplaced resume point as a doubled or
+/// missing number; `seq` writes in blocks, so a burst often ends mid-line.
+const NUMBERED: &str =
+    "i=0; while [ $i -lt 60 ]; do seq $((i*10000)) $((i*10000+9999)); i=$((i+1)); sleep 0.1; done";
+
+fn numbered() -> Vec<u8> {
+    (0..600_000)
+        .map(|n| format!("{n}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_resume_anchors_resumes_from_the_anchor_with_no_byte_lost_or_doubled() {
+    let _images = Images::acquire();
+    let cp = control_plane("proc-key", true, None).await;
+    let state = tempfile::tempdir().unwrap();
+    let id = worker_id("anchor");
+    let _cleanup = Cleanup(id.clone());
+    let yaml = "transcript:\n  anchor_every: 1MiB\n";
+    let debug = ["--log-level", "info,berth=debug"];
+    let mut first = worker_process_with(&cp, &id, state.path(), &debug, yaml);
+    until("worker connected", || !cp.workers().is_empty()).await;
+    let t = run_task(&cp, NUMBERED, &[]);
+    let log = state.path().with_extension("log");
+    // The log's lines without their colour codes.
+    let lines = || -> Vec<String> {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut plain = String::new();
+        let mut esc = false;
+        for ch in text.chars() {
+            match (esc, ch) {
+                (false, '\u{1b}') => esc = true,
+                (true, 'm') => esc = false,
+                (true, _) => {}
+                (false, c) => plain.push(c),
+            }
+        }
+        plain
+            .lines()
+            .filter(|l| l.contains("transcript resume anchor"))
+            .map(str::to_string)
+            .collect()
+    };
+    let anchored = || lines().iter().filter(|l| !l.contains("streams=0")).count();
+    until("two resume anchors placed", || anchored() >= 2).await;
+    first.kill().unwrap(); // SIGKILL
+    for l in lines() {
+        eprintln!("{}", l.rsplit(':').next().unwrap_or_default());
+    }
+    first.wait().unwrap();
+    assert!(
+        !cp.task(&t.id).unwrap().state.is_terminal(),
+        "the task must outlive the worker"
+    );
+    // A kill can land while the container is frozen for an anchor: freeze it as such a kill
+    // would leave it. The restarted worker must thaw it, or the task would never finish.
+    for c in containers_of(&id) {
+        let out = Command::new("docker").args(["pause", &c]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker pause: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut second = worker_process_with(&cp, &id, state.path(), &debug, yaml);
+    let done = complete(&cp, &t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    let got = stream_of(&cp, &t.id, Stream::Stdout);
+    let want = numbered();
+    assert!(
+        got == want,
+        "stdout differs from what the task wrote: {}",
+        first_difference(&got, &want)
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+    cp.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_dir_that_stays_full_counts_every_lost_byte_in_the_transcript_and_result() {
     let Some(DiskEnv { _dir, fs: _fs, env }) =

@@ -47,6 +47,8 @@ pub enum Op {
     /// `log_tail`.
     LogTail,
     Attach,
+    Pause,
+    Unpause,
     Wait,
     /// `inspect_state`.
     Inspect,
@@ -128,6 +130,8 @@ struct Container {
     exit: Option<ExitStatus>,
     log: Vec<LogEntry>,
     script: Script,
+    /// Frozen by `pause` (a test can see that berth thawed it again).
+    paused: bool,
 }
 
 #[derive(Debug, Default)]
@@ -362,6 +366,7 @@ impl FakeRuntime {
                     output: Vec::new(),
                     exit,
                 },
+                paused: false,
             },
         );
         drop(s);
@@ -385,11 +390,32 @@ impl FakeRuntime {
         self.changed();
     }
 
+    /// Appends one entry, with its own timestamp, to a container's output (log and attach).
+    pub fn print_entry(&self, id: &str, entry: LogEntry) {
+        let mut s = self.shared.state.lock();
+        s.clock = s.clock.max(entry.ts + 1);
+        if let Some(c) = s.containers.get_mut(id) {
+            c.log.push(entry);
+        }
+        drop(s);
+        self.changed();
+    }
+
     /// The container disappears behind berth's back (removed by someone else, or lost by an
     /// engine restart); not recorded as a call.
     pub fn lose(&self, id: &str) {
         self.shared.state.lock().containers.remove(id);
         self.changed();
+    }
+
+    /// Whether the container is paused now.
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.shared
+            .state
+            .lock()
+            .containers
+            .get(id)
+            .is_some_and(|c| c.paused)
     }
 
     /// The output a container wrote so far.
@@ -543,6 +569,7 @@ impl Runtime for FakeRuntime {
                 exit: None,
                 log: Vec::new(),
                 script,
+                paused: false,
             },
         );
         Ok(id)
@@ -683,6 +710,28 @@ impl Runtime for FakeRuntime {
             log[from..].iter().cloned().map(Ok).collect()
         };
         Box::pin(futures_util::stream::iter(tail))
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.enter(Op::Pause, id).await?;
+        let mut s = self.shared.state.lock();
+        let c = s
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| no_such("container pause", id))?;
+        c.paused = true;
+        Ok(())
+    }
+
+    async fn unpause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.enter(Op::Unpause, id).await?;
+        let mut s = self.shared.state.lock();
+        let c = s
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| no_such("container unpause", id))?;
+        c.paused = false;
+        Ok(())
     }
 
     async fn attach(&self, id: &str) -> Result<OutputStream, RuntimeError> {

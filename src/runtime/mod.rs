@@ -173,6 +173,10 @@ pub trait Runtime: Send + Sync {
     /// The container's stdout and stderr as the engine hands them out live, from now until
     /// the container's output closes. Attach before the command starts to see all of it.
     async fn attach(&self, id: &str) -> Result<OutputStream, RuntimeError>;
+    /// Freezes every process of the container (cgroup freezer) until [`Runtime::unpause`].
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Thaws a paused container; one that is not paused is fine.
+    async fn unpause(&self, id: &str) -> Result<(), RuntimeError>;
     /// Waits for the container to stop and reads how it ended.
     async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError>;
     /// The container's state without waiting: `None` when it no longer exists, else whether it

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::protocol::Stream;
 use crate::runtime::{OutputStream, Runtime, RuntimeError};
 use crate::transcript::spool::{SharedSpool, append_retrying, lock};
-use crate::transcript::{Cursor, Redactor, Resume, slot};
+use crate::transcript::{Cursor, Mark, Redactor, Resume, slot};
 
 /// Largest batch written as one spool record run.
 const BATCH: usize = 64 << 10;
@@ -21,7 +21,7 @@ const BATCH: usize = 64 << 10;
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
 /// The engine's log buffer: a longer line is stored as pieces of exactly this size, then a
 /// shorter last piece.
-const ENGINE_PIECE: usize = 16 << 10;
+pub(super) const ENGINE_PIECE: usize = 16 << 10;
 
 /// Why capture stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +165,40 @@ impl Replay {
     pub fn live(&mut self, stream: Stream, payload: &[u8]) {
         self.live = true;
         self.feed(stream, payload);
+    }
+
+    /// The redactor of a capture stream (0 stdout, 1 stderr), for checks on its secrets.
+    pub fn redactor(&self, slot: usize) -> &Redactor {
+        &self.redactors[slot]
+    }
+
+    /// Per stream: bytes produced since the resume point's clean cursor.
+    pub fn since_clean(&self) -> [u64; 2] {
+        self.since_clean
+    }
+
+    /// The resume point after everything consumed so far (what the next record will carry).
+    pub fn resume_point(&self) -> Resume {
+        self.resume()
+    }
+
+    /// Moves one stream's resume point during live capture to just after a log entry known
+    /// to be where the live bytes stood (`mark`), with `produced_after` output bytes since:
+    /// a restarted reader then replays the log from there instead of from where the live
+    /// stretch began. Refused (false) while bytes spooled before a restart are still being
+    /// dropped.
+    pub fn anchor(&mut self, slot: usize, mark: Mark, produced_after: u64) -> bool {
+        if !self.live || self.skip[slot] > 0 || self.legacy_skip > 0 {
+            return false;
+        }
+        self.clean.marks[slot] = mark;
+        self.cursor.marks[slot] = mark;
+        self.since_clean[slot] = produced_after;
+        let resume = self.resume();
+        if let Some((_, _, r)) = self.batch.last_mut() {
+            *r = resume;
+        }
+        true
     }
 
     /// Redacts `input` into the batch. Without bytes to drop (the usual case) the redactor
@@ -320,7 +354,7 @@ pub fn log_end_matches(tails: [(&[u8], bool); 2], entries: &[(Stream, &[u8])]) -
 }
 
 /// How many of the log's last entries confirm that the attach stream saw the end.
-const TAIL_ENTRIES: u32 = 64;
+pub(super) const TAIL_ENTRIES: u32 = 64;
 /// Raw bytes of each stream kept to compare with the log's last entries.
 const TAIL_KEEP: usize = 128 << 10;
 /// How long a closed attach stream may precede the container's stop before berth stops
@@ -329,13 +363,13 @@ const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(5);
 
 /// The last raw bytes of one stream (bounded), and whether they are all of it.
 #[derive(Default)]
-struct Tail {
+pub(super) struct Tail {
     bytes: Vec<u8>,
     trimmed: bool,
 }
 
 impl Tail {
-    fn push(&mut self, bytes: &[u8]) {
+    pub(super) fn push(&mut self, bytes: &[u8]) {
         if bytes.len() >= TAIL_KEEP {
             self.bytes.clear();
             self.bytes
@@ -352,7 +386,7 @@ impl Tail {
         self.bytes.extend_from_slice(bytes);
     }
 
-    fn view(&self) -> (&[u8], bool) {
+    pub(super) fn view(&self) -> (&[u8], bool) {
         (&self.bytes, !self.trimmed)
     }
 }
@@ -366,6 +400,16 @@ enum Handover {
     Incomplete(String),
 }
 
+/// Live capture of a container started under berth's eyes.
+pub struct Live<'a> {
+    /// The attach stream, opened before the command started.
+    pub stream: OutputStream,
+    /// Live bytes between resume anchors (0: never freeze the container to anchor).
+    pub anchor_every: u64,
+    /// Where anchors are counted.
+    pub metrics: &'a crate::metrics::Metrics,
+}
+
 /// Captures the attach stream into the spool. Any doubt (a broken stream, a spool write that
 /// failed, a log that ends differently) hands over to the log reader, which resumes exactly
 /// where the spooled live bytes end.
@@ -374,11 +418,17 @@ async fn capture_live(
     container_id: &str,
     spool: &SharedSpool,
     secrets: Vec<Vec<u8>>,
-    mut live: OutputStream,
+    live: Live<'_>,
 ) -> Handover {
+    let Live {
+        stream: mut live,
+        anchor_every,
+        metrics,
+    } = live;
     let mut st = Replay::new(lock(spool).last_resume(), secrets);
     let mut tails = [Tail::default(), Tail::default()];
     let mut due: Option<tokio::time::Instant> = None;
+    let mut schedule = super::anchor::Schedule::new(anchor_every);
     loop {
         let next = match due {
             None => live.next().await,
@@ -399,6 +449,34 @@ async fn capture_live(
             Some(Ok((stream, bytes))) => {
                 tails[slot(stream)].push(&bytes);
                 st.live(stream, &bytes);
+                if schedule.count(bytes.len()) {
+                    if !st.flush_now(spool) {
+                        return Handover::Incomplete("the spool could not be written".into());
+                    }
+                    due = None;
+                    let attempt = super::anchor::attempt(
+                        runtime,
+                        container_id,
+                        &mut live,
+                        &mut st,
+                        &mut tails,
+                        spool,
+                        &mut schedule,
+                    )
+                    .await;
+                    match attempt {
+                        super::anchor::Attempt::Done(0) => {}
+                        super::anchor::Attempt::Done(_) => metrics.anchor_placed(),
+                        super::anchor::Attempt::StreamEnded(None) => break,
+                        super::anchor::Attempt::StreamEnded(Some(e)) => {
+                            return Handover::Incomplete(format!("the attach stream failed: {e}"));
+                        }
+                    }
+                    if st.pending() > 0 && !st.flush_now(spool) {
+                        return Handover::Incomplete("the spool could not be written".into());
+                    }
+                    continue;
+                }
                 if st.pending() >= BATCH {
                     if !st.flush_now(spool) {
                         return Handover::Incomplete("the spool could not be written".into());
@@ -466,7 +544,7 @@ pub async fn capture(
     container_id: &str,
     spool: &SharedSpool,
     secrets: Vec<Vec<u8>>,
-    live: Option<OutputStream>,
+    live: Option<Live<'_>>,
 ) -> Result<(), CaptureError> {
     if let Some(live) = live {
         match capture_live(runtime, container_id, spool, secrets.clone(), live).await {

@@ -3,6 +3,7 @@
 //! The run returns exactly one terminal message; turning an [`Outcome`] into that message is a
 //! pure function ([`terminal_message`]) so every classification rule is unit-tested.
 
+mod anchor;
 pub mod capture;
 mod phases;
 pub mod provision;
@@ -57,6 +58,8 @@ pub struct TaskSettings {
     pub environments: std::collections::BTreeMap<String, crate::spec::environment::Environment>,
     /// Environment for tasks that name none.
     pub default_environment: Option<String>,
+    /// Live output bytes between transcript resume anchors (0: never).
+    pub anchor_every: u64,
 }
 
 /// Why a task was asked to stop before it finished on its own.
@@ -308,6 +311,9 @@ pub async fn resume(
     async move {
         let _secrets = crate::transcript::redaction::register(secrets_of(&env, &exec.assignment));
         info!(container = %container_id, "re-attaching to the task's container after a restart");
+        // A worker killed while it held the container frozen for a resume anchor left it
+        // paused: thaw it, or the task would never go on.
+        anchor::thaw(env.runtime.as_ref(), &container_id).await;
         let timeout = task_timeout(&env, &exec).map(|t| {
             let elapsed = (chrono::Utc::now() - exec.claimed_at)
                 .to_std()

@@ -56,6 +56,11 @@ pub(super) async fn supervise(
     let secrets = secrets_of(env, &exec.assignment);
     // Capture runs alongside the wait in this task (not spawned): whatever ends the run also
     // ends the capture, and nothing is left running unowned.
+    let live = live.map(|stream| capture::Live {
+        stream,
+        anchor_every: env.settings().anchor_every,
+        metrics: &env.metrics,
+    });
     let capture = capture::capture(env.runtime.as_ref(), id, &exec.spool, secrets, live);
     let mut capture = std::pin::pin!(capture);
     let mut captured = None;

@@ -62,6 +62,29 @@ impl Redactor {
         self.carry.is_empty()
     }
 
+    /// The same secrets, nothing held back.
+    pub fn fresh(&self) -> Redactor {
+        Redactor {
+            carry: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether some non-empty end of `text` is the start of a longer secret: then a redactor
+    /// that saw `text` may be holding that end back, or a secret may run across its end.
+    /// When false, a redactor is clear right after `text` whatever came before it.
+    pub fn may_continue(&self, text: &[u8]) -> bool {
+        let from = text.len().saturating_sub(self.longest.saturating_sub(1));
+        (from..text.len()).any(|i| {
+            let rest = &text[i..];
+            self.first[rest[0] as usize]
+                && self
+                    .secrets
+                    .iter()
+                    .any(|s| s.len() > rest.len() && s.starts_with(rest))
+        })
+    }
+
     /// Feeds bytes; returns what can be emitted now.
     pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(input.len());
@@ -458,6 +481,35 @@ mod tests {
         }
         out.extend(r.finish());
         out
+    }
+
+    #[test]
+    fn only_an_end_that_starts_a_longer_secret_may_continue() {
+        let r = Redactor::new([b"hunter2xyz".to_vec(), b"abc123".to_vec()]);
+        assert!(r.may_continue(b"pw=hunt"));
+        assert!(r.may_continue(b"x a"));
+        assert!(r.may_continue(b"ab"));
+        assert!(
+            !r.may_continue(b"pw=hunter2xyz"),
+            "a complete secret is settled"
+        );
+        assert!(!r.may_continue(b"line\n"));
+        assert!(!r.may_continue(b""));
+        assert!(!Redactor::new(Vec::new()).may_continue(b"anything"));
+    }
+
+    proptest! {
+        #[test]
+        fn a_redactor_is_clear_after_any_text_that_may_not_continue(
+            text in proptest::collection::vec(0u8..5, 0..60),
+            secrets in proptest::collection::vec(proptest::collection::vec(0u8..5, 1..5), 1..4),
+        ) {
+            let mut r = Redactor::new(secrets);
+            let _ = r.feed(&text);
+            if !r.may_continue(&text) {
+                prop_assert!(r.is_clear());
+            }
+        }
     }
 
     #[test]

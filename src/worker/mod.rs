@@ -394,6 +394,7 @@ pub fn task_settings(c: &Config) -> TaskSettings {
         policy: c.docker.policy.clone(),
         environments: c.environments.clone(),
         default_environment: c.default_environment.clone(),
+        anchor_every: c.transcript.anchor_every,
     }
 }
 

@@ -465,6 +465,17 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
 /// A worker process (the real binary) on `cp` with its state in `state`.
 pub fn worker_process(cp: &ControlPlane, id: &str, state: &Path, extra: &[&str]) -> Child {
+    worker_process_with(cp, id, state, extra, "")
+}
+
+/// [`worker_process`] with more YAML appended to its config file.
+pub fn worker_process_with(
+    cp: &ControlPlane,
+    id: &str,
+    state: &Path,
+    extra: &[&str],
+    yaml: &str,
+) -> Child {
     let mut args = vec![
         "run".to_string(),
         "--worker-id".into(),
@@ -479,7 +490,9 @@ pub fn worker_process(cp: &ControlPlane, id: &str, state: &Path, extra: &[&str])
     let cfg = state.with_extension("yaml");
     std::fs::write(
         &cfg,
-        format!("worker_id: {id}\nadmission:\n  min_free_disk: 0\napi:\n  listen: 127.0.0.1:0\n"),
+        format!(
+            "worker_id: {id}\nadmission:\n  min_free_disk: 0\napi:\n  listen: 127.0.0.1:0\n{yaml}"
+        ),
     )
     .unwrap();
     args.extend(["--config".to_string(), cfg.display().to_string()]);

@@ -15,7 +15,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tracing::warn;
 
-use super::{Docker, api, is_status};
+use super::{Docker, api, engine_message, is_status};
 use crate::protocol::Stream;
 use crate::runtime::{
     ExecRun, ExitStatus, LogEntry, LogStream, ManagedContainer, OutputStream, RuntimeError,
@@ -170,6 +170,24 @@ impl Docker {
             )
             .await
             .map_err(api("container kill"))
+    }
+
+    /// Freezes the container's processes.
+    pub(super) async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.client
+            .pause_container(id)
+            .await
+            .map_err(api("container pause"))
+    }
+
+    /// Thaws a paused container; one that is not paused is fine.
+    pub(super) async fn unpause(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.client.unpause_container(id).await {
+            Ok(()) => Ok(()),
+            // The engine answers 409 (or 500 on older versions) "... is not paused".
+            Err(e) if engine_message(&e).contains("not paused") => Ok(()),
+            Err(e) => Err(api("container unpause")(e)),
+        }
     }
 
     /// Starts a created container.

@@ -211,6 +211,14 @@ impl Runtime for Docker {
         Docker::logs(self, id, follow, since)
     }
 
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        Docker::pause(self, id).await
+    }
+
+    async fn unpause(&self, id: &str) -> Result<(), RuntimeError> {
+        Docker::unpause(self, id).await
+    }
+
     fn log_tail(&self, id: &str, entries: u32) -> LogStream {
         Docker::log_tail(self, id, entries)
     }
