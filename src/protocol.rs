@@ -15,6 +15,17 @@ use crate::failure::FailureReason;
 pub const BERTH_PROTOCOL_HEADER: &str = "X-Berth-Protocol";
 /// The only berth/1 protocol version.
 pub const BERTH_PROTOCOL_VERSION: &str = "1";
+/// Request header naming the worker's version on every dial (PROTOCOL §7).
+pub const WORKER_VERSION_HEADER: &str = "X-Warp-Worker-Version";
+/// The most bytes of [`WORKER_VERSION_HEADER`] a server keeps.
+pub const WORKER_VERSION_MAX: usize = 128;
+
+/// What berth sends as [`WORKER_VERSION_HEADER`]: `berth/<crate version>`, cut to the limit.
+pub fn worker_version() -> String {
+    let mut v = format!("berth/{}", env!("CARGO_PKG_VERSION"));
+    v.truncate(WORKER_VERSION_MAX);
+    v
+}
 
 /// Rejection reason when every concurrency slot is taken (exact oz/1 text).
 pub const REJECT_AT_CAPACITY: &str = "worker at maximum concurrency";
@@ -1342,6 +1353,13 @@ mod tests {
                 proptest::prop_assert_eq!(WorkerMessage::decode(&wire).ok(), Some(m));
             }
         }
+    }
+
+    #[test]
+    fn the_worker_version_names_berth_and_fits_the_header_limit() {
+        let v = worker_version();
+        assert_eq!(v, format!("berth/{}", env!("CARGO_PKG_VERSION")));
+        assert!(v.len() <= WORKER_VERSION_MAX);
     }
 
     #[test]

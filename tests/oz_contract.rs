@@ -58,6 +58,7 @@ async fn oz_assignment_runs_the_agent_exactly_as_the_oz_worker_would() {
                 env: vec![
                     "OPERATOR_VAR=from-operator".into(),
                     "SHARED=operator-wins".into(),
+                    "WARP_METADATA_ORIGIN=operator".into(),
                 ],
                 ..Overrides::default()
             },
@@ -113,6 +114,7 @@ async fn oz_assignment_runs_the_agent_exactly_as_the_oz_worker_would() {
         ("MY_SECRET", "s3cr3t-value"),
         ("SHARED", "from-task"),
         ("GIT_TERMINAL_PROMPT", "1"),
+        ("WARP_METADATA_ORIGIN", "run"),
     ]));
     let t = env.finished(&t.id).await;
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
@@ -154,12 +156,27 @@ async fn oz_assignment_runs_the_agent_exactly_as_the_oz_worker_would() {
         "MY_SECRET=s3cr3t-value".to_string(),
         "SHARED=operator-wins".to_string(),
         "OPERATOR_VAR=from-operator".to_string(),
+        // PROTOCOL §7: every well-known variable under both names, and the run's metadata
+        // never overridden by the operator.
+        format!("OZ_RUN_ID={}", t.id),
+        format!("WARP_RUN_ID={}", t.id),
+        "OZ_WORKER_BACKEND=docker".to_string(),
+        "WARP_WORKER_BACKEND=docker".to_string(),
+        "OZ_SERVER_ROOT_URL=https://app.warp.dev".to_string(),
+        format!("OZ_DOCKER_IMAGE=docker.io/library/{BUSYBOX}"),
+        format!("WARP_DOCKER_IMAGE=docker.io/library/{BUSYBOX}"),
+        "WARP_METADATA_ORIGIN=run".to_string(),
     ] {
         assert!(
             envs.lines().any(|l| l == line),
             "missing {line:?} in:\n{envs}"
         );
     }
+    let value = |name: &str| {
+        envs.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+    };
+    assert_eq!(value("OZ_EXECUTION_ID"), value("WARP_EXECUTION_ID"));
     assert_eq!(read("cwd").trim(), "/workspace");
     assert_eq!(
         read("agent_mount").trim(),

@@ -113,10 +113,17 @@ async fn a_control_plane_restart_mid_stream_loses_and_doubles_nothing() {
             .is_some_and(|t| t.transcript_bytes > 20_000)
     })
     .await;
+    let version = Some(berth::protocol::worker_version());
+    assert_eq!(
+        env.cp.workers()[0].version,
+        version,
+        "X-Warp-Worker-Version on the first dial"
+    );
     let cp2 = env.cp.restart(Duration::from_millis(700)).await.unwrap();
     let done = complete(&cp2, &t.id).await;
     assert_eq!(done.state, TaskState::Succeeded);
     assert_eq!(done.terminal_distinct, 1);
+    assert_eq!(cp2.workers()[0].version, version, "and on the redial");
     assert!(stdout_of(&cp2, &t.id) == generated());
     cp2.shutdown();
 }

@@ -225,6 +225,8 @@ pub struct WorkerRecord {
     pub status: Option<crate::protocol::WorkerStatus>,
     /// How many `worker_status` messages it sent on this connection.
     pub statuses: u64,
+    /// Its `X-Warp-Worker-Version` on this connection.
+    pub version: Option<String>,
     #[serde(skip)]
     conn: u64,
 }
@@ -349,6 +351,13 @@ impl State {
         self.workers.values().cloned().collect()
     }
 
+    /// Records the `X-Warp-Worker-Version` a worker dialled with.
+    pub fn set_version(&mut self, worker_id: &str, version: Option<String>) {
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.version = version;
+        }
+    }
+
     /// Registers connection `conn`; a second connection of the same worker replaces the first.
     pub fn connect(
         &mut self,
@@ -374,6 +383,7 @@ impl State {
                 held: 0,
                 status: None,
                 statuses: 0,
+                version: None,
                 conn,
             },
         );

@@ -42,9 +42,17 @@ pub(super) async fn upgrade(
         .and_then(|v| v.to_str().ok())
         == Some(BERTH_PROTOCOL_VERSION);
     let berth = opts.accept_berth && offered;
+    let version = headers
+        .get(crate::protocol::WORKER_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.chars()
+                .take(crate::protocol::WORKER_VERSION_MAX)
+                .collect::<String>()
+        });
     let mut resp = ws
         .max_message_size(opts.max_message_size)
-        .on_upgrade(move |socket| serve(socket, cp, worker_id, berth));
+        .on_upgrade(move |socket| serve(socket, cp, worker_id, berth, version));
     if berth {
         resp.headers_mut().insert(
             BERTH_PROTOCOL_HEADER,
@@ -54,7 +62,13 @@ pub(super) async fn upgrade(
     resp
 }
 
-async fn serve(socket: WebSocket, cp: ControlPlane, worker_id: String, berth: bool) {
+async fn serve(
+    socket: WebSocket,
+    cp: ControlPlane,
+    worker_id: String,
+    berth: bool,
+    version: Option<String>,
+) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<String>(256);
     // Register the sender before the state knows the connection, so the assignments the
@@ -68,7 +82,11 @@ async fn serve(socket: WebSocket, cp: ControlPlane, worker_id: String, berth: bo
         let mut conns = cp.shared.conns.lock();
         conns.insert(conn, tx);
     }
-    cp.apply(|s| ((), s.connect(&worker_id, conn, berth, chrono::Utc::now())));
+    cp.apply(|s| {
+        let out = s.connect(&worker_id, conn, berth, chrono::Utc::now());
+        s.set_version(&worker_id, version);
+        ((), out)
+    });
     info!(%worker_id, berth, "worker connected");
     let stop = cp.stop.clone();
     loop {

@@ -342,13 +342,32 @@ pub fn agent_argv(a: &TaskAssignment, s: &AgentSettings) -> Vec<String> {
     v
 }
 
+/// Who a container is, as its well-known variables tell it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Identity<'a> {
+    /// The run (`task_id`).
+    pub task_id: &'a str,
+    /// The execution (may be empty: oz/1 servers that send none).
+    pub execution_id: &'a str,
+    /// `--server-root-url` (may be empty).
+    pub server_root_url: &'a str,
+    /// The resolved image.
+    pub image: &'a str,
+}
+
+/// The engine berth runs tasks on, as `OZ_WORKER_BACKEND` names it.
+pub const WORKER_BACKEND: &str = "docker";
+
+/// Prefix of assignment variables the operator's environment never overrides.
+const METADATA_PREFIX: &str = "WARP_METADATA_";
+
 /// The container environment, in contract order with later entries winning on the same name
-/// (each name appears once, at its first position, with its last value).
+/// (each name appears once, at its first position, with its last value). The newer Oz worker
+/// sets each well-known variable under both its `OZ_` and its `WARP_` name (PROTOCOL §7).
 pub fn container_env(
-    task_id: &str,
+    id: Identity<'_>,
     environment: Option<&BTreeMap<String, String>>,
     env_vars: Option<&BTreeMap<String, String>>,
-    server_root_url: &str,
     operator: &[(String, String)],
 ) -> Result<Vec<String>, SpecError> {
     let mut order: Vec<String> = Vec::new();
@@ -362,20 +381,32 @@ pub fn container_env(
         }
         Ok(())
     };
-    set("TASK_ID", task_id)?;
+    set("TASK_ID", id.task_id)?;
     set("GIT_TERMINAL_PROMPT", "0")?;
     set("GH_PROMPT_DISABLED", "1")?;
-    if !server_root_url.is_empty() {
-        set("WARP_SERVER_ROOT_URL", server_root_url)?;
+    let pairs = [
+        ("RUN_ID", id.task_id),
+        ("EXECUTION_ID", id.execution_id),
+        ("WORKER_BACKEND", WORKER_BACKEND),
+        ("SERVER_ROOT_URL", id.server_root_url),
+        ("DOCKER_IMAGE", id.image),
+    ];
+    for (name, value) in pairs.into_iter().filter(|(_, v)| !v.is_empty()) {
+        set(&format!("OZ_{name}"), value)?;
+        set(&format!("WARP_{name}"), value)?;
     }
-    // The environment's variables, then the task's own (which win), then the operator's.
+    // The environment's variables, then the task's own (which win), then the operator's —
+    // except over the assignment's WARP_METADATA_* variables, which describe the run.
     for (k, v) in environment.into_iter().flatten() {
         set(k, v)?;
     }
     for (k, v) in env_vars.into_iter().flatten() {
         set(k, v)?;
     }
-    for (k, v) in operator {
+    let metadata = |k: &str| {
+        k.starts_with(METADATA_PREFIX) && env_vars.is_some_and(|vars| vars.contains_key(k))
+    };
+    for (k, v) in operator.iter().filter(|(k, _)| !metadata(k)) {
         set(k, v)?;
     }
     Ok(order
@@ -470,11 +501,18 @@ pub fn container_spec(
         }
         None => (None, cmd),
     };
+    let image = ctx.image.to_string();
     let env = container_env(
-        task_id,
+        Identity {
+            task_id,
+            // The server's id only: one berth made up for an oz/1 server that sent none
+            // means nothing to the task.
+            execution_id: a.execution_id.as_deref().unwrap_or_default(),
+            server_root_url: &ctx.agent.server_root_url,
+            image: &image,
+        },
         ctx.environment.map(|e| &e.env),
         a.env_vars.as_ref(),
-        &ctx.agent.server_root_url,
         ctx.operator_env,
     )?;
     let mut binds = ctx.sidecar_binds.clone();
@@ -486,7 +524,7 @@ pub fn container_spec(
         (LABEL_EXECUTION.to_string(), ctx.execution_id.to_string()),
     ]);
     Ok(ContainerSpec {
-        image: ctx.image.to_string(),
+        image,
         cmd,
         entrypoint,
         env,
@@ -839,6 +877,15 @@ mod tests {
         assert_eq!(mcp_json(&m), r#"{"q":"a \"quoted\" \u003cx\u003e"}"#);
     }
 
+    fn ident<'a>(task_id: &'a str, server_root_url: &'a str) -> Identity<'a> {
+        Identity {
+            task_id,
+            execution_id: "",
+            server_root_url,
+            image: "",
+        }
+    }
+
     #[test]
     fn env_order_and_later_entries_win() {
         let vars = BTreeMap::from([
@@ -849,43 +896,109 @@ mod tests {
             ("SECRET".to_string(), "operator".to_string()),
             ("HOSTVAL".to_string(), "".to_string()),
         ];
-        let env = container_env("t-1", None, Some(&vars), "https://x", &op).unwrap_or_default();
+        let env =
+            container_env(ident("t-1", "https://x"), None, Some(&vars), &op).unwrap_or_default();
         assert_eq!(
             env,
             strs(&[
                 "TASK_ID=t-1",
                 "GIT_TERMINAL_PROMPT=1",
                 "GH_PROMPT_DISABLED=1",
+                "OZ_RUN_ID=t-1",
+                "WARP_RUN_ID=t-1",
+                "OZ_WORKER_BACKEND=docker",
+                "WARP_WORKER_BACKEND=docker",
+                "OZ_SERVER_ROOT_URL=https://x",
                 "WARP_SERVER_ROOT_URL=https://x",
                 "SECRET=operator",
                 "HOSTVAL=",
             ])
         );
-        let env = container_env("t", None, None, "", &[]).unwrap_or_default();
+        let env = container_env(ident("t", ""), None, None, &[]).unwrap_or_default();
         assert_eq!(
             env,
-            strs(&["TASK_ID=t", "GIT_TERMINAL_PROMPT=0", "GH_PROMPT_DISABLED=1"])
+            strs(&[
+                "TASK_ID=t",
+                "GIT_TERMINAL_PROMPT=0",
+                "GH_PROMPT_DISABLED=1",
+                "OZ_RUN_ID=t",
+                "WARP_RUN_ID=t",
+                "OZ_WORKER_BACKEND=docker",
+                "WARP_WORKER_BACKEND=docker",
+            ])
         );
         let environment = BTreeMap::from([
             ("FROM_ENV".to_string(), "e".to_string()),
             ("SECRET".to_string(), "env-value".to_string()),
         ]);
-        let env = container_env("t", Some(&environment), Some(&vars), "", &[]).unwrap_or_default();
+        let env =
+            container_env(ident("t", ""), Some(&environment), Some(&vars), &[]).unwrap_or_default();
         assert_eq!(
-            env,
-            strs(&[
-                "TASK_ID=t",
-                "GIT_TERMINAL_PROMPT=1",
-                "GH_PROMPT_DISABLED=1",
-                "FROM_ENV=e",
-                "SECRET=s"
-            ])
+            &env[env.len() - 2..],
+            strs(&["FROM_ENV=e", "SECRET=s"]).as_slice()
         );
+        assert_eq!(env[1], "GIT_TERMINAL_PROMPT=1");
         let bad = BTreeMap::from([("A=B".to_string(), "x".to_string())]);
         assert!(matches!(
-            container_env("t", None, Some(&bad), "", &[]),
+            container_env(ident("t", ""), None, Some(&bad), &[]),
             Err(SpecError::InvalidEnvName(_))
         ));
+    }
+
+    #[test]
+    fn every_well_known_variable_is_set_under_both_names_when_it_has_a_value() {
+        let full = Identity {
+            task_id: "run-1",
+            execution_id: "exec-2",
+            server_root_url: "https://oz.example",
+            image: "docker.io/library/ubuntu:24.04",
+        };
+        let env = container_env(full, None, None, &[]).unwrap_or_default();
+        for (name, value) in [
+            ("RUN_ID", "run-1"),
+            ("EXECUTION_ID", "exec-2"),
+            ("WORKER_BACKEND", "docker"),
+            ("SERVER_ROOT_URL", "https://oz.example"),
+            ("DOCKER_IMAGE", "docker.io/library/ubuntu:24.04"),
+        ] {
+            for prefix in ["OZ_", "WARP_"] {
+                let want = format!("{prefix}{name}={value}");
+                assert!(env.contains(&want), "{want} missing from {env:?}");
+            }
+        }
+        // Empty values are left out under both names.
+        let env = container_env(ident("t", ""), None, None, &[]).unwrap_or_default();
+        assert!(!env.iter().any(|e| e.contains("EXECUTION_ID")
+            || e.contains("SERVER_ROOT_URL")
+            || e.contains("DOCKER_IMAGE")));
+    }
+
+    #[test]
+    fn the_operator_never_overrides_the_assignments_metadata() {
+        let vars = BTreeMap::from([
+            ("WARP_METADATA_REPO".to_string(), "from-run".to_string()),
+            ("OTHER".to_string(), "task".to_string()),
+        ]);
+        let op = vec![
+            (
+                "WARP_METADATA_REPO".to_string(),
+                "from-operator".to_string(),
+            ),
+            (
+                "WARP_METADATA_HOST".to_string(),
+                "operator-only".to_string(),
+            ),
+            ("OTHER".to_string(), "operator".to_string()),
+        ];
+        let env = container_env(ident("t", ""), None, Some(&vars), &op).unwrap_or_default();
+        assert!(
+            env.contains(&"WARP_METADATA_REPO=from-run".to_string()),
+            "{env:?}"
+        );
+        // Metadata the assignment does not carry may come from the operator; other names
+        // follow the usual rule (the operator wins).
+        assert!(env.contains(&"WARP_METADATA_HOST=operator-only".to_string()));
+        assert!(env.contains(&"OTHER=operator".to_string()));
     }
 
     #[test]
