@@ -454,3 +454,55 @@ async fn hostile_ids_create_no_file_outside_state_dir_and_fail_permanently() {
         "the rule is named: {f}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_runs_one_task_and_exits_with_its_status() {
+    let _images = Images::acquire();
+    let cp = control_plane("proc-key", true, None).await;
+    let state = tempfile::tempdir().unwrap();
+    let id = worker_id("oneshot");
+    let _cleanup = Cleanup(id.clone());
+    let task = |script: &str| {
+        cp.submit(SubmitRequest {
+            image: Some(BUSYBOX.into()),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..SubmitRequest::default()
+        })
+    };
+    let first = task("echo one-shot; sleep 1; exit 7");
+    let mut worker = worker_process(
+        &cp,
+        &id,
+        state.path(),
+        &["--one-shot", "--max-concurrent-tasks", "4"],
+    );
+    until("the task is claimed", || {
+        cp.task(&first.id)
+            .is_some_and(|t| t.state != TaskState::Queued)
+    })
+    .await;
+    // Offered while the one task runs, and after: never run by this worker.
+    let second = task("echo must-not-run");
+    let status = tokio::task::spawn_blocking(move || worker.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "exits with the task's own exit code"
+    );
+    let t = cp.task(&first.id).unwrap();
+    assert_eq!(t.state, TaskState::Failed, "{t:?}");
+    assert_eq!(t.exit_code, Some(7));
+    assert_eq!(
+        t.terminal_distinct, 1,
+        "its result was delivered before the worker left"
+    );
+    let s = cp.task(&second.id).unwrap();
+    assert!(
+        matches!(s.state, TaskState::Queued | TaskState::Assigned),
+        "the second task stays with the server: {s:?}"
+    );
+    assert!(containers_of(&id).is_empty(), "no container left behind");
+    cp.shutdown();
+}

@@ -9,7 +9,7 @@ use berth::secret::Secret;
 use berth::worker::Worker;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::host_env;
 
@@ -66,6 +66,10 @@ pub(super) struct RunArgs {
     /// Local API address: host:port, an absolute Unix socket path, or off.
     #[arg(long, value_name = "ADDR")]
     pub(super) api_listen: Option<String>,
+    /// Run exactly one task, then exit with its status (concurrency 1; for a CI job or a
+    /// Kubernetes Job that starts one worker per task).
+    #[arg(long)]
+    pub(super) one_shot: bool,
 }
 
 pub(super) fn overrides(a: &RunArgs) -> Overrides {
@@ -81,7 +85,12 @@ pub(super) fn overrides(a: &RunArgs) -> Overrides {
         api_key_file: a.api_key_file.clone(),
         control_plane_url: a.control_plane_url.clone(),
         server_root_url: a.server_root_url.clone(),
-        max_concurrent_tasks: a.max_concurrent_tasks,
+        // One task at a time, whatever else says so: a one-shot worker runs one task.
+        max_concurrent_tasks: if a.one_shot {
+            Some(1)
+        } else {
+            a.max_concurrent_tasks
+        },
         log_level: a.log_level.clone(),
         log_format: a.log_format,
         env: a.env.clone(),
@@ -256,7 +265,12 @@ pub fn run(rt: &tokio::runtime::Runtime, a: RunArgs) -> ExitCode {
         };
         let notifier = berth::admin::notify::Notifier::from_env(&host_env, std::process::id());
         let stop = shutdown.clone();
-        worker
+        let one_shot = a.one_shot;
+        if one_shot && a.max_concurrent_tasks.is_some_and(|m| m != 1) {
+            warn!("--one-shot runs one task: --max-concurrent-tasks is ignored");
+        }
+        let status = worker
+            .one_shot(one_shot)
             .run(shutdown, move |h| {
                 let reload = h.reload.clone();
                 reload_on_sighup(a, log, reload, notifier.clone(), &h.tasks, stop.clone());
@@ -266,6 +280,15 @@ pub fn run(rt: &tokio::runtime::Runtime, a: RunArgs) -> ExitCode {
                 }
             })
             .await;
-        ExitCode::SUCCESS
+        match (one_shot, status) {
+            (true, Some(code)) => ExitCode::from(code),
+            // Stopped (a signal) before its task's result was delivered.
+            (true, None) => ExitCode::from(EXIT_ONE_SHOT_UNFINISHED),
+            (false, _) => ExitCode::SUCCESS,
+        }
     })
 }
+
+/// Exit status of `--one-shot` when berth stopped before its task's result was delivered
+/// (`docker run`'s code for "the error is not the command's").
+pub(super) const EXIT_ONE_SHOT_UNFINISHED: u8 = 125;

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod capacity;
+pub mod one_shot;
 pub mod reconcile;
 
 use std::collections::HashMap;
@@ -150,6 +151,8 @@ pub struct SupervisorConfig {
     pub disk_paths: Vec<PathBuf>,
     /// For task reservations.
     pub policy: crate::spec::policy::Policy,
+    /// `--one-shot`: one task, then stop with its status.
+    pub one_shot: bool,
 }
 
 /// Owns every execution of this worker.
@@ -176,6 +179,8 @@ pub struct Supervisor {
     beat: Arc<std::sync::atomic::AtomicU64>,
     commands_tx: mpsc::Sender<Command>,
     commands_rx: mpsc::Receiver<Command>,
+    one_shot: one_shot::OneShot,
+    one_shot_outcome: one_shot::Outcome,
 }
 
 impl Supervisor {
@@ -188,6 +193,7 @@ impl Supervisor {
     ) -> Self {
         let (done_tx, done_rx) = mpsc::channel(64);
         let (delivered_tx, delivered_rx) = mpsc::channel(64);
+        let cfg_one_shot = cfg.one_shot;
         let (commands_tx, commands_rx) = mpsc::channel(8);
         let (snapshot, _) = watch::channel(Snapshot {
             max: cfg.max,
@@ -224,7 +230,14 @@ impl Supervisor {
             beat: Arc::default(),
             commands_tx,
             commands_rx,
+            one_shot: one_shot::OneShot::new(cfg_one_shot),
+            one_shot_outcome: Arc::default(),
         }
+    }
+
+    /// Where a one-shot run leaves the exit status of its task (set once it was delivered).
+    pub fn one_shot_outcome(&self) -> one_shot::Outcome {
+        self.one_shot_outcome.clone()
     }
 
     /// Counts turns of the main loop (at least 4 a second while it is healthy): the systemd
@@ -532,6 +545,7 @@ impl Supervisor {
                     self.tasks.remove(&task_id);
                     match end {
                         RunEnd::Finished(msg) => {
+                            self.one_shot.finished(&execution_id, &msg);
                             let (secs, bytes) = msg
                                 .ext()
                                 .map(|e| (e.duration_ms as f64 / 1000.0, e.transcript_bytes))
@@ -551,6 +565,11 @@ impl Supervisor {
                     self.persist_acks();
                     self.deliveries.remove(&execution_id);
                     self.publish();
+                    if let Some(status) = self.one_shot.delivered(&execution_id) {
+                        info!(%execution_id, status, "one-shot: the task's result is delivered; stopping");
+                        let _ = self.one_shot_outcome.set(status);
+                        shutdown.cancel();
+                    }
                 }
                 _ = shutdown.cancelled(), if !self.stopping => {
                     self.stopping = true;
@@ -661,7 +680,8 @@ impl Supervisor {
             self.tasks.contains_key(&task_id),
             self.tasks.len(),
             self.cfg.max,
-            self.stopping,
+            // A one-shot worker whose task is taken is on its way out.
+            self.stopping || self.one_shot.refuses(),
             self.draining,
         );
         match decision {
@@ -732,6 +752,7 @@ impl Supervisor {
             }
         };
         // Claim before anything is started (PROTOCOL.md §3).
+        self.one_shot.claimed(&execution_id);
         self.send(self.claimed(&task_id)).await;
         self.env.metrics.claimed();
         let control = Arc::new(TaskControl::default());

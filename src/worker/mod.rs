@@ -124,6 +124,8 @@ pub struct Worker {
     api: Option<crate::admin::api::Bound>,
     /// The journal as read at start-up and what reconciliation found of it.
     start: (Vec<crate::journal::ExecRecord>, HashMap<String, Found>),
+    /// `--one-shot`.
+    one_shot: bool,
 }
 
 /// Container listings tried at start-up before berth gives up (the engine just answered, so
@@ -204,12 +206,26 @@ impl Worker {
             tls,
             journal: Arc::new(journal),
             docker_root: engine.root_dir,
+            one_shot: false,
         })
     }
 
+    /// One task only: once its result is delivered the worker stops (it cancels `shutdown`)
+    /// and [`Worker::run`] returns the task's exit status.
+    pub fn one_shot(mut self, on: bool) -> Self {
+        self.one_shot = on;
+        self
+    }
+
     /// Runs until `shutdown` is cancelled and every task has reported (or the flush deadline
-    /// passed). `on_start` receives handles once the worker is live.
-    pub async fn run(mut self, shutdown: CancellationToken, on_start: impl FnOnce(WorkerHandle)) {
+    /// passed). `on_start` receives handles once the worker is live. Returns the exit status of
+    /// a one-shot run's task (`None` otherwise, or when it stopped before its result was
+    /// delivered).
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        on_start: impl FnOnce(WorkerHandle),
+    ) -> Option<u8> {
         let (records, found) = std::mem::take(&mut self.start);
         let c = &self.config;
         let settings = task_settings(c);
@@ -237,10 +253,14 @@ impl Worker {
         let env_for_reload = env.clone();
         let mut supervisor = Supervisor::new(
             env,
-            supervisor_config(c, self.docker_root.clone()),
+            SupervisorConfig {
+                one_shot: self.one_shot,
+                ..supervisor_config(c, self.docker_root.clone())
+            },
             out_tx,
             link_rx,
         );
+        let one_shot = supervisor.one_shot_outcome();
         supervisor.adopt(records, &found);
         let session_settings = SessionSettings {
             url: c.control_plane.url.clone(),
@@ -349,6 +369,7 @@ impl Worker {
         tracker.close();
         tracker.wait().await;
         info!("worker stopped");
+        one_shot.get().copied()
     }
 }
 
@@ -371,6 +392,7 @@ pub fn supervisor_config(c: &Config, engine_root: Option<PathBuf>) -> Supervisor
             .chain(engine_root)
             .collect(),
         policy: c.docker.policy.clone(),
+        one_shot: false,
     }
 }
 

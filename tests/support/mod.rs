@@ -420,7 +420,7 @@ pub async fn start_worker(
             .run(token, move |h| {
                 let _ = tx.send(h);
             })
-            .await
+            .await;
     });
     (stop, rx.await.unwrap(), join)
 }
