@@ -642,7 +642,12 @@ pub struct Started {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerMessage {
     /// `task_claimed`.
-    TaskClaimed { task_id: String, worker_id: String },
+    TaskClaimed {
+        task_id: String,
+        worker_id: String,
+        /// The server's execution id (PROTOCOL §7); omitted when empty.
+        execution_id: Option<String>,
+    },
     /// `task_rejected`.
     TaskRejected {
         task_id: String,
@@ -775,8 +780,16 @@ impl WorkerMessage {
             return None;
         }
         let data = match self {
-            WorkerMessage::TaskClaimed { task_id, worker_id } => {
-                serde_json::json!({ "task_id": task_id, "worker_id": worker_id })
+            WorkerMessage::TaskClaimed {
+                task_id,
+                worker_id,
+                execution_id,
+            } => {
+                let mut v = serde_json::json!({ "task_id": task_id, "worker_id": worker_id });
+                if let Some(e) = execution_id.as_deref().filter(|e| !e.is_empty()) {
+                    v["execution_id"] = serde_json::Value::String(e.to_string());
+                }
+                v
             }
             WorkerMessage::TaskRejected { task_id, reason } => {
                 serde_json::json!({ "task_id": task_id, "reason": reason })
@@ -915,6 +928,7 @@ impl WorkerMessage {
             "task_claimed" => WorkerMessage::TaskClaimed {
                 task_id: d.task_id,
                 worker_id: d.worker_id,
+                execution_id: d.execution_id.filter(|e| !e.is_empty()),
             },
             "task_rejected" => WorkerMessage::TaskRejected {
                 task_id: d.task_id,
@@ -1172,11 +1186,32 @@ mod tests {
         let c = WorkerMessage::TaskClaimed {
             task_id: "t".into(),
             worker_id: "w".into(),
+            execution_id: None,
         };
         assert_eq!(
             parse(&c.encode()),
             json!({"type": "task_claimed", "data": {"task_id": "t", "worker_id": "w"}})
         );
+        // PROTOCOL §7: the execution id rides along on oz/1 too, and is omitted when empty.
+        for (execution_id, want) in [
+            (
+                Some("e-1"),
+                json!({"task_id": "t", "worker_id": "w", "execution_id": "e-1"}),
+            ),
+            (Some(""), json!({"task_id": "t", "worker_id": "w"})),
+        ] {
+            let c = WorkerMessage::TaskClaimed {
+                task_id: "t".into(),
+                worker_id: "w".into(),
+                execution_id: execution_id.map(str::to_string),
+            };
+            for berth in [false, true] {
+                assert_eq!(
+                    parse(&c.encode_for(berth).unwrap_or_default()),
+                    json!({"type": "task_claimed", "data": want})
+                );
+            }
+        }
         let r = WorkerMessage::TaskRejected {
             task_id: "t".into(),
             reason: REJECT_AT_CAPACITY.into(),
@@ -1241,6 +1276,7 @@ mod tests {
             WorkerMessage::TaskClaimed {
                 task_id: "t".into(),
                 worker_id: "w".into(),
+                execution_id: Some("e".into()),
             },
             WorkerMessage::TaskFailed {
                 task_id: "t".into(),

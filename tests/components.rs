@@ -448,6 +448,18 @@ async fn a_second_assignment_of_a_running_task_is_claimed_again_and_starts_nothi
     while claims(&h.seen) < 2 {
         h.pump().await;
     }
+    // Both claims name the server's execution (PROTOCOL §7).
+    for m in &h.seen {
+        if let WorkerMessage::TaskClaimed {
+            task_id,
+            execution_id,
+            ..
+        } = m
+            && task_id == "dup"
+        {
+            assert_eq!(execution_id.as_deref(), Some("dup-e1"));
+        }
+    }
     h.fake.exit(&c, 0);
     assert!(matches!(
         h.result("dup").await,

@@ -841,6 +841,7 @@ mod tests {
             WorkerMessage::TaskClaimed {
                 task_id: a.id.clone(),
                 worker_id: "w".into(),
+                execution_id: None,
             },
             now,
         );

@@ -687,7 +687,7 @@ impl Supervisor {
         match decision {
             Admission::Reclaim => {
                 info!(%task_id, "task is already running here; claiming again without a second start");
-                self.send(self.claimed(&task_id)).await;
+                self.send(self.claimed(&a)).await;
             }
             Admission::Reject(reason) => self.reject(task_id, reason).await,
             Admission::Fail(why) => {
@@ -753,7 +753,7 @@ impl Supervisor {
         };
         // Claim before anything is started (PROTOCOL.md §3).
         self.one_shot.claimed(&execution_id);
-        self.send(self.claimed(&task_id)).await;
+        self.send(self.claimed(&a)).await;
         self.env.metrics.claimed();
         let control = Arc::new(TaskControl::default());
         self.tasks.insert(
@@ -871,10 +871,12 @@ impl Supervisor {
         Ok(())
     }
 
-    fn claimed(&self, task_id: &str) -> WorkerMessage {
+    /// `task_claimed` for an assignment, with the server's execution id (PROTOCOL §7).
+    fn claimed(&self, a: &TaskAssignment) -> WorkerMessage {
         WorkerMessage::TaskClaimed {
-            task_id: task_id.to_string(),
+            task_id: a.task_id.clone(),
             worker_id: self.env.settings().worker_id.clone(),
+            execution_id: a.execution_id.clone().filter(|e| !e.is_empty()),
         }
     }
 }
