@@ -114,8 +114,10 @@ pub enum ServerMessage {
     TaskAssignment(Box<TaskAssignment>),
     /// `task_cancellation` (oz/1).
     TaskCancellation {
-        /// The task to cancel.
+        /// The run to cancel.
         task_id: String,
+        /// Only this execution of it (PROTOCOL §7); every execution here when absent.
+        execution_id: Option<String>,
     },
     /// `output_ack` (berth/1).
     OutputAck {
@@ -140,8 +142,10 @@ pub enum ServerMessage {
 }
 
 #[derive(Deserialize)]
-struct TaskIdOnly {
+struct CancellationData {
     task_id: String,
+    #[serde(default)]
+    execution_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -179,8 +183,11 @@ impl ServerMessage {
                 ServerMessage::TaskAssignment(Box::new(a))
             }
             "task_cancellation" => {
-                let d: TaskIdOnly = serde_json::from_str(raw).map_err(bad)?;
-                ServerMessage::TaskCancellation { task_id: d.task_id }
+                let d: CancellationData = serde_json::from_str(raw).map_err(bad)?;
+                ServerMessage::TaskCancellation {
+                    task_id: d.task_id,
+                    execution_id: d.execution_id.filter(|e| !e.is_empty()),
+                }
             }
             "output_ack" => {
                 let d: OutputAckData = serde_json::from_str(raw).map_err(bad)?;
@@ -206,10 +213,16 @@ impl ServerMessage {
     pub fn encode(&self) -> String {
         let (kind, data) = match self {
             ServerMessage::TaskAssignment(a) => ("task_assignment", serde_json::to_value(a).ok()),
-            ServerMessage::TaskCancellation { task_id } => (
-                "task_cancellation",
-                Some(serde_json::json!({ "task_id": task_id })),
-            ),
+            ServerMessage::TaskCancellation {
+                task_id,
+                execution_id,
+            } => {
+                let mut d = serde_json::json!({ "task_id": task_id });
+                if let Some(e) = execution_id {
+                    d["execution_id"] = serde_json::Value::String(e.clone());
+                }
+                ("task_cancellation", Some(d))
+            }
             ServerMessage::OutputAck {
                 task_id,
                 execution_id,
@@ -1165,7 +1178,29 @@ mod tests {
         assert_eq!(
             ServerMessage::decode(r#"{"type":"task_cancellation","data":{"task_id":"a"}}"#).ok(),
             Some(ServerMessage::TaskCancellation {
-                task_id: "a".into()
+                task_id: "a".into(),
+                execution_id: None,
+            })
+        );
+        // PROTOCOL §7: execution-scoped; an empty id is the same as none.
+        assert_eq!(
+            ServerMessage::decode(
+                r#"{"type":"task_cancellation","data":{"task_id":"a","execution_id":"e"}}"#
+            )
+            .ok(),
+            Some(ServerMessage::TaskCancellation {
+                task_id: "a".into(),
+                execution_id: Some("e".into()),
+            })
+        );
+        assert_eq!(
+            ServerMessage::decode(
+                r#"{"type":"task_cancellation","data":{"task_id":"a","execution_id":""}}"#
+            )
+            .ok(),
+            Some(ServerMessage::TaskCancellation {
+                task_id: "a".into(),
+                execution_id: None,
             })
         );
         assert_eq!(

@@ -168,6 +168,15 @@ impl Harness {
     async fn cancel(&self, task_id: &str) {
         self.send(ServerMessage::TaskCancellation {
             task_id: task_id.into(),
+            execution_id: None,
+        })
+        .await;
+    }
+
+    async fn cancel_execution(&self, task_id: &str, execution_id: &str) {
+        self.send(ServerMessage::TaskCancellation {
+            task_id: task_id.into(),
+            execution_id: Some(execution_id.into()),
         })
         .await;
     }
@@ -467,6 +476,44 @@ async fn a_second_assignment_of_a_running_task_is_claimed_again_and_starts_nothi
     ));
     assert_eq!(h.fake.count(Op::Create), 1, "one container for both claims");
     assert_eq!(h.fake.count(Op::Start), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_execution_scoped_cancellation_reaches_only_its_execution() {
+    let mut h = Harness::start(4, "").await;
+    h.fake.script_all(Script::runs());
+    h.assign(assignment("run", &["run"])).await;
+    let c = h.container_for("run").await;
+    h.fake.called(Op::Wait, 1).await;
+    // Another execution of the same run is refused while the first is active (the table
+    // holds one execution per run), with the reason a server requeues.
+    h.assign(TaskAssignment {
+        execution_id: Some("run-e2".into()),
+        ..assignment("run", &["run"])
+    })
+    .await;
+    assert_eq!(h.rejected("run").await, berth::protocol::REJECT_AT_CAPACITY);
+    // A cancellation of an execution this worker does not have stops nothing.
+    h.cancel_execution("run", "run-e2").await;
+    h.assign(assignment("marker", &["run"])).await;
+    h.claimed("marker").await;
+    assert_eq!(h.fake.count(Op::Stop), 0, "{:?}", h.fake.ops());
+    h.cancel_execution("run", "run-e1").await;
+    let r = h.result("run").await;
+    assert!(cancelled(&r), "{r:?}");
+    let stops: Vec<String> = h
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Op::Stop)
+        .map(|c| c.target)
+        .collect();
+    assert_eq!(
+        stops,
+        vec![c],
+        "only the named execution's container is stopped"
+    );
     h.stop().await;
 }
 

@@ -689,6 +689,7 @@ impl State {
             conn: w.conn,
             frame: ServerMessage::TaskCancellation {
                 task_id: id.to_string(),
+                execution_id: None,
             }
             .encode(),
         }])

@@ -61,17 +61,33 @@ pub enum Admission {
     Accept,
 }
 
+/// What this worker already holds of an assignment's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Nothing of this run.
+    Nothing,
+    /// This very execution (a duplicate assignment).
+    ThisExecution,
+    /// Another execution of the same run, still active here.
+    OtherExecution,
+}
+
 /// Decides what to do with an assignment given the worker's state.
 pub fn admit(
     a: &TaskAssignment,
-    active: bool,
+    held: Held,
     running: usize,
     max: u32,
     stopping: bool,
     draining: bool,
 ) -> Admission {
-    if active {
-        return Admission::Reclaim;
+    match held {
+        Held::ThisExecution => return Admission::Reclaim,
+        // The task table holds one execution per run: claiming a second one would leave the
+        // server waiting for a run that never starts. Refused with the capacity reason, the
+        // server requeues it and offers it again once the first has ended.
+        Held::OtherExecution => return Admission::Reject(RejectReason::AtCapacity),
+        Held::Nothing => {}
     }
     if stopping {
         return Admission::Reject(RejectReason::ShuttingDown);
@@ -128,11 +144,23 @@ mod tests {
             ((false, 1000, 0, false, false), Admission::Accept),
         ];
         for ((active, running, max, stopping, draining), want) in cases {
-            assert_eq!(admit(&a(), active, running, max, stopping, draining), want);
+            let held = if active {
+                Held::ThisExecution
+            } else {
+                Held::Nothing
+            };
+            assert_eq!(admit(&a(), held, running, max, stopping, draining), want);
+        }
+        // Another execution of a run active here is never claimed, however free the slots.
+        for (stopping, draining) in [(false, false), (true, false), (false, true)] {
+            assert_eq!(
+                admit(&a(), Held::OtherExecution, 0, 0, stopping, draining),
+                Admission::Reject(RejectReason::AtCapacity)
+            );
         }
         let no_task = TaskAssignment { task: None, ..a() };
         assert!(matches!(
-            admit(&no_task, false, 0, 1, false, false),
+            admit(&no_task, Held::Nothing, 0, 1, false, false),
             Admission::Fail(_)
         ));
         assert_eq!(REJECT_AT_CAPACITY, "worker at maximum concurrency");

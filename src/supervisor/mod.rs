@@ -627,14 +627,20 @@ impl Supervisor {
             }
             SessionEvent::Message(m) => match m {
                 ServerMessage::TaskAssignment(a) => self.assign(*a).await,
-                ServerMessage::TaskCancellation { task_id } => match self.tasks.get(&task_id) {
+                ServerMessage::TaskCancellation {
+                    task_id,
+                    execution_id,
+                } => match self.tasks.get(&task_id).filter(|t| {
+                    // With an execution id, only that execution (PROTOCOL §7).
+                    execution_id.as_deref().is_none_or(|e| e == t.execution_id)
+                }) {
                     Some(t) => {
                         info!(%task_id, execution_id = %t.execution_id, "cancellation requested");
                         t.control.stop(StopReason::User);
                         self.publish();
                     }
                     None => {
-                        info!(%task_id, "cancellation for a task this worker does not have; ignored")
+                        info!(%task_id, execution_id = execution_id.as_deref().unwrap_or(""), "cancellation for an execution this worker does not have; ignored")
                     }
                 },
                 ServerMessage::Drain => self.command(Command::Drain),
@@ -675,9 +681,21 @@ impl Supervisor {
 
     async fn assign(&mut self, a: TaskAssignment) {
         let task_id = a.task_id.clone();
+        let held = match self.tasks.get(&task_id) {
+            None => admission::Held::Nothing,
+            // An assignment without an execution id (oz/1 servers that send none) is the same
+            // run offered again.
+            Some(t) => match a.execution_id.as_deref().filter(|e| !e.is_empty()) {
+                Some(e) if e != t.execution_id => {
+                    info!(%task_id, active = %t.execution_id, offered = %e, "another execution of this run is still active here; rejecting it so the server offers it again later");
+                    admission::Held::OtherExecution
+                }
+                _ => admission::Held::ThisExecution,
+            },
+        };
         let decision = admit(
             &a,
-            self.tasks.contains_key(&task_id),
+            held,
             self.tasks.len(),
             self.cfg.max,
             // A one-shot worker whose task is taken is on its way out.
