@@ -683,13 +683,15 @@ impl State {
             return Ok(Vec::new());
         }
         let worker = t.worker.clone().unwrap_or_default();
+        // Execution-scoped, as a current Oz server sends it (PROTOCOL §7).
+        let execution_id = Some(t.execution_id.clone()).filter(|e| !e.is_empty());
         let w = self.workers.get(&worker).ok_or(CancelError::WorkerGone)?;
         Ok(vec![Outgoing {
             worker_id: worker,
             conn: w.conn,
             frame: ServerMessage::TaskCancellation {
                 task_id: id.to_string(),
-                execution_id: None,
+                execution_id,
             }
             .encode(),
         }])
@@ -945,10 +947,19 @@ mod tests {
         s.connect("w", 1, false, now);
         let (r, _) = s.submit(req(), now);
         let out = s.cancel(&r.id, now).unwrap_or_default();
-        assert!(matches!(
-            ServerMessage::decode(&out[0].frame),
-            Ok(ServerMessage::TaskCancellation { .. })
-        ));
+        let exec = s
+            .task(&r.id)
+            .map(|t| t.execution_id.clone())
+            .unwrap_or_default();
+        assert!(!exec.is_empty());
+        assert_eq!(
+            ServerMessage::decode(&out[0].frame).ok(),
+            Some(ServerMessage::TaskCancellation {
+                task_id: r.id.clone(),
+                execution_id: Some(exec),
+            }),
+            "the dev server cancels the execution it assigned"
+        );
         assert_eq!(s.cancel("nope", now), Err(CancelError::NotFound));
     }
 }
