@@ -502,13 +502,7 @@ async fn an_execution_scoped_cancellation_reaches_only_its_execution() {
     h.cancel_execution("run", "run-e1").await;
     let r = h.result("run").await;
     assert!(cancelled(&r), "{r:?}");
-    let stops: Vec<String> = h
-        .fake
-        .calls()
-        .into_iter()
-        .filter(|c| c.op == Op::Stop)
-        .map(|c| c.target)
-        .collect();
+    let stops = h.fake.targets(Op::Stop);
     assert_eq!(
         stops,
         vec![c],
@@ -530,13 +524,7 @@ async fn cancellation_reaches_only_its_task() {
     h.cancel("stop").await;
     let r = h.result("stop").await;
     assert!(cancelled(&r), "{r:?}");
-    let stops: Vec<String> = h
-        .fake
-        .calls()
-        .into_iter()
-        .filter(|c| c.op == Op::Stop)
-        .map(|c| c.target)
-        .collect();
+    let stops = h.fake.targets(Op::Stop);
     assert_eq!(
         stops,
         std::slice::from_ref(&stop),

@@ -291,6 +291,15 @@ impl FakeRuntime {
         self.shared.state.lock().calls.clone()
     }
 
+    /// What each call of `op` so far was about, in order.
+    pub fn targets(&self, op: Op) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.op == op)
+            .map(|c| c.target)
+            .collect()
+    }
+
     /// The operations called so far, in order, without repeats of the same one in a row.
     pub fn ops(&self) -> Vec<Op> {
         let mut ops: Vec<Op> = self.calls().into_iter().map(|c| c.op).collect();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tracing::{debug, warn};
 
-use super::capture::{ENGINE_PIECE, Replay, TAIL_ENTRIES, Tail, log_end_matches};
+use super::capture::{ENGINE_PIECE, Replay, TAIL_ENTRIES, Tail, log_end_matches, read_log_end};
 use crate::protocol::Stream;
 use crate::runtime::{LogEntry, OutputStream, Runtime};
 use crate::transcript::spool::{SharedSpool, lock};
@@ -172,7 +172,7 @@ pub(super) async fn attempt(
             if i > 0 {
                 tokio::time::sleep(QUIET).await;
             }
-            ends.push(read_end(runtime, container_id).await);
+            ends.push(read_log_end(runtime, container_id).await.ok());
         }
     }
     thaw(runtime, container_id).await;
@@ -221,16 +221,6 @@ pub(super) async fn attempt(
     Attempt::Done(moved)
 }
 
-/// The log's last entries, or `None` when they cannot be read.
-async fn read_end(runtime: &dyn Runtime, container_id: &str) -> Option<Vec<LogEntry>> {
-    let mut entries = Vec::new();
-    let mut tail = runtime.log_tail(container_id, TAIL_ENTRIES);
-    while let Some(e) = tail.next().await {
-        entries.push(e.ok()?);
-    }
-    Some(entries)
-}
-
 fn same_end(a: &[LogEntry], b: &[LogEntry]) -> bool {
     a.len() == b.len()
         && a.last().map(|e| (e.ts, e.stream, &e.bytes))
@@ -256,6 +246,11 @@ mod tests {
 
     const TS: i64 = 1_700_000_000_000_000_000;
 
+    /// The expected answer: the mark after `(ts, seen)` and `after` bytes since.
+    fn at(ts: i64, seen: u32, after: u64) -> Option<(Mark, u64)> {
+        Some((Mark { ts, seen }, after))
+    }
+
     fn none() -> Redactor {
         Redactor::new(Vec::new())
     }
@@ -273,28 +268,10 @@ mod tests {
         let log = entries(&["a\n", "bb\n", "ccc\n"]);
         let live = b"a\nbb\nccc\ndd";
         let got = anchor_point((live, true), &log, true, &none());
-        assert_eq!(
-            got,
-            Some((
-                Mark {
-                    ts: TS + 2,
-                    seen: 1
-                },
-                2
-            ))
-        );
+        assert_eq!(got, at(TS + 2, 1, 2));
         // Exactly at a line end: nothing after.
         let got = anchor_point((b"a\nbb\nccc\n", true), &log, true, &none());
-        assert_eq!(
-            got,
-            Some((
-                Mark {
-                    ts: TS + 2,
-                    seen: 1
-                },
-                0
-            ))
-        );
+        assert_eq!(got, at(TS + 2, 1, 0));
     }
 
     #[test]
@@ -341,16 +318,7 @@ mod tests {
     fn pieces_sharing_a_timestamp_are_all_counted_and_must_all_be_in_view() {
         let log: Vec<(i64, &[u8])> = vec![(TS, b"a\n"), (TS + 5, b"xx"), (TS + 5, b"yy\n")];
         let got = anchor_point((b"a\nxxyy\nz", true), &log, true, &none());
-        assert_eq!(
-            got,
-            Some((
-                Mark {
-                    ts: TS + 5,
-                    seen: 2
-                },
-                1
-            ))
-        );
+        assert_eq!(got, at(TS + 5, 2, 1));
         // Only the shared-timestamp pieces in view, and there may be more before them.
         let log: Vec<(i64, &[u8])> = vec![(TS + 5, b"xx"), (TS + 5, b"yy\n")];
         assert_eq!(
@@ -359,13 +327,7 @@ mod tests {
         );
         assert_eq!(
             anchor_point((b"xxyy\n", true), &log, true, &none()),
-            Some((
-                Mark {
-                    ts: TS + 5,
-                    seen: 2
-                },
-                0
-            ))
+            at(TS + 5, 2, 0)
         );
     }
 
@@ -377,13 +339,7 @@ mod tests {
         // A secret inside the pending line is counted as the redactor writes it.
         let r = Redactor::new([b"hunter2".to_vec()]);
         let got = anchor_point((b"a\npw=hunter2", true), &entries(&["a\n"]), true, &r);
-        assert_eq!(
-            got,
-            Some((
-                Mark { ts: TS, seen: 1 },
-                ("pw=".len() + b"[REDACTED]".len()) as u64
-            ))
-        );
+        assert_eq!(got, at(TS, 1, ("pw=".len() + b"[REDACTED]".len()) as u64));
         // A pending line that may still become a secret.
         assert_eq!(
             anchor_point((b"a\npw=hun", true), &entries(&["a\n"]), true, &r),
@@ -397,16 +353,7 @@ mod tests {
         // compared on what is left.
         let log = entries(&["0123456789\n", "ab\n"]);
         let got = anchor_point((b"789\nab\nc", false), &log, false, &none());
-        assert_eq!(
-            got,
-            Some((
-                Mark {
-                    ts: TS + 1,
-                    seen: 1
-                },
-                1
-            ))
-        );
+        assert_eq!(got, at(TS + 1, 1, 1));
     }
 
     #[test]

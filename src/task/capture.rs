@@ -353,6 +353,19 @@ pub fn log_end_matches(tails: [(&[u8], bool); 2], entries: &[(Stream, &[u8])]) -
     true
 }
 
+/// The log's last [`TAIL_ENTRIES`] entries (both streams, in the engine's order).
+pub(super) async fn read_log_end(
+    runtime: &dyn Runtime,
+    container_id: &str,
+) -> Result<Vec<crate::runtime::LogEntry>, RuntimeError> {
+    let mut entries = Vec::new();
+    let mut tail = runtime.log_tail(container_id, TAIL_ENTRIES);
+    while let Some(e) = tail.next().await {
+        entries.push(e?);
+    }
+    Ok(entries)
+}
+
 /// How many of the log's last entries confirm that the attach stream saw the end.
 pub(super) const TAIL_ENTRIES: u32 = 64;
 /// Raw bytes of each stream kept to compare with the log's last entries.
@@ -513,14 +526,10 @@ async fn capture_live(
             );
         }
     }
-    let mut entries = Vec::new();
-    let mut tail = runtime.log_tail(container_id, TAIL_ENTRIES);
-    while let Some(e) = tail.next().await {
-        match e {
-            Ok(e) => entries.push(e),
-            Err(e) => return Handover::Incomplete(format!("reading the log's end failed: {e}")),
-        }
-    }
+    let entries = match read_log_end(runtime, container_id).await {
+        Ok(entries) => entries,
+        Err(e) => return Handover::Incomplete(format!("reading the log's end failed: {e}")),
+    };
     let entries: Vec<(Stream, &[u8])> = entries.iter().map(|e| (e.stream, &e.bytes[..])).collect();
     if !log_end_matches([tails[0].view(), tails[1].view()], &entries) {
         return Handover::Incomplete(
