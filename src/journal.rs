@@ -80,6 +80,38 @@ impl ExecState {
     }
 }
 
+/// Where the proven closure of a cancelled execution stands (PROTOCOL §7). Durable, so a
+/// restart in the middle of a cleanup resumes it and the message is sent once after proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Closure {
+    /// Not cancelled (or cancelled by an older berth).
+    #[default]
+    None,
+    /// Cancelled: `execution_closed` is owed once the sandbox is proven gone.
+    Wanted,
+    /// The sandbox is proven gone; the message is not yet written.
+    Proven,
+    /// `execution_closed` was written to the control plane.
+    Sent,
+}
+
+impl Closure {
+    fn parse(s: Option<&str>) -> Option<Closure> {
+        match s {
+            None => Some(Closure::None),
+            Some("wanted") => Some(Closure::Wanted),
+            Some("proven") => Some(Closure::Proven),
+            Some("sent") => Some(Closure::Sent),
+            Some(_) => None,
+        }
+    }
+
+    /// `execution_closed` is owed and not yet written.
+    pub fn owed(self) -> bool {
+        matches!(self, Closure::Wanted | Closure::Proven)
+    }
+}
+
 /// One execution's durable record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecRecord {
@@ -103,6 +135,8 @@ pub struct ExecRecord {
     pub claimed_at_ms: i64,
     /// Finish time, ms since the epoch.
     pub finished_at_ms: Option<i64>,
+    /// Proven closure after a cancellation.
+    pub closure: Closure,
 }
 
 pub struct Journal {
@@ -192,6 +226,19 @@ impl Journal {
              CREATE INDEX IF NOT EXISTS executions_task ON executions(task_id);",
         )
         .map_err(corrupt)?;
+        // Added by a later version: journals written before it gain the column (NULL = none).
+        let has_closure: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('executions') WHERE name = 'closure'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(corrupt)?;
+        if !has_closure {
+            conn.execute_batch("ALTER TABLE executions ADD COLUMN closure TEXT")
+                .map_err(corrupt)?;
+        }
         for side in ["-wal", "-shm"] {
             let mut p = path.clone().into_os_string();
             p.push(side);
@@ -322,6 +369,31 @@ impl Journal {
         })
     }
 
+    /// A cancellation asked for the execution's proven closure.
+    pub fn want_closure(&self, execution_id: &str) -> Result<(), JournalError> {
+        self.set_closure(execution_id, "wanted", "closure IS NULL")
+    }
+
+    /// The execution's sandbox is proven gone.
+    pub fn closure_proven(&self, execution_id: &str) -> Result<(), JournalError> {
+        self.set_closure(execution_id, "proven", "closure = 'wanted'")
+    }
+
+    /// `execution_closed` was written.
+    pub fn closure_sent(&self, execution_id: &str) -> Result<(), JournalError> {
+        self.set_closure(execution_id, "sent", "closure IN ('wanted', 'proven')")
+    }
+
+    fn set_closure(&self, execution_id: &str, to: &str, from: &str) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                &format!("UPDATE executions SET closure = ?2 WHERE execution_id = ?1 AND {from}"),
+                params![execution_id, to],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Forgets an execution.
     pub fn remove(&self, execution_id: &str) -> Result<(), JournalError> {
         self.with(|c| {
@@ -346,6 +418,7 @@ impl Journal {
             bool,
             i64,
             Option<i64>,
+            Option<String>,
         );
         let raws: Vec<Raw> = self.with(|c| {
             let mut stmt = c.prepare(sql)?;
@@ -362,6 +435,7 @@ impl Journal {
                     r.get(8)?,
                     r.get(9)?,
                     r.get(10)?,
+                    r.get(11)?,
                 ))
             })?;
             rows.collect()
@@ -377,6 +451,8 @@ impl Journal {
                     .map_err(|e| bad(format!("its assignment does not decode: {e}")))?;
                 let state = ExecState::parse(&r.4)
                     .ok_or_else(|| bad(format!("unknown state {:?}", r.4)))?;
+                let closure = Closure::parse(r.11.as_deref())
+                    .ok_or_else(|| bad(format!("unknown closure state {:?}", r.11)))?;
                 let terminal = match &r.7 {
                     None => None,
                     Some(t) => Some(
@@ -396,12 +472,13 @@ impl Journal {
                     terminal_done: r.8,
                     claimed_at_ms: r.9,
                     finished_at_ms: r.10,
+                    closure,
                 })
             })
             .collect()
     }
 
-    const COLUMNS: &'static str = "execution_id, task_id, assignment, berth, state, container_id, acked_offset, terminal, terminal_done, claimed_at, finished_at";
+    const COLUMNS: &'static str = "execution_id, task_id, assignment, berth, state, container_id, acked_offset, terminal, terminal_done, claimed_at, finished_at, closure";
 
     /// Every execution, oldest first.
     pub fn all(&self) -> Result<Vec<ExecRecord>, JournalError> {
@@ -503,8 +580,61 @@ mod tests {
         j.terminal_done("e1").unwrap();
         assert!(j.get("e1").ok().flatten().is_some_and(|r| r.terminal_done));
         assert_eq!(j.by_task("t1").map(|v| v.len()).unwrap_or(0), 1);
+        // Closure moves forward only: wanted → proven → sent.
+        let closure = |j: &Journal| j.get("e1").ok().flatten().map(|r| r.closure);
+        assert_eq!(closure(&j), Some(Closure::None));
+        j.closure_proven("e1").unwrap();
+        assert_eq!(
+            closure(&j),
+            Some(Closure::None),
+            "nothing to prove before a cancel"
+        );
+        j.want_closure("e1").unwrap();
+        assert_eq!(closure(&j), Some(Closure::Wanted));
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(closure(&j), Some(Closure::Wanted), "survives a restart");
+        j.closure_proven("e1").unwrap();
+        j.want_closure("e1").unwrap();
+        assert_eq!(closure(&j), Some(Closure::Proven));
+        j.closure_sent("e1").unwrap();
+        j.closure_proven("e1").unwrap();
+        assert_eq!(closure(&j), Some(Closure::Sent));
         j.remove("e1").unwrap();
         assert!(j.all().unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn a_journal_from_before_closures_gains_the_column_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE executions (
+               execution_id TEXT PRIMARY KEY, task_id TEXT NOT NULL, assignment TEXT NOT NULL,
+               berth INTEGER NOT NULL, state TEXT NOT NULL, container_id TEXT,
+               acked_offset INTEGER NOT NULL DEFAULT 0, terminal TEXT,
+               terminal_done INTEGER NOT NULL DEFAULT 0, claimed_at INTEGER NOT NULL,
+               finished_at INTEGER);
+             INSERT INTO executions (execution_id, task_id, assignment, berth, state, claimed_at)
+               VALUES ('e0', 't0', '{\"task_id\":\"t0\"}', 1, 'running', 1);",
+        )
+        .unwrap();
+        drop(old);
+        let j = Journal::open(dir.path()).unwrap();
+        let r = j
+            .get("e0")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("record kept"));
+        assert_eq!((r.state, r.closure), (ExecState::Running, Closure::None));
+        j.want_closure("e0").unwrap();
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            j.get("e0").ok().flatten().map(|r| r.closure),
+            Some(Closure::Wanted)
+        );
     }
 
     #[test]

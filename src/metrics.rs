@@ -104,6 +104,8 @@ pub struct Metrics {
     transcript_bytes: AtomicU64,
     transcript_lost_bytes: AtomicU64,
     resume_anchors: AtomicU64,
+    executions_closed: AtomicU64,
+    closure_retries: AtomicU64,
     labelled: Mutex<Labelled>,
 }
 
@@ -135,6 +137,9 @@ pub struct Gauges {
     pub spool_bytes: u64,
     /// Results and transcripts not yet acknowledged.
     pub undelivered: usize,
+    /// Cancelled executions whose `execution_closed` is owed (sandbox not yet proven gone, or
+    /// result not yet delivered).
+    pub closures_pending: usize,
     /// Host memory available.
     pub memory_available: u64,
     /// Free disk under `state_dir`.
@@ -156,6 +161,16 @@ impl Metrics {
     /// Live capture moved a transcript's resume point up to the engine's log.
     pub fn anchor_placed(&self) {
         self.resume_anchors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `execution_closed` was sent for a cancelled execution.
+    pub fn execution_closed(&self) {
+        self.executions_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An attempt to prove a cancelled execution's sandbox gone failed (it is retried).
+    pub fn closure_retry(&self) {
+        self.closure_retries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An assignment was rejected.
@@ -192,41 +207,34 @@ impl Metrics {
     pub fn render(&self, g: &Gauges) -> String {
         let l = lock(&self.labelled);
         let mut o = String::new();
-        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         let b = |v: bool| u8::from(v);
-        head(
+        scalar(
             &mut o,
             "oz_worker_connected",
             "gauge",
             "1 while connected to the control plane.",
+            b(g.connected),
         );
-        let _ = writeln!(o, "oz_worker_connected {}", b(g.connected));
-        head(
+        scalar(
             &mut o,
             "oz_worker_tasks_active",
             "gauge",
             "Tasks holding a slot.",
+            g.active,
         );
-        let _ = writeln!(o, "oz_worker_tasks_active {}", g.active);
-        head(
+        scalar(
             &mut o,
             "oz_worker_tasks_max_concurrent",
             "gauge",
             "Slot count (0 = unlimited).",
+            g.max,
         );
-        let _ = writeln!(o, "oz_worker_tasks_max_concurrent {}", g.max);
-        head(
+        scalar(
             &mut o,
             "oz_worker_tasks_claimed_total",
             "counter",
             "Tasks claimed.",
-        );
-        let _ = writeln!(
-            o,
-            "oz_worker_tasks_claimed_total {}",
-            self.claimed.load(Ordering::Relaxed)
+            self.claimed.load(Ordering::Relaxed),
         );
         head(
             &mut o,
@@ -310,67 +318,76 @@ impl Metrics {
             escape(&g.version),
             escape(&g.worker_id)
         );
-        head(
+        scalar(
             &mut o,
             "berth_docker_reachable",
             "gauge",
             "1 while the Docker engine answers.",
+            b(g.docker_reachable),
         );
-        let _ = writeln!(o, "berth_docker_reachable {}", b(g.docker_reachable));
-        head(
+        scalar(
             &mut o,
             "berth_draining",
             "gauge",
             "1 while drained (not accepting tasks).",
+            b(g.draining),
         );
-        let _ = writeln!(o, "berth_draining {}", b(g.draining));
-        head(
+        scalar(
             &mut o,
             "berth_transcript_bytes_total",
             "counter",
             "Transcript bytes of finished executions.",
+            self.transcript_bytes.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "berth_transcript_bytes_total {}",
-            self.transcript_bytes.load(Ordering::Relaxed)
-        );
-        head(
+        scalar(
             &mut o,
             "berth_transcript_lost_bytes_total",
             "counter",
             "Output bytes of finished executions that could not be stored (state_dir full); each gap is marked in its transcript.",
+            self.transcript_lost_bytes.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "berth_transcript_lost_bytes_total {}",
-            self.transcript_lost_bytes.load(Ordering::Relaxed)
-        );
-        head(
+        scalar(
             &mut o,
             "berth_transcript_resume_anchors_total",
             "counter",
             "Times live capture froze a task briefly and moved its transcript's resume point up to the engine's log end.",
+            self.resume_anchors.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "berth_transcript_resume_anchors_total {}",
-            self.resume_anchors.load(Ordering::Relaxed)
+        scalar(
+            &mut o,
+            "berth_executions_closed_total",
+            "counter",
+            "execution_closed messages sent: cancelled executions whose sandbox was proven gone.",
+            self.executions_closed.load(Ordering::Relaxed),
         );
-        head(
+        scalar(
+            &mut o,
+            "berth_execution_closure_retries_total",
+            "counter",
+            "Failed attempts to remove a cancelled execution's container (each is retried with backoff).",
+            self.closure_retries.load(Ordering::Relaxed),
+        );
+        scalar(
+            &mut o,
+            "berth_execution_closures_pending",
+            "gauge",
+            "Cancelled executions whose execution_closed is still owed.",
+            g.closures_pending,
+        );
+        scalar(
             &mut o,
             "berth_spool_bytes",
             "gauge",
             "Bytes of transcript spools on disk under state_dir.",
+            g.spool_bytes,
         );
-        let _ = writeln!(o, "berth_spool_bytes {}", g.spool_bytes);
-        head(
+        scalar(
             &mut o,
             "berth_undelivered_executions",
             "gauge",
             "Executions whose transcript or result the server has not acknowledged.",
+            g.undelivered,
         );
-        let _ = writeln!(o, "berth_undelivered_executions {}", g.undelivered);
         head(
             &mut o,
             "berth_image_pulls_total",
@@ -382,16 +399,12 @@ impl Metrics {
             "berth_image_pulls_total{{result=\"succeeded\"}} {}\nberth_image_pulls_total{{result=\"failed\"}} {}",
             g.pulls_ok, g.pulls_failed
         );
-        head(
+        scalar(
             &mut o,
             "berth_host_memory_available_bytes",
             "gauge",
             "Memory available on the host.",
-        );
-        let _ = writeln!(
-            o,
-            "berth_host_memory_available_bytes {}",
-            g.memory_available
+            g.memory_available,
         );
         if let Some(d) = g.disk_free {
             head(
@@ -402,15 +415,26 @@ impl Metrics {
             );
             let _ = writeln!(o, "berth_state_dir_free_bytes {d}");
         }
-        head(
+        scalar(
             &mut o,
             "berth_uptime_seconds",
             "gauge",
             "Seconds since the worker started.",
+            g.uptime_secs,
         );
-        let _ = writeln!(o, "berth_uptime_seconds {}", g.uptime_secs);
         o
     }
+}
+
+/// Writes a metric family's HELP and TYPE lines.
+fn head(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one unlabelled series: its HELP/TYPE head and its value.
+fn scalar(o: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+    head(o, name, kind, help);
+    let _ = writeln!(o, "{name} {v}");
 }
 
 /// Escapes a label value (backslash, quote, newline).
@@ -462,6 +486,9 @@ mod tests {
             "berth_transcript_bytes_total",
             "berth_transcript_lost_bytes_total",
             "berth_transcript_resume_anchors_total",
+            "berth_executions_closed_total",
+            "berth_execution_closure_retries_total",
+            "berth_execution_closures_pending",
         ] {
             assert_eq!(value(&t, s), Some(0.0), "{s}");
         }

@@ -19,6 +19,10 @@ pub const BERTH_PROTOCOL_VERSION: &str = "1";
 pub const WORKER_VERSION_HEADER: &str = "X-Warp-Worker-Version";
 /// The most bytes of [`WORKER_VERSION_HEADER`] a server keeps.
 pub const WORKER_VERSION_MAX: usize = 128;
+/// Request header listing the protocol capabilities the worker has (PROTOCOL §7).
+pub const WORKER_CAPABILITIES_HEADER: &str = "X-Warp-Worker-Capabilities";
+/// berth's capabilities: execution-scoped cancellation and `execution_closed`.
+pub const WORKER_CAPABILITIES: &str = "execution-scoped-cancellation-v1";
 
 /// What berth sends as [`WORKER_VERSION_HEADER`]: `berth/<crate version>`, cut to the limit.
 pub fn worker_version() -> String {
@@ -707,6 +711,11 @@ pub enum WorkerMessage {
         /// Raw bytes (sent as `data` when UTF-8, else `data_b64`).
         data: Vec<u8>,
     },
+    /// `execution_closed` (PROTOCOL §7): a cancelled execution's sandbox is proven gone.
+    ExecutionClosed {
+        task_id: String,
+        execution_id: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -749,6 +758,7 @@ impl WorkerMessage {
             WorkerMessage::WorkerStatus(_) => "worker_status",
             WorkerMessage::TaskStarted(_) => "task_started",
             WorkerMessage::TaskOutput { .. } => "task_output",
+            WorkerMessage::ExecutionClosed { .. } => "execution_closed",
         }
     }
 
@@ -759,9 +769,21 @@ impl WorkerMessage {
             | WorkerMessage::TaskRejected { task_id, .. }
             | WorkerMessage::TaskCompleted { task_id, .. }
             | WorkerMessage::TaskFailed { task_id, .. }
-            | WorkerMessage::TaskOutput { task_id, .. } => task_id,
+            | WorkerMessage::TaskOutput { task_id, .. }
+            | WorkerMessage::ExecutionClosed { task_id, .. } => task_id,
             WorkerMessage::TaskStarted(s) => &s.task_id,
             WorkerMessage::WorkerHello(_) | WorkerMessage::WorkerStatus(_) => "",
+        }
+    }
+
+    /// The execution the message names, if it names one (oz/1 results do not).
+    pub fn execution_id(&self) -> Option<&str> {
+        match self {
+            WorkerMessage::TaskClaimed { execution_id, .. } => execution_id.as_deref(),
+            WorkerMessage::TaskOutput { execution_id, .. }
+            | WorkerMessage::ExecutionClosed { execution_id, .. } => Some(execution_id),
+            WorkerMessage::TaskStarted(s) => Some(&s.execution_id),
+            m => m.ext().map(|e| e.execution_id.as_str()),
         }
     }
 
@@ -854,6 +876,10 @@ impl WorkerMessage {
                 stream,
                 data,
             } => return Some(output_frame(task_id, execution_id, *offset, *stream, data)),
+            WorkerMessage::ExecutionClosed {
+                task_id,
+                execution_id,
+            } => serde_json::json!({ "task_id": task_id, "execution_id": execution_id }),
         };
         Some(frame(self.kind(), Some(data)))
     }
@@ -942,6 +968,10 @@ impl WorkerMessage {
                 task_id: d.task_id,
                 worker_id: d.worker_id,
                 execution_id: d.execution_id.filter(|e| !e.is_empty()),
+            },
+            "execution_closed" => WorkerMessage::ExecutionClosed {
+                task_id: d.task_id,
+                execution_id: d.execution_id.unwrap_or_default(),
             },
             "task_rejected" => WorkerMessage::TaskRejected {
                 task_id: d.task_id,
@@ -1246,6 +1276,19 @@ mod tests {
                     json!({"type": "task_claimed", "data": want})
                 );
             }
+        }
+        // execution_closed: both ids, on oz/1 and berth/1 alike.
+        let closed = WorkerMessage::ExecutionClosed {
+            task_id: "t".into(),
+            execution_id: "e-1".into(),
+        };
+        for berth in [false, true] {
+            let text = closed.encode_for(berth).unwrap_or_default();
+            assert_eq!(
+                parse(&text),
+                json!({"type": "execution_closed", "data": {"task_id": "t", "execution_id": "e-1"}})
+            );
+            assert_eq!(WorkerMessage::decode(&text).ok(), Some(closed.clone()));
         }
         let r = WorkerMessage::TaskRejected {
             task_id: "t".into(),

@@ -46,8 +46,10 @@ struct Harness {
     journal: Arc<Journal>,
     /// Every message received, in order.
     seen: Vec<WorkerMessage>,
-    /// Transcript bytes per task (all streams, in offset order).
+    /// Transcript bytes per execution (all streams, in offset order).
     transcripts: HashMap<String, Vec<u8>>,
+    /// The latest execution of each task that sent output.
+    latest: HashMap<String, String>,
     _dir: tempfile::TempDir,
 }
 
@@ -141,6 +143,7 @@ impl Harness {
             journal,
             seen: Vec::new(),
             transcripts: HashMap::new(),
+            latest: HashMap::new(),
             _dir: dir,
         }
     }
@@ -235,7 +238,8 @@ impl Harness {
                 data,
                 ..
             } => {
-                let t = self.transcripts.entry(task_id.clone()).or_default();
+                self.latest.insert(task_id.clone(), execution_id.clone());
+                let t = self.transcripts.entry(execution_id.clone()).or_default();
                 // Re-sends start at an offset already held: keep what is new only.
                 let skip = (t.len() as u64).saturating_sub(*offset) as usize;
                 if *offset <= t.len() as u64 && skip < data.len() {
@@ -295,32 +299,57 @@ impl Harness {
 
     /// The task's terminal message, once its whole transcript arrived too.
     async fn result(&mut self, task: &str) -> WorkerMessage {
+        self.result_of(task, None).await
+    }
+
+    /// The terminal message of one execution of `task` (any, when `None`), once its whole
+    /// transcript arrived too.
+    async fn result_of(&mut self, task: &str, execution: Option<&str>) -> WorkerMessage {
         let m = self
             .until(|m| match m {
-                WorkerMessage::TaskCompleted { task_id, .. }
-                | WorkerMessage::TaskFailed { task_id, .. }
-                    if task_id == task =>
+                WorkerMessage::TaskCompleted { task_id, ext, .. }
+                | WorkerMessage::TaskFailed { task_id, ext, .. }
+                    if task_id == task
+                        && execution
+                            .is_none_or(|x| ext.as_ref().is_some_and(|e| e.execution_id == x)) =>
                 {
                     Some(m.clone())
                 }
                 _ => None,
             })
             .await;
-        let want = m.ext().map(|e| e.transcript_bytes).unwrap_or(0);
-        while (self.transcript(task).len() as u64) < want {
-            self.pump().await;
+        if let Some(e) = m.ext() {
+            while (self.execution_transcript(&e.execution_id).len() as u64) < e.transcript_bytes {
+                self.pump().await;
+            }
         }
         m
     }
 
-    fn transcript(&self, task: &str) -> String {
+    fn execution_transcript(&self, execution: &str) -> String {
         String::from_utf8_lossy(
             self.transcripts
-                .get(task)
+                .get(execution)
                 .map(Vec::as_slice)
                 .unwrap_or_default(),
         )
         .into_owned()
+    }
+
+    /// The transcript of the task's latest execution that sent output.
+    fn transcript(&self, task: &str) -> String {
+        self.latest
+            .get(task)
+            .map(|e| self.execution_transcript(e))
+            .unwrap_or_default()
+    }
+
+    /// Terminal messages of one execution received so far.
+    fn terminals_of(&self, execution: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|m| m.ext().is_some_and(|e| e.execution_id == execution))
+            .count()
     }
 
     /// The id of the container created for `task` (from the journal, once it is recorded).
@@ -479,35 +508,90 @@ async fn a_second_assignment_of_a_running_task_is_claimed_again_and_starts_nothi
     h.stop().await;
 }
 
+/// A second execution of `task` (PROTOCOL §7: the server re-executes a run).
+fn second(task: &str) -> TaskAssignment {
+    TaskAssignment {
+        execution_id: Some(format!("{task}-e2")),
+        ..assignment(task, &["run"])
+    }
+}
+
 #[tokio::test]
-async fn an_execution_scoped_cancellation_reaches_only_its_execution() {
+async fn two_executions_of_one_run_run_at_once_and_an_execution_scoped_cancel_stops_one() {
     let mut h = Harness::start(4, "").await;
     h.fake.script_all(Script::runs());
     h.assign(assignment("run", &["run"])).await;
-    let c = h.container_for("run").await;
+    let c1 = h.container_for("run").await;
     h.fake.called(Op::Wait, 1).await;
-    // Another execution of the same run is refused while the first is active (the table
-    // holds one execution per run), with the reason a server requeues.
-    h.assign(TaskAssignment {
-        execution_id: Some("run-e2".into()),
-        ..assignment("run", &["run"])
+    // A new execution of a run still active here runs as its own execution.
+    h.assign(second("run")).await;
+    h.until(|m| {
+        matches!(m, WorkerMessage::TaskClaimed { execution_id: Some(e), .. } if e == "run-e2")
+            .then_some(())
     })
     .await;
-    assert_eq!(h.rejected("run").await, berth::protocol::REJECT_AT_CAPACITY);
+    h.fake.called(Op::Wait, 2).await;
+    let containers: Vec<String> = h.fake.containers().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(containers.len(), 2, "one container per execution");
+    let c2 = containers.into_iter().find(|c| *c != c1).unwrap();
+    assert_eq!(h.slots.borrow().active, 2, "each execution holds a slot");
     // A cancellation of an execution this worker does not have stops nothing.
-    h.cancel_execution("run", "run-e2").await;
+    h.cancel_execution("run", "run-e3").await;
     h.assign(assignment("marker", &["run"])).await;
     h.claimed("marker").await;
     assert_eq!(h.fake.count(Op::Stop), 0, "{:?}", h.fake.ops());
     h.cancel_execution("run", "run-e1").await;
-    let r = h.result("run").await;
+    let r = h.result_of("run", Some("run-e1")).await;
     assert!(cancelled(&r), "{r:?}");
-    let stops = h.fake.targets(Op::Stop);
     assert_eq!(
-        stops,
-        vec![c],
+        h.fake.targets(Op::Stop),
+        vec![c1],
         "only the named execution's container is stopped"
     );
+    assert!(
+        h.fake
+            .containers()
+            .iter()
+            .any(|(id, running)| *id == c2 && *running),
+        "the other execution runs on"
+    );
+    h.fake.exit(&c2, 0);
+    let r = h.result_of("run", Some("run-e2")).await;
+    assert!(
+        matches!(
+            r,
+            WorkerMessage::TaskCompleted {
+                task_state: None,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // Each execution reported once, and nothing more arrives for either.
+    assert_eq!((h.terminals_of("run-e1"), h.terminals_of("run-e2")), (1, 1));
+    let seen = h.stop().await;
+    assert!(
+        seen.iter().all(|m| m.ext().is_none()),
+        "no late result: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancellation_naming_only_the_run_cancels_every_execution_of_it() {
+    let mut h = Harness::start(4, "").await;
+    h.fake.script_all(Script::runs());
+    h.assign(assignment("run", &["run"])).await;
+    h.container_for("run").await;
+    h.fake.called(Op::Wait, 1).await;
+    h.assign(second("run")).await;
+    h.fake.called(Op::Wait, 2).await;
+    h.cancel("run").await;
+    for e in ["run-e1", "run-e2"] {
+        let r = h.result_of("run", Some(e)).await;
+        assert!(cancelled(&r), "{e}: {r:?}");
+    }
+    assert_eq!(h.fake.count(Op::Stop), 2, "{:?}", h.fake.ops());
+    assert!(h.fake.containers().is_empty(), "both removed");
     h.stop().await;
 }
 
@@ -548,6 +632,149 @@ async fn cancellation_reaches_only_its_task() {
             ..
         }
     ));
+    h.stop().await;
+}
+
+/// Pumps until `execution_closed` for `execution` arrives; returns how many were seen.
+async fn closed(h: &mut Harness, execution: &str) -> usize {
+    h.until(|m| {
+        matches!(m, WorkerMessage::ExecutionClosed { execution_id, .. } if execution_id == execution)
+            .then_some(())
+    })
+    .await;
+    closures(h, execution)
+}
+
+fn closures(h: &Harness, execution: &str) -> usize {
+    h.seen
+        .iter()
+        .filter(|m| matches!(m, WorkerMessage::ExecutionClosed { execution_id, .. } if execution_id == execution))
+        .count()
+}
+
+#[tokio::test]
+async fn a_cancelled_execution_is_closed_after_its_result_and_a_repeated_cancel_replays_it_from_memory()
+ {
+    let mut h = Harness::start(4, "").await;
+    h.fake.script_all(Script::runs());
+    h.assign(assignment("c", &["run"])).await;
+    let c = h.container_for("c").await;
+    h.fake.called(Op::Wait, 1).await;
+    h.cancel_execution("c", "c-e1").await;
+    assert_eq!(closed(&mut h, "c-e1").await, 1);
+    let at =
+        |h: &Harness, pick: &dyn Fn(&WorkerMessage) -> bool| h.seen.iter().position(pick).unwrap();
+    let result = at(&h, &|m| m.ext().is_some());
+    let close = at(&h, &|m| matches!(m, WorkerMessage::ExecutionClosed { .. }));
+    assert!(
+        result < close,
+        "closure never overtakes the result: {}",
+        h.summary()
+    );
+    assert!(h.fake.containers().is_empty(), "proven gone: nothing left");
+    assert!(h.fake.targets(Op::Remove).contains(&c));
+    assert_eq!(h.slots.borrow().closing, 0);
+    // Repeated (execution-scoped, then run-scoped): answered again, the engine untouched.
+    let calls = h.fake.calls().len();
+    h.cancel_execution("c", "c-e1").await;
+    while closures(&h, "c-e1") < 2 {
+        h.pump().await;
+    }
+    h.cancel("c").await;
+    while closures(&h, "c-e1") < 3 {
+        h.pump().await;
+    }
+    assert_eq!(h.fake.calls().len(), calls, "no engine call for a replay");
+    assert_eq!(
+        h.terminals_of("c-e1"),
+        1,
+        "the result itself is never repeated"
+    );
+    let r = h.journal.get("c-e1").unwrap().unwrap();
+    assert_eq!(r.closure, berth::journal::Closure::Sent);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_removal_delays_execution_closed_and_is_retried_on_the_same_container() {
+    let mut h = Harness::start(4, "").await;
+    h.fake.script_all(Script::runs());
+    h.assign(assignment("r", &["run"])).await;
+    let c = h.container_for("r").await;
+    h.fake.called(Op::Wait, 1).await;
+    // The task's own cleanup and the first two proofs fail.
+    for _ in 0..3 {
+        h.fake.fail_next(Op::Remove, api_error("container remove"));
+    }
+    h.cancel_execution("r", "r-e1").await;
+    let r = h.result_of("r", Some("r-e1")).await;
+    assert!(cancelled(&r), "{r:?}");
+    assert_eq!(closures(&h, "r-e1"), 0, "nothing is closed before proof");
+    assert_eq!(closed(&mut h, "r-e1").await, 1);
+    let removes = h.fake.targets(Op::Remove);
+    assert!(removes.len() >= 4, "{removes:?}");
+    assert!(
+        removes.iter().all(|t| *t == c),
+        "always the exact container: {removes:?}"
+    );
+    assert!(h.fake.containers().is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_cancel_of_a_completed_execution_closes_it_once_and_an_unknown_one_is_ignored() {
+    let mut h = Harness::start(4, "").await;
+    h.fake.script_next(Script::exits(0));
+    h.assign(assignment("done", &["run"])).await;
+    assert!(matches!(
+        h.result("done").await,
+        WorkerMessage::TaskCompleted {
+            task_state: None,
+            ..
+        }
+    ));
+    h.cancel_execution("done", "done-e1").await;
+    assert_eq!(closed(&mut h, "done-e1").await, 1);
+    h.cancel_execution("nobody", "x").await;
+    h.cancel_execution("done", "done-e9").await;
+    // A marker proves both were handled (the loop is ordered) and answered nothing.
+    h.assign(assignment("marker", &["run"])).await;
+    h.claimed("marker").await;
+    assert!(
+        !h.seen.iter().any(|m| matches!(m, WorkerMessage::ExecutionClosed { execution_id, .. } if execution_id != "done-e1")),
+        "{}",
+        h.summary()
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_ended_execution_assigned_again_is_not_run_twice() {
+    let mut h = Harness::start(4, "").await;
+    h.fake.script_next(Script::exits(0));
+    h.assign(assignment("once", &["run"])).await;
+    h.result("once").await;
+    h.assign(assignment("once", &["run"])).await;
+    let claims = |seen: &[WorkerMessage]| {
+        seen.iter()
+            .filter(
+                |m| matches!(m, WorkerMessage::TaskClaimed { task_id, .. } if task_id == "once"),
+            )
+            .count()
+    };
+    while claims(&h.seen) < 2 {
+        h.pump().await;
+    }
+    assert_eq!(h.fake.count(Op::Create), 1, "one run only");
+    // The same execution id under another run is refused for good, naming the field.
+    h.assign(TaskAssignment {
+        execution_id: Some("once-e1".into()),
+        ..assignment("thief", &["run"])
+    })
+    .await;
+    let r = h.result("thief").await;
+    assert!(message_of(&r).contains("execution_id"), "{r:?}");
+    assert_eq!(h.fake.count(Op::Create), 1);
     h.stop().await;
 }
 
@@ -784,6 +1011,13 @@ async fn cancel_during(op: Op, yaml: &str, a: TaskAssignment) -> (FakeRuntime, S
         "cancel during {op:?} left {:?}",
         h.fake.containers()
     );
+    // Closed in every phase, also where no container was ever made (the engine's list of the
+    // worker's containers is the proof then).
+    assert_eq!(
+        closed(&mut h, &format!("{task}-e1")).await,
+        1,
+        "cancel during {op:?}"
+    );
     let t = h.transcript(&task);
     let fake = h.fake.clone();
     h.stop().await;
@@ -804,7 +1038,11 @@ async fn a_cancel_in_any_phase_ends_the_task_cancelled_with_nothing_left() {
     assert_eq!(f.count(Op::Create), 0);
     let (f, _) = cancel_during(Op::Create, "", assignment("c-create", &["run"])).await;
     assert_eq!(f.count(Op::Start), 0, "created, never started, removed");
-    assert_eq!(f.count(Op::Remove), 1);
+    assert_eq!(
+        f.count(Op::Remove),
+        2,
+        "removed, then proven gone (answered 404)"
+    );
     let (f, _) = cancel_during(Op::Exec, SETUP_ENV, assignment("c-setup", &["run"])).await;
     assert_eq!(f.count(Op::Signal), 0, "the task's command never ran");
     let (f, _) = cancel_during(Op::Wait, "", assignment("c-run", &["run"])).await;

@@ -109,7 +109,7 @@ async fn a_container_lost_during_an_outage_fails_its_task_with_the_reason() {
     let done = env.finished(&t.id).await;
     assert_eq!(done.state, TaskState::Failed, "{done:?}");
     assert_eq!(done.failure_reason.as_deref(), Some("container_wait"));
-    let msg = done.message.unwrap_or_default();
+    let msg = done.message.clone().unwrap_or_default();
     assert!(
         msg.contains("disappeared while the Docker engine was unreachable"),
         "{msg}"

@@ -86,7 +86,7 @@ async fn an_inline_environment_wins_and_an_invalid_one_fails_before_anything_run
         Some("workspace_setup"),
         "{done:?}"
     );
-    let msg = done.message.unwrap_or_default();
+    let msg = done.message.clone().unwrap_or_default();
     assert!(
         msg.contains("environment inline is invalid") && msg.contains("steps"),
         "{msg}"

@@ -41,7 +41,7 @@ async fn images_outside_allowed_images_are_refused_before_any_pull() {
         Some("invalid_image"),
         "{done:?}"
     );
-    let msg = done.message.unwrap_or_default();
+    let msg = done.message.clone().unwrap_or_default();
     assert!(
         msg.contains("registry.example.com/team/tool:1") && msg.contains("allowed_images"),
         "{msg}"
@@ -125,7 +125,7 @@ async fn a_request_above_max_resources_is_refused_with_the_limit() {
         Some("container_create"),
         "{done:?}"
     );
-    let msg = done.message.unwrap_or_default();
+    let msg = done.message.clone().unwrap_or_default();
     assert!(
         msg.contains("2 GiB") && msg.contains("max_resources.memory") && msg.contains("1 GiB"),
         "{msg}"

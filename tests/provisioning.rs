@@ -188,7 +188,7 @@ async fn a_failing_setup_command_reports_its_exit_code_and_the_task_never_runs()
     assert_eq!(done.state, TaskState::Failed, "{done:?}");
     assert_eq!(done.failure_reason.as_deref(), Some("setup_command"));
     assert_eq!(done.exit_code, Some(3), "{done:?}");
-    let msg = done.message.unwrap_or_default();
+    let msg = done.message.clone().unwrap_or_default();
     assert!(
         msg.contains("setup 2/3: echo broken >&2; exit 3 exited with status 3"),
         "{msg}"
@@ -235,7 +235,7 @@ async fn a_clone_that_fails_is_a_workspace_setup_failure_naming_the_repository()
     let bad_ref =
         serde_json::json!({"image": image, "repos": [{"url": "/srv/repo.git", "ref": "nope"}]});
     let (done, _) = env.run(task("true", Some(bad_ref))).await;
-    let msg = done.message.unwrap_or_default();
+    let msg = done.message.clone().unwrap_or_default();
     assert!(
         msg.contains("check out nope in /workspace/repo failed"),
         "{msg}"
@@ -243,7 +243,7 @@ async fn a_clone_that_fails_is_a_workspace_setup_failure_naming_the_repository()
     // An image without git: the message says what to add.
     let no_git = serde_json::json!({"image": BUSYBOX, "repos": [{"url": "/srv/repo.git"}]});
     let (done, _) = env.run(task("true", Some(no_git))).await;
-    let msg = done.message.unwrap_or_default();
+    let msg = done.message.clone().unwrap_or_default();
     assert!(msg.contains("add git to the environment's image"), "{msg}");
     // A path escaping /workspace is refused before anything is created.
     let escape = serde_json::json!({"repos": [{"url": "/srv/repo.git", "path": "../etc"}]});
@@ -251,6 +251,7 @@ async fn a_clone_that_fails_is_a_workspace_setup_failure_naming_the_repository()
     assert_eq!(done.failure_reason.as_deref(), Some("workspace_setup"));
     assert!(
         done.message
+            .clone()
             .unwrap_or_default()
             .contains("environment inline is invalid"),
         "{text}"
@@ -390,7 +391,7 @@ async fn fetched_environments_are_cached_revalidated_and_used_stale_when_the_api
     // Never fetched and the API is down: workspace_setup naming the environment.
     let (done, _) = env.run(req("ghost")).await;
     assert_eq!(done.failure_reason.as_deref(), Some("workspace_setup"));
-    let msg = done.message.unwrap_or_default();
+    let msg = done.message.clone().unwrap_or_default();
     assert!(
         msg.contains("environment ghost could not be fetched") && msg.contains("no earlier copy"),
         "{msg}"
@@ -398,7 +399,7 @@ async fn fetched_environments_are_cached_revalidated_and_used_stale_when_the_api
     // The API is back but does not know it: a 404 is authoritative.
     env.cp.set_environments_down(false);
     let (done, _) = env.run(req("ghost")).await;
-    let msg = done.message.unwrap_or_default();
+    let msg = done.message.clone().unwrap_or_default();
     assert!(
         msg.contains("environment ghost does not exist on the control plane"),
         "{msg}"
@@ -444,6 +445,7 @@ async fn a_worker_killed_during_provisioning_ends_the_task_cleanly_after_restart
     assert_eq!(done.terminal_distinct, 1);
     assert!(
         done.message
+            .clone()
             .unwrap_or_default()
             .contains("berth restarted while the task's environment was being provisioned"),
     );

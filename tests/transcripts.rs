@@ -114,16 +114,27 @@ async fn a_control_plane_restart_mid_stream_loses_and_doubles_nothing() {
     })
     .await;
     let version = Some(berth::protocol::worker_version());
+    let capabilities = Some(berth::protocol::WORKER_CAPABILITIES.to_string());
     assert_eq!(
         env.cp.workers()[0].version,
         version,
         "X-Warp-Worker-Version on the first dial"
+    );
+    assert_eq!(
+        env.cp.workers()[0].capabilities,
+        capabilities,
+        "X-Warp-Worker-Capabilities on the first dial"
     );
     let cp2 = env.cp.restart(Duration::from_millis(700)).await.unwrap();
     let done = complete(&cp2, &t.id).await;
     assert_eq!(done.state, TaskState::Succeeded);
     assert_eq!(done.terminal_distinct, 1);
     assert_eq!(cp2.workers()[0].version, version, "and on the redial");
+    assert_eq!(
+        cp2.workers()[0].capabilities,
+        capabilities,
+        "capabilities on the redial too"
+    );
     assert!(stdout_of(&cp2, &t.id) == generated());
     cp2.shutdown();
 }
@@ -499,7 +510,7 @@ async fn a_full_disk_under_state_dir_delays_the_transcript_but_loses_nothing() {
         env.cp.task(&t.id).is_some_and(|t| t.container_id.is_some())
     })
     .await;
-    let cid = env.cp.task(&t.id).unwrap().container_id.unwrap();
+    let cid = env.cp.task(&t.id).unwrap().container_id.clone().unwrap();
     until("container exited", || {
         let o = Command::new("docker")
             .args(["inspect", "-f", "{{.State.Running}}", &cid])
@@ -916,7 +927,7 @@ async fn an_unreadable_journal_record_stops_no_container_and_names_the_fix() {
         cp.task(&t.id).is_some_and(|t| t.container_id.is_some())
     })
     .await;
-    let cid = cp.task(&t.id).unwrap().container_id.unwrap();
+    let cid = cp.task(&t.id).unwrap().container_id.clone().unwrap();
     w.kill().unwrap();
     w.wait().unwrap();
     let running = || {

@@ -61,6 +61,9 @@ pub struct Status {
     pub docker_error: Option<String>,
     /// Executions whose transcript or result is not yet acknowledged.
     pub undelivered: usize,
+    /// Cancelled executions whose `execution_closed` is still owed.
+    #[serde(default)]
+    pub closing: usize,
     /// Executions held.
     pub tasks: Vec<TaskRow>,
 }
@@ -123,6 +126,7 @@ impl Status {
             },
             docker_error: None,
             undelivered: 1,
+            closing: 0,
             tasks: vec![TaskRow {
                 task_id: "task-1".into(),
                 execution_id: "e".into(),
@@ -295,6 +299,7 @@ impl Live {
             worker: self.worker_status(),
             docker_error: self.engine.state().error,
             undelivered: snap.undelivered,
+            closing: snap.closing,
             tasks: snap
                 .tasks
                 .iter()
@@ -354,6 +359,7 @@ impl Live {
             pulls_failed,
             spool_bytes: dir_bytes(&crate::transcript::spool::spool_dir(&self.state_dir)),
             undelivered: snap.undelivered,
+            closures_pending: snap.closing,
             memory_available: self.memory().1,
             disk_free: crate::supervisor::capacity::free_disk(&self.state_dir),
             uptime_secs: self.started.elapsed().as_secs(),

@@ -133,12 +133,16 @@ async fn dial(s: &SessionSettings) -> Result<(Ws, bool), DialError> {
         BERTH_PROTOCOL_HEADER,
         HeaderValue::from_static(BERTH_PROTOCOL_VERSION),
     );
-    // The version on every dial (PROTOCOL §7). The capabilities header is not sent yet:
-    // it would promise execution-scoped cancellation and `execution_closed`.
+    // The version and capabilities on every dial (PROTOCOL §7), so a server that rolls
+    // its fleet forward knows which workers understand execution-scoped cancellation.
     if let Ok(v) = HeaderValue::from_str(&crate::protocol::worker_version()) {
         req.headers_mut()
             .insert(crate::protocol::WORKER_VERSION_HEADER, v);
     }
+    req.headers_mut().insert(
+        crate::protocol::WORKER_CAPABILITIES_HEADER,
+        HeaderValue::from_static(crate::protocol::WORKER_CAPABILITIES),
+    );
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(s.max_message_size))
         .max_frame_size(Some(s.max_message_size));

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::state::{CancelError, SubmitRequest};
+use super::state::{CancelError, CancelScope, SubmitRequest};
 use super::{ControlPlane, WS_PATH};
 
 pub(super) fn router(cp: ControlPlane) -> Router {
@@ -23,6 +23,8 @@ pub(super) fn router(cp: ControlPlane) -> Router {
         .route("/v1/tasks/{id}/wait", get(wait))
         .route("/v1/tasks/{id}/transcript", get(transcript))
         .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/tasks/{id}/retry", post(retry))
+        .route(super::events::API_PATH, post(super::events::post))
         .route("/v1/workers", get(workers))
         .route("/v1/workers/{id}/drain", post(drain))
         .route("/v1/workers/{id}/resume", post(resume))
@@ -45,8 +47,10 @@ async fn index(State(cp): State<ControlPlane>) -> Json<serde_json::Value> {
         "endpoints": [
             "POST /v1/tasks", "GET /v1/tasks", "GET /v1/tasks/{id}",
             "GET /v1/tasks/{id}/wait?timeout_secs=N", "GET /v1/tasks/{id}/transcript?follow=true&format=raw|jsonl",
-            "POST /v1/tasks/{id}/cancel", "GET /v1/workers",
-            "PUT /v1/environments/{id}", "GET /api/v1/environments/{id} (workers; bearer key)"
+            "POST /v1/tasks/{id}/cancel[?execution_id=E|?scope=run]", "POST /v1/tasks/{id}/retry",
+            "GET /v1/workers",
+            "PUT /v1/environments/{id}", "GET /api/v1/environments/{id} (workers; bearer key)",
+            "POST /api/v1/agent/runs/{id}/client-events (workers; the run's tokens)"
         ]
     }))
 }
@@ -98,11 +102,43 @@ async fn wait(
     }
 }
 
-async fn cancel(State(cp): State<ControlPlane>, Path(id): Path<String>) -> Response {
-    match cp.cancel(&id) {
+#[derive(Deserialize)]
+struct CancelQuery {
+    /// One execution (default: the current one).
+    #[serde(default)]
+    execution_id: Option<String>,
+    /// `run`: every execution, the worker told only the run's id.
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+async fn cancel(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    Query(q): Query<CancelQuery>,
+) -> Response {
+    let scope = match (q.scope.as_deref(), q.execution_id) {
+        (Some("run"), None) => CancelScope::Run,
+        (None, Some(e)) => CancelScope::Execution(e),
+        (None, None) => CancelScope::Current,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "use either ?execution_id=E (one execution) or ?scope=run (every execution), or neither (the current one)",
+            );
+        }
+    };
+    match cp.cancel_scoped(&id, scope) {
         Ok(()) => (StatusCode::ACCEPTED, Json(cp.task(&id))).into_response(),
         Err(CancelError::NotFound) => error(StatusCode::NOT_FOUND, format!("no task {id}")),
         Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn retry(State(cp): State<ControlPlane>, Path(id): Path<String>) -> Response {
+    match cp.retry(&id) {
+        Ok(rec) => (StatusCode::CREATED, Json(rec)).into_response(),
+        Err(_) => error(StatusCode::NOT_FOUND, format!("no task {id}")),
     }
 }
 

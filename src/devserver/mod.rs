@@ -3,8 +3,10 @@
 //! small JSON HTTP API. The CLI, the integration tests and the benchmarks all use this one.
 
 mod environments;
+mod events;
 mod http;
 pub use http::TranscriptLine;
+pub mod execution;
 pub mod state;
 mod ws;
 
@@ -286,6 +288,13 @@ impl ControlPlane {
         Some((runs, t.complete()))
     }
 
+    /// One execution's whole transcript.
+    pub fn execution_transcript(&self, execution_id: &str) -> Option<Vec<u8>> {
+        self.state()
+            .execution_transcript(execution_id)
+            .map(|t| t.bytes.clone())
+    }
+
     /// A task's whole transcript.
     pub fn transcript(&self, id: &str) -> Option<Vec<u8>> {
         let s = self.state();
@@ -385,12 +394,40 @@ impl ControlPlane {
         self.apply(|s| ((), s.set_draining(worker_id, drain)));
     }
 
-    /// Requests cancellation.
+    /// Requests cancellation of the task's current execution (execution-scoped, as a current
+    /// Oz server sends it).
     pub fn cancel(&self, id: &str) -> Result<(), state::CancelError> {
-        self.apply(|s| match s.cancel(id, chrono::Utc::now()) {
+        self.cancel_scoped(id, state::CancelScope::Current)
+    }
+
+    /// Requests cancellation of the executions `scope` names.
+    pub fn cancel_scoped(
+        &self,
+        id: &str,
+        scope: state::CancelScope,
+    ) -> Result<(), state::CancelError> {
+        self.apply(|s| match s.cancel(id, scope, chrono::Utc::now()) {
             Ok(out) => (Ok(()), out),
             Err(e) => (Err(e), Vec::new()),
         })
+    }
+
+    /// Executes a run again with a new execution id (earlier executions keep running).
+    pub fn retry(&self, id: &str) -> Result<TaskRecord, state::CancelError> {
+        self.apply(|s| match s.retry(id, chrono::Utc::now()) {
+            Ok((rec, out)) => (Ok(rec), out),
+            Err(e) => (Err(e), Vec::new()),
+        })
+    }
+
+    /// Stores a setup-phase event a worker posted.
+    pub fn client_event(
+        &self,
+        id: &str,
+        headers: state::EventHeaders<'_>,
+        event: state::ClientEvent,
+    ) -> Result<(), state::EventError> {
+        self.apply(|s| (s.client_event(id, headers, event), Vec::new()))
     }
 
     /// Waits until the task is terminal or `timeout` passes; returns its latest record.

@@ -3,11 +3,12 @@
 //! Plain data and synchronous methods: the HTTP and WebSocket layers lock it briefly, apply one
 //! event, and send the frames it returns. Nothing here awaits.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::execution::ExecutionRecord;
 use crate::protocol::{
     AdditionalSidecar, AgentConfigSnapshot, InstanceShape, Owner, ServerMessage, Stream, Task,
     TaskAssignment, TaskDefinition, WorkerMessage,
@@ -142,63 +143,93 @@ pub struct SubmitRequest {
     pub environment: Option<serde_json::Value>,
 }
 
-/// A task as the HTTP API shows it.
+/// A task as the HTTP API shows it: the run, its current (latest) execution's fields at the
+/// top level, the earlier executions and the setup events the worker posted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskRecord {
-    /// Task id.
+    /// Task (run) id.
     pub id: String,
-    /// Execution id sent to the worker.
-    pub execution_id: String,
-    pub state: TaskState,
     /// Image asked for.
     pub image: Option<String>,
     /// Command asked for.
     pub command: Vec<String>,
-    /// Worker that claimed it.
-    pub worker: Option<String>,
-    /// Exit code (0 on success).
-    pub exit_code: Option<i64>,
-    pub failure_reason: Option<String>,
-    /// Message from the worker's terminal message.
-    pub message: Option<String>,
-    /// How often the task was assigned.
+    /// How often the task was assigned (every execution).
     pub assignments: u32,
     /// How often a worker rejected it.
     pub rejections: u32,
-    /// How many `task_claimed` messages arrived (a re-assignment is claimed again).
-    pub claims: u32,
     /// Submission time.
     pub created_at: DateTime<Utc>,
-    /// Claim time.
-    pub claimed_at: Option<DateTime<Utc>>,
-    /// Terminal message time.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Cancellation requested.
-    pub cancel_requested: bool,
-    /// Container (berth/1 `task_started`).
-    pub container_id: Option<String>,
-    /// Transcript bytes stored.
-    pub transcript_bytes: u64,
-    /// Transcript length announced by the terminal message (berth/1).
-    pub expected_transcript_bytes: Option<u64>,
-    /// Terminal frames received, duplicates included.
-    pub terminal_received: u32,
-    /// Distinct terminal messages (by `message_id`; oz/1 messages count once each).
-    pub terminal_distinct: u32,
+    /// The current execution.
+    #[serde(flatten)]
+    pub current: ExecutionRecord,
+    /// Earlier executions, oldest first.
+    #[serde(default)]
+    pub earlier: Vec<ExecutionRecord>,
+    /// Setup-phase events the worker posted (PROTOCOL §7).
+    #[serde(default)]
+    pub events: Vec<ClientEvent>,
     #[serde(skip)]
     assignment: Option<TaskAssignment>,
-    #[serde(skip)]
-    message_ids: HashSet<String>,
+}
+
+/// A task reads as its current execution (`record.state` is the latest execution's state):
+/// most callers only ever look at that one.
+impl std::ops::Deref for TaskRecord {
+    type Target = ExecutionRecord;
+    fn deref(&self) -> &ExecutionRecord {
+        &self.current
+    }
 }
 
 impl TaskRecord {
-    /// The task ended and, for berth/1, its whole transcript is stored.
-    pub fn complete(&self) -> bool {
-        self.state.is_terminal()
-            && self
-                .expected_transcript_bytes
-                .is_none_or(|n| self.transcript_bytes >= n)
+    /// Every execution, oldest first.
+    pub fn executions(&self) -> impl Iterator<Item = &ExecutionRecord> {
+        self.earlier.iter().chain(std::iter::once(&self.current))
     }
+
+    /// One execution by id.
+    pub fn execution(&self, execution_id: &str) -> Option<&ExecutionRecord> {
+        self.executions().find(|e| e.execution_id == execution_id)
+    }
+
+    /// The execution a worker message is about: the one it names, else the current one (oz/1
+    /// results name none).
+    fn execution_mut(&mut self, execution_id: Option<&str>) -> &mut ExecutionRecord {
+        match execution_id {
+            Some(e) if e != self.current.execution_id => {
+                match self.earlier.iter_mut().find(|x| x.execution_id == e) {
+                    Some(x) => x,
+                    None => &mut self.current,
+                }
+            }
+            _ => &mut self.current,
+        }
+    }
+}
+
+/// A setup-phase event as the worker posted it (`POST /api/v1/agent/runs/{id}/client-events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientEvent {
+    pub event_uuid: String,
+    pub event_name: String,
+    pub timestamp: String,
+    pub start_ts: String,
+    pub finish_ts: String,
+    pub latency_ms: u64,
+    pub is_error: bool,
+}
+
+/// Why a posted client event was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    /// No such task.
+    #[error("no such run")]
+    NotFound,
+    /// The headers do not carry the task's own tokens.
+    #[error(
+        "the Authorization bearer, X-Warp-Ambient-Workload-Token and X-Warp-Cloud-Agent-ID must be the run's WARP_API_KEY, WARP_WORKLOAD_TOKEN and id"
+    )]
+    Unauthorized,
 }
 
 /// A connected worker as the HTTP API shows it.
@@ -227,8 +258,19 @@ pub struct WorkerRecord {
     pub statuses: u64,
     /// Its `X-Warp-Worker-Version` on this connection.
     pub version: Option<String>,
+    /// Its `X-Warp-Worker-Capabilities` on this connection.
+    pub capabilities: Option<String>,
     #[serde(skip)]
     conn: u64,
+}
+
+/// What a worker's dial said about itself (PROTOCOL §7 handshake headers).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Handshake {
+    /// `X-Warp-Worker-Version`.
+    pub version: Option<String>,
+    /// `X-Warp-Worker-Capabilities`.
+    pub capabilities: Option<String>,
 }
 
 /// A frame to deliver to one worker connection.
@@ -296,28 +338,15 @@ impl State {
         };
         let rec = TaskRecord {
             id: id.clone(),
-            execution_id,
-            state: TaskState::Queued,
             image: req.image,
             command: req.command,
-            worker: None,
-            exit_code: None,
-            failure_reason: None,
-            message: None,
             assignments: 0,
             rejections: 0,
-            claims: 0,
             created_at: now,
-            claimed_at: None,
-            finished_at: None,
-            cancel_requested: false,
-            container_id: None,
-            transcript_bytes: 0,
-            expected_transcript_bytes: None,
-            terminal_received: 0,
-            terminal_distinct: 0,
+            current: ExecutionRecord::queued(execution_id),
+            earlier: Vec::new(),
+            events: Vec::new(),
             assignment: Some(assignment),
-            message_ids: HashSet::new(),
         };
         self.tasks.insert(id.clone(), rec);
         self.order.push(id.clone());
@@ -328,9 +357,63 @@ impl State {
         (rec.unwrap_or_else(|| unreachable_record(&id)), out)
     }
 
-    /// A task's stored transcript.
+    /// The stored transcript of a task's current execution.
     pub fn transcript(&self, id: &str) -> Option<&StoredTranscript> {
-        self.transcripts.get(id)
+        let t = self.tasks.get(id)?;
+        self.transcripts.get(&t.current.execution_id)
+    }
+
+    /// The stored transcript of one execution.
+    pub fn execution_transcript(&self, execution_id: &str) -> Option<&StoredTranscript> {
+        self.transcripts.get(execution_id)
+    }
+
+    /// Executes a run again with a new execution id, while earlier executions may still be
+    /// running or being torn down (PROTOCOL §7).
+    pub fn retry(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(TaskRecord, Vec<Outgoing>), CancelError> {
+        let t = self.tasks.get_mut(id).ok_or(CancelError::NotFound)?;
+        let execution_id = uuid::Uuid::new_v4().to_string();
+        if let Some(a) = t.assignment.as_mut() {
+            a.execution_id = Some(execution_id.clone());
+            if let Some(task) = a.task.as_mut() {
+                task.updated_at = Some(now.to_rfc3339());
+            }
+        }
+        let previous = std::mem::replace(&mut t.current, ExecutionRecord::queued(execution_id));
+        t.earlier.push(previous);
+        self.queue.push_back(id.to_string());
+        self.version += 1;
+        let out = self.dispatch();
+        let rec = self.tasks.get(id).cloned();
+        Ok((rec.unwrap_or_else(|| unreachable_record(id)), out))
+    }
+
+    /// Stores a setup-phase event the worker posted for run `id`, checking that it carries
+    /// the run's own tokens (as the Oz server would).
+    pub fn client_event(
+        &mut self,
+        id: &str,
+        headers: EventHeaders<'_>,
+        event: ClientEvent,
+    ) -> Result<(), EventError> {
+        let t = self.tasks.get_mut(id).ok_or(EventError::NotFound)?;
+        let env = t.assignment.as_ref().and_then(|a| a.env_vars.as_ref());
+        let var = |k: &str| env.and_then(|e| e.get(k)).map(String::as_str);
+        let ok = headers.bearer.is_some()
+            && headers.bearer == var("WARP_API_KEY")
+            && headers.workload.is_some()
+            && headers.workload == var("WARP_WORKLOAD_TOKEN")
+            && headers.agent_id == Some(id);
+        if !ok {
+            return Err(EventError::Unauthorized);
+        }
+        t.events.push(event);
+        self.version += 1;
+        Ok(())
     }
 
     /// One task.
@@ -351,10 +434,11 @@ impl State {
         self.workers.values().cloned().collect()
     }
 
-    /// Records the `X-Warp-Worker-Version` a worker dialled with.
-    pub fn set_version(&mut self, worker_id: &str, version: Option<String>) {
+    /// Records the version and capabilities headers a worker dialled with.
+    pub fn set_handshake(&mut self, worker_id: &str, h: Handshake) {
         if let Some(w) = self.workers.get_mut(worker_id) {
-            w.version = version;
+            w.version = h.version;
+            w.capabilities = h.capabilities;
         }
     }
 
@@ -384,6 +468,7 @@ impl State {
                 status: None,
                 statuses: 0,
                 version: None,
+                capabilities: None,
                 conn,
             },
         );
@@ -447,10 +532,10 @@ impl State {
     fn requeue_in_flight(&mut self, w: &WorkerRecord) {
         if let Some(id) = &w.in_flight
             && let Some(t) = self.tasks.get_mut(id)
-            && t.state == TaskState::Assigned
+            && t.current.state == TaskState::Assigned
         {
-            t.state = TaskState::Queued;
-            t.worker = None;
+            t.current.state = TaskState::Queued;
+            t.current.worker = None;
             self.queue.push_front(id.clone());
         }
     }
@@ -458,7 +543,8 @@ impl State {
     fn running_on(&self, worker_id: &str) -> usize {
         self.tasks
             .values()
-            .filter(|t| t.state == TaskState::Running && t.worker.as_deref() == Some(worker_id))
+            .flat_map(|t| t.executions())
+            .filter(|e| e.state == TaskState::Running && e.worker.as_deref() == Some(worker_id))
             .count()
     }
 
@@ -529,32 +615,33 @@ impl State {
             };
         };
         let mut out = Vec::new();
-        if let Some(e) = msg.ext() {
-            t.terminal_received += 1;
+        let e = t.execution_mut(msg.execution_id());
+        if let Some(x) = msg.ext() {
+            e.terminal_received += 1;
             out.push(reply(ServerMessage::Ack {
-                message_id: e.message_id.clone(),
+                message_id: x.message_id.clone(),
             }));
-            if !t.message_ids.insert(e.message_id.clone()) {
+            if !e.message_ids.insert(x.message_id.clone()) {
                 self.version += 1;
                 return out; // duplicate of a message already applied
             }
-            t.terminal_distinct += 1;
-            t.expected_transcript_bytes
-                .get_or_insert(e.transcript_bytes);
+            e.terminal_distinct += 1;
+            e.expected_transcript_bytes
+                .get_or_insert(x.transcript_bytes);
         } else if matches!(
             msg,
             WorkerMessage::TaskCompleted { .. } | WorkerMessage::TaskFailed { .. }
         ) {
-            t.terminal_received += 1;
-            t.terminal_distinct += 1;
+            e.terminal_received += 1;
+            e.terminal_distinct += 1;
         }
         match msg {
             WorkerMessage::TaskClaimed { .. } => {
-                t.claims += 1;
-                if !t.state.is_terminal() {
-                    t.state = TaskState::Running;
-                    t.worker = Some(worker_id.to_string());
-                    t.claimed_at.get_or_insert(now);
+                e.claims += 1;
+                if !e.state.is_terminal() {
+                    e.state = TaskState::Running;
+                    e.worker = Some(worker_id.to_string());
+                    e.claimed_at.get_or_insert(now);
                 }
                 if let Some(w) = self.workers.get_mut(worker_id)
                     && w.in_flight.as_deref() == Some(&task_id)
@@ -563,9 +650,9 @@ impl State {
                 }
             }
             WorkerMessage::TaskRejected { .. } => {
-                if t.state == TaskState::Assigned {
-                    t.state = TaskState::Queued;
-                    t.worker = None;
+                if e.state == TaskState::Assigned {
+                    e.state = TaskState::Queued;
+                    e.worker = None;
                     t.rejections += 1;
                     self.queue.push_front(task_id.clone());
                 }
@@ -584,16 +671,14 @@ impl State {
                 ..
             } => {
                 // Terminal messages are de-duplicated: the first one wins.
-                if !t.state.is_terminal() {
-                    t.state = if task_state.as_deref() == Some("CANCELLED") {
-                        TaskState::Cancelled
-                    } else {
-                        t.exit_code = Some(0);
-                        TaskState::Succeeded
-                    };
-                    t.message = Some(message);
-                    t.finished_at = Some(now);
-                    t.worker.get_or_insert_with(|| worker_id.to_string());
+                let cancelled = task_state.as_deref() == Some("CANCELLED");
+                let state = if cancelled {
+                    TaskState::Cancelled
+                } else {
+                    TaskState::Succeeded
+                };
+                if e.end(state, message, worker_id, now) && !cancelled {
+                    e.exit_code = Some(0);
                 }
                 self.slot_freed(worker_id);
             }
@@ -603,18 +688,14 @@ impl State {
                 exit_code,
                 ..
             } => {
-                if !t.state.is_terminal() {
-                    t.state = TaskState::Failed;
-                    t.message = Some(message);
-                    t.failure_reason = failure_reason.map(|r| r.as_str().to_string());
-                    t.exit_code = exit_code;
-                    t.finished_at = Some(now);
-                    t.worker.get_or_insert_with(|| worker_id.to_string());
+                if e.end(TaskState::Failed, message, worker_id, now) {
+                    e.failure_reason = failure_reason.map(|r| r.as_str().to_string());
+                    e.exit_code = exit_code;
                 }
                 self.slot_freed(worker_id);
             }
             WorkerMessage::TaskStarted(st) => {
-                t.container_id = Some(st.container_id.clone());
+                e.container_id = Some(st.container_id.clone());
             }
             WorkerMessage::TaskOutput {
                 execution_id,
@@ -625,15 +706,19 @@ impl State {
             } => {
                 let len = self
                     .transcripts
-                    .entry(task_id.clone())
+                    .entry(e.execution_id.clone())
                     .or_default()
                     .store(offset, stream, &data);
-                t.transcript_bytes = len;
+                e.transcript_bytes = len;
                 out.push(reply(ServerMessage::OutputAck {
                     task_id: task_id.clone(),
                     execution_id,
                     offset: len,
                 }));
+            }
+            WorkerMessage::ExecutionClosed { .. } => {
+                e.closed += 1;
+                e.closed_at.get_or_insert(now);
             }
             WorkerMessage::WorkerHello(_) | WorkerMessage::WorkerStatus(_) => {}
         }
@@ -668,33 +753,80 @@ impl State {
         }
     }
 
-    /// Cancels a task: queued ones at once, running ones through their worker.
-    pub fn cancel(&mut self, id: &str, now: DateTime<Utc>) -> Result<Vec<Outgoing>, CancelError> {
+    /// Cancels a task: a queued execution at once, running ones through their worker. The
+    /// scope says which executions, and how the worker is asked (PROTOCOL §7).
+    pub fn cancel(
+        &mut self,
+        id: &str,
+        scope: CancelScope,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Outgoing>, CancelError> {
         let t = self.tasks.get_mut(id).ok_or(CancelError::NotFound)?;
-        if t.state.is_terminal() {
-            return Err(CancelError::Finished(t.state));
+        let current = t.current.execution_id.clone();
+        let targets: Vec<String> = t
+            .executions()
+            .map(|e| e.execution_id.clone())
+            .filter(|e| match &scope {
+                CancelScope::Current => *e == current,
+                CancelScope::Execution(x) => e == x,
+                CancelScope::Run => true,
+            })
+            .collect();
+        if targets.is_empty() {
+            return Err(CancelError::NotFound);
         }
-        t.cancel_requested = true;
-        self.version += 1;
-        if t.state == TaskState::Queued {
-            t.state = TaskState::Cancelled;
-            t.finished_at = Some(now);
+        // (worker, execution) of each target still running somewhere.
+        let mut running: Vec<(String, String)> = Vec::new();
+        let mut finished = None;
+        for x in &targets {
+            let e = t.execution_mut(Some(x));
+            if e.state.is_terminal() {
+                finished.get_or_insert(e.state);
+                continue;
+            }
+            e.cancel_requested = true;
+            if e.state == TaskState::Queued {
+                e.state = TaskState::Cancelled;
+                e.finished_at = Some(now);
+                continue;
+            }
+            running.push((e.worker.clone().unwrap_or_default(), x.clone()));
+        }
+        if t.current.state == TaskState::Cancelled {
             self.queue.retain(|q| q != id);
-            return Ok(Vec::new());
         }
-        let worker = t.worker.clone().unwrap_or_default();
-        // Execution-scoped, as a current Oz server sends it (PROTOCOL §7).
-        let execution_id = Some(t.execution_id.clone()).filter(|e| !e.is_empty());
-        let w = self.workers.get(&worker).ok_or(CancelError::WorkerGone)?;
-        Ok(vec![Outgoing {
-            worker_id: worker,
-            conn: w.conn,
-            frame: ServerMessage::TaskCancellation {
+        self.version += 1;
+        if running.is_empty() {
+            return match finished {
+                Some(st) if targets.len() == 1 => Err(CancelError::Finished(st)),
+                _ => Ok(Vec::new()),
+            };
+        }
+        let mut out = Vec::new();
+        for (worker, execution_id) in running {
+            let w = self.workers.get(&worker).ok_or(CancelError::WorkerGone)?;
+            let execution_id = match scope {
+                // Only the run's id: the worker cancels every execution of it (PROTOCOL §7).
+                CancelScope::Run => None,
+                _ => Some(execution_id).filter(|e| !e.is_empty()),
+            };
+            let frame = ServerMessage::TaskCancellation {
                 task_id: id.to_string(),
                 execution_id,
             }
-            .encode(),
-        }])
+            .encode();
+            if !out
+                .iter()
+                .any(|o: &Outgoing| o.conn == w.conn && o.frame == frame)
+            {
+                out.push(Outgoing {
+                    worker_id: worker,
+                    conn: w.conn,
+                    frame,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Assigns queued tasks to workers with no assignment in flight and no recent rejection,
@@ -714,12 +846,12 @@ impl State {
             let Some(t) = self.tasks.get_mut(&id) else {
                 continue;
             };
-            if t.state != TaskState::Queued {
+            if t.current.state != TaskState::Queued {
                 continue;
             }
             let Some(a) = &t.assignment else { continue };
-            t.state = TaskState::Assigned;
-            t.worker = Some(w.worker_id.clone());
+            t.current.state = TaskState::Assigned;
+            t.current.worker = Some(w.worker_id.clone());
             t.assignments += 1;
             w.in_flight = Some(id.clone());
             out.push(Outgoing {
@@ -736,10 +868,11 @@ impl State {
     pub fn undeliverable(&mut self, o: &Outgoing) {
         if let Ok(ServerMessage::TaskAssignment(a)) = ServerMessage::decode(&o.frame)
             && let Some(t) = self.tasks.get_mut(&a.task_id)
-            && t.state == TaskState::Assigned
+            && t.current.state == TaskState::Assigned
+            && a.execution_id.as_deref() == Some(t.current.execution_id.as_str())
         {
-            t.state = TaskState::Queued;
-            t.worker = None;
+            t.current.state = TaskState::Queued;
+            t.current.worker = None;
             self.queue.push_front(a.task_id.clone());
             if let Some(w) = self.workers.get_mut(&o.worker_id) {
                 w.in_flight = None;
@@ -751,29 +884,38 @@ impl State {
 fn unreachable_record(id: &str) -> TaskRecord {
     TaskRecord {
         id: id.to_string(),
-        execution_id: String::new(),
-        state: TaskState::Queued,
         image: None,
         command: Vec::new(),
-        worker: None,
-        exit_code: None,
-        failure_reason: None,
-        message: None,
         assignments: 0,
         rejections: 0,
-        claims: 0,
         created_at: Utc::now(),
-        claimed_at: None,
-        finished_at: None,
-        cancel_requested: false,
-        container_id: None,
-        transcript_bytes: 0,
-        expected_transcript_bytes: None,
-        terminal_received: 0,
-        terminal_distinct: 0,
+        current: ExecutionRecord::queued(String::new()),
+        earlier: Vec::new(),
+        events: Vec::new(),
         assignment: None,
-        message_ids: HashSet::new(),
     }
+}
+
+/// Which executions of a task a cancellation is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelScope {
+    /// The current execution, execution-scoped on the wire (what a current Oz server sends).
+    Current,
+    /// One execution by id, execution-scoped on the wire.
+    Execution(String),
+    /// Every execution: the worker gets only the run's id.
+    Run,
+}
+
+/// The headers of a posted client event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventHeaders<'a> {
+    /// `Authorization: Bearer …`.
+    pub bearer: Option<&'a str>,
+    /// `X-Warp-Ambient-Workload-Token`.
+    pub workload: Option<&'a str>,
+    /// `X-Warp-Cloud-Agent-ID`.
+    pub agent_id: Option<&'a str>,
 }
 
 /// Why a cancellation was refused.
@@ -916,7 +1058,7 @@ mod tests {
         );
         let t = s.task(&a.id).cloned();
         assert_eq!(t.as_ref().map(|t| t.state), Some(TaskState::Failed));
-        assert_eq!(t.and_then(|t| t.message).as_deref(), Some("first"));
+        assert_eq!(t.and_then(|t| t.current.message).as_deref(), Some("first"));
     }
 
     #[test]
@@ -938,15 +1080,17 @@ mod tests {
         let now = Utc::now();
         let mut s = State::default();
         let (q, _) = s.submit(req(), now);
-        assert_eq!(s.cancel(&q.id, now), Ok(vec![]));
+        assert_eq!(s.cancel(&q.id, CancelScope::Current, now), Ok(vec![]));
         assert_eq!(s.task(&q.id).map(|t| t.state), Some(TaskState::Cancelled));
         assert_eq!(
-            s.cancel(&q.id, now),
+            s.cancel(&q.id, CancelScope::Current, now),
             Err(CancelError::Finished(TaskState::Cancelled))
         );
         s.connect("w", 1, false, now);
         let (r, _) = s.submit(req(), now);
-        let out = s.cancel(&r.id, now).unwrap_or_default();
+        let out = s
+            .cancel(&r.id, CancelScope::Current, now)
+            .unwrap_or_default();
         let exec = s
             .task(&r.id)
             .map(|t| t.execution_id.clone())
@@ -960,6 +1104,216 @@ mod tests {
             }),
             "the dev server cancels the execution it assigned"
         );
-        assert_eq!(s.cancel("nope", now), Err(CancelError::NotFound));
+        assert_eq!(
+            s.cancel("nope", CancelScope::Current, now),
+            Err(CancelError::NotFound)
+        );
+    }
+
+    fn claimed(s: &mut State, id: &str, exec: &str) {
+        s.on_message(
+            "w",
+            WorkerMessage::TaskClaimed {
+                task_id: id.into(),
+                worker_id: "w".into(),
+                execution_id: Some(exec.into()),
+            },
+            Utc::now(),
+        );
+    }
+
+    fn cancellations(out: &[Outgoing]) -> Vec<(String, Option<String>)> {
+        out.iter()
+            .filter_map(|o| match ServerMessage::decode(&o.frame) {
+                Ok(ServerMessage::TaskCancellation {
+                    task_id,
+                    execution_id,
+                }) => Some((task_id, execution_id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_retry_is_a_new_execution_and_each_execution_reports_for_itself() {
+        let now = Utc::now();
+        let mut s = State::default();
+        s.connect("w", 1, true, now);
+        let (a, _) = s.submit(req(), now);
+        let first = a.execution_id.clone();
+        claimed(&mut s, &a.id, &first);
+        let (r, out) = s.retry(&a.id, now).unwrap_or_else(|_| panic!("retry"));
+        let second = r.execution_id.clone();
+        assert_ne!(first, second);
+        let offered: Vec<Option<String>> = out
+            .iter()
+            .filter_map(|o| match ServerMessage::decode(&o.frame) {
+                Ok(ServerMessage::TaskAssignment(a)) => Some(a.execution_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            offered,
+            vec![Some(second.clone())],
+            "offered with the new id"
+        );
+        claimed(&mut s, &a.id, &second);
+        // Output of each execution goes to its own transcript.
+        for (exec, text) in [(&first, "one"), (&second, "two")] {
+            s.on_message(
+                "w",
+                WorkerMessage::TaskOutput {
+                    task_id: a.id.clone(),
+                    execution_id: exec.clone(),
+                    offset: 0,
+                    stream: Stream::Stdout,
+                    data: text.as_bytes().to_vec(),
+                },
+                now,
+            );
+        }
+        assert_eq!(
+            s.transcript(&a.id).map(|t| t.bytes.clone()),
+            Some(b"two".to_vec())
+        );
+        assert_eq!(
+            s.execution_transcript(&first).map(|t| t.bytes.clone()),
+            Some(b"one".to_vec())
+        );
+        // Cancelling the first execution names it and leaves the current one alone.
+        let out = s
+            .cancel(&a.id, CancelScope::Execution(first.clone()), now)
+            .unwrap_or_default();
+        assert_eq!(
+            cancellations(&out),
+            vec![(a.id.clone(), Some(first.clone()))]
+        );
+        let ext = |exec: &str, m: &str| crate::protocol::TerminalExt {
+            execution_id: exec.into(),
+            message_id: m.into(),
+            exit_code: None,
+            duration_ms: 1,
+            transcript_bytes: 3,
+            transcript_lost_bytes: 0,
+        };
+        s.on_message(
+            "w",
+            WorkerMessage::TaskCompleted {
+                task_id: a.id.clone(),
+                message: "cancelled".into(),
+                task_state: Some("CANCELLED".into()),
+                ext: Some(ext(&first, "m1")),
+            },
+            now,
+        );
+        for _ in 0..2 {
+            s.on_message(
+                "w",
+                WorkerMessage::ExecutionClosed {
+                    task_id: a.id.clone(),
+                    execution_id: first.clone(),
+                },
+                now,
+            );
+        }
+        let t = s.task(&a.id).cloned().unwrap_or_else(|| panic!("task"));
+        assert_eq!(t.state, TaskState::Running, "the current execution runs on");
+        let old = t
+            .execution(&first)
+            .cloned()
+            .unwrap_or_else(|| panic!("first"));
+        assert_eq!(
+            (old.state, old.terminal_distinct, old.closed),
+            (TaskState::Cancelled, 1, 2)
+        );
+        assert_eq!(t.closed, 0);
+        s.on_message(
+            "w",
+            WorkerMessage::TaskCompleted {
+                task_id: a.id.clone(),
+                message: "ok".into(),
+                task_state: None,
+                ext: Some(ext(&second, "m2")),
+            },
+            now,
+        );
+        let t = s.task(&a.id).cloned().unwrap_or_else(|| panic!("task"));
+        assert_eq!((t.state, t.terminal_distinct), (TaskState::Succeeded, 1));
+        assert_eq!(t.executions().count(), 2);
+        let json = serde_json::to_value(&t).unwrap_or_default();
+        assert_eq!(json["execution_id"], second.as_str());
+        assert_eq!(json["earlier"][0]["execution_id"], first.as_str());
+    }
+
+    #[test]
+    fn a_run_scoped_cancel_names_no_execution_and_covers_every_one() {
+        let now = Utc::now();
+        let mut s = State::default();
+        s.connect("w", 2, true, now);
+        let (a, _) = s.submit(req(), now);
+        claimed(&mut s, &a.id, &a.execution_id);
+        let (r, _) = s.retry(&a.id, now).unwrap_or_else(|_| panic!("retry"));
+        claimed(&mut s, &a.id, &r.execution_id);
+        let out = s.cancel(&a.id, CancelScope::Run, now).unwrap_or_default();
+        assert_eq!(
+            cancellations(&out),
+            vec![(a.id.clone(), None)],
+            "one message per worker"
+        );
+        let t = s.task(&a.id).cloned().unwrap_or_else(|| panic!("task"));
+        assert!(t.executions().all(|e| e.cancel_requested));
+        assert_eq!(
+            s.cancel(&a.id, CancelScope::Execution("nope".into()), now),
+            Err(CancelError::NotFound)
+        );
+    }
+
+    #[test]
+    fn client_events_need_the_runs_own_tokens() {
+        let now = Utc::now();
+        let mut s = State::default();
+        let mut r = req();
+        r.env.insert("WARP_API_KEY".into(), "key-1".into());
+        r.env.insert("WARP_WORKLOAD_TOKEN".into(), "wl-1".into());
+        let (a, _) = s.submit(r, now);
+        let ev = ClientEvent {
+            event_uuid: "u".into(),
+            event_name: "setup_worker_image_pull".into(),
+            timestamp: now.to_rfc3339(),
+            start_ts: now.to_rfc3339(),
+            finish_ts: now.to_rfc3339(),
+            latency_ms: 5,
+            is_error: false,
+        };
+        let good = EventHeaders {
+            bearer: Some("key-1"),
+            workload: Some("wl-1"),
+            agent_id: Some(&a.id),
+        };
+        for bad in [
+            EventHeaders {
+                bearer: Some("key-2"),
+                ..good
+            },
+            EventHeaders {
+                workload: None,
+                ..good
+            },
+            EventHeaders {
+                agent_id: Some("other"),
+                ..good
+            },
+        ] {
+            assert_eq!(
+                s.client_event(&a.id, bad, ev.clone()),
+                Err(EventError::Unauthorized)
+            );
+        }
+        assert_eq!(
+            s.client_event("nope", good, ev.clone()),
+            Err(EventError::NotFound)
+        );
+        assert_eq!(s.client_event(&a.id, good, ev.clone()), Ok(()));
+        assert_eq!(s.task(&a.id).map(|t| t.events.clone()), Some(vec![ev]));
     }
 }

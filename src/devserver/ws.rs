@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::ControlPlane;
+use super::state::Handshake;
 use crate::protocol::{BERTH_PROTOCOL_HEADER, BERTH_PROTOCOL_VERSION, WorkerMessage};
 
 /// `GET /api/v1/selfhosted/worker/ws?worker_id=…`.
@@ -42,17 +43,21 @@ pub(super) async fn upgrade(
         .and_then(|v| v.to_str().ok())
         == Some(BERTH_PROTOCOL_VERSION);
     let berth = opts.accept_berth && offered;
-    let version = headers
-        .get(crate::protocol::WORKER_VERSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
+    // Both headers are bounded like the version: a worker cannot grow the server's state.
+    let header = |name: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).map(|v| {
             v.chars()
                 .take(crate::protocol::WORKER_VERSION_MAX)
                 .collect::<String>()
-        });
+        })
+    };
+    let handshake = Handshake {
+        version: header(crate::protocol::WORKER_VERSION_HEADER),
+        capabilities: header(crate::protocol::WORKER_CAPABILITIES_HEADER),
+    };
     let mut resp = ws
         .max_message_size(opts.max_message_size)
-        .on_upgrade(move |socket| serve(socket, cp, worker_id, berth, version));
+        .on_upgrade(move |socket| serve(socket, cp, worker_id, berth, handshake));
     if berth {
         resp.headers_mut().insert(
             BERTH_PROTOCOL_HEADER,
@@ -67,7 +72,7 @@ async fn serve(
     cp: ControlPlane,
     worker_id: String,
     berth: bool,
-    version: Option<String>,
+    handshake: Handshake,
 ) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<String>(256);
@@ -84,7 +89,7 @@ async fn serve(
     }
     cp.apply(|s| {
         let out = s.connect(&worker_id, conn, berth, chrono::Utc::now());
-        s.set_version(&worker_id, version);
+        s.set_handshake(&worker_id, handshake);
         ((), out)
     });
     info!(%worker_id, berth, "worker connected");

@@ -66,10 +66,9 @@ pub enum Admission {
 pub enum Held {
     /// Nothing of this run.
     Nothing,
-    /// This very execution (a duplicate assignment).
+    /// This very execution (a duplicate assignment). Another execution of the same run is
+    /// `Nothing`: it runs as its own execution (PROTOCOL §7).
     ThisExecution,
-    /// Another execution of the same run, still active here.
-    OtherExecution,
 }
 
 /// Decides what to do with an assignment given the worker's state.
@@ -81,13 +80,8 @@ pub fn admit(
     stopping: bool,
     draining: bool,
 ) -> Admission {
-    match held {
-        Held::ThisExecution => return Admission::Reclaim,
-        // The task table holds one execution per run: claiming a second one would leave the
-        // server waiting for a run that never starts. Refused with the capacity reason, the
-        // server requeues it and offers it again once the first has ended.
-        Held::OtherExecution => return Admission::Reject(RejectReason::AtCapacity),
-        Held::Nothing => {}
+    if held == Held::ThisExecution {
+        return Admission::Reclaim;
     }
     if stopping {
         return Admission::Reject(RejectReason::ShuttingDown);
@@ -150,13 +144,6 @@ mod tests {
                 Held::Nothing
             };
             assert_eq!(admit(&a(), held, running, max, stopping, draining), want);
-        }
-        // Another execution of a run active here is never claimed, however free the slots.
-        for (stopping, draining) in [(false, false), (true, false), (false, true)] {
-            assert_eq!(
-                admit(&a(), Held::OtherExecution, 0, 0, stopping, draining),
-                Admission::Reject(RejectReason::AtCapacity)
-            );
         }
         let no_task = TaskAssignment { task: None, ..a() };
         assert!(matches!(

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod capacity;
+pub mod closure;
 pub mod one_shot;
 pub mod reconcile;
 
@@ -21,12 +22,13 @@ use crate::config::ShutdownMode;
 use crate::control::session::SessionEvent;
 use crate::control::shipper::{Acks, Link, Outbound, Shipper};
 use crate::failure::FailureReason;
-use crate::journal::{ExecRecord, ExecState};
+use crate::journal::{Closure, ExecRecord, ExecState};
 use crate::protocol::{HeldTask, Hello, ServerMessage, TaskAssignment, WorkerMessage};
 use crate::task::{self, Execution, RunEnd, StopReason, TaskControl, TaskEnv};
 use crate::transcript::spool::Spool;
 use crate::transcript::spool::{SharedSpool, lock};
 use admission::{Admission, RejectReason, admit};
+use closure::{Closing, Ended};
 
 /// The image an assignment names (inline environment, then `docker_image`), for status views.
 fn image_asked(a: &TaskAssignment) -> String {
@@ -95,12 +97,32 @@ pub struct Snapshot {
     pub draining: bool,
     /// Executions whose transcript or result is not yet delivered.
     pub undelivered: usize,
+    /// Cancelled executions whose `execution_closed` is still owed.
+    pub closing: usize,
     /// Every execution held, running first.
     pub tasks: Vec<TaskView>,
 }
 
+/// One execution: a run (`task_id`) and one execution of it. The unit of the task table
+/// (PROTOCOL §7): two executions of one run are two entries, and one's end never touches the
+/// other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecKey {
+    pub task_id: String,
+    pub execution_id: String,
+}
+
+impl ExecKey {
+    /// The key of `execution_id` of run `task_id`.
+    pub fn new(task_id: &str, execution_id: &str) -> Self {
+        ExecKey {
+            task_id: task_id.to_string(),
+            execution_id: execution_id.to_string(),
+        }
+    }
+}
+
 struct Active {
-    execution_id: String,
     control: Arc<TaskControl>,
     reservation: crate::spec::policy::Resources,
     image: String,
@@ -159,7 +181,7 @@ pub struct SupervisorConfig {
 pub struct Supervisor {
     env: Arc<TaskEnv>,
     cfg: SupervisorConfig,
-    tasks: HashMap<String, Active>,
+    tasks: HashMap<ExecKey, Active>,
     deliveries: HashMap<String, Delivery>,
     berth: bool,
     stopping: bool,
@@ -181,6 +203,12 @@ pub struct Supervisor {
     commands_rx: mpsc::Receiver<Command>,
     one_shot: one_shot::OneShot,
     one_shot_outcome: one_shot::Outcome,
+    /// Ended executions, for late and repeated cancellations.
+    memory: closure::Memory,
+    /// Cancelled executions whose `execution_closed` is owed.
+    closures: HashMap<ExecKey, Closing>,
+    proven_tx: mpsc::Sender<ExecKey>,
+    proven_rx: mpsc::Receiver<ExecKey>,
 }
 
 impl Supervisor {
@@ -195,6 +223,7 @@ impl Supervisor {
         let (delivered_tx, delivered_rx) = mpsc::channel(64);
         let cfg_one_shot = cfg.one_shot;
         let (commands_tx, commands_rx) = mpsc::channel(8);
+        let (proven_tx, proven_rx) = mpsc::channel(64);
         let (snapshot, _) = watch::channel(Snapshot {
             max: cfg.max,
             ..Snapshot::default()
@@ -232,6 +261,10 @@ impl Supervisor {
             commands_rx,
             one_shot: one_shot::OneShot::new(cfg_one_shot),
             one_shot_outcome: Arc::default(),
+            memory: closure::Memory::default(),
+            closures: HashMap::new(),
+            proven_tx,
+            proven_rx,
         }
     }
 
@@ -263,11 +296,11 @@ impl Supervisor {
 
     fn publish(&self) {
         let mut tasks: Vec<TaskView> = Vec::new();
-        for (task_id, t) in &self.tasks {
-            if let Some(d) = self.deliveries.get(&t.execution_id) {
+        for (key, t) in &self.tasks {
+            if let Some(d) = self.deliveries.get(&key.execution_id) {
                 tasks.push(TaskView {
-                    task_id: task_id.clone(),
-                    execution_id: t.execution_id.clone(),
+                    task_id: key.task_id.clone(),
+                    execution_id: key.execution_id.clone(),
                     // A task asked to stop (cancel, time limit, shutdown) shows it until it ends.
                     state: if t.control.reason().is_some() {
                         "stopping"
@@ -281,7 +314,10 @@ impl Supervisor {
             }
         }
         for (execution_id, d) in &self.deliveries {
-            if !self.tasks.contains_key(&d.task_id) {
+            if !self
+                .tasks
+                .contains_key(&ExecKey::new(&d.task_id, execution_id))
+            {
                 tasks.push(TaskView {
                     task_id: d.task_id.clone(),
                     execution_id: execution_id.clone(),
@@ -303,6 +339,7 @@ impl Supervisor {
             stopping: self.stopping,
             draining: self.draining,
             undelivered: self.deliveries.len(),
+            closing: self.closures.len(),
             tasks,
         });
         let mut held: Vec<HeldTask> = self
@@ -311,7 +348,10 @@ impl Supervisor {
             .map(|(execution_id, d)| HeldTask {
                 task_id: d.task_id.clone(),
                 execution_id: execution_id.clone(),
-                state: if self.tasks.contains_key(&d.task_id) {
+                state: if self
+                    .tasks
+                    .contains_key(&ExecKey::new(&d.task_id, execution_id))
+                {
                     "running"
                 } else {
                     "finished"
@@ -417,6 +457,26 @@ impl Supervisor {
             };
             let finished = r.state == ExecState::Finished;
             let transcript_done = !r.berth || r.acked_offset >= lock(&spool).state().len;
+            let key = ExecKey::new(&r.task_id, &r.execution_id);
+            match r.closure {
+                Closure::Sent => self.memory.remember(key.clone(), Ended::Closed),
+                // A cancellation asked for closure before the restart: resumed here.
+                Closure::Wanted | Closure::Proven => {
+                    self.closures.insert(
+                        key.clone(),
+                        Closing {
+                            proven: r.closure == Closure::Proven,
+                            delivered: finished && r.terminal_done && transcript_done,
+                            proving: false,
+                        },
+                    );
+                }
+                Closure::None if finished => self.memory.remember(key.clone(), Ended::Completed),
+                Closure::None => {}
+            }
+            if finished && r.closure == Closure::Wanted {
+                self.start_proof(&key);
+            }
             if finished {
                 if r.terminal_done && transcript_done {
                     continue; // delivered; only retention keeps it
@@ -439,10 +499,14 @@ impl Supervisor {
                 None,
             );
             let control = Arc::new(TaskControl::default());
+            if r.closure.owed() {
+                // Cancelled before the restart: the cancellation still holds.
+                info!(task_id = %r.task_id, execution_id = %r.execution_id, "the task was cancelled before berth restarted; stopping it");
+                control.stop(StopReason::User);
+            }
             self.tasks.insert(
-                r.task_id.clone(),
+                ExecKey::new(&r.task_id, &r.execution_id),
                 Active {
-                    execution_id: r.execution_id.clone(),
                     control: control.clone(),
                     reservation: self.reservation(&r.assignment, r.berth),
                     image: image_asked(&r.assignment),
@@ -516,7 +580,7 @@ impl Supervisor {
                 let deadline = *flush_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + self.cfg.shutdown_grace);
                 let preserve = self.cfg.shutdown_mode == ShutdownMode::Preserve;
-                if preserve || self.deliveries.is_empty() {
+                if preserve || (self.deliveries.is_empty() && self.closures.is_empty()) {
                     if self.deliveries.is_empty() {
                         info!("shutdown: every result delivered");
                     } else {
@@ -530,7 +594,8 @@ impl Supervisor {
                 if tokio::time::Instant::now() >= deadline {
                     warn!(
                         undelivered = self.deliveries.len(),
-                        "shutdown deadline (shutdown_grace) hit with undelivered results; they stay in the journal and are sent by the next start"
+                        closures_owed = self.closures.len(),
+                        "shutdown deadline (shutdown_grace) hit with undelivered results or owed closures; they stay in the journal and are sent by the next start"
                     );
                     break deadline;
                 }
@@ -542,9 +607,15 @@ impl Supervisor {
                 },
                 Some((task_id, execution_id, end)) = self.done_rx.recv() => {
                     // The slot is freed once the result is in the durable outbox.
-                    self.tasks.remove(&task_id);
+                    let key = ExecKey::new(&task_id, &execution_id);
+                    self.tasks.remove(&key);
                     match end {
                         RunEnd::Finished(msg) => {
+                            if self.closures.contains_key(&key) {
+                                self.start_proof(&key);
+                            } else {
+                                self.memory.remember(key, Ended::Completed);
+                            }
                             self.one_shot.finished(&execution_id, &msg);
                             let (secs, bytes) = msg
                                 .ext()
@@ -564,6 +635,18 @@ impl Supervisor {
                     // journal shows as fully acknowledged.
                     self.persist_acks();
                     self.deliveries.remove(&execution_id);
+                    let owed: Vec<ExecKey> = self
+                        .closures
+                        .keys()
+                        .filter(|k| k.execution_id == execution_id)
+                        .cloned()
+                        .collect();
+                    for key in owed {
+                        if let Some(c) = self.closures.get_mut(&key) {
+                            c.delivered = true;
+                        }
+                        self.try_close(&key).await;
+                    }
                     self.publish();
                     if let Some(status) = self.one_shot.delivered(&execution_id) {
                         info!(%execution_id, status, "one-shot: the task's result is delivered; stopping");
@@ -587,6 +670,17 @@ impl Supervisor {
                     }
                     self.publish();
                 }
+                Some(key) = self.proven_rx.recv() => {
+                    if let Err(e) = self.env.journal.closure_proven(&key.execution_id) {
+                        warn!(error = %e, "cannot record a proven closure; it is proven again after a restart");
+                    }
+                    if let Some(c) = self.closures.get_mut(&key) {
+                        c.proven = true;
+                        c.proving = false;
+                    }
+                    self.try_close(&key).await;
+                    self.publish();
+                }
                 Some(c) = self.commands_rx.recv() => self.command(c),
                 _ = tick.tick() => {
                     self.beat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -608,7 +702,7 @@ impl Supervisor {
             SessionEvent::Connected { berth } => self.berth = berth,
             SessionEvent::Disconnected => {}
             SessionEvent::BadAssignment { task_id, error } => {
-                if self.tasks.contains_key(&task_id) {
+                if self.tasks.keys().any(|k| k.task_id == task_id) {
                     warn!(%task_id, "undecodable re-assignment of an active task ignored");
                     return;
                 }
@@ -630,19 +724,7 @@ impl Supervisor {
                 ServerMessage::TaskCancellation {
                     task_id,
                     execution_id,
-                } => match self.tasks.get(&task_id).filter(|t| {
-                    // With an execution id, only that execution (PROTOCOL §7).
-                    execution_id.as_deref().is_none_or(|e| e == t.execution_id)
-                }) {
-                    Some(t) => {
-                        info!(%task_id, execution_id = %t.execution_id, "cancellation requested");
-                        t.control.stop(StopReason::User);
-                        self.publish();
-                    }
-                    None => {
-                        info!(%task_id, execution_id = execution_id.as_deref().unwrap_or(""), "cancellation for an execution this worker does not have; ignored")
-                    }
-                },
+                } => self.cancel(&task_id, execution_id.as_deref()).await,
                 ServerMessage::Drain => self.command(Command::Drain),
                 ServerMessage::Resume => self.command(Command::Resume),
                 ServerMessage::OutputAck {
@@ -679,20 +761,222 @@ impl Supervisor {
         }
     }
 
-    async fn assign(&mut self, a: TaskAssignment) {
-        let task_id = a.task_id.clone();
-        let held = match self.tasks.get(&task_id) {
-            None => admission::Held::Nothing,
+    /// A cancellation: with an execution id only that execution, with only the run's id every
+    /// execution of it here (PROTOCOL §7). Each cancelled execution owes `execution_closed`
+    /// once its sandbox is proven gone; one already closed is answered again from memory.
+    async fn cancel(&mut self, task_id: &str, execution_id: Option<&str>) {
+        let execution_id = execution_id.filter(|e| !e.is_empty());
+        let named =
+            |k: &ExecKey| k.task_id == task_id && execution_id.is_none_or(|e| e == k.execution_id);
+        let mut any = false;
+        let running: Vec<ExecKey> = self.tasks.keys().filter(|k| named(k)).cloned().collect();
+        for key in running {
+            info!(%task_id, execution_id = %key.execution_id, "cancellation requested");
+            self.owe_closure(&key, false);
+            if let Some(t) = self.tasks.get(&key) {
+                t.control.stop(StopReason::User);
+            }
+            any = true;
+        }
+        let ended = match execution_id {
+            Some(e) => {
+                let key = ExecKey::new(task_id, e);
+                self.memory
+                    .get(&key)
+                    .map(|x| vec![(key, x)])
+                    .unwrap_or_default()
+            }
+            None => self.memory.of_run(task_id),
+        };
+        for (key, ended) in ended {
+            any = true;
+            match ended {
+                Ended::Closed => {
+                    info!(%task_id, execution_id = %key.execution_id, "repeated cancellation of a closed execution; execution_closed sent again");
+                    self.send_closed(&key, false).await;
+                }
+                Ended::Completed => {
+                    info!(%task_id, execution_id = %key.execution_id, "late cancellation of an ended execution; closing it once its container is proven gone");
+                    let delivered = !self.deliveries.contains_key(&key.execution_id);
+                    self.owe_closure(&key, delivered);
+                    self.start_proof(&key);
+                }
+            }
+        }
+        // Closures already under way answer this one too, once proven.
+        any |= self.closures.keys().any(named);
+        if any {
+            self.publish();
+        } else {
+            info!(%task_id, execution_id = execution_id.unwrap_or(""), "cancellation for an execution this worker does not have; ignored");
+        }
+    }
+
+    /// Records (durably first) that `execution_closed` is owed for an execution.
+    fn owe_closure(&mut self, key: &ExecKey, delivered: bool) {
+        if self.closures.contains_key(key) {
+            return;
+        }
+        if let Err(e) = self.env.journal.want_closure(&key.execution_id) {
+            warn!(execution_id = %key.execution_id, error = %e, "cannot record the owed closure; it is still sent unless berth restarts first");
+        }
+        self.closures.insert(
+            key.clone(),
+            Closing {
+                delivered,
+                ..Closing::default()
+            },
+        );
+    }
+
+    /// Starts proving an ended execution's sandbox gone (once at a time).
+    fn start_proof(&mut self, key: &ExecKey) {
+        let Some(c) = self.closures.get_mut(key) else {
+            return;
+        };
+        if c.proving || c.proven {
+            return;
+        }
+        c.proving = true;
+        // The exact container the execution had, kept for every retry.
+        let container = match self.env.journal.get(&key.execution_id) {
+            Ok(r) => r.and_then(|r| r.container_id),
+            Err(e) => {
+                warn!(execution_id = %key.execution_id, error = %e, "cannot read the execution's container from the journal; looking for it by its label only");
+                None
+            }
+        };
+        self.runs.spawn(closure::prove(
+            self.env.runtime.clone(),
+            self.env.settings().worker_id.clone(),
+            key.clone(),
+            container,
+            self.stop_shipping.clone(),
+            self.proven_tx.clone(),
+            self.env.metrics.clone(),
+        ));
+    }
+
+    /// Sends `execution_closed` once the sandbox is proven gone and the result delivered.
+    async fn try_close(&mut self, key: &ExecKey) {
+        if !self.closures.get(key).is_some_and(Closing::ready) {
+            return;
+        }
+        self.closures.remove(key);
+        self.send_closed(key, true).await;
+        self.memory.remember(key.clone(), Ended::Closed);
+        self.env.metrics.execution_closed();
+        info!(task_id = %key.task_id, execution_id = %key.execution_id, "execution closed: its container is proven gone");
+    }
+
+    /// Queues `execution_closed`; `record` marks it sent in the journal once it was written.
+    async fn send_closed(&self, key: &ExecKey, record: bool) {
+        let (written, was_written) = tokio::sync::oneshot::channel();
+        let msg = Outbound {
+            msg: WorkerMessage::ExecutionClosed {
+                task_id: key.task_id.clone(),
+                execution_id: key.execution_id.clone(),
+            },
+            epoch: None,
+            written: Some(written),
+        };
+        if self.outbox.send(msg).await.is_err() {
+            warn!("outbox closed; execution_closed dropped (sent by the next start)");
+            return;
+        }
+        if record {
+            let journal = self.env.journal.clone();
+            let exec = key.execution_id.clone();
+            let stop = self.stop_shipping.clone();
+            self.shippers.spawn(async move {
+                // At shutdown the frame may stay unwritten: the journal still owes it then,
+                // and the next start sends it.
+                let written = tokio::select! {
+                    r = was_written => r.is_ok(),
+                    _ = stop.cancelled() => false,
+                };
+                if written && let Err(e) = journal.closure_sent(&exec) {
+                    warn!(execution_id = %exec, error = %e, "cannot record that execution_closed was sent; a restart sends it again");
+                }
+            });
+        }
+    }
+
+    /// What this worker holds of an assignment's execution.
+    fn held(&self, a: &TaskAssignment) -> admission::Held {
+        match a.execution_id.as_deref().filter(|e| !e.is_empty()) {
+            Some(e) if self.tasks.contains_key(&ExecKey::new(&a.task_id, e)) => {
+                admission::Held::ThisExecution
+            }
+            Some(e) => {
+                if let Some(k) = self.tasks.keys().find(|k| k.task_id == a.task_id) {
+                    info!(task_id = %a.task_id, active = %k.execution_id, offered = %e, "a new execution of a run still active here; it runs as its own execution");
+                }
+                admission::Held::Nothing
+            }
             // An assignment without an execution id (oz/1 servers that send none) is the same
             // run offered again.
-            Some(t) => match a.execution_id.as_deref().filter(|e| !e.is_empty()) {
-                Some(e) if e != t.execution_id => {
-                    info!(%task_id, active = %t.execution_id, offered = %e, "another execution of this run is still active here; rejecting it so the server offers it again later");
-                    admission::Held::OtherExecution
-                }
-                _ => admission::Held::ThisExecution,
-            },
+            None if self.tasks.keys().any(|k| k.task_id == a.task_id) => {
+                admission::Held::ThisExecution
+            }
+            None => admission::Held::Nothing,
+        }
+    }
+
+    /// An assignment of an execution that already ended here (or whose id another run holds)
+    /// is answered without starting anything: an execution runs once. `true` when handled.
+    async fn ended_here(&mut self, a: &TaskAssignment) -> bool {
+        let Some(e) = a.execution_id.as_deref().filter(|e| !e.is_empty()) else {
+            return false;
         };
+        if self.tasks.contains_key(&ExecKey::new(&a.task_id, e)) {
+            return false;
+        }
+        let r = match self.env.journal.get(e) {
+            Ok(Some(r)) => r,
+            Ok(None) => return false,
+            Err(err) => {
+                warn!(execution_id = %e, error = %err, "cannot read the journal; rejecting the assignment so the server offers it again");
+                self.reject(
+                    a.task_id.clone(),
+                    RejectReason::InsufficientResources(format!("journal unreadable ({err})")),
+                )
+                .await;
+                return true;
+            }
+        };
+        if r.task_id != a.task_id {
+            warn!(task_id = %a.task_id, execution_id = %e, owner = %r.task_id, "execution id already used by another run here");
+            self.send(WorkerMessage::TaskFailed {
+                task_id: a.task_id.clone(),
+                message: format!(
+                    "Failed to execute task: execution_id {e:?} already belongs to run {:?} on this worker; a control plane must give every execution its own id",
+                    r.task_id
+                ),
+                task_state: None,
+                failure_reason: Some(FailureReason::Unknown),
+                exit_code: None,
+                ext: None,
+            })
+            .await;
+            return true;
+        }
+        info!(task_id = %a.task_id, execution_id = %e, "this execution already ran here; claiming it again and re-sending its result instead of running it twice");
+        self.send(self.claimed(a)).await;
+        if !self.deliveries.contains_key(e)
+            && let Some(t) = r.terminal
+        {
+            self.send(t).await;
+        }
+        true
+    }
+
+    async fn assign(&mut self, a: TaskAssignment) {
+        if self.ended_here(&a).await {
+            return;
+        }
+        let task_id = a.task_id.clone();
+        let held = self.held(&a);
         let decision = admit(
             &a,
             held,
@@ -775,9 +1059,8 @@ impl Supervisor {
         self.env.metrics.claimed();
         let control = Arc::new(TaskControl::default());
         self.tasks.insert(
-            task_id.clone(),
+            ExecKey::new(&task_id, &execution_id),
             Active {
-                execution_id: execution_id.clone(),
                 control: control.clone(),
                 reservation,
                 image: image_asked(&a),

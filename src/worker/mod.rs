@@ -485,8 +485,10 @@ async fn janitor(
             }
         };
         for r in records {
+            // An owed execution_closed keeps its record (its container id, its state).
             let expired = r.state == ExecState::Finished
                 && r.terminal_done
+                && !r.closure.owed()
                 && r.finished_at_ms.is_some_and(|t| t < cutoff);
             if !expired {
                 continue;
