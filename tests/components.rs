@@ -82,6 +82,7 @@ fn env_on(
         detach: CancellationToken::new(),
         catalog: None,
         metrics: Arc::new(berth::metrics::Metrics::default()),
+        setup_events: None,
     });
     (env, out_rx)
 }

@@ -457,3 +457,134 @@ async fn a_worker_killed_during_provisioning_ends_the_task_cleanly_after_restart
     cp.shutdown();
     drop(images);
 }
+
+/// The setup events of a task with a sidecar, a clone and a setup command, in order.
+const PHASES: [&str; 5] = [
+    "setup_worker_image_pull",
+    "setup_worker_sidecar_prep",
+    "setup_worker_container_start",
+    "berth_setup_repo_clone",
+    "berth_setup_commands",
+];
+
+/// A timestamp of a setup event.
+fn ts(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        .with_timezone(&chrono::Utc)
+}
+
+/// The setup events stored for `id` once `n` have arrived (they are posted in the background
+/// and may land after the result).
+async fn events(env: &Env, id: &str, n: usize) -> Vec<berth::devserver::state::ClientEvent> {
+    until(&format!("{n} setup events"), || {
+        env.cp.task(id).is_some_and(|t| t.events.len() >= n)
+    })
+    .await;
+    env.cp.task(id).unwrap().events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_phases_are_posted_as_events_with_the_runs_tokens_and_never_without_them() {
+    let repo = Repo::new();
+    let env = Env::start(
+        "setup-events",
+        EnvOptions {
+            docker_yaml: repo.docker_yaml(),
+            control_plane_yaml: "  server_root_url: {http}\n".into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let image = git_image(&env.images);
+    let tokens = [
+        ("WARP_API_KEY".to_string(), "run-key-1".to_string()),
+        ("WARP_WORKLOAD_TOKEN".to_string(), "workload-1".to_string()),
+    ];
+    let req = |setup: &str, env: &[(String, String)]| SubmitRequest {
+        env: env.iter().cloned().collect(),
+        additional_sidecars: vec![berth::protocol::AdditionalSidecar {
+            image: SIDECAR.into(),
+            mount_path: "/opt/side".into(),
+            read_write: false,
+        }],
+        ..task(
+            "echo task",
+            Some(serde_json::json!({
+                "image": image,
+                "repos": [{"url": "/srv/repo.git"}],
+                "setup": [setup],
+            })),
+        )
+    };
+    let (done, text) = env.run(req("sleep 0.3", &tokens)).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{text}");
+    let got = events(&env, &done.id, 5).await;
+    let names: Vec<&str> = got.iter().map(|e| e.event_name.as_str()).collect();
+    assert_eq!(names, PHASES, "one event per phase, in the order they ran");
+    let mut previous_finish = ts(&got[0].start_ts);
+    for e in &got {
+        let (start, finish) = (ts(&e.start_ts), ts(&e.finish_ts));
+        assert!(!e.is_error, "{e:?}");
+        assert!(start <= finish, "{e:?}");
+        assert!(
+            start >= previous_finish,
+            "phases do not overlap: {e:?} began before the one before it ended"
+        );
+        previous_finish = finish;
+        assert_eq!(
+            e.latency_ms as i64,
+            (finish - start).num_milliseconds(),
+            "{e:?}"
+        );
+        assert_eq!(ts(&e.timestamp), finish);
+        assert!(
+            start >= done.created_at - chrono::Duration::seconds(1) && e.latency_ms < 60_000,
+            "implausible timing: {e:?}"
+        );
+        assert!(uuid::Uuid::parse_str(&e.event_uuid).is_ok(), "{e:?}");
+    }
+    // The setup command slept 0.3 s: its event says so.
+    assert!(got[4].latency_ms >= 300, "{:?}", got[4]);
+
+    // A failing setup command is reported as an error; nothing after it ran.
+    let (failed, _) = env.run(req("exit 3", &tokens)).await;
+    assert_eq!(failed.state, TaskState::Failed);
+    let got = events(&env, &failed.id, 5).await;
+    assert_eq!(got[4].event_name, "berth_setup_commands");
+    assert!(got[4].is_error, "{:?}", got[4]);
+    assert!(got[..4].iter().all(|e| !e.is_error), "{got:?}");
+
+    // A phase the cancellation cut short is never reported; the ones before it were.
+    let cut = env.cp.submit(req("sleep 60", &tokens));
+    until("setup command running", || {
+        env.cp
+            .transcript(&cut.id)
+            .is_some_and(|b| String::from_utf8_lossy(&b).contains("[berth] setup 1/1: sleep 60"))
+    })
+    .await;
+    env.cp.cancel(&cut.id).unwrap();
+    let cancelled = env.finished(&cut.id).await;
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let names: Vec<String> = events(&env, &cut.id, 4)
+        .await
+        .into_iter()
+        .map(|e| e.event_name)
+        .collect();
+    assert_eq!(
+        names,
+        PHASES[..4],
+        "no event for the interrupted setup command"
+    );
+
+    // Without both tokens nothing is posted (the server would refuse it anyway).
+    let (alone, _) = env.run(req("true", &tokens[..1])).await;
+    assert_eq!(alone.state, TaskState::Succeeded);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.cp.task(&alone.id).unwrap().events,
+        [],
+        "events sent without the workload token"
+    );
+}

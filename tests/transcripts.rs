@@ -803,7 +803,11 @@ async fn no_secret_reaches_the_log_at_trace_in_text_or_json() {
         ("GITHUB_TOKEN", "ghp_s3cr3tTokenValue"),
         ("DB_PASSWORD", "hunter2-but-longer"),
         ("OTHER", "quote\"and\\slash"),
+        // The run's tokens, also sent as headers of its setup events.
+        ("WARP_API_KEY", "run-api-key-s3cr3t"),
+        ("WARP_WORKLOAD_TOKEN", "workload-token-s3cr3t"),
     ];
+    let root = cp.http_url();
     for format in ["text", "json"] {
         let state = tempfile::tempdir().unwrap();
         let id = worker_id(&format!("trace-{format}"));
@@ -812,7 +816,14 @@ async fn no_secret_reaches_the_log_at_trace_in_text_or_json() {
             &cp,
             &id,
             state.path(),
-            &["--log-level", "trace", "--log-format", format],
+            &[
+                "--log-level",
+                "trace",
+                "--log-format",
+                format,
+                "--server-root-url",
+                &root,
+            ],
         );
         until("worker connected", || {
             cp.workers().iter().any(|x| x.worker_id == id)
@@ -821,6 +832,10 @@ async fn no_secret_reaches_the_log_at_trace_in_text_or_json() {
         let t = run_task(&cp, "echo done", &secrets);
         let done = complete(&cp, &t.id).await;
         assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+        until("setup events posted with the tokens", || {
+            cp.task(&t.id).is_some_and(|t| t.events.len() >= 2)
+        })
+        .await;
         w.kill().unwrap();
         w.wait().unwrap();
         let log = std::fs::read_to_string(state.path().with_extension("log")).unwrap();

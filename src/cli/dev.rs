@@ -88,6 +88,8 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             worker_id: Some(a.worker_id.clone()),
             api_key: Some(Secret::new(api_key)),
             control_plane_url: Some(cp.ws_url()),
+            // Agents and setup events talk to this server, not to app.warp.dev.
+            server_root_url: Some(cp.http_url()),
             max_concurrent_tasks: Some(a.max_concurrent_tasks),
             state_dir: Some(state_dir),
             // Never collides with an installed berth service on the default port.

@@ -1,7 +1,9 @@
 //! Everything that talks to the control plane: the WebSocket session, the outbound shipper
-//! (transcript chunks and results, acked), TLS, and the environments catalog.
+//! (transcript chunks and results, acked), TLS, the environments catalog, and setup-phase
+//! events.
 
 pub mod catalog;
 pub mod session;
+pub mod setup_events;
 pub mod shipper;
 pub mod tls;

@@ -238,6 +238,8 @@ pub struct TaskEnv {
     pub engine: Arc<crate::runtime::engine::Engine>,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Poster of setup-phase timings (PROTOCOL §7); `None` when it could not be built.
+    pub setup_events: Option<Arc<crate::control::setup_events::SetupEvents>>,
 }
 
 impl TaskEnv {

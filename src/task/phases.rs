@@ -15,6 +15,7 @@ use super::{
     Execution, Outcome, StopReason, TaskControl, TaskEnv, TaskSettings, phase, secrets_of,
     sleep_or_forever, system_line, task_timeout,
 };
+use crate::control::setup_events::{self, RunEvents, Timed};
 use crate::control::shipper::Outbound;
 use crate::failure::FailureReason;
 use crate::protocol::{Started, WorkerMessage};
@@ -26,7 +27,7 @@ use crate::spec::{
     ContainerSpec, SidecarMount, SpecContext, container_spec, plan_sidecars, resolve_image,
     sidecar_bind,
 };
-use crate::task::provision::Step;
+use crate::task::provision::{Step, StepKind};
 
 /// Longest wait for an unreachable engine before a task that has no container yet fails.
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(300);
@@ -142,6 +143,23 @@ struct Created {
     took_ms: u128,
 }
 
+/// Reports a setup phase that began at `start` and ended with `r` as a setup event; nothing
+/// for a phase a stop cut short (PROTOCOL §7).
+fn report<T>(
+    events: Option<&RunEvents>,
+    name: &'static str,
+    start: chrono::DateTime<chrono::Utc>,
+    r: &Phase<T>,
+) {
+    let Some(events) = events else { return };
+    let is_error = match r {
+        Ok(_) => false,
+        Err(Outcome::Interrupted) => return,
+        Err(_) => true,
+    };
+    events.post(Timed::until_now(name, start, is_error));
+}
+
 /// Runs the phases; `None` means the worker detached (`preserve` shutdown).
 pub(super) async fn execute(
     env: &TaskEnv,
@@ -149,15 +167,27 @@ pub(super) async fn execute(
     control: &TaskControl,
 ) -> Option<Outcome> {
     let s = env.settings();
+    let a = &exec.assignment;
+    let events = env
+        .setup_events
+        .as_ref()
+        .and_then(|p| p.for_run(&s.agent.server_root_url, &a.task_id, a.env_vars.as_ref()));
+    let events = events.as_ref();
     let plan = match prepare(env, exec, &s, &control.token).await {
         Ok(p) => p,
         Err(o) => return Some(o),
     };
-    let (info, sidecar_binds) = match image(env, exec, &s, &control.token, &plan).await {
+    let (info, sidecar_binds) = match image(env, exec, &s, &control.token, &plan, events).await {
         Ok(r) => r,
         Err(o) => return Some(o),
     };
-    let created = match create(env, exec, &s, &control.token, &plan, &info, sidecar_binds).await {
+    let create_at = chrono::Utc::now();
+    let created = create(env, exec, &s, &control.token, &plan, &info, sidecar_binds).await;
+    // Create and start are one phase: reported here only when the create failed.
+    if created.is_err() {
+        report(events, setup_events::CONTAINER_START, create_at, &created);
+    }
+    let created = match created {
         Ok(c) => c,
         Err(o) => return Some(o),
     };
@@ -172,10 +202,12 @@ pub(super) async fn execute(
         }
     };
     let run = async {
-        start(env, exec, &control.token, &created, &info).await?;
+        let started = start(env, exec, &control.token, &created, &info).await;
+        report(events, setup_events::CONTAINER_START, create_at, &started);
+        started?;
         let timeout = task_timeout(env, exec);
         let started_at = tokio::time::Instant::now();
-        provision(env, exec, control, &id, &plan.steps, timeout).await?;
+        provision(env, exec, control, &id, &plan.steps, timeout, events).await?;
         Ok(timeout.map(|t| t.saturating_sub(started_at.elapsed())))
     };
     let outcome = match run.await {
@@ -238,16 +270,19 @@ async fn prepare(
 }
 
 /// The image (pull progress into the transcript) and the sidecar volumes, waiting out engine
-/// outages. A pull may be abandoned on a stop; a sidecar copy never is (it is shared).
+/// outages, each reported as a setup event. A pull may be abandoned on a stop; a sidecar copy
+/// never is (it is shared).
 async fn image(
     env: &TaskEnv,
     exec: &Execution,
     s: &TaskSettings,
     token: &CancellationToken,
     plan: &Plan,
+    events: Option<&RunEvents>,
 ) -> Phase<(ImageInfo, Vec<String>)> {
     let runtime = env.runtime.as_ref();
     let stopped = || token.is_cancelled() || env.detach.is_cancelled();
+    let pull_at = chrono::Utc::now();
     let t = tokio::time::Instant::now();
     let image = &plan.image;
     system_line(
@@ -278,11 +313,13 @@ async fn image(
     // Every progress line precedes what follows the pull.
     let _ = forward.await;
     let info = match pulled {
-        Some(Ok(i)) => i,
-        Some(Err(_)) if stopped() => return Err(Outcome::Interrupted),
-        Some(Err(e)) => return Err(phase(FailureReason::ImagePull)(e.to_string())),
-        None => return Err(Outcome::Interrupted),
+        Some(Ok(i)) => Ok(i),
+        Some(Err(_)) if stopped() => Err(Outcome::Interrupted),
+        Some(Err(e)) => Err(phase(FailureReason::ImagePull)(e.to_string())),
+        None => Err(Outcome::Interrupted),
     };
+    report(events, setup_events::IMAGE_PULL, pull_at, &info);
+    let info = info?;
     system_line(
         &exec.spool,
         &format!(
@@ -292,6 +329,25 @@ async fn image(
         ),
     )
     .await;
+    if plan.sidecars.is_empty() {
+        return Ok((info, Vec::new()));
+    }
+    let prep_at = chrono::Utc::now();
+    let binds = sidecars(env, exec, s, token, plan).await;
+    report(events, setup_events::SIDECAR_PREP, prep_at, &binds);
+    Ok((info, binds?))
+}
+
+/// The sidecar volumes, in order, waiting out engine outages.
+async fn sidecars(
+    env: &TaskEnv,
+    exec: &Execution,
+    s: &TaskSettings,
+    token: &CancellationToken,
+    plan: &Plan,
+) -> Phase<Vec<String>> {
+    let runtime = env.runtime.as_ref();
+    let stopped = || token.is_cancelled() || env.detach.is_cancelled();
     let mut binds = Vec::new();
     for m in &plan.sidecars {
         let t = tokio::time::Instant::now();
@@ -321,7 +377,7 @@ async fn image(
             return Err(Outcome::Interrupted);
         }
     }
-    Ok((info, binds))
+    Ok(binds)
 }
 
 /// Builds the container spec and creates the container, journaled as ours before anything
@@ -441,13 +497,25 @@ async fn provision(
     id: &str,
     steps: &[Step],
     timeout: Option<std::time::Duration>,
+    events: Option<&RunEvents>,
 ) -> Phase<()> {
     if steps.is_empty() {
         return Ok(());
     }
     let secrets = secrets_of(env, &exec.assignment);
+    // Each stage (the clones, the setup commands) is reported as it ends; one a stop cuts
+    // short never ends, so it is never reported.
+    let on_stage = |kind: StepKind, start, is_error| {
+        if let Some(e) = events {
+            let name = match kind {
+                StepKind::Clone => setup_events::REPO_CLONE,
+                StepKind::Setup => setup_events::SETUP_COMMANDS,
+            };
+            e.post(Timed::until_now(name, start, is_error));
+        }
+    };
     let provisioned = tokio::select! {
-        r = crate::task::provision::provision(env.runtime.as_ref(), id, steps, &exec.spool, &secrets) => Some(r),
+        r = crate::task::provision::provision(env.runtime.as_ref(), id, steps, &exec.spool, &secrets, on_stage) => Some(r),
         _ = control.token.cancelled() => None,
         _ = sleep_or_forever(timeout) => {
             control.stop(StopReason::Timeout);

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
@@ -201,30 +202,44 @@ async fn run_step(
 
 /// Runs every step in order, then releases the task's command. Stops at the first failure.
 /// Cancellation is the caller's (drop this future): the container is then stopped and removed.
+/// `on_stage(kind, began, failed)` is told each time a stage (consecutive steps of one kind)
+/// ends; a stage a cancellation cuts short never ends.
 pub async fn provision(
     runtime: &dyn Runtime,
     container: &str,
     steps: &[Step],
     spool: &SharedSpool,
     secrets: &[Vec<u8>],
+    mut on_stage: impl FnMut(StepKind, DateTime<Utc>, bool),
 ) -> Result<(), Failure> {
     let all = Instant::now();
+    // The stage under way (consecutive steps of one kind) and when it began.
+    let mut stage: Option<(StepKind, DateTime<Utc>)> = None;
     for step in steps {
+        if stage.is_none_or(|(k, _)| k != step.kind) {
+            if let Some((k, at)) = stage {
+                on_stage(k, at, false);
+            }
+            stage = Some((step.kind, Utc::now()));
+        }
         announce(spool, secrets, &step.title).await;
         let t = Instant::now();
-        let code = run_step(runtime, container, step, spool, secrets)
-            .await
-            .map_err(|e| Failure {
+        let ran = match run_step(runtime, container, step, spool, secrets).await {
+            Ok(0) => Ok(()),
+            // The failure itself is the transcript's closing line (written by the task).
+            Ok(code) => Err(step_failed(step, code)),
+            Err(e) => Err(Failure {
                 reason: match step.kind {
                     StepKind::Clone => FailureReason::WorkspaceSetup,
                     StepKind::Setup => FailureReason::SetupCommand,
                 },
                 detail: format!("{} could not be run: {e}", step.title),
                 exit_code: None,
-            })?;
-        if code != 0 {
-            // The failure itself is the transcript's closing line (written by the task).
-            return Err(step_failed(step, code));
+            }),
+        };
+        if let Err(f) = ran {
+            on_stage(step.kind, stage.map_or_else(Utc::now, |(_, at)| at), true);
+            return Err(f);
         }
         announce(
             spool,
@@ -232,6 +247,9 @@ pub async fn provision(
             &format!("{} finished in {} ms", step.title, t.elapsed().as_millis()),
         )
         .await;
+    }
+    if let Some((k, at)) = stage {
+        on_stage(k, at, false);
     }
     announce(
         spool,

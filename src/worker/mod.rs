@@ -120,6 +120,7 @@ pub struct Worker {
     journal: Arc<Journal>,
     docker_root: Option<PathBuf>,
     catalog: Option<Arc<crate::control::catalog::Catalog>>,
+    setup_events: Option<Arc<crate::control::setup_events::SetupEvents>>,
     docker_version: String,
     api: Option<crate::admin::api::Bound>,
     /// The journal as read at start-up and what reconciliation found of it.
@@ -188,6 +189,15 @@ impl Worker {
             )),
             None => None,
         };
+        // Best effort like the events themselves: a client that cannot be built costs the
+        // control plane its timing view, never a task.
+        let setup_events = match crate::control::setup_events::SetupEvents::new(tls.clone()) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                warn!(error = %e, "cannot build the setup-events client; setup timings are not reported");
+                None
+            }
+        };
         let api = match &config.api.listen {
             Some(l) => Some(
                 crate::admin::api::bind(l, config.api.socket_group.as_deref(), &config.state_dir)
@@ -199,6 +209,7 @@ impl Worker {
         Ok(Worker {
             start,
             catalog,
+            setup_events,
             api,
             docker_version: engine.version,
             config,
@@ -249,6 +260,7 @@ impl Worker {
             outbox: out_tx.clone(),
             detach: CancellationToken::new(),
             catalog: self.catalog.clone(),
+            setup_events: self.setup_events.clone(),
         });
         let env_for_reload = env.clone();
         let mut supervisor = Supervisor::new(

@@ -11,8 +11,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth::config::{self, Overrides};
@@ -526,11 +526,30 @@ fn upstream() -> PathBuf {
 }
 
 /// A Unix-socket proxy in front of the engine; `stop` cuts every connection and removes the
-/// socket, as an engine restart would.
+/// socket, as an engine restart would. It can also refuse container removals (a 500 answer,
+/// as an engine that fails to remove gives) while everything else goes through.
 pub struct Proxy {
     path: PathBuf,
     stop: CancellationToken,
+    refuse_removals: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
+}
+
+/// The request in `chunk` is `DELETE /…/containers/…` (a container removal).
+fn is_removal(chunk: &[u8]) -> bool {
+    let line = chunk.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    line.starts_with("DELETE ") && line.contains("/containers/")
+}
+
+/// The answer to a refused removal.
+fn refusal() -> Vec<u8> {
+    let body = r#"{"message":"removal refused by the test's proxy"}"#;
+    format!(
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 impl Proxy {
@@ -540,6 +559,7 @@ impl Proxy {
         let mut p = Proxy {
             path,
             stop: CancellationToken::new(),
+            refuse_removals: Arc::new(AtomicBool::new(false)),
             _dir: dir,
         };
         p.serve();
@@ -550,25 +570,61 @@ impl Proxy {
         format!("unix://{}", self.path.display())
     }
 
+    /// While on, every container removal is answered with a 500 and never reaches the engine.
+    pub fn refuse_removals(&self, on: bool) {
+        self.refuse_removals.store(on, Ordering::SeqCst);
+    }
+
     fn serve(&mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let _ = std::fs::remove_file(&self.path);
         let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
         let stop = CancellationToken::new();
         self.stop = stop.clone();
+        let refuse = self.refuse_removals.clone();
         tokio::spawn(async move {
             loop {
-                let (mut client, _) = tokio::select! {
+                let (client, _) = tokio::select! {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => return },
                     _ = stop.cancelled() => return,
                 };
                 let stop = stop.clone();
+                let refuse = refuse.clone();
                 tokio::spawn(async move {
-                    let Ok(mut engine) = tokio::net::UnixStream::connect(upstream()).await else {
+                    let Ok(engine) = tokio::net::UnixStream::connect(upstream()).await else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
-                        _ = stop.cancelled() => {}
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut er, mut ew) = engine.into_split();
+                    // The client's requests, one chunk at a time (hyper writes a request's head
+                    // in one go and never pipelines, so a chunk starts a request or continues a
+                    // body); returns when a removal is refused.
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => {
+                                    let _ = ew.shutdown().await;
+                                    return std::future::pending::<()>().await;
+                                }
+                                Ok(n) => n,
+                            };
+                            if refuse.load(Ordering::SeqCst) && is_removal(&buf[..n]) {
+                                return;
+                            }
+                            if ew.write_all(&buf[..n]).await.is_err() {
+                                return std::future::pending::<()>().await;
+                            }
+                        }
+                    };
+                    let refused = tokio::select! {
+                        _ = up => true,
+                        _ = tokio::io::copy(&mut er, &mut cw) => false,
+                        _ = stop.cancelled() => false,
+                    };
+                    if refused {
+                        let _ = cw.write_all(&refusal()).await;
+                        let _ = cw.shutdown().await;
                     }
                 });
             }
