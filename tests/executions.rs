@@ -91,6 +91,49 @@ async fn closed_exactly_once(cp: &ControlPlane, task: &str, exec: &str) {
     );
 }
 
+/// The worker's own API lists both executions of the run and serves each one's transcript.
+async fn local_api_keys_by_execution(env: &Env, task: &str, execs: [&str; 2]) {
+    let api = env.handle.api.clone().unwrap();
+    let status: serde_json::Value = reqwest::get(format!("http://{api}/v1/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut rows: Vec<(String, String)> = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("task_id"), s("execution_id"))
+        })
+        .collect();
+    rows.sort();
+    let mut want: Vec<(String, String)> = execs
+        .iter()
+        .map(|e| (task.to_string(), e.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(rows, want, "/v1/status holds one row per execution");
+    let state = std::env::temp_dir().join(format!("berth-test-{}", env.worker_id));
+    let token = std::fs::read_to_string(state.join("admin-token")).unwrap();
+    for e in execs {
+        let part: serde_json::Value = reqwest::Client::new()
+            .get(format!(
+                "http://{api}/v1/tasks/{task}/transcript?execution_id={e}"
+            ))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(part["execution_id"], *e, "{part}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_executions_of_one_run_at_once_and_cancelling_one_leaves_the_other_to_finish() {
     let env = Env::start("two-exec", EnvOptions::default()).await;
@@ -115,6 +158,7 @@ async fn two_executions_of_one_run_at_once_and_cancelling_one_leaves_the_other_t
         2,
         "each execution has its own container"
     );
+    local_api_keys_by_execution(&env, &t.id, [&first, &second]).await;
     cp.cancel_scoped(&t.id, CancelScope::Execution(first.clone()))
         .unwrap();
     closed_after_removal(cp, &t.id, &first).await;

@@ -144,6 +144,9 @@ async fn tasks(State(c): State<Ctx>) -> Json<Vec<crate::admin::status::TaskRow>>
 struct From {
     #[serde(default)]
     from: u64,
+    /// One execution of the run (default: its latest).
+    #[serde(default)]
+    execution_id: Option<String>,
 }
 
 /// Transcripts are task output: admin only (socket or token), like drain.
@@ -156,12 +159,15 @@ async fn transcript(
     if !authorised(&c, &headers) {
         return refused();
     }
-    match c.live.transcript(&id, q.from) {
+    match c.live.transcript(&id, q.execution_id.as_deref(), q.from) {
         Some(part) => Json(part).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({
-                "error": format!("no transcript for task {id} on this worker (finished transcripts are kept for transcript.retention)")
+                "error": match &q.execution_id {
+                    Some(e) => format!("no transcript for execution {e} of task {id} on this worker (finished transcripts are kept for transcript.retention)"),
+                    None => format!("no transcript for task {id} on this worker (finished transcripts are kept for transcript.retention)"),
+                }
             })),
         )
             .into_response(),

@@ -117,15 +117,20 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/tasks/{id}/transcript?from=N`.
+    /// `GET /v1/tasks/{id}/transcript?from=N[&execution_id=E]`.
     pub async fn transcript(
         &self,
         task_id: &str,
+        execution_id: Option<&str>,
         from: u64,
     ) -> Result<crate::admin::status::TranscriptPart, ClientError> {
         // Task ids are the control plane's; keep them one path segment.
         let id = crate::control::catalog::encode_segment(task_id);
-        let url = format!("{}/v1/tasks/{id}/transcript?from={from}", self.base);
+        let mut url = format!("{}/v1/tasks/{id}/transcript?from={from}", self.base);
+        if let Some(e) = execution_id {
+            url.push_str("&execution_id=");
+            url.extend(url::form_urlencoded::byte_serialize(e.as_bytes()));
+        }
         self.call(self.http.get(url)).await
     }
 
@@ -194,11 +199,12 @@ pub fn render(s: &Status) -> String {
         )
     };
     out.push_str(&format!(
-        "worker   {} (berth {}), up {}\ncontrol  {connection}; {ready}\nslots    {slots}, {accepting}; {} undelivered\nhost     {} CPUs, load {:.2}, memory {} of {} available, {} free disk; {docker}\n",
+        "worker   {} (berth {}), up {}\ncontrol  {connection}; {ready}\nslots    {slots}, {accepting}; {} undelivered, {} closing\nhost     {} CPUs, load {:.2}, memory {} of {} available, {} free disk; {docker}\n",
         s.worker_id,
         s.version,
         age(w.uptime_secs),
         s.undelivered,
+        s.closing,
         h.cpus,
         h.load_1m,
         bytes(h.memory_available_bytes),
@@ -209,12 +215,17 @@ pub fn render(s: &Status) -> String {
         out.push_str("\nno tasks\n");
         return out;
     }
-    let rows: Vec<[String; 5]> = s
+    let rows: Vec<[String; 6]> = s
         .tasks
         .iter()
         .map(|t| {
             [
                 t.task_id.clone(),
+                if t.execution_id.is_empty() {
+                    "-".to_string()
+                } else {
+                    t.execution_id.clone()
+                },
                 t.state.clone(),
                 age(t.age_secs),
                 if t.image.is_empty() {
@@ -226,17 +237,17 @@ pub fn render(s: &Status) -> String {
             ]
         })
         .collect();
-    let head = ["TASK", "STATE", "AGE", "IMAGE", "OUTPUT"];
+    let head = ["TASK", "EXECUTION", "STATE", "AGE", "IMAGE", "OUTPUT"];
     let mut widths = head.map(str::len);
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: [&str; 5]| {
+    let line = |cells: [&str; 6]| {
         let mut l = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i == 4 {
+            if i == 5 {
                 l.push_str(c);
             } else {
                 l.push_str(&format!("{c:<w$}  ", w = widths[i]));
@@ -247,7 +258,7 @@ pub fn render(s: &Status) -> String {
     out.push('\n');
     out.push_str(&line(head));
     for r in &rows {
-        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+        out.push_str(&line(r.each_ref().map(String::as_str)));
     }
     out
 }
@@ -267,11 +278,11 @@ mod tests {
             text,
             "worker   host-1 (berth 0.1.0), up 1h02m\n\
              control  connected (berth/1); ready\n\
-             slots    1/4 in use, accepting; 1 undelivered\n\
+             slots    1/4 in use, accepting; 1 undelivered, 0 closing\n\
              host     2 CPUs, load 0.50, memory 6.0 GiB of 8.0 GiB available, 100.0 GiB free disk; Docker 20.10.24 reachable\n\
              \n\
-             TASK    STATE    AGE    IMAGE        OUTPUT\n\
-             task-1  running  1m15s  python:3.12  1.5 KiB\n"
+             TASK    EXECUTION  STATE    AGE    IMAGE        OUTPUT\n\
+             task-1  e          running  1m15s  python:3.12  1.5 KiB\n"
         );
     }
 

@@ -80,7 +80,7 @@ pub struct Piece {
 /// `GET /v1/tasks/{id}/transcript?from=N`: up to 1 MiB from byte `from`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TranscriptPart {
-    /// The execution (the latest of the task).
+    /// The execution (the one asked for, else the latest of the task).
     pub execution_id: String,
     /// Pieces from `from` on.
     pub pieces: Vec<Piece>,
@@ -315,11 +315,22 @@ impl Live {
         }
     }
 
-    /// Part of the latest transcript of `task_id` from byte `from`; `None` if this worker has
-    /// none (never ran it, or retention removed it).
-    pub fn transcript(&self, task_id: &str, from: u64) -> Option<TranscriptPart> {
+    /// Part of a transcript of `task_id` from byte `from`: of execution `execution_id`, else
+    /// of the latest one; `None` if this worker has none (never ran it, or retention removed
+    /// it).
+    pub fn transcript(
+        &self,
+        task_id: &str,
+        execution_id: Option<&str>,
+        from: u64,
+    ) -> Option<TranscriptPart> {
         use base64::Engine;
-        let rec = self.journal.by_task(task_id).ok()?.into_iter().next()?;
+        let rec = self
+            .journal
+            .by_task(task_id)
+            .ok()?
+            .into_iter()
+            .find(|r| execution_id.is_none_or(|e| r.execution_id == e))?;
         let path = crate::transcript::spool::Spool::path_for(
             &crate::transcript::spool::spool_dir(&self.state_dir),
             &rec.execution_id,

@@ -15,6 +15,9 @@ use super::admin::{AdminArgs, admin_client, admin_config};
 pub(super) struct LogsArgs {
     /// The task.
     pub(super) task_id: String,
+    /// One execution of the task (default: its latest).
+    #[arg(long, value_name = "ID")]
+    pub(super) execution: Option<String>,
     /// Keep printing until the transcript is finished.
     #[arg(short, long)]
     pub(super) follow: bool,
@@ -61,7 +64,10 @@ pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
         let client = admin_client(&admin)?;
         let mut from = 0;
         loop {
-            match client.transcript(&a.task_id, from).await {
+            match client
+                .transcript(&a.task_id, a.execution.as_deref(), from)
+                .await
+            {
                 Ok(part) => {
                     for p in &part.pieces {
                         use base64::Engine;
@@ -108,10 +114,18 @@ pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR)),
     };
     let journal = berth::journal::Journal::open_read_only(&state_dir)?;
-    let Some(rec) = journal.by_task(&a.task_id)?.into_iter().next() else {
+    let rec = journal
+        .by_task(&a.task_id)?
+        .into_iter()
+        .find(|r| a.execution.as_deref().is_none_or(|e| r.execution_id == e));
+    let Some(rec) = rec else {
         bail!(
-            "no transcript for task {} under {} (finished transcripts are kept for transcript.retention)",
+            "no transcript for task {}{} under {} (finished transcripts are kept for transcript.retention)",
             a.task_id,
+            a.execution
+                .as_deref()
+                .map(|e| format!(" execution {e}"))
+                .unwrap_or_default(),
             state_dir.display()
         );
     };
