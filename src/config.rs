@@ -119,6 +119,7 @@ struct RawEnvironment {
     repos: Option<Spanned<Vec<crate::spec::environment::Repo>>>,
     setup: Option<Spanned<Vec<String>>>,
     resources: Option<RawResources>,
+    runtime: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,7 +203,8 @@ struct RawSecurity {
     pids_limit: Option<i64>,
     read_only_rootfs: Option<bool>,
     user: Option<String>,
-    runtime: Option<String>,
+    runtime: Option<Spanned<String>>,
+    allowed_runtimes: Option<Vec<Spanned<String>>>,
     network: Option<Spanned<String>>,
 }
 
@@ -743,6 +745,32 @@ fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::policy::Poli
             }
             out
         };
+    // Runtime names go to the engine verbatim: keep them plain names.
+    let runtime_name = |key: &str, r: Spanned<String>, c: &mut Collector<'_>| -> String {
+        let ok = !r.value.is_empty()
+            && r.value
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+        if !ok {
+            c.at(
+                key,
+                Some(&r),
+                format!("{:?} is not an OCI runtime name", r.value),
+                "use the name the runtime is registered under in /etc/docker/daemon.json, e.g. runsc",
+            );
+        }
+        r.value
+    };
+    let runtime = sec
+        .runtime
+        .filter(|r| !r.value.is_empty())
+        .map(|r| runtime_name("backend.docker.policy.security.runtime", r, c));
+    let allowed_runtimes: Vec<String> = sec
+        .allowed_runtimes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| runtime_name("backend.docker.policy.security.allowed_runtimes", r, c))
+        .collect();
     let cap_drop = caps("backend.docker.policy.security.cap_drop", sec.cap_drop, c);
     let cap_add = caps("backend.docker.policy.security.cap_add", sec.cap_add, c);
     let network = match sec.network {
@@ -793,12 +821,13 @@ fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::policy::Poli
             },
             read_only_rootfs: sec.read_only_rootfs.unwrap_or(false),
             user: sec.user.filter(|u| !u.is_empty()),
-            runtime: sec.runtime.filter(|r| !r.is_empty()),
+            runtime,
             network,
         },
         default_resources,
         max_resources,
         timeout,
+        allowed_runtimes,
     }
 }
 
@@ -1499,6 +1528,7 @@ fn environments_section(
                 .unwrap_or_default(),
             workdir: e.workdir.map(|w| w.value),
             resources,
+            runtime: e.runtime.filter(|r| !r.is_empty()),
         };
         // Workdir is reported above with its own line; repos and setup here.
         let checked = crate::spec::environment::Environment {
@@ -1701,6 +1731,7 @@ struct EffectivePolicy {
     read_only_rootfs: bool,
     user: Option<String>,
     runtime: Option<String>,
+    allowed_runtimes: Vec<String>,
     network: String,
     default_cpus: Option<f64>,
     default_memory: Option<u64>,
@@ -1789,6 +1820,7 @@ impl Config {
                             read_only_rootfs: p.security.read_only_rootfs,
                             user: p.security.user.clone(),
                             runtime: p.security.runtime.clone(),
+                            allowed_runtimes: p.allowed_runtimes.clone(),
                             network: p.security.network.clone(),
                             default_cpus: p.default_resources.cpus,
                             default_memory: p.default_resources.memory,

@@ -504,6 +504,10 @@ impl Runtime for FakeRuntime {
         self.enter(Op::Ping, "").await
     }
 
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(vec!["runc".to_string()])
+    }
+
     async fn ensure_image(
         &self,
         image: &ImageRef,

@@ -135,6 +135,8 @@ pub struct ManagedContainer {
 pub trait Runtime: Send + Sync {
     /// Whether the engine answers (bounded: at most a few seconds).
     async fn ping(&self) -> Result<(), RuntimeError>;
+    /// The OCI runtimes registered with the engine (`docker info`), e.g. `runc`, `runsc`.
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError>;
     /// Makes `image` available under `policy`; concurrent callers for one image share one pull.
     /// Condensed progress lines of a pull this caller performs go to `progress`.
     async fn ensure_image(

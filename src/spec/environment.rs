@@ -44,6 +44,8 @@ pub struct Environment {
     pub workdir: Option<String>,
     /// CPU/memory used when the assignment has no instance shape.
     pub resources: Resources,
+    /// OCI runtime asked for (e.g. `runsc`); policy decides whether it may be used.
+    pub runtime: Option<String>,
 }
 
 impl Environment {
@@ -83,6 +85,8 @@ pub struct Definition {
     setup: Vec<String>,
     #[serde(default)]
     resources: Option<WireResources>,
+    #[serde(default)]
+    runtime: Option<String>,
 }
 
 /// `resources` on the wire: memory as bytes or a size string (`8GiB`).
@@ -200,6 +204,7 @@ impl Definition {
                 cpus: r.cpus,
                 memory,
             },
+            runtime: d.runtime.filter(|r| !r.is_empty()),
         };
         validate(&e).map_err(invalid)?;
         Ok(e)

@@ -66,6 +66,8 @@ pub struct Policy {
     pub max_resources: Resources,
     /// Time limit of every task (a berth/1 `timeout_secs` may only shorten it).
     pub timeout: Duration,
+    /// OCI runtimes an environment may ask for besides `security.runtime`.
+    pub allowed_runtimes: Vec<String>,
 }
 
 impl Default for Policy {
@@ -76,6 +78,7 @@ impl Default for Policy {
             default_resources: Resources::default(),
             max_resources: Resources::default(),
             timeout: Duration::from_secs(8 * 3600),
+            allowed_runtimes: Vec::new(),
         }
     }
 }
@@ -92,6 +95,16 @@ pub enum PolicyError {
         image: String,
         /// The configured patterns.
         patterns: String,
+    },
+    /// An environment asks for an OCI runtime the policy does not allow.
+    #[error(
+        "the environment asks for OCI runtime {asked} but policy allows {allowed}; use an allowed runtime or ask the operator to add it to policy.security.allowed_runtimes"
+    )]
+    RuntimeNotAllowed {
+        /// The runtime asked for.
+        asked: String,
+        /// What may be used.
+        allowed: String,
     },
     /// A request exceeds `max_resources`.
     #[error(
@@ -112,9 +125,55 @@ impl PolicyError {
     pub fn failure_reason(&self) -> FailureReason {
         match self {
             PolicyError::ImageNotAllowed { .. } => FailureReason::InvalidImage,
-            PolicyError::TooLarge { .. } => FailureReason::ContainerCreate,
+            PolicyError::TooLarge { .. } | PolicyError::RuntimeNotAllowed { .. } => {
+                FailureReason::ContainerCreate
+            }
         }
     }
+}
+
+impl Policy {
+    /// Every OCI runtime a task may run under: `security.runtime` (or the engine default when
+    /// unset, shown as `None`) and `allowed_runtimes`.
+    pub fn runtimes(&self) -> Vec<Option<&str>> {
+        let mut v = vec![self.security.runtime.as_deref()];
+        for r in &self.allowed_runtimes {
+            if !v.contains(&Some(r.as_str())) {
+                v.push(Some(r));
+            }
+        }
+        v
+    }
+
+    /// The runtime of a task whose environment asks for `asked`: the policy's own when it asks
+    /// for none; refused unless the policy allows it (an environment never widens policy).
+    pub fn runtime_for(&self, asked: Option<&str>) -> Result<Option<String>, PolicyError> {
+        let Some(asked) = asked.filter(|a| !a.is_empty()) else {
+            return Ok(self.security.runtime.clone());
+        };
+        if self.runtimes().contains(&Some(asked)) {
+            return Ok(Some(asked.to_string()));
+        }
+        let allowed: Vec<&str> = self
+            .runtimes()
+            .into_iter()
+            .map(|r| r.unwrap_or("the engine default"))
+            .collect();
+        Err(PolicyError::RuntimeNotAllowed {
+            asked: asked.to_string(),
+            allowed: allowed.join(", "),
+        })
+    }
+}
+
+/// The first runtime the policy may use that the engine does not have registered: berth
+/// refuses to start (or reload) rather than fall back to another runtime.
+pub fn unregistered<'a>(policy: &'a Policy, registered: &[String]) -> Option<&'a str> {
+    policy
+        .runtimes()
+        .into_iter()
+        .flatten()
+        .find(|r| !registered.iter().any(|x| x == r))
 }
 
 /// Glob match: `*` matches within one path segment (no `/`), `**` across segments, `?` one
@@ -441,5 +500,69 @@ mod tests {
         };
         assert_eq!(none.timeout(None, true), None);
         assert_eq!(none.timeout(Some(5), true), Some(Duration::from_secs(5)));
+    }
+
+    fn with_runtimes(runtime: Option<&str>, allowed: &[&str]) -> Policy {
+        Policy {
+            security: Security {
+                runtime: runtime.map(String::from),
+                ..Security::default()
+            },
+            allowed_runtimes: allowed.iter().map(|s| s.to_string()).collect(),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn an_environment_may_pick_only_a_runtime_the_policy_allows() {
+        type Case<'a> = (
+            Option<&'a str>,
+            &'a [&'a str],
+            Option<&'a str>,
+            Result<Option<&'a str>, ()>,
+        );
+        let cases: &[Case] = &[
+            // policy runtime, allowed, asked → result
+            (None, &[], None, Ok(None)),
+            (Some("runsc"), &[], None, Ok(Some("runsc"))),
+            (Some("runsc"), &[], Some("runsc"), Ok(Some("runsc"))),
+            (Some("runsc"), &[], Some("runc"), Err(())),
+            (None, &[], Some("runsc"), Err(())),
+            (None, &["runsc"], Some("runsc"), Ok(Some("runsc"))),
+            (Some("runsc"), &["kata"], Some("kata"), Ok(Some("kata"))),
+            (Some("runsc"), &["kata"], Some(""), Ok(Some("runsc"))),
+        ];
+        for (rt, allowed, asked, want) in cases {
+            let p = with_runtimes(*rt, allowed);
+            let got = p.runtime_for(*asked);
+            match want {
+                Ok(w) => assert_eq!(got, Ok(w.map(String::from)), "{rt:?} {allowed:?} {asked:?}"),
+                Err(()) => {
+                    let e = got.unwrap_err();
+                    assert_eq!(e.failure_reason(), FailureReason::ContainerCreate);
+                    let text = e.to_string();
+                    assert!(text.contains(asked.unwrap()), "{text}");
+                    assert!(text.contains("allowed_runtimes"), "{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_runtime_the_policy_may_use_must_be_registered() {
+        let reg = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(unregistered(&with_runtimes(None, &[]), &[]), None);
+        assert_eq!(
+            unregistered(&with_runtimes(Some("runsc"), &[]), &reg(&["runc"])),
+            Some("runsc")
+        );
+        assert_eq!(
+            unregistered(&with_runtimes(Some("runsc"), &[]), &reg(&["runc", "runsc"])),
+            None
+        );
+        assert_eq!(
+            unregistered(&with_runtimes(None, &["kata"]), &reg(&["runc", "runsc"])),
+            Some("kata")
+        );
     }
 }

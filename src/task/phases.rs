@@ -133,6 +133,9 @@ struct Plan {
     sidecars: Vec<SidecarMount>,
     limits: Limits,
     steps: Vec<Step>,
+    /// The container's security settings: the policy's, with the runtime the environment
+    /// may have asked for.
+    security: crate::spec::policy::Security,
 }
 
 /// A container the engine created for the execution (journaled as ours).
@@ -251,6 +254,14 @@ async fn prepare(
                 .limits(a.instance_shape, environment.as_ref().map(|e| &e.resources))
         })
         .map_err(|e| phase(e.failure_reason())(e.to_string()))?;
+    let runtime = s
+        .policy
+        .runtime_for(environment.as_ref().and_then(|e| e.runtime.as_deref()))
+        .map_err(|e| phase(e.failure_reason())(e.to_string()))?;
+    let security = crate::spec::policy::Security {
+        runtime,
+        ..s.policy.security.clone()
+    };
     let workdir = environment
         .as_ref()
         .and_then(|e| e.workdir.clone())
@@ -266,6 +277,7 @@ async fn prepare(
         sidecars,
         limits,
         steps,
+        security,
     })
 }
 
@@ -403,7 +415,7 @@ async fn create(
         operator_env: &s.operator_env,
         operator_volumes: &s.operator_volumes,
         limits: plan.limits,
-        security: &s.policy.security,
+        security: &plan.security,
         environment: plan.environment.as_ref(),
         hold: (!plan.steps.is_empty()).then_some(info.entrypoint.as_slice()),
     };

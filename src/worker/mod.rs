@@ -40,10 +40,42 @@ pub enum WorkerError {
     /// The local API cannot listen.
     #[error(transparent)]
     Api(#[from] crate::admin::api::ApiError),
+    /// The policy names an OCI runtime the engine does not have (never a silent fallback).
+    #[error(
+        "backend.docker.policy: OCI runtime {runtime:?} is not registered with the Docker engine (it has: {registered}); register it in /etc/docker/daemon.json under \"runtimes\" and reload dockerd (kill -HUP $(pidof dockerd)), or remove it from the policy. berth never runs a task under another runtime than the policy says"
+    )]
+    RuntimeNotRegistered {
+        /// The runtime the policy names.
+        runtime: String,
+        /// What the engine has.
+        registered: String,
+    },
     /// The journal and the engine could not be matched: berth does not start rather than
     /// guess which containers are its tasks.
     #[error(transparent)]
     Reconcile(#[from] crate::supervisor::reconcile::ReconcileError),
+}
+
+/// Fails closed unless every OCI runtime the policy may use is registered with the engine.
+pub(crate) async fn check_runtimes(
+    runtime: &dyn Runtime,
+    policy: &crate::spec::policy::Policy,
+) -> Result<(), WorkerError> {
+    if policy.runtimes().iter().all(Option::is_none) {
+        return Ok(());
+    }
+    let registered = runtime.runtimes().await?;
+    match crate::spec::policy::unregistered(policy, &registered) {
+        None => Ok(()),
+        Some(r) => Err(WorkerError::RuntimeNotRegistered {
+            runtime: r.to_string(),
+            registered: if registered.is_empty() {
+                "none listed".to_string()
+            } else {
+                registered.join(", ")
+            },
+        }),
+    }
 }
 
 /// The first reconciliation: container listings are retried a few times; a journal that
@@ -164,6 +196,7 @@ impl Worker {
         runtime: Arc<dyn Runtime>,
         engine: EngineFacts,
     ) -> Result<Self, WorkerError> {
+        check_runtimes(runtime.as_ref(), &config.docker.policy).await?;
         let cp = &config.control_plane;
         let tls = tls::client_config(
             cp.ca_file.as_deref(),

@@ -54,6 +54,12 @@ pub(super) async fn apply_reloads(
             warn!(keys = ?ignored, "reload: these settings only take effect after a restart; the running values are kept");
         }
         let mut new = new;
+        // A runtime the engine does not have is refused here as at start-up: the running
+        // policy stays, rather than tasks failing (or running elsewhere) later.
+        if let Err(e) = super::check_runtimes(env.runtime.as_ref(), &new.docker.policy).await {
+            warn!(error = %e, "reload refused: the running policy is kept");
+            continue;
+        }
         new.worker_id = current.worker_id.clone();
         new.state_dir = current.state_dir.clone();
         new.shutdown_mode = current.shutdown_mode;

@@ -164,6 +164,20 @@ impl Runtime for Docker {
         Docker::ping(self).await
     }
 
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        let info = self
+            .client
+            .info()
+            .await
+            .map_err(|e| RuntimeError::Unreachable {
+                host: self.host.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut names: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        names.sort();
+        Ok(names)
+    }
+
     async fn ensure_image(
         &self,
         image: &ImageRef,
