@@ -120,6 +120,7 @@ struct RawEnvironment {
     setup: Option<Spanned<Vec<String>>>,
     resources: Option<RawResources>,
     runtime: Option<String>,
+    egress: Option<Spanned<serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,10 +189,19 @@ struct RawDocker {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     allowed_images: Option<Vec<Spanned<String>>>,
+    egress: Option<RawEgress>,
     security: Option<RawSecurity>,
     default_resources: Option<RawResources>,
     max_resources: Option<RawResources>,
     timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    mode: Option<Spanned<String>>,
+    allow: Option<Vec<Spanned<String>>>,
+    proxy_port: Option<Spanned<u16>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -808,6 +818,7 @@ fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::policy::Poli
         c,
     );
     let max_resources = resources_of("backend.docker.policy.max_resources", raw.max_resources, c);
+    let (egress, egress_proxy_port) = egress_of(raw.egress.unwrap_or_default(), c);
     Policy {
         allowed_images: allowed,
         security: Security {
@@ -828,7 +839,58 @@ fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::policy::Poli
         max_resources,
         timeout,
         allowed_runtimes,
+        egress,
+        egress_proxy_port,
     }
+}
+
+fn egress_of(raw: RawEgress, c: &mut Collector<'_>) -> (crate::spec::egress::Egress, u16) {
+    use crate::spec::egress::{Allow, Egress, Mode};
+    let mode = match raw.mode {
+        None => Mode::Open,
+        Some(m) => Mode::parse(&m.value).unwrap_or_else(|| {
+            c.at(
+                "backend.docker.policy.egress.mode",
+                Some(&m),
+                format!("{:?} is not an egress mode", m.value),
+                "use open (no restriction), allowlist (only the allow list, through berth's proxy) or none (no network)",
+            );
+            Mode::Open
+        }),
+    };
+    let mut allow = Vec::new();
+    for e in raw.allow.unwrap_or_default() {
+        match Allow::parse(&e.value) {
+            Ok(a) => allow.push(a),
+            Err(problem) => c.at(
+                "backend.docker.policy.egress.allow",
+                Some(&e),
+                problem,
+                "write host, host:port, *.domain[:port], an IP or a CIDR such as 10.0.0.0/8",
+            ),
+        }
+    }
+    let port = match raw.proxy_port {
+        None => crate::spec::policy::DEFAULT_EGRESS_PROXY_PORT,
+        Some(p) if p.value > 0 => p.value,
+        Some(p) => {
+            c.at(
+                "backend.docker.policy.egress.proxy_port",
+                Some(&p),
+                "port 0 is not a port".into(),
+                "use a free TCP port such as 3128",
+            );
+            crate::spec::policy::DEFAULT_EGRESS_PROXY_PORT
+        }
+    };
+    (
+        Egress {
+            mode,
+            allow,
+            narrowed: None,
+        },
+        port,
+    )
 }
 
 /// A level (`info`) or comma-separated directives (`info,berth=debug,hyper=warn`).
@@ -1529,6 +1591,16 @@ fn environments_section(
             workdir: e.workdir.map(|w| w.value),
             resources,
             runtime: e.runtime.filter(|r| !r.is_empty()),
+            egress: match &e.egress {
+                None => None,
+                Some(v) => match crate::spec::egress::Narrowing::parse(&v.value) {
+                    Ok(n) => Some(n),
+                    Err(problem) => {
+                        c.at(&format!("{key}.egress"), Some(v), problem, "write egress: {mode: allowlist, allow: [pypi.org, \"*.github.com:443\"]}");
+                        None
+                    }
+                },
+            },
         };
         // Workdir is reported above with its own line; repos and setup here.
         let checked = crate::spec::environment::Environment {

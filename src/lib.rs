@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod devserver;
+pub mod egress;
 pub mod failure;
 pub mod journal;
 pub mod jsonstr;

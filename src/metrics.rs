@@ -106,6 +106,8 @@ pub struct Metrics {
     resume_anchors: AtomicU64,
     executions_closed: AtomicU64,
     closure_retries: AtomicU64,
+    egress_allowed: AtomicU64,
+    egress_denied: AtomicU64,
     labelled: Mutex<Labelled>,
 }
 
@@ -171,6 +173,16 @@ impl Metrics {
     /// An attempt to prove a cancelled execution's sandbox gone failed (it is retried).
     pub fn closure_retry(&self) {
         self.closure_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One connection through the egress proxy was allowed (`true`) or denied.
+    pub fn egress(&self, allowed: bool) {
+        let c = if allowed {
+            &self.egress_allowed
+        } else {
+            &self.egress_denied
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An assignment was rejected.
@@ -359,6 +371,18 @@ impl Metrics {
             "counter",
             "execution_closed messages sent: cancelled executions whose sandbox was proven gone.",
             self.executions_closed.load(Ordering::Relaxed),
+        );
+        head(
+            &mut o,
+            "berth_egress_connections_total",
+            "counter",
+            "Connections tasks asked berth's egress proxy for, by decision.",
+        );
+        let _ = writeln!(
+            o,
+            "berth_egress_connections_total{{decision=\"allowed\"}} {}\nberth_egress_connections_total{{decision=\"denied\"}} {}",
+            self.egress_allowed.load(Ordering::Relaxed),
+            self.egress_denied.load(Ordering::Relaxed)
         );
         scalar(
             &mut o,

@@ -83,6 +83,7 @@ fn env_on(
         catalog: None,
         metrics: Arc::new(berth::metrics::Metrics::default()),
         setup_events: None,
+        gate: None,
     });
     (env, out_rx)
 }

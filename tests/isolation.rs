@@ -154,3 +154,247 @@ async fn an_environment_may_ask_for_a_runtime_only_the_policy_allows() {
     );
     assert!(containers_of_task(&refused.id).is_empty());
 }
+
+/// A busybox HTTP server in its own container on a network of the test's own, answering
+/// `body`; removed (with the network) on drop.
+struct Server {
+    id: String,
+    ip: String,
+}
+
+struct TestNet {
+    name: String,
+    servers: Vec<Server>,
+}
+
+impl TestNet {
+    fn start(tag: &str, bodies: &[&str]) -> TestNet {
+        let name = format!("berth-test-net-{tag}-{}", std::process::id());
+        let out = Command::new("docker")
+            .args(["network", "create", "--label", "berth.test=true", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut net = TestNet {
+            name,
+            servers: Vec::new(),
+        };
+        for body in bodies {
+            let out = Command::new("docker")
+                .args([
+                    "run", "-d", "--label", "berth.test=true", "--network", &net.name, BUSYBOX, "sh",
+                    "-c",
+                ])
+                .arg(format!(
+                    "mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www"
+                ))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let ip = inspect(
+                &id,
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            );
+            net.servers.push(Server { id, ip });
+        }
+        net
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for s in &self.servers {
+            let _ = Command::new("docker").args(["rm", "-f", &s.id]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
+
+/// Removes a worker's sealed network and its host firewall rules.
+struct SealedCleanup(String);
+
+impl Drop for SealedCleanup {
+    fn drop(&mut self) {
+        let net = berth::egress::Gate::network_name(&self.0);
+        for c in containers_of(&self.0) {
+            let _ = Command::new("docker").args(["rm", "-f", &c]).output();
+        }
+        let bridge = net.replace("berth-egress-", "berth-");
+        let chain = berth::egress::firewall::chain(&bridge);
+        let _ = Command::new("docker")
+            .args(["network", "rm", &net])
+            .output();
+        let ipt = |tool: &str, args: &[&str]| {
+            let _ = Command::new(tool).args(args).output();
+        };
+        ipt(
+            "iptables",
+            &["-w", "-D", "INPUT", "-i", &bridge, "-j", &chain],
+        );
+        ipt("iptables", &["-w", "-F", &chain]);
+        ipt("iptables", &["-w", "-X", &chain]);
+        ipt(
+            "ip6tables",
+            &["-w", "-D", "INPUT", "-i", &bridge, "-j", "DROP"],
+        );
+    }
+}
+
+/// An HTTP GET through the task's `http_proxy` (busybox's static wget cannot resolve here, so
+/// the scripts speak HTTP through nc).
+const VIA_PROXY: &str = r#"via() { p=${http_proxy#http://}; printf "GET http://$1/ HTTP/1.0\r\n\r\n" | nc -w 5 ${p%:*} ${p##*:}; }"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_allowlist_is_enforced_at_the_network_layer_and_summarised() {
+    let _images = Images::acquire();
+    let net = TestNet::start("egress", &["allowed-server", "other-server"]);
+    let (allowed, other) = (&net.servers[0].ip, &net.servers[1].ip);
+    // Something listening on every host address: a task must not reach it around the proxy.
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut c in host_service.incoming().flatten() {
+            let _ = c.write_all(b"host-service\n");
+        }
+    });
+    let (env, _sealed) = allowlisted("egress", &format!("{allowed}:8080")).await;
+    let script = format!(
+        r#"{VIA_PROXY}
+echo "allowed: $(via {allowed}:8080 | tail -n 1)"
+echo "denied: $(via {other}:8080 | head -n 1)"
+echo "tunnel: $(printf 'CONNECT {allowed}:8080 HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n' | nc -w 5 ${{p%:*}} ${{p##*:}} | tail -n 1)"
+echo "direct: $(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 {allowed} 8080 || echo unreachable)"
+gw=${{p%:*}}
+echo "host: $(echo hi | nc -w 3 $gw {host_port} && echo reached || echo unreachable)"
+echo "loopback-via-proxy: $(via 127.0.0.1:{host_port} | head -n 1)"
+echo "vars: $http_proxy $HTTPS_PROXY"
+"#
+    );
+    let script = script.replace("echo \"tunnel", "p=${http_proxy#http://}\necho \"tunnel");
+    let (done, text) = env.run(self::script(&script)).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{text}");
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{text}"))
+            .to_string()
+    };
+    assert_eq!(line("allowed: "), "allowed: allowed-server", "{text}");
+    assert!(line("denied: ").contains("403"), "{text}");
+    assert_eq!(line("tunnel: "), "tunnel: allowed-server", "{text}");
+    assert_eq!(
+        line("direct: "),
+        "direct: unreachable",
+        "a task ignoring the proxy got out:\n{text}"
+    );
+    assert_eq!(
+        line("host: "),
+        "host: unreachable",
+        "a task reached a host service:\n{text}"
+    );
+    assert!(line("loopback-via-proxy: ").contains("403"), "{text}");
+    assert!(line("vars: ").contains(":"), "{text}");
+    let summary = line("[berth] egress: ");
+    assert!(
+        summary.contains("2 connections allowed")
+            && summary.contains(&format!("{other}:8080 ×1"))
+            && summary.contains(&format!("127.0.0.1:{host_port} ×1")),
+        "{summary}\n{text}"
+    );
+    let metrics = reqwest::get(format!(
+        "http://{}/metrics",
+        env.handle.api.clone().unwrap()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("berth_egress_connections_total{decision=\"allowed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_egress_connections_total{decision=\"denied\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_none_means_no_network_and_an_environment_only_narrows() {
+    let _images = Images::acquire();
+    let net = TestNet::start("narrow", &["first-server", "second-server"]);
+    let (a, b) = (&net.servers[0].ip, &net.servers[1].ip);
+    let (env, _sealed) = allowlisted("egress-narrow", &format!("{a}:8080")).await;
+    let probe = format!(
+        "{VIA_PROXY}\necho \"a: $(via {a}:8080 | tail -n 1)\"\necho \"b: $(via {b}:8080 | head -n 1)\"\necho \"ifaces: $(ls /sys/class/net | tr '\\n' ' ')\""
+    );
+    // An environment listing b cannot add it; it can take a away.
+    let (done, text) = env
+        .run(SubmitRequest {
+            environment: Some(serde_json::json!({"egress": {"allow": [format!("{b}:8080")]}})),
+            ..script(&probe)
+        })
+        .await;
+    assert_eq!(done.state, TaskState::Succeeded, "{text}");
+    assert!(
+        text.contains("a: HTTP/1.1 403") || text.contains("a: berth egress policy"),
+        "{text}"
+    );
+    assert!(text.contains("b: HTTP/1.1 403"), "{text}");
+    // mode none: no network interface but loopback.
+    let (done, text) = env
+        .run(SubmitRequest {
+            environment: Some(serde_json::json!({"egress": {"mode": "none"}})),
+            ..script("echo \"ifaces: $(ls /sys/class/net | tr '\\n' ' ')\"")
+        })
+        .await;
+    assert_eq!(done.state, TaskState::Succeeded, "{text}");
+    assert!(text.contains("ifaces: lo \n"), "{text}");
+    // An environment asking for open gets the policy's allowlist all the same.
+    let (_, text) = env
+        .run(SubmitRequest {
+            environment: Some(serde_json::json!({"egress": {"mode": "open"}})),
+            ..script(&probe)
+        })
+        .await;
+    assert!(text.contains("a: first-server"), "{text}");
+    assert!(text.contains("b: HTTP/1.1 403"), "{text}");
+}
+
+/// A worker whose policy allows only `entry`, and the cleanup of its sealed network.
+async fn allowlisted(name: &str, entry: &str) -> (Env, SealedCleanup) {
+    let env = Env::start(
+        name,
+        EnvOptions {
+            docker_yaml: format!(
+                "    policy:\n      egress:\n        mode: allowlist\n        allow: ['{entry}']\n        proxy_port: {}\n",
+                free_port()
+            ),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let sealed = SealedCleanup(env.worker_id.clone());
+    (env, sealed)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

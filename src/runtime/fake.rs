@@ -504,6 +504,26 @@ impl Runtime for FakeRuntime {
         self.enter(Op::Ping, "").await
     }
 
+    async fn ensure_egress_network(
+        &self,
+        _name: &str,
+        _bridge: &str,
+        _worker_id: &str,
+    ) -> Result<crate::runtime::EgressNetwork, RuntimeError> {
+        Err(RuntimeError::Api {
+            op: "network create",
+            reason: "the fake engine has no networks".into(),
+        })
+    }
+
+    async fn container_address(
+        &self,
+        _id: &str,
+        _network: &str,
+    ) -> Result<Option<std::net::IpAddr>, RuntimeError> {
+        Ok(None)
+    }
+
     async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
         Ok(vec!["runc".to_string()])
     }

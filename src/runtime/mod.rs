@@ -131,10 +131,34 @@ pub struct ManagedContainer {
 
 /// What a task run needs from its engine. Every method is one engine call (or a small fixed
 /// sequence of them); retry and outage policy belong to the caller.
+/// The network egress-restricted tasks run on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressNetwork {
+    /// Docker network name.
+    pub name: String,
+    /// Bridge interface on the host.
+    pub bridge: String,
+    /// The bridge's address on the host (where the egress proxy listens).
+    pub gateway: std::net::IpAddr,
+}
+
 #[async_trait]
 pub trait Runtime: Send + Sync {
     /// Whether the engine answers (bounded: at most a few seconds).
     async fn ping(&self) -> Result<(), RuntimeError>;
+    /// Creates (or checks) the sealed network egress-restricted tasks run on.
+    async fn ensure_egress_network(
+        &self,
+        name: &str,
+        bridge: &str,
+        worker_id: &str,
+    ) -> Result<EgressNetwork, RuntimeError>;
+    /// The container's address on `network`, once it runs.
+    async fn container_address(
+        &self,
+        id: &str,
+        network: &str,
+    ) -> Result<Option<std::net::IpAddr>, RuntimeError>;
     /// The OCI runtimes registered with the engine (`docker info`), e.g. `runc`, `runsc`.
     async fn runtimes(&self) -> Result<Vec<String>, RuntimeError>;
     /// Makes `image` available under `policy`; concurrent callers for one image share one pull.

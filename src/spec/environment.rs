@@ -46,6 +46,8 @@ pub struct Environment {
     pub resources: Resources,
     /// OCI runtime asked for (e.g. `runsc`); policy decides whether it may be used.
     pub runtime: Option<String>,
+    /// Egress narrowing (stricter mode, a shorter list); never widens the policy.
+    pub egress: Option<crate::spec::egress::Narrowing>,
 }
 
 impl Environment {
@@ -87,6 +89,8 @@ pub struct Definition {
     resources: Option<WireResources>,
     #[serde(default)]
     runtime: Option<String>,
+    #[serde(default)]
+    egress: Option<serde_json::Value>,
 }
 
 /// `resources` on the wire: memory as bytes or a size string (`8GiB`).
@@ -205,6 +209,12 @@ impl Definition {
                 memory,
             },
             runtime: d.runtime.filter(|r| !r.is_empty()),
+            egress: d
+                .egress
+                .as_ref()
+                .map(crate::spec::egress::Narrowing::parse)
+                .transpose()
+                .map_err(invalid)?,
         };
         validate(&e).map_err(invalid)?;
         Ok(e)
@@ -215,7 +225,7 @@ impl Definition {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Choice {
     /// Resolved from the assignment or the operator's config.
-    Ready(Environment),
+    Ready(Box<Environment>),
     /// `agent_config_snapshot.environment_id` names no configured environment: ask the control
     /// plane's environments API (when configured) for this id.
     Fetch(String),
@@ -235,7 +245,7 @@ pub fn choose(
     fetch: bool,
 ) -> Result<Choice, EnvironmentError> {
     if berth && let Some(v) = a.environment.as_ref().filter(|v| !v.is_null()) {
-        return Definition::parse("inline", v).map(Choice::Ready);
+        return Definition::parse("inline", v).map(|e| Choice::Ready(Box::new(e)));
     }
     let id = a
         .task
@@ -245,7 +255,7 @@ pub fn choose(
         .map(str::trim)
         .filter(|id| !id.is_empty());
     if let Some(e) = id.and_then(|id| named.get(id)) {
-        return Ok(Choice::Ready(e.clone()));
+        return Ok(Choice::Ready(Box::new(e.clone())));
     }
     if fetch && let Some(id) = id {
         return Ok(Choice::Fetch(id.to_string()));
@@ -253,7 +263,7 @@ pub fn choose(
     Ok(default_environment
         .and_then(|d| named.get(d))
         .cloned()
-        .map_or(Choice::None, Choice::Ready))
+        .map_or(Choice::None, |e| Choice::Ready(Box::new(e))))
 }
 
 #[cfg(test)]
@@ -295,7 +305,7 @@ mod tests {
         default_environment: Option<&str>,
     ) -> Result<Option<Environment>, EnvironmentError> {
         choose(a, berth, named, default_environment, false).map(|c| match c {
-            Choice::Ready(e) => Some(e),
+            Choice::Ready(e) => Some(*e),
             _ => None,
         })
     }

@@ -3,6 +3,7 @@
 //! Everything here follows PROTOCOL.md §5 to the letter; it is what makes a berth container
 //! indistinguishable from one the Oz worker would have started.
 
+pub mod egress;
 pub mod environment;
 pub mod holder;
 pub mod image;

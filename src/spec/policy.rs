@@ -68,7 +68,14 @@ pub struct Policy {
     pub timeout: Duration,
     /// OCI runtimes an environment may ask for besides `security.runtime`.
     pub allowed_runtimes: Vec<String>,
+    /// Where tasks may connect to (`mode` and the operator's `allow` list).
+    pub egress: crate::spec::egress::Egress,
+    /// Port of berth's egress proxy on the sealed network's gateway.
+    pub egress_proxy_port: u16,
 }
+
+/// Default port of the egress proxy (the customary proxy port).
+pub const DEFAULT_EGRESS_PROXY_PORT: u16 = 3128;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -79,6 +86,8 @@ impl Default for Policy {
             max_resources: Resources::default(),
             timeout: Duration::from_secs(8 * 3600),
             allowed_runtimes: Vec::new(),
+            egress: crate::spec::egress::Egress::default(),
+            egress_proxy_port: DEFAULT_EGRESS_PROXY_PORT,
         }
     }
 }

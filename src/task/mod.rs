@@ -238,6 +238,8 @@ pub struct TaskEnv {
     pub engine: Arc<crate::runtime::engine::Engine>,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The way out for tasks whose egress is `allowlist` (opened on first use).
+    pub gate: Option<Arc<crate::egress::Gate>>,
     /// Poster of setup-phase timings (PROTOCOL §7); `None` when it could not be built.
     pub setup_events: Option<Arc<crate::control::setup_events::SetupEvents>>,
 }

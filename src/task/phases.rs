@@ -92,7 +92,7 @@ async fn choose_environment(
         Choice::None => return Ok(None),
         Choice::Ready(e) => {
             system_line(&exec.spool, &format!("environment {}", e.source)).await;
-            e
+            *e
         }
         Choice::Fetch(id) => {
             let Some(catalog) = &env.catalog else {
@@ -136,6 +136,33 @@ struct Plan {
     /// The container's security settings: the policy's, with the runtime the environment
     /// may have asked for.
     security: crate::spec::policy::Security,
+    /// Where the task may connect to (policy, narrowed by the environment, plus what berth
+    /// derives for the environment's repositories and the Oz endpoints).
+    egress: crate::spec::egress::Egress,
+}
+
+/// The task's egress: the policy narrowed by its environment; in allowlist mode the
+/// destinations berth itself needs the task to reach are added to both lists.
+fn egress_of(s: &TaskSettings, environment: Option<&Environment>) -> crate::spec::egress::Egress {
+    use crate::spec::egress::{Egress, Mode, derived};
+    let n = environment
+        .and_then(|e| e.egress.clone())
+        .unwrap_or_default();
+    let mut e = Egress::narrow(&s.policy.egress, n.mode, n.allow);
+    if e.mode == Mode::Allowlist {
+        let urls = environment
+            .into_iter()
+            .flat_map(|env| env.repos.iter().map(|r| r.url.as_str()))
+            .chain(std::iter::once(s.agent.server_root_url.as_str()))
+            .chain(s.agent.session_sharing_server_url.as_deref());
+        for a in urls.filter_map(derived) {
+            if let Some(list) = e.narrowed.as_mut() {
+                list.push(a.clone());
+            }
+            e.allow.push(a);
+        }
+    }
+    e
 }
 
 /// A container the engine created for the execution (journaled as ours).
@@ -144,6 +171,8 @@ struct Created {
     spec: ContainerSpec,
     /// How long the create took (announced with the start).
     took_ms: u128,
+    /// The sealed network it is on (egress allowlist).
+    sealed: Option<String>,
 }
 
 /// Reports a setup phase that began at `start` and ended with `r` as a setup event; nothing
@@ -204,10 +233,12 @@ pub(super) async fn execute(
             None
         }
     };
+    let admitted = parking_lot::Mutex::new(None);
     let run = async {
         let started = start(env, exec, &control.token, &created, &info).await;
         report(events, setup_events::CONTAINER_START, create_at, &started);
         started?;
+        *admitted.lock() = admit(env, exec, &created, &plan).await;
         let timeout = task_timeout(env, exec);
         let started_at = tokio::time::Instant::now();
         provision(env, exec, control, &id, &plan.steps, timeout, events).await?;
@@ -217,6 +248,13 @@ pub(super) async fn execute(
         Ok(remaining) => supervise(env, exec, &id, control, remaining, live).await,
         Err(o) => Supervised::Done(o),
     };
+    let admitted = admitted.lock().take();
+    let usage = admitted.and_then(|ip| env.gate.as_ref()?.release(ip));
+    if let Some(usage) = usage
+        && !matches!(outcome, Supervised::Detached)
+    {
+        system_line(&exec.spool, &usage.summary()).await;
+    }
     if matches!(outcome, Supervised::Detached) {
         return None;
     }
@@ -258,8 +296,15 @@ async fn prepare(
         .policy
         .runtime_for(environment.as_ref().and_then(|e| e.runtime.as_deref()))
         .map_err(|e| phase(e.failure_reason())(e.to_string()))?;
+    let egress = egress_of(s, environment.as_ref());
     let security = crate::spec::policy::Security {
         runtime,
+        // No network at all; allowlist gets the sealed network when the container is made.
+        network: if egress.mode == crate::spec::egress::Mode::None {
+            "none".to_string()
+        } else {
+            s.policy.security.network.clone()
+        },
         ..s.policy.security.clone()
     };
     let workdir = environment
@@ -278,6 +323,7 @@ async fn prepare(
         limits,
         steps,
         security,
+        egress,
     })
 }
 
@@ -405,6 +451,25 @@ async fn create(
     sidecar_binds: Vec<String>,
 ) -> Phase<Created> {
     let runtime = env.runtime.as_ref();
+    // Allowlist: the container goes on the sealed network, the proxy is its only way out.
+    // A door that cannot be opened fails the task: it never runs unrestricted.
+    let mut security = plan.security.clone();
+    let door = if plan.egress.mode == crate::spec::egress::Mode::Allowlist {
+        let gate = env.gate.as_ref().ok_or_else(|| {
+            phase(FailureReason::ContainerCreate)(
+                "egress allowlist needs berth's egress proxy, which this worker does not run"
+                    .to_string(),
+            )
+        })?;
+        let door = gate
+            .open()
+            .await
+            .map_err(|e| phase(FailureReason::ContainerCreate)(e.to_string()))?;
+        security.network = door.network.clone();
+        Some(door)
+    } else {
+        None
+    };
     let ctx = SpecContext {
         worker_id: &s.worker_id,
         execution_id: &exec.execution_id,
@@ -415,12 +480,20 @@ async fn create(
         operator_env: &s.operator_env,
         operator_volumes: &s.operator_volumes,
         limits: plan.limits,
-        security: &plan.security,
+        security: &security,
         environment: plan.environment.as_ref(),
         hold: (!plan.steps.is_empty()).then_some(info.entrypoint.as_slice()),
     };
-    let spec = container_spec(&exec.assignment, &ctx)
+    let mut spec = container_spec(&exec.assignment, &ctx)
         .map_err(|e| phase(e.failure_reason())(e.to_string()))?;
+    if let Some(d) = &door {
+        // Last, so they win over any the task set itself (which would lead nowhere).
+        spec.env.extend(
+            crate::spec::egress::proxy_env(&d.proxy_url)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        );
+    }
     let created_in = tokio::time::Instant::now();
     let id = loop {
         match runtime.create(&spec).await {
@@ -455,7 +528,35 @@ async fn create(
         id,
         spec,
         took_ms: created_in.elapsed().as_millis(),
+        sealed: door.map(|d| d.network),
     })
+}
+
+/// Lets a container on the sealed network use the egress proxy, by its address there. Without
+/// an address nothing is admitted, and the proxy refuses the task everything.
+async fn admit(
+    env: &TaskEnv,
+    exec: &Execution,
+    created: &Created,
+    plan: &Plan,
+) -> Option<std::net::IpAddr> {
+    let network = created.sealed.as_deref()?;
+    let gate = env.gate.as_ref()?;
+    match env.runtime.container_address(&created.id, network).await {
+        Ok(Some(ip)) => {
+            gate.admit(ip, &exec.execution_id, plan.egress.clone());
+            Some(ip)
+        }
+        Ok(None) | Err(_) => {
+            warn!(container = %created.id, "no address on the sealed network; the egress proxy refuses this task everything");
+            system_line(
+                &exec.spool,
+                "egress: the container has no address on the sealed network; every destination is refused",
+            )
+            .await;
+            None
+        }
+    }
 }
 
 /// Starts the container (announced, with `task_started` on berth/1).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -284,7 +284,23 @@ impl Worker {
         let abort = CancellationToken::new();
         let engine = crate::runtime::engine::Engine::new(self.runtime.clone());
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        // The egress proxy lives as long as this run (tasks draining at shutdown keep it).
+        let gate_stop = CancellationToken::new();
+        let _gate_stop = gate_stop.clone().drop_guard();
+        let gate = Arc::new(crate::egress::Gate::new(
+            self.runtime.clone(),
+            &c.worker_id,
+            c.docker.policy.egress_proxy_port,
+            metrics.clone(),
+            gate_stop,
+        ));
+        if c.docker.policy.egress.mode == crate::spec::egress::Mode::Allowlist
+            && let Err(e) = gate.open().await
+        {
+            error!(error = %e, "egress allowlist cannot be enforced; tasks that need it will fail until it can");
+        }
         let env = Arc::new(TaskEnv {
+            gate: Some(gate),
             metrics: metrics.clone(),
             engine: engine.clone(),
             runtime: self.runtime.clone(),

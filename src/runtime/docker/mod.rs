@@ -3,6 +3,7 @@
 mod container;
 pub mod credentials;
 mod image;
+mod network;
 pub mod progress;
 pub mod rootfs;
 mod sidecar;
@@ -18,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::config::PullPolicy;
 use crate::runtime::{
-    ExecRun, ExitStatus, ImageInfo, LogStream, ManagedContainer, OutputStream, Runtime,
-    RuntimeError,
+    EgressNetwork, ExecRun, ExitStatus, ImageInfo, LogStream, ManagedContainer, OutputStream,
+    Runtime, RuntimeError,
 };
 use crate::spec::ContainerSpec;
 use crate::spec::image::ImageRef;
@@ -162,6 +163,23 @@ impl Docker {
 impl Runtime for Docker {
     async fn ping(&self) -> Result<(), RuntimeError> {
         Docker::ping(self).await
+    }
+
+    async fn ensure_egress_network(
+        &self,
+        name: &str,
+        bridge: &str,
+        worker_id: &str,
+    ) -> Result<EgressNetwork, RuntimeError> {
+        Docker::ensure_egress_network(self, name, bridge, worker_id).await
+    }
+
+    async fn container_address(
+        &self,
+        id: &str,
+        network: &str,
+    ) -> Result<Option<std::net::IpAddr>, RuntimeError> {
+        Docker::container_address(self, id, network).await
     }
 
     async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {

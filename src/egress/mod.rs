@@ -1,0 +1,251 @@
+//! Egress enforcement for tasks whose policy is `allowlist`: a sealed Docker network (no
+//! route out, no traffic between tasks, the host's own addresses firewalled off), and
+//! berth's proxy on its gateway as the only way out. The proxy attributes each connection to
+//! a task by its address on that network and checks it against the task's egress.
+
+pub mod firewall;
+pub mod proxy;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::runtime::{Runtime, RuntimeError};
+use crate::spec::egress::{Decision, Egress};
+
+/// Why the way out could not be opened: tasks that need it fail (never run unrestricted).
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("cannot create the sealed egress network: {0}")]
+    Network(#[from] RuntimeError),
+    #[error(transparent)]
+    Firewall(#[from] firewall::FirewallError),
+    #[error(
+        "cannot listen for the egress proxy on {addr} ({reason}); is backend.docker.policy.egress.proxy_port taken?"
+    )]
+    Listen { addr: SocketAddr, reason: String },
+}
+
+/// What a task container needs to use the way out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Door {
+    /// The sealed network's name.
+    pub network: String,
+    /// `http://GATEWAY:PORT`.
+    pub proxy_url: String,
+}
+
+/// What one task did through the proxy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub allowed: u64,
+    /// Denied destinations (`host:port`) and how often.
+    pub denied: BTreeMap<String, u64>,
+}
+
+impl Usage {
+    /// The transcript's summary line.
+    pub fn summary(&self) -> String {
+        let denied: u64 = self.denied.values().sum();
+        if denied == 0 {
+            return format!("egress: {} connections allowed, none denied", self.allowed);
+        }
+        let list: Vec<String> = self
+            .denied
+            .iter()
+            .map(|(d, n)| format!("{d} ×{n}"))
+            .collect();
+        format!(
+            "egress: {} connections allowed, {denied} denied by policy: {} (allow them in backend.docker.policy.egress.allow)",
+            self.allowed,
+            list.join(", ")
+        )
+    }
+}
+
+/// A task admitted to the proxy.
+pub struct Admission {
+    pub execution_id: String,
+    pub egress: Egress,
+    usage: Mutex<Usage>,
+}
+
+impl Admission {
+    fn count(&self, dest: &str, d: Decision) {
+        let mut u = self.usage.lock();
+        match d {
+            Decision::Allowed => u.allowed += 1,
+            Decision::Denied => *u.denied.entry(dest.to_string()).or_default() += 1,
+        }
+    }
+}
+
+/// Tasks by their address on the sealed network.
+#[derive(Default)]
+pub struct Admissions {
+    by_ip: Mutex<HashMap<IpAddr, Arc<Admission>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Admissions {
+    /// The task at `ip`, waiting up to `patience` for it to be admitted (a task can connect
+    /// before berth has read its address).
+    async fn wait_for(&self, ip: IpAddr, patience: Duration) -> Option<Arc<Admission>> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(a) = self.by_ip.lock().get(&ip) {
+                return Some(a.clone());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+}
+
+/// The host's way out for allowlisted tasks: opened on first use, shared by all tasks.
+pub struct Gate {
+    runtime: Arc<dyn Runtime>,
+    worker_id: String,
+    port: u16,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+    door: tokio::sync::Mutex<Option<Door>>,
+    admissions: Arc<Admissions>,
+}
+
+/// Short, stable name part for this worker's network and bridge (an interface name has at
+/// most 15 bytes).
+fn tag(worker_id: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, worker_id.as_bytes());
+    d.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Gate {
+    /// A gate for `worker_id`'s tasks; nothing is created until [`Gate::open`].
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        worker_id: &str,
+        port: u16,
+        metrics: Arc<crate::metrics::Metrics>,
+        stop: CancellationToken,
+    ) -> Self {
+        Gate {
+            runtime,
+            worker_id: worker_id.to_string(),
+            port,
+            metrics,
+            stop,
+            door: tokio::sync::Mutex::new(None),
+            admissions: Arc::new(Admissions::default()),
+        }
+    }
+
+    /// The network name this worker's allowlisted tasks use.
+    pub fn network_name(worker_id: &str) -> String {
+        format!("berth-egress-{}", tag(worker_id))
+    }
+
+    /// Opens the way out (once): the sealed network, the host firewall, the proxy.
+    pub async fn open(&self) -> Result<Door, EgressError> {
+        let mut door = self.door.lock().await;
+        if let Some(d) = door.as_ref() {
+            return Ok(d.clone());
+        }
+        let t = tag(&self.worker_id);
+        let net = self
+            .runtime
+            .ensure_egress_network(
+                &Self::network_name(&self.worker_id),
+                &format!("berth-{t}"),
+                &self.worker_id,
+            )
+            .await?;
+        let (bridge, gateway, port) = (net.bridge.clone(), net.gateway, self.port);
+        tokio::task::spawn_blocking(move || firewall::seal(&bridge, gateway, port))
+            .await
+            .map_err(|e| RuntimeError::Api {
+                op: "firewall",
+                reason: e.to_string(),
+            })??;
+        let addr = SocketAddr::new(net.gateway, self.port);
+        let listener =
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| EgressError::Listen {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        info!(network = %net.name, proxy = %addr, "egress proxy listening on the sealed network");
+        tokio::spawn(proxy::serve(
+            listener,
+            self.admissions.clone(),
+            self.metrics.clone(),
+            self.stop.clone(),
+        ));
+        let d = Door {
+            network: net.name,
+            proxy_url: format!("http://{addr}"),
+        };
+        *door = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Lets the task at `ip` use the proxy under `egress`.
+    pub fn admit(&self, ip: IpAddr, execution_id: &str, egress: Egress) {
+        self.admissions.by_ip.lock().insert(
+            ip,
+            Arc::new(Admission {
+                execution_id: execution_id.to_string(),
+                egress,
+                usage: Mutex::new(Usage::default()),
+            }),
+        );
+        self.admissions.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Ends the task's admission; what it did.
+    pub fn release(&self, ip: IpAddr) -> Option<Usage> {
+        let a = self.admissions.by_ip.lock().remove(&ip)?;
+        let u = a.usage.lock().clone();
+        Some(u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_each_denied_destination() {
+        let mut u = Usage {
+            allowed: 3,
+            ..Usage::default()
+        };
+        assert_eq!(u.summary(), "egress: 3 connections allowed, none denied");
+        u.denied.insert("example.com:443".into(), 2);
+        u.denied.insert("10.0.0.9:80".into(), 1);
+        assert_eq!(
+            u.summary(),
+            "egress: 3 connections allowed, 3 denied by policy: 10.0.0.9:80 ×1, example.com:443 ×2 (allow them in backend.docker.policy.egress.allow)"
+        );
+    }
+
+    #[test]
+    fn names_fit_an_interface_name() {
+        let t = tag("a-very-long-worker-id-that-goes-on");
+        assert_eq!(format!("berth-{t}").len(), 14);
+        assert_eq!(tag("w"), tag("w"));
+        assert_ne!(tag("w1"), tag("w2"));
+    }
+}
