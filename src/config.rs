@@ -216,6 +216,7 @@ struct RawSecurity {
     runtime: Option<Spanned<String>>,
     allowed_runtimes: Option<Vec<Spanned<String>>>,
     network: Option<Spanned<String>>,
+    profile: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -819,6 +820,22 @@ fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::policy::Poli
     );
     let max_resources = resources_of("backend.docker.policy.max_resources", raw.max_resources, c);
     let (egress, egress_proxy_port) = egress_of(raw.egress.unwrap_or_default(), c);
+    let profile = match sec.profile {
+        None => crate::spec::policy::Profile::Default,
+        Some(p) => match p.value.as_str() {
+            "default" => crate::spec::policy::Profile::Default,
+            "strict" => crate::spec::policy::Profile::Strict,
+            other => {
+                c.at(
+                    "backend.docker.policy.security.profile",
+                    Some(&p),
+                    format!("{other:?} is not a security profile"),
+                    "use default (the settings as configured) or strict",
+                );
+                crate::spec::policy::Profile::Default
+            }
+        },
+    };
     Policy {
         allowed_images: allowed,
         security: Security {
@@ -834,6 +851,7 @@ fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::policy::Poli
             user: sec.user.filter(|u| !u.is_empty()),
             runtime,
             network,
+            tmpfs: Vec::new(),
         },
         default_resources,
         max_resources,
@@ -841,6 +859,7 @@ fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::policy::Poli
         allowed_runtimes,
         egress,
         egress_proxy_port,
+        profile,
     }
 }
 

@@ -221,36 +221,6 @@ impl Drop for TestNet {
     }
 }
 
-/// Removes a worker's sealed network and its host firewall rules.
-struct SealedCleanup(String);
-
-impl Drop for SealedCleanup {
-    fn drop(&mut self) {
-        let net = berth::egress::Gate::network_name(&self.0);
-        for c in containers_of(&self.0) {
-            let _ = Command::new("docker").args(["rm", "-f", &c]).output();
-        }
-        let bridge = net.replace("berth-egress-", "berth-");
-        let chain = berth::egress::firewall::chain(&bridge);
-        let _ = Command::new("docker")
-            .args(["network", "rm", &net])
-            .output();
-        let ipt = |tool: &str, args: &[&str]| {
-            let _ = Command::new(tool).args(args).output();
-        };
-        ipt(
-            "iptables",
-            &["-w", "-D", "INPUT", "-i", &bridge, "-j", &chain],
-        );
-        ipt("iptables", &["-w", "-F", &chain]);
-        ipt("iptables", &["-w", "-X", &chain]);
-        ipt(
-            "ip6tables",
-            &["-w", "-D", "INPUT", "-i", &bridge, "-j", "DROP"],
-        );
-    }
-}
-
 /// An HTTP GET through the task's `http_proxy` (busybox's static wget cannot resolve here, so
 /// the scripts speak HTTP through nc).
 const VIA_PROXY: &str = r#"via() { p=${http_proxy#http://}; printf "GET http://$1/ HTTP/1.0\r\n\r\n" | nc -w 5 ${p%:*} ${p##*:}; }"#;

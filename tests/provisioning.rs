@@ -588,3 +588,59 @@ async fn setup_phases_are_posted_as_events_with_the_runs_tokens_and_never_withou
         "events sent without the workload token"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_strict_profile_still_clones_builds_and_writes_the_workspace() {
+    let repo = Repo::new();
+    let env = Env::start(
+        "strict",
+        EnvOptions {
+            docker_yaml: format!(
+                "{}    policy:\n      security:\n        profile: strict\n      egress:\n        proxy_port: {}\n",
+                repo.docker_yaml(),
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            ),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let _sealed = SealedCleanup(env.worker_id.clone());
+    // The task is not root: the test's local repository is made the task user's, or git's
+    // ownership check refuses it (a clone over https has no such check).
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(repo.dir.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let image = git_image(&env.images);
+    let inline = serde_json::json!({
+        "image": image,
+        "repos": [{"url": "/srv/repo.git", "path": "app"}],
+        "setup": ["mkdir -p build && cp VERSION build/out && echo built"],
+        "workdir": "/workspace/app",
+    });
+    let cmd = "echo uid=$(id -u); grep CapEff /proc/self/status; \
+               touch /rootfs-write 2>/dev/null && echo rootfs-writable || echo rootfs-read-only; \
+               echo tmp > /tmp/t && echo tmp-ok; cat build/out; echo home=$HOME; \
+               echo net=$http_proxy";
+    let (done, text) = env.run(task(cmd, Some(inline))).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{text}");
+    for needle in [
+        "built\n",
+        "uid=65534\n",
+        "CapEff:\t0000000000000000\n",
+        "rootfs-read-only\n",
+        "tmp-ok\n",
+        "2\n",
+        "home=/tmp\n",
+        "net=http://",
+        "[berth] egress: ",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+}

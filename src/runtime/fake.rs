@@ -216,6 +216,7 @@ impl FakeRuntime {
                 id: format!("sha256:{n:064x}"),
                 repo_digest: None,
                 entrypoint: entrypoint.iter().map(|e| e.to_string()).collect(),
+                user: String::new(),
             },
         );
     }
@@ -561,6 +562,7 @@ impl Runtime for FakeRuntime {
                         id: format!("sha256:{n:064x}"),
                         repo_digest: None,
                         entrypoint: Vec::new(),
+                        user: String::new(),
                     })
                     .clone();
                 Ok(info)

@@ -78,6 +78,8 @@ pub struct ImageInfo {
     pub repo_digest: Option<String>,
     /// The image's own `ENTRYPOINT` (kept when berth holds a container for provisioning).
     pub entrypoint: Vec<String>,
+    /// The image's `USER` (empty: root).
+    pub user: String,
 }
 
 /// stdout/stderr pieces of a command or container, in the order the engine delivered them.

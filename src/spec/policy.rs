@@ -27,6 +27,83 @@ pub struct Security {
     pub runtime: Option<String>,
     /// Network mode: `bridge` (default), `none`, or a named network.
     pub network: String,
+    /// In-memory filesystems: (path, mount options).
+    pub tmpfs: Vec<(String, String)>,
+}
+
+/// A named set of security settings (`policy.security.profile`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// The settings as configured.
+    #[default]
+    Default,
+    /// Non-root, no capabilities, read-only root with writable `/tmp` and workspace,
+    /// no-new-privileges, a pids limit, and egress no wider than `allowlist`.
+    Strict,
+}
+
+/// The user a strict container runs as when neither the operator nor the image names one.
+pub const STRICT_USER: &str = "65534:65534";
+/// The pids limit of a strict container unless the operator's is lower.
+pub const STRICT_PIDS: i64 = 4096;
+
+impl Security {
+    /// These settings hardened by `profile` for an image whose `USER` is `image_user`. Pure.
+    pub fn hardened(&self, profile: Profile, image_user: &str, workdir: &str) -> Security {
+        if profile == Profile::Default {
+            return self.clone();
+        }
+        let user = self.user.clone().or_else(|| {
+            // A numeric user the image chose is kept; root (or a name, which may be root) is
+            // replaced.
+            let u = image_user.split(':').next().unwrap_or_default();
+            let numeric_non_root = !u.is_empty() && u.parse::<u32>().is_ok_and(|n| n != 0);
+            Some(if numeric_non_root {
+                image_user.to_string()
+            } else {
+                STRICT_USER.to_string()
+            })
+        });
+        let (uid, gid) = user
+            .as_deref()
+            .map(|u| {
+                let mut p = u.split(':');
+                let uid = p.next().unwrap_or("65534").to_string();
+                let gid = p.next().map_or_else(|| uid.clone(), str::to_string);
+                (uid, gid)
+            })
+            .unwrap_or_default();
+        let owned = |mode: &str| {
+            if uid.parse::<u32>().is_ok() && gid.parse::<u32>().is_ok() {
+                format!("rw,exec,nosuid,nodev,mode={mode},uid={uid},gid={gid}")
+            } else {
+                format!("rw,exec,nosuid,nodev,mode={mode}")
+            }
+        };
+        let mut tmpfs = vec![
+            (
+                "/tmp".to_string(),
+                "rw,exec,nosuid,nodev,mode=1777".to_string(),
+            ),
+            (workdir.to_string(), owned("0755")),
+        ];
+        if workdir != crate::spec::WORKDIR && workdir.starts_with(crate::spec::WORKDIR) {
+            tmpfs.push((crate::spec::WORKDIR.to_string(), owned("0755")));
+        }
+        tmpfs.sort();
+        tmpfs.dedup();
+        Security {
+            no_new_privileges: true,
+            cap_drop: vec!["ALL".to_string()],
+            cap_add: Vec::new(),
+            pids_limit: Some(self.pids_limit.map_or(STRICT_PIDS, |p| p.min(STRICT_PIDS))),
+            read_only_rootfs: true,
+            user,
+            runtime: self.runtime.clone(),
+            network: self.network.clone(),
+            tmpfs,
+        }
+    }
 }
 
 impl Default for Security {
@@ -40,6 +117,7 @@ impl Default for Security {
             user: None,
             runtime: None,
             network: "bridge".to_string(),
+            tmpfs: Vec::new(),
         }
     }
 }
@@ -72,6 +150,8 @@ pub struct Policy {
     pub egress: crate::spec::egress::Egress,
     /// Port of berth's egress proxy on the sealed network's gateway.
     pub egress_proxy_port: u16,
+    /// Security profile applied on top of `security`.
+    pub profile: Profile,
 }
 
 /// Default port of the egress proxy (the customary proxy port).
@@ -88,6 +168,7 @@ impl Default for Policy {
             allowed_runtimes: Vec::new(),
             egress: crate::spec::egress::Egress::default(),
             egress_proxy_port: DEFAULT_EGRESS_PROXY_PORT,
+            profile: Profile::Default,
         }
     }
 }
@@ -573,5 +654,59 @@ mod tests {
             unregistered(&with_runtimes(None, &["kata"]), &reg(&["runc", "runsc"])),
             Some("kata")
         );
+    }
+
+    #[test]
+    fn strict_hardens_every_setting_and_keeps_only_a_numeric_non_root_image_user() {
+        let base = Security {
+            cap_add: vec!["NET_RAW".into()],
+            pids_limit: Some(100_000),
+            no_new_privileges: false,
+            ..Security::default()
+        };
+        assert_eq!(base.hardened(Profile::Default, "", "/workspace"), base);
+        let s = base.hardened(Profile::Strict, "", "/workspace");
+        assert_eq!(s.user.as_deref(), Some(STRICT_USER));
+        assert_eq!(s.cap_drop, ["ALL"]);
+        assert!(s.cap_add.is_empty());
+        assert!(s.no_new_privileges && s.read_only_rootfs);
+        assert_eq!(s.pids_limit, Some(STRICT_PIDS));
+        assert_eq!(
+            s.tmpfs,
+            [
+                (
+                    "/tmp".to_string(),
+                    "rw,exec,nosuid,nodev,mode=1777".to_string()
+                ),
+                (
+                    "/workspace".to_string(),
+                    "rw,exec,nosuid,nodev,mode=0755,uid=65534,gid=65534".to_string()
+                ),
+            ]
+        );
+        let users = [
+            ("", STRICT_USER),
+            ("root", STRICT_USER),
+            ("0", STRICT_USER),
+            ("0:0", STRICT_USER),
+            ("node", STRICT_USER),
+            ("1000", "1000"),
+            ("1000:1001", "1000:1001"),
+        ];
+        for (image, want) in users {
+            let s = base.hardened(Profile::Strict, image, "/workspace");
+            assert_eq!(s.user.as_deref(), Some(want), "{image:?}");
+        }
+        // The operator's own user and a lower pids limit win.
+        let op = Security {
+            user: Some("4242:4242".into()),
+            pids_limit: Some(64),
+            ..Security::default()
+        };
+        let s = op.hardened(Profile::Strict, "1000", "/workspace/app");
+        assert_eq!(s.user.as_deref(), Some("4242:4242"));
+        assert_eq!(s.pids_limit, Some(64));
+        let paths: Vec<&str> = s.tmpfs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/tmp", "/workspace", "/workspace/app"]);
     }
 }

@@ -148,7 +148,12 @@ fn egress_of(s: &TaskSettings, environment: Option<&Environment>) -> crate::spec
     let n = environment
         .and_then(|e| e.egress.clone())
         .unwrap_or_default();
-    let mut e = Egress::narrow(&s.policy.egress, n.mode, n.allow);
+    // The strict profile never lets a task out unrestricted.
+    let mut policy = s.policy.egress.clone();
+    if s.policy.profile == crate::spec::policy::Profile::Strict && policy.mode == Mode::Open {
+        policy.mode = Mode::Allowlist;
+    }
+    let mut e = Egress::narrow(&policy, n.mode, n.allow);
     if e.mode == Mode::Allowlist {
         let urls = environment
             .into_iter()
@@ -453,7 +458,14 @@ async fn create(
     let runtime = env.runtime.as_ref();
     // Allowlist: the container goes on the sealed network, the proxy is its only way out.
     // A door that cannot be opened fails the task: it never runs unrestricted.
-    let mut security = plan.security.clone();
+    let workdir = plan
+        .environment
+        .as_ref()
+        .and_then(|e| e.workdir.clone())
+        .unwrap_or_else(|| crate::spec::WORKDIR.to_string());
+    let mut security = plan
+        .security
+        .hardened(s.policy.profile, &info.user, &workdir);
     let door = if plan.egress.mode == crate::spec::egress::Mode::Allowlist {
         let gate = env.gate.as_ref().ok_or_else(|| {
             phase(FailureReason::ContainerCreate)(
@@ -486,6 +498,12 @@ async fn create(
     };
     let mut spec = container_spec(&exec.assignment, &ctx)
         .map_err(|e| phase(e.failure_reason())(e.to_string()))?;
+    // A non-root user without a writable home breaks git, pip and npm: /tmp is one.
+    if s.policy.profile == crate::spec::policy::Profile::Strict
+        && !spec.env.iter().any(|e| e.starts_with("HOME="))
+    {
+        spec.env.push("HOME=/tmp".to_string());
+    }
     if let Some(d) = &door {
         // Last, so they win over any the task set itself (which would lead nowhere).
         spec.env.extend(

@@ -646,3 +646,33 @@ impl Drop for Proxy {
         self.down();
     }
 }
+
+/// Removes a worker's sealed network and its host firewall rules.
+pub struct SealedCleanup(pub String);
+
+impl Drop for SealedCleanup {
+    fn drop(&mut self) {
+        let net = berth::egress::Gate::network_name(&self.0);
+        for c in containers_of(&self.0) {
+            let _ = Command::new("docker").args(["rm", "-f", &c]).output();
+        }
+        let bridge = net.replace("berth-egress-", "berth-");
+        let chain = berth::egress::firewall::chain(&bridge);
+        let _ = Command::new("docker")
+            .args(["network", "rm", &net])
+            .output();
+        let ipt = |tool: &str, args: &[&str]| {
+            let _ = Command::new(tool).args(args).output();
+        };
+        ipt(
+            "iptables",
+            &["-w", "-D", "INPUT", "-i", &bridge, "-j", &chain],
+        );
+        ipt("iptables", &["-w", "-F", &chain]);
+        ipt("iptables", &["-w", "-X", &chain]);
+        ipt(
+            "ip6tables",
+            &["-w", "-D", "INPUT", "-i", &bridge, "-j", "DROP"],
+        );
+    }
+}

@@ -50,6 +50,14 @@ impl Docker {
                 cap_add: Some(spec.security.cap_add.clone()).filter(|c| !c.is_empty()),
                 pids_limit: spec.security.pids_limit,
                 readonly_rootfs: Some(spec.security.read_only_rootfs),
+                tmpfs: Some(
+                    spec.security
+                        .tmpfs
+                        .iter()
+                        .cloned()
+                        .collect::<HashMap<_, _>>(),
+                )
+                .filter(|t| !t.is_empty()),
                 runtime: spec.security.runtime.clone(),
                 network_mode: Some(spec.security.network.clone()),
                 // Explicit, so a host-wide log driver of none/syslog cannot hide task output;

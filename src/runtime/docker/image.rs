@@ -14,11 +14,15 @@ use crate::spec::image::ImageRef;
 impl Docker {
     async fn inspect_image(&self, name: &str) -> Result<Option<ImageInfo>, RuntimeError> {
         match self.client.inspect_image(name).await {
-            Ok(i) => Ok(Some(ImageInfo {
-                id: i.id.unwrap_or_default(),
-                repo_digest: i.repo_digests.and_then(|d| d.into_iter().next()),
-                entrypoint: i.config.and_then(|c| c.entrypoint).unwrap_or_default(),
-            })),
+            Ok(i) => {
+                let config = i.config.unwrap_or_default();
+                Ok(Some(ImageInfo {
+                    id: i.id.unwrap_or_default(),
+                    repo_digest: i.repo_digests.and_then(|d| d.into_iter().next()),
+                    entrypoint: config.entrypoint.unwrap_or_default(),
+                    user: config.user.unwrap_or_default(),
+                }))
+            }
             Err(e) if is_status(&e, 404) => Ok(None),
             Err(e) => Err(api("image inspect")(e)),
         }
