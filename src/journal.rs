@@ -561,6 +561,7 @@ mod tests {
                 duration_ms: 5,
                 transcript_bytes: 10,
                 transcript_lost_bytes: 0,
+                usage: None,
             }),
         };
         j.finish("e1", &term).unwrap();

@@ -70,22 +70,97 @@ pub fn result_of(m: &WorkerMessage) -> Option<&'static str> {
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Histogram {
-    counts: [u64; DURATION_BUCKETS.len()],
+    bounds: &'static [f64],
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new(&DURATION_BUCKETS)
+    }
+}
+
 impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
     fn observe(&mut self, v: f64) {
-        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             if v <= *b {
                 self.counts[i] += 1;
             }
         }
         self.count += 1;
         self.sum += v;
+    }
+
+    /// Its series: buckets, `+Inf`, sum, count (`labels` without braces, may be empty).
+    fn render(&self, o: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bound) in self.bounds.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}\n{name}_sum{braced} {}\n{name}_count{braced} {}",
+            self.count, self.sum, self.count
+        );
+    }
+}
+
+/// Upper bounds (bytes) of the peak-memory histogram: 16 MiB to 64 GiB.
+pub const MEMORY_BUCKETS: [f64; 9] = [
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    536870912.0,
+    1073741824.0,
+    2147483648.0,
+    4294967296.0,
+    17179869184.0,
+    68719476736.0,
+];
+
+/// What finished tasks used (histograms and byte totals).
+#[derive(Debug)]
+struct UsageTotals {
+    cpu: Histogram,
+    memory: Histogram,
+    read: u64,
+    written: u64,
+    rx: u64,
+    tx: u64,
+}
+
+impl Default for UsageTotals {
+    fn default() -> Self {
+        UsageTotals {
+            cpu: Histogram::new(&DURATION_BUCKETS),
+            memory: Histogram::new(&MEMORY_BUCKETS),
+            read: 0,
+            written: 0,
+            rx: 0,
+            tx: 0,
+        }
     }
 }
 
@@ -95,6 +170,7 @@ struct Labelled {
     completed: BTreeMap<&'static str, u64>,
     durations: BTreeMap<&'static str, Histogram>,
     failures: BTreeMap<(&'static str, String), u64>,
+    usage: UsageTotals,
 }
 
 /// Counters updated by the worker.
@@ -173,6 +249,18 @@ impl Metrics {
     /// An attempt to prove a cancelled execution's sandbox gone failed (it is retried).
     pub fn closure_retry(&self) {
         self.closure_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What one finished execution used.
+    pub fn usage(&self, u: &crate::protocol::Usage) {
+        let mut l = lock(&self.labelled);
+        let t = &mut l.usage;
+        t.cpu.observe(u.cpu_ms as f64 / 1000.0);
+        t.memory.observe(u.peak_memory_bytes as f64);
+        t.read += u.read_bytes;
+        t.written += u.write_bytes;
+        t.rx += u.network_rx_bytes;
+        t.tx += u.network_tx_bytes;
     }
 
     /// One connection through the egress proxy was allowed (`true`) or denied.
@@ -279,19 +367,49 @@ impl Metrics {
             "Claim-to-result time, by result.",
         );
         for (r, h) in &l.durations {
-            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    o,
-                    "oz_worker_task_duration_seconds_bucket{{result=\"{r}\",le=\"{bound}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                o,
-                "oz_worker_task_duration_seconds_bucket{{result=\"{r}\",le=\"+Inf\"}} {}\noz_worker_task_duration_seconds_sum{{result=\"{r}\"}} {}\noz_worker_task_duration_seconds_count{{result=\"{r}\"}} {}",
-                h.count, h.sum, h.count
+            h.render(
+                &mut o,
+                "oz_worker_task_duration_seconds",
+                &format!("result=\"{r}\""),
             );
         }
+        let u = &l.usage;
+        head(
+            &mut o,
+            "berth_task_cpu_seconds",
+            "histogram",
+            "CPU time of finished executions (sampled while they ran).",
+        );
+        u.cpu.render(&mut o, "berth_task_cpu_seconds", "");
+        head(
+            &mut o,
+            "berth_task_peak_memory_bytes",
+            "histogram",
+            "Peak memory of finished executions.",
+        );
+        u.memory.render(&mut o, "berth_task_peak_memory_bytes", "");
+        head(
+            &mut o,
+            "berth_task_disk_bytes_total",
+            "counter",
+            "Block-device bytes finished executions read and wrote.",
+        );
+        let _ = writeln!(
+            o,
+            "berth_task_disk_bytes_total{{op=\"read\"}} {}\nberth_task_disk_bytes_total{{op=\"write\"}} {}",
+            u.read, u.written
+        );
+        head(
+            &mut o,
+            "berth_task_network_bytes_total",
+            "counter",
+            "Network bytes finished executions received and sent.",
+        );
+        let _ = writeln!(
+            o,
+            "berth_task_network_bytes_total{{direction=\"rx\"}} {}\nberth_task_network_bytes_total{{direction=\"tx\"}} {}",
+            u.rx, u.tx
+        );
         head(
             &mut o,
             "oz_worker_task_failures_total",

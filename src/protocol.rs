@@ -573,6 +573,27 @@ pub struct TerminalExt {
     /// `system` line; 0 (and absent on the wire) when nothing was lost.
     #[serde(default)]
     pub transcript_lost_bytes: u64,
+    /// What the execution used (berth/1; absent when no sample was taken).
+    #[serde(default)]
+    pub usage: Option<Box<Usage>>,
+}
+
+/// A task's resource use so far (berth/1 terminal `usage`, the local API, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time, user and system, in milliseconds.
+    pub cpu_ms: u64,
+    /// Highest memory use seen (the cgroup's own high-water mark where the engine reports
+    /// one, else the highest sample).
+    pub peak_memory_bytes: u64,
+    /// Block-device bytes read and written (0 where the storage driver reports none).
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    /// Network bytes received and sent, all interfaces.
+    pub network_rx_bytes: u64,
+    pub network_tx_bytes: u64,
+    /// Samples folded in.
+    pub samples: u32,
 }
 
 /// One execution a worker still holds (`worker_hello.tasks`).
@@ -740,6 +761,8 @@ struct ExtData<'a> {
     transcript_bytes: u64,
     #[serde(skip_serializing_if = "is_zero")]
     transcript_lost_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a Usage>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -918,6 +941,8 @@ impl WorkerMessage {
             #[serde(default)]
             transcript_lost_bytes: u64,
             #[serde(default)]
+            usage: Option<Usage>,
+            #[serde(default)]
             offset: u64,
             #[serde(default)]
             stream: Option<Stream>,
@@ -960,6 +985,7 @@ impl WorkerMessage {
                 duration_ms: d.duration_ms.unwrap_or(0),
                 transcript_bytes: d.transcript_bytes.unwrap_or(0),
                 transcript_lost_bytes: d.transcript_lost_bytes,
+                usage: d.usage.map(Box::new),
             }),
             _ => None,
         };
@@ -1032,6 +1058,7 @@ fn ext_data(e: &TerminalExt) -> ExtData<'_> {
         duration_ms: e.duration_ms,
         transcript_bytes: e.transcript_bytes,
         transcript_lost_bytes: e.transcript_lost_bytes,
+        usage: e.usage.as_deref(),
     }
 }
 
@@ -1378,6 +1405,7 @@ mod tests {
             duration_ms: 12,
             transcript_bytes: 34,
             transcript_lost_bytes: 0,
+            usage: None,
         }
     }
 
@@ -1398,6 +1426,32 @@ mod tests {
             json!({"task_id": "t", "message": "Task completed successfully", "execution_id": "e",
                    "message_id": "m", "exit_code": 0, "duration_ms": 12, "transcript_bytes": 34})
         );
+        // Usage (berth/1 only) has a fixed shape and round-trips; oz/1 never sees it.
+        let used = WorkerMessage::TaskCompleted {
+            task_id: "t".into(),
+            message: MSG_COMPLETED.into(),
+            task_state: None,
+            ext: Some(TerminalExt {
+                usage: Some(Box::new(Usage {
+                    cpu_ms: 1500,
+                    peak_memory_bytes: 2048,
+                    read_bytes: 1,
+                    write_bytes: 2,
+                    network_rx_bytes: 3,
+                    network_tx_bytes: 4,
+                    samples: 5,
+                })),
+                ..ext()
+            }),
+        };
+        let wire = used.encode_for(true).unwrap_or_default();
+        assert_eq!(
+            parse(&wire)["data"]["usage"],
+            json!({"cpu_ms": 1500, "peak_memory_bytes": 2048, "read_bytes": 1, "write_bytes": 2,
+                   "network_rx_bytes": 3, "network_tx_bytes": 4, "samples": 5})
+        );
+        assert_eq!(WorkerMessage::decode(&wire).ok(), Some(used.clone()));
+        assert_eq!(parse(&used.encode())["data"].get("usage"), None);
         let failed = WorkerMessage::TaskFailed {
             task_id: "t".into(),
             message: "m".into(),

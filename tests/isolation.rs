@@ -368,3 +368,94 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_task_reports_what_it_used() {
+    let _images = Images::acquire();
+    let net = TestNet::start("usage", &["big"]);
+    // Tasks join the test's own network, where its server is.
+    let env = Env::start(
+        "usage",
+        EnvOptions {
+            docker_yaml: format!(
+                "    policy:\n      security:\n        network: {}\n",
+                net.name
+            ),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    // The server's file is 4 MB; the task fetches it, burns CPU, holds ~30 MB, then waits so
+    // it is seen running.
+    let out = Command::new("docker")
+        .args([
+            "exec",
+            &net.servers[0].id,
+            "sh",
+            "-c",
+            "head -c 4000000 /dev/zero > /www/big",
+        ])
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let ip = &net.servers[0].ip;
+    let t = env.cp.submit(script(&format!(
+        "printf 'GET /big HTTP/1.0\\r\\n\\r\\n' | nc {ip} 8080 > /dev/null; \
+         i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; \
+         x=$(head -c 30000000 /dev/zero | tr '\\0' a); echo held ${{#x}}; sleep 5"
+    )));
+    until("holding memory", || {
+        env.cp
+            .transcript(&t.id)
+            .is_some_and(|b| String::from_utf8_lossy(&b).contains("held 30000000"))
+    })
+    .await;
+    let api = env.handle.api.clone().unwrap();
+    let mut live = None;
+    for _ in 0..50 {
+        let s: serde_json::Value = reqwest::get(format!("http://{api}/v1/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        live = s["tasks"][0].get("usage").cloned().filter(|u| !u.is_null());
+        if live.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let live = live.expect("no live usage in /v1/status");
+    assert!(live["cpu_ms"].as_u64().unwrap() > 0, "{live}");
+    let done = env.finished(&t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    until("transcript", || {
+        env.cp.task(&t.id).is_some_and(|t| t.complete())
+    })
+    .await;
+    let u = done.usage.expect("the berth/1 result carries usage");
+    assert!(u.cpu_ms >= 200, "{u:?}");
+    assert!(u.peak_memory_bytes >= 30_000_000, "{u:?}");
+    assert!(u.samples >= 2, "{u:?}");
+    assert!(u.network_rx_bytes >= 4_000_000, "{u:?}");
+    let text = String::from_utf8_lossy(&env.cp.transcript(&t.id).unwrap()).into_owned();
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("[berth] usage: cpu "),
+        "last line {last:?} of:\n{text}"
+    );
+    let metrics = reqwest::get(format!("http://{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("berth_task_cpu_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_task_peak_memory_bytes_count 1"),
+        "{metrics}"
+    );
+}

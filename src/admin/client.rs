@@ -143,18 +143,7 @@ impl Client {
 }
 
 fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::units::human_bytes(n)
 }
 
 fn age(secs: u64) -> String {
@@ -215,7 +204,7 @@ pub fn render(s: &Status) -> String {
         out.push_str("\nno tasks\n");
         return out;
     }
-    let rows: Vec<[String; 6]> = s
+    let rows: Vec<[String; 8]> = s
         .tasks
         .iter()
         .map(|t| {
@@ -234,20 +223,32 @@ pub fn render(s: &Status) -> String {
                     t.image.clone()
                 },
                 bytes(t.output_bytes),
+                t.usage
+                    .map_or("-".into(), |u| format!("{:.1}s", u.cpu_ms as f64 / 1000.0)),
+                t.usage.map_or("-".into(), |u| bytes(u.peak_memory_bytes)),
             ]
         })
         .collect();
-    let head = ["TASK", "EXECUTION", "STATE", "AGE", "IMAGE", "OUTPUT"];
+    let head = [
+        "TASK",
+        "EXECUTION",
+        "STATE",
+        "AGE",
+        "IMAGE",
+        "OUTPUT",
+        "CPU",
+        "PEAK MEM",
+    ];
     let mut widths = head.map(str::len);
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: [&str; 6]| {
+    let line = |cells: [&str; 8]| {
         let mut l = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i == 5 {
+            if i == 7 {
                 l.push_str(c);
             } else {
                 l.push_str(&format!("{c:<w$}  ", w = widths[i]));
@@ -281,8 +282,8 @@ mod tests {
              slots    1/4 in use, accepting; 1 undelivered, 0 closing\n\
              host     2 CPUs, load 0.50, memory 6.0 GiB of 8.0 GiB available, 100.0 GiB free disk; Docker 20.10.24 reachable\n\
              \n\
-             TASK    EXECUTION  STATE    AGE    IMAGE        OUTPUT\n\
-             task-1  e          running  1m15s  python:3.12  1.5 KiB\n"
+             TASK    EXECUTION  STATE    AGE    IMAGE        OUTPUT   CPU    PEAK MEM\n\
+             task-1  e          running  1m15s  python:3.12  1.5 KiB  12.3s  512.0 MiB\n"
         );
     }
 

@@ -38,6 +38,9 @@ pub struct TaskRow {
     pub image: String,
     /// Transcript bytes so far.
     pub output_bytes: u64,
+    /// Resource use so far (sampled every few seconds while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::protocol::Usage>,
 }
 
 /// `GET /v1/status`.
@@ -134,6 +137,12 @@ impl Status {
                 age_secs: 75,
                 image: "python:3.12".into(),
                 output_bytes: 1536,
+                usage: Some(crate::protocol::Usage {
+                    cpu_ms: 12_340,
+                    peak_memory_bytes: 512 << 20,
+                    samples: 3,
+                    ..crate::protocol::Usage::default()
+                }),
             }],
         }
     }
@@ -310,6 +319,11 @@ impl Live {
                     age_secs: (now - t.claimed_at).num_seconds().max(0) as u64,
                     image: t.image.clone(),
                     output_bytes: t.output.borrow().len,
+                    usage: t
+                        .control
+                        .as_ref()
+                        .map(|c| c.usage())
+                        .filter(|u| u.samples > 0),
                 })
                 .collect(),
         }

@@ -36,6 +36,9 @@ pub struct ExecutionRecord {
     pub transcript_bytes: u64,
     /// Transcript length announced by the terminal message (berth/1).
     pub expected_transcript_bytes: Option<u64>,
+    /// What the execution used, from its terminal message (berth/1).
+    #[serde(default)]
+    pub usage: Option<crate::protocol::Usage>,
     /// Terminal frames received, duplicates included.
     pub terminal_received: u32,
     /// Distinct terminal messages (by `message_id`; oz/1 messages count once each).
@@ -67,6 +70,7 @@ impl ExecutionRecord {
             container_id: None,
             transcript_bytes: 0,
             expected_transcript_bytes: None,
+            usage: None,
             terminal_received: 0,
             terminal_distinct: 0,
             closed: 0,

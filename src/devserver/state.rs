@@ -628,6 +628,9 @@ impl State {
             e.terminal_distinct += 1;
             e.expected_transcript_bytes
                 .get_or_insert(x.transcript_bytes);
+            if e.usage.is_none() {
+                e.usage = x.usage.as_deref().copied();
+            }
         } else if matches!(
             msg,
             WorkerMessage::TaskCompleted { .. } | WorkerMessage::TaskFailed { .. }
@@ -1195,6 +1198,7 @@ mod tests {
             duration_ms: 1,
             transcript_bytes: 3,
             transcript_lost_bytes: 0,
+            usage: None,
         };
         s.on_message(
             "w",

@@ -525,6 +525,10 @@ impl Runtime for FakeRuntime {
         Ok(None)
     }
 
+    async fn usage(&self, _id: &str) -> Result<Option<crate::runtime::UsageSample>, RuntimeError> {
+        Ok(None)
+    }
+
     async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
         Ok(vec!["runc".to_string()])
     }

@@ -133,6 +133,21 @@ pub struct ManagedContainer {
 
 /// What a task run needs from its engine. Every method is one engine call (or a small fixed
 /// sequence of them); retry and outage policy belong to the caller.
+/// One reading of a running container's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UsageSample {
+    /// CPU time so far.
+    pub cpu_ns: u64,
+    /// Memory in use now.
+    pub memory: u64,
+    /// The cgroup's own high-water mark (cgroup v1 reports it).
+    pub memory_max: Option<u64>,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
 /// The network egress-restricted tasks run on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EgressNetwork {
@@ -161,6 +176,8 @@ pub trait Runtime: Send + Sync {
         id: &str,
         network: &str,
     ) -> Result<Option<std::net::IpAddr>, RuntimeError>;
+    /// One statistics reading of a running container (`None` when it no longer runs).
+    async fn usage(&self, id: &str) -> Result<Option<UsageSample>, RuntimeError>;
     /// The OCI runtimes registered with the engine (`docker info`), e.g. `runc`, `runsc`.
     async fn runtimes(&self) -> Result<Vec<String>, RuntimeError>;
     /// Makes `image` available under `policy`; concurrent callers for one image share one pull.

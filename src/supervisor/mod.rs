@@ -82,6 +82,8 @@ pub struct TaskView {
     pub claimed_at: chrono::DateTime<chrono::Utc>,
     /// Live transcript length.
     pub output: watch::Receiver<crate::transcript::spool::SpoolState>,
+    /// The running task's handle (its live resource usage); `None` once it ended.
+    pub control: Option<Arc<TaskControl>>,
 }
 
 /// A snapshot of the supervisor's state for status reporting.
@@ -310,6 +312,7 @@ impl Supervisor {
                     image: t.image.clone(),
                     claimed_at: t.claimed_at,
                     output: lock(&d.spool).subscribe(),
+                    control: Some(t.control.clone()),
                 });
             }
         }
@@ -325,6 +328,7 @@ impl Supervisor {
                     image: String::new(),
                     claimed_at: chrono::Utc::now(),
                     output: lock(&d.spool).subscribe(),
+                    control: None,
                 });
             }
         }

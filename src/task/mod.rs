@@ -8,6 +8,7 @@ pub mod capture;
 mod phases;
 pub mod provision;
 mod supervise;
+pub mod usage;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -78,6 +79,8 @@ pub enum StopReason {
 pub struct TaskControl {
     token: CancellationToken,
     reason: OnceLock<StopReason>,
+    /// Resource use so far, folded from the samples taken while it runs.
+    usage: parking_lot::Mutex<crate::protocol::Usage>,
 }
 
 impl TaskControl {
@@ -85,6 +88,16 @@ impl TaskControl {
     pub fn stop(&self, reason: StopReason) {
         let _ = self.reason.set(reason);
         self.token.cancel();
+    }
+
+    /// Folds one statistics sample into the task's usage.
+    pub fn record_usage(&self, s: &crate::runtime::UsageSample) {
+        self.usage.lock().fold(s);
+    }
+
+    /// The task's usage so far.
+    pub fn usage(&self) -> crate::protocol::Usage {
+        *self.usage.lock()
     }
 
     /// Why the task was asked to stop, if it was.
@@ -393,6 +406,12 @@ async fn finish(
         (_, m) => m.kind().to_string(),
     };
     system_line(&exec.spool, &summary).await;
+    // What it used is the transcript's last word (sampled while it ran).
+    let usage = Some(control.usage()).filter(|u| u.samples > 0);
+    if let Some(u) = &usage {
+        system_line(&exec.spool, &u.summary()).await;
+        env.metrics.usage(u);
+    }
     let (len, lost) = {
         let mut sp = lock(&exec.spool);
         if let Err(e) = sp.finish() {
@@ -429,6 +448,7 @@ async fn finish(
             .max(0) as u64,
         transcript_bytes: len,
         transcript_lost_bytes: lost,
+        usage: usage.map(Box::new),
     };
     match &mut msg {
         WorkerMessage::TaskCompleted { ext: e, .. } | WorkerMessage::TaskFailed { ext: e, .. } => {

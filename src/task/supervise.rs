@@ -67,6 +67,7 @@ pub(super) async fn supervise(
     let waiting = async {
         tokio::select! {
             r = wait_through_outages(env, id) => Some(r),
+            never = sample(env, id, control) => match never {},
             _ = control.token.cancelled() => None,
             _ = sleep_or_forever(timeout) => {
                 control.stop(StopReason::Timeout);
@@ -121,6 +122,17 @@ pub(super) async fn supervise(
         .await;
     }
     Supervised::Done(waited)
+}
+
+/// Samples the running container's statistics into `control` until dropped (a failed read
+/// is skipped: usage is best effort, the task is not).
+async fn sample(env: &TaskEnv, id: &str, control: &TaskControl) -> std::convert::Infallible {
+    loop {
+        if let Ok(Some(s)) = env.runtime.usage(id).await {
+            control.record_usage(&s);
+        }
+        tokio::time::sleep(crate::task::usage::SAMPLE_EVERY).await;
+    }
 }
 
 /// Runs `work` while also driving `capture` (its result kept in `captured` if it ends first).

@@ -88,6 +88,55 @@ impl Docker {
         Ok(r.id)
     }
 
+    /// One statistics reading (`one-shot`: no second sample for CPU percentages is waited for).
+    pub(super) async fn usage(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::runtime::UsageSample>, RuntimeError> {
+        let opts = bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut s = self.client.stats(id, Some(opts));
+        let r = match s.next().await {
+            None => return Ok(None),
+            Some(Err(e)) if is_status(&e, 404) => return Ok(None),
+            Some(Err(e)) => return Err(api("container stats")(e)),
+            Some(Ok(r)) => r,
+        };
+        let mem = r.memory_stats.unwrap_or_default();
+        let (mut read_bytes, mut write_bytes) = (0, 0);
+        for e in r
+            .blkio_stats
+            .and_then(|b| b.io_service_bytes_recursive)
+            .unwrap_or_default()
+        {
+            match e.op.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                Some("read") => read_bytes += e.value.unwrap_or(0),
+                Some("write") => write_bytes += e.value.unwrap_or(0),
+                _ => {}
+            }
+        }
+        let (mut rx_bytes, mut tx_bytes) = (0, 0);
+        for n in r.networks.unwrap_or_default().values() {
+            rx_bytes += n.rx_bytes.unwrap_or(0);
+            tx_bytes += n.tx_bytes.unwrap_or(0);
+        }
+        Ok(Some(crate::runtime::UsageSample {
+            cpu_ns: r
+                .cpu_stats
+                .and_then(|c| c.cpu_usage)
+                .and_then(|u| u.total_usage)
+                .unwrap_or(0),
+            memory: mem.usage.unwrap_or(0),
+            memory_max: mem.max_usage,
+            read_bytes,
+            write_bytes,
+            rx_bytes,
+            tx_bytes,
+        }))
+    }
+
     /// Whether the engine answers (`/_ping`, at most 5 s).
     pub(super) async fn ping(&self) -> Result<(), RuntimeError> {
         let unreachable = |reason: String| RuntimeError::Unreachable {

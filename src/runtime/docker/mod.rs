@@ -182,6 +182,10 @@ impl Runtime for Docker {
         Docker::container_address(self, id, network).await
     }
 
+    async fn usage(&self, id: &str) -> Result<Option<crate::runtime::UsageSample>, RuntimeError> {
+        Docker::usage(self, id).await
+    }
+
     async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
         let info = self
             .client
