@@ -282,6 +282,15 @@ impl Egress {
         env_allow: Option<Vec<Allow>>,
     ) -> Egress {
         let mode = env_mode.map_or(policy.mode, |m| m.max(policy.mode));
+        // An open policy allows everything: an environment that asks for an allowlist gets
+        // exactly its own list.
+        if policy.mode == Mode::Open && mode == Mode::Allowlist {
+            return Egress {
+                mode,
+                allow: env_allow.unwrap_or_default(),
+                narrowed: None,
+            };
+        }
         Egress {
             mode,
             allow: policy.allow.clone(),
@@ -510,6 +519,12 @@ mod tests {
             Egress::narrow(&open, Some(Mode::Allowlist), None).mode,
             Mode::Allowlist
         );
+        // Under an open policy an environment's allowlist is the whole list.
+        let own = Egress::narrow(&open, Some(Mode::Allowlist), Some(list(&["pypi.org"])));
+        assert_eq!(d(&own, "pypi.org", 443, &[]), Decision::Allowed);
+        assert_eq!(d(&own, "example.com", 443, &[]), Decision::Denied);
+        let nothing = Egress::narrow(&open, Some(Mode::Allowlist), None);
+        assert_eq!(d(&nothing, "pypi.org", 443, &[]), Decision::Denied);
         assert_eq!(
             Egress::narrow(&policy, Some(Mode::Open), None).mode,
             Mode::Allowlist

@@ -6,7 +6,7 @@ use crate::protocol::Usage;
 use crate::runtime::UsageSample;
 
 /// How often a running task's statistics are read.
-pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Usage {
     /// Folds one sample in: counters only grow (a sample after the processes ended can read
