@@ -1824,6 +1824,10 @@ struct EffectivePolicy {
     runtime: Option<String>,
     allowed_runtimes: Vec<String>,
     network: String,
+    profile: &'static str,
+    egress_mode: &'static str,
+    egress_allow: usize,
+    egress_proxy_port: u16,
     default_cpus: Option<f64>,
     default_memory: Option<u64>,
     max_cpus: Option<f64>,
@@ -1913,6 +1917,13 @@ impl Config {
                             runtime: p.security.runtime.clone(),
                             allowed_runtimes: p.allowed_runtimes.clone(),
                             network: p.security.network.clone(),
+                            profile: match p.profile {
+                                crate::spec::policy::Profile::Default => "default",
+                                crate::spec::policy::Profile::Strict => "strict",
+                            },
+                            egress_mode: p.egress.mode.as_str(),
+                            egress_allow: p.egress.allow.len(),
+                            egress_proxy_port: p.egress_proxy_port,
                             default_cpus: p.default_resources.cpus,
                             default_memory: p.default_resources.memory,
                             max_cpus: p.max_resources.cpus,
@@ -2022,6 +2033,61 @@ mod tests {
         assert_eq!(c.transcript.anchor_every, 128 << 20);
         assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
         assert!(c.transcript.redact.is_empty());
+    }
+
+    #[test]
+    fn isolation_keys_parse_and_bad_values_name_their_key_and_line() {
+        let yaml = "worker_id: w\nbackend:\n  docker:\n    policy:\n      security:\n        profile: strict\n        runtime: runsc\n        allowed_runtimes: [kata]\n      egress:\n        mode: allowlist\n        allow: [pypi.org, '*.github.com:443', 10.0.0.0/8]\n        proxy_port: 3129\n";
+        let c = load_yaml(yaml, &with_key()).unwrap();
+        let p = &c.docker.policy;
+        assert_eq!(p.profile, crate::spec::policy::Profile::Strict);
+        assert_eq!(p.security.runtime.as_deref(), Some("runsc"));
+        assert_eq!(p.allowed_runtimes, ["kata"]);
+        assert_eq!(p.egress.mode, crate::spec::egress::Mode::Allowlist);
+        assert_eq!(p.egress.allow.len(), 3);
+        assert_eq!(p.egress_proxy_port, 3129);
+        let d = load_yaml("worker_id: w\n", &with_key()).unwrap();
+        assert_eq!(d.docker.policy.egress.mode, crate::spec::egress::Mode::Open);
+        assert_eq!(
+            d.docker.policy.profile,
+            crate::spec::policy::Profile::Default
+        );
+        for (section, bad, key) in [
+            (
+                "security",
+                "        profile: paranoid\n",
+                "backend.docker.policy.security.profile",
+            ),
+            (
+                "security",
+                "        runtime: 'run sc'\n",
+                "backend.docker.policy.security.runtime",
+            ),
+            (
+                "egress",
+                "        mode: closed\n",
+                "backend.docker.policy.egress.mode",
+            ),
+            (
+                "egress",
+                "        allow: ['http://x.com']\n",
+                "backend.docker.policy.egress.allow",
+            ),
+            (
+                "egress",
+                "        proxy_port: 0\n",
+                "backend.docker.policy.egress.proxy_port",
+            ),
+        ] {
+            let y =
+                format!("worker_id: w\nbackend:\n  docker:\n    policy:\n      {section}:\n{bad}");
+            let e = one_error(&y);
+            assert_eq!(
+                (e.key.as_str(), e.location.as_ref().map(|l| l.1)),
+                (key, Some(6)),
+                "{e}"
+            );
+        }
     }
 
     #[test]
