@@ -12,6 +12,11 @@ impl Usage {
     /// Folds one sample in: counters only grow (a sample after the processes ended can read
     /// zero), the peak is the highest seen.
     pub fn fold(&mut self, s: &UsageSample) {
+        // A reading of a container whose processes have not started or have ended is all
+        // zeros: it says nothing, and is not counted as a sample.
+        if s.cpu_ns == 0 && s.memory == 0 && s.memory_max.unwrap_or(0) == 0 {
+            return;
+        }
         self.cpu_ms = self.cpu_ms.max(s.cpu_ns / 1_000_000);
         self.peak_memory_bytes = self
             .peak_memory_bytes
@@ -64,7 +69,7 @@ mod tests {
             u.peak_memory_bytes, 4096,
             "the cgroup's high-water mark wins"
         );
-        // A late sample of an ended container reads zeros: nothing goes backwards.
+        // A late sample of an ended container reads zeros: ignored, nothing goes backwards.
         u.fold(&s(0, 0, None, 0));
         assert_eq!(
             (
@@ -75,7 +80,10 @@ mod tests {
             ),
             (2500, 4096, 3500, 1750)
         );
-        assert_eq!(u.samples, 4);
+        assert_eq!(u.samples, 3, "an all-zero reading is not a sample");
+        // A counter that reads lower later never lowers the total.
+        u.fold(&s(1_000_000_000, 5, None, 100));
+        assert_eq!((u.cpu_ms, u.network_rx_bytes, u.samples), (2500, 3500, 4));
         assert_eq!(
             u.summary(),
             "usage: cpu 2.50 s, peak memory 4.0 KiB, disk read 10 B / written 20 B, network rx 3.4 KiB / tx 1.7 KiB"
