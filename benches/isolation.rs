@@ -136,6 +136,9 @@ impl Drop for Cleanup {
             "ip6tables",
             &["-w", "-D", "INPUT", "-i", &bridge, "-j", "DROP"],
         );
+        // Also after a panic: a left-behind image would be re-tagged (and its old copy left
+        // dangling) by the next run.
+        run("docker", &["rmi", "-f", IMAGE]);
     }
 }
 
