@@ -13,7 +13,7 @@
 
 mod support;
 
-use support::{BENCH_KEY, IMAGE, Report, control_plane, import_image};
+use support::{BENCH_KEY, IMAGE, Report, control_plane, env_usize, import_image};
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,13 +24,6 @@ use berth::devserver::state::{SubmitRequest, TaskState};
 use berth::secret::Secret;
 use berth::worker::Worker;
 use tokio_util::sync::CancellationToken;
-
-fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -122,20 +115,9 @@ impl Drop for Cleanup {
             run("docker", &["rm", "-f", c]);
         }
         let sealed = berth::egress::Gate::network_name(&self.worker_id);
-        let bridge = sealed.replace("berth-egress-", "berth-");
-        let chain = berth::egress::firewall::chain(&bridge);
         run("docker", &["network", "rm", &sealed]);
         run("docker", &["network", "rm", &self.net]);
-        run(
-            "iptables",
-            &["-w", "-D", "INPUT", "-i", &bridge, "-j", &chain],
-        );
-        run("iptables", &["-w", "-F", &chain]);
-        run("iptables", &["-w", "-X", &chain]);
-        run(
-            "ip6tables",
-            &["-w", "-D", "INPUT", "-i", &bridge, "-j", "DROP"],
-        );
+        berth::egress::firewall::unseal(&berth::egress::Gate::bridge_name(&self.worker_id));
         // Also after a panic: a left-behind image would be re-tagged (and its old copy left
         // dangling) by the next run.
         run("docker", &["rmi", "-f", IMAGE]);

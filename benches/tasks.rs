@@ -10,7 +10,7 @@
 
 mod support;
 
-use support::{BENCH_KEY, IMAGE, Report, control_plane, import_image};
+use support::{BENCH_KEY, IMAGE, Report, control_plane, env_usize, import_image};
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -22,13 +22,6 @@ use berth::devserver::state::{SubmitRequest, TaskState};
 use berth::secret::Secret;
 use berth::worker::Worker;
 use tokio_util::sync::CancellationToken;
-
-fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
 
 fn docker_run_once() -> Duration {
     let t = Instant::now();

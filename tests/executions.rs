@@ -262,8 +262,7 @@ async fn an_unreachable_engine_delays_execution_closed_and_a_repeated_cancel_rep
 
 /// One unlabelled series of the worker's `/metrics`.
 async fn metric(env: &Env, name: &str) -> f64 {
-    let url = format!("http://{}/metrics", env.handle.api.clone().unwrap());
-    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let text = env.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics"))

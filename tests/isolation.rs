@@ -283,15 +283,7 @@ echo "vars: $http_proxy $HTTPS_PROXY"
             && summary.contains(&format!("127.0.0.1:{host_port} ×1")),
         "{summary}\n{text}"
     );
-    let metrics = reqwest::get(format!(
-        "http://{}/metrics",
-        env.handle.api.clone().unwrap()
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let metrics = env.metrics().await;
     assert!(
         metrics.contains("berth_egress_connections_total{decision=\"allowed\"} 2"),
         "{metrics}"
@@ -444,12 +436,7 @@ async fn each_task_reports_what_it_used() {
         last.starts_with("[berth] usage: cpu "),
         "last line {last:?} of:\n{text}"
     );
-    let metrics = reqwest::get(format!("http://{api}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     assert!(
         metrics.contains("berth_task_cpu_seconds_count 1"),
         "{metrics}"

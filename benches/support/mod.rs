@@ -5,6 +5,15 @@ pub const BENCH_KEY: &str = "berth-bench-key-7f3a9c1e5d2b8a64";
 /// The benchmark image, imported from the host's static busybox.
 pub const IMAGE: &str = "berth-bench-busybox:latest";
 
+/// A count from the environment (`BERTH_BENCH_*`), else `d`.
+#[allow(dead_code)] // not every benchmark takes counts
+pub fn env_usize(k: &str, d: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
 /// Imports the benchmark image from the host's static busybox (no registry needed).
 pub async fn import_image() {
     let docker = bollard::Docker::connect_with_local_defaults().expect("Docker");

@@ -54,6 +54,27 @@ pub fn rules(bridge: &str, gateway: IpAddr, port: u16) -> Vec<(&'static str, Vec
     ]
 }
 
+/// Removes what [`seal`] added for `bridge` (best effort: for tools and tests that remove the
+/// sealed network too; berth itself keeps the rules as long as the network exists).
+pub fn unseal(bridge: &str) {
+    let chain = chain(bridge);
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    for (tool, args) in [
+        (
+            "iptables",
+            s(&["-w", "-D", "INPUT", "-i", bridge, "-j", &chain]),
+        ),
+        ("iptables", s(&["-w", "-F", &chain])),
+        ("iptables", s(&["-w", "-X", &chain])),
+        (
+            "ip6tables",
+            s(&["-w", "-D", "INPUT", "-i", bridge, "-j", "DROP"]),
+        ),
+    ] {
+        let _ = run(tool, &args);
+    }
+}
+
 fn run(tool: &str, args: &[String]) -> Result<(), String> {
     let out = Command::new(tool)
         .args(args)

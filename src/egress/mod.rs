@@ -156,18 +156,22 @@ impl Gate {
         format!("berth-egress-{}", tag(worker_id))
     }
 
+    /// The host interface of that network (what the firewall chain matches on).
+    pub fn bridge_name(worker_id: &str) -> String {
+        format!("berth-{}", tag(worker_id))
+    }
+
     /// Opens the way out (once): the sealed network, the host firewall, the proxy.
     pub async fn open(&self) -> Result<Door, EgressError> {
         let mut door = self.door.lock().await;
         if let Some(d) = door.as_ref() {
             return Ok(d.clone());
         }
-        let t = tag(&self.worker_id);
         let net = self
             .runtime
             .ensure_egress_network(
                 &Self::network_name(&self.worker_id),
-                &format!("berth-{t}"),
+                &Self::bridge_name(&self.worker_id),
                 &self.worker_id,
             )
             .await?;

@@ -139,6 +139,8 @@ struct Plan {
     /// Where the task may connect to (policy, narrowed by the environment, plus what berth
     /// derives for the environment's repositories and the Oz endpoints).
     egress: crate::spec::egress::Egress,
+    /// The task's working directory (the environment's, else the default workspace).
+    workdir: String,
 }
 
 /// The task's egress: the policy narrowed by its environment; in allowlist mode the
@@ -329,6 +331,7 @@ async fn prepare(
         steps,
         security,
         egress,
+        workdir,
     })
 }
 
@@ -458,14 +461,9 @@ async fn create(
     let runtime = env.runtime.as_ref();
     // Allowlist: the container goes on the sealed network, the proxy is its only way out.
     // A door that cannot be opened fails the task: it never runs unrestricted.
-    let workdir = plan
-        .environment
-        .as_ref()
-        .and_then(|e| e.workdir.clone())
-        .unwrap_or_else(|| crate::spec::WORKDIR.to_string());
     let mut security = plan
         .security
-        .hardened(s.policy.profile, &info.user, &workdir);
+        .hardened(s.policy.profile, &info.user, &plan.workdir);
     let door = if plan.egress.mode == crate::spec::egress::Mode::Allowlist {
         let gate = env.gate.as_ref().ok_or_else(|| {
             phase(FailureReason::ContainerCreate)(

@@ -395,6 +395,12 @@ impl Env {
         until(what, cond).await
     }
 
+    /// The worker's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.handle.api.clone().unwrap());
+        reqwest::get(&url).await.unwrap().text().await.unwrap()
+    }
+
     /// Stops the worker (shutdown signal) and waits for it.
     pub async fn stop_worker(&mut self) {
         self.shutdown.cancel();
@@ -652,27 +658,13 @@ pub struct SealedCleanup(pub String);
 
 impl Drop for SealedCleanup {
     fn drop(&mut self) {
-        let net = berth::egress::Gate::network_name(&self.0);
         for c in containers_of(&self.0) {
             let _ = Command::new("docker").args(["rm", "-f", &c]).output();
         }
-        let bridge = net.replace("berth-egress-", "berth-");
-        let chain = berth::egress::firewall::chain(&bridge);
+        let net = berth::egress::Gate::network_name(&self.0);
         let _ = Command::new("docker")
             .args(["network", "rm", &net])
             .output();
-        let ipt = |tool: &str, args: &[&str]| {
-            let _ = Command::new(tool).args(args).output();
-        };
-        ipt(
-            "iptables",
-            &["-w", "-D", "INPUT", "-i", &bridge, "-j", &chain],
-        );
-        ipt("iptables", &["-w", "-F", &chain]);
-        ipt("iptables", &["-w", "-X", &chain]);
-        ipt(
-            "ip6tables",
-            &["-w", "-D", "INPUT", "-i", &bridge, "-j", "DROP"],
-        );
+        berth::egress::firewall::unseal(&berth::egress::Gate::bridge_name(&self.0));
     }
 }
