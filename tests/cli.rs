@@ -91,6 +91,45 @@ fn check_config_of_the_example_prints_the_effective_config_without_secrets() {
 }
 
 #[test]
+fn check_config_of_the_example_without_any_key_warns_and_exits_0() {
+    // The README's install sequence runs this in a root shell, before the unit's credential
+    // exists anywhere berth can see it.
+    let out = berth(&["check-config", "config.example.yaml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: no API key configured")
+            && err.contains("/etc/berth/api-key.cred")
+            && err.contains("berth verify"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("config.example.yaml: configuration is valid"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("none configured"), "{stdout}");
+    // `run` still refuses to start without one.
+    let out = berth(&["run", "--config", "config.example.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no API key configured"));
+}
+
+#[test]
+fn check_config_still_fails_on_a_key_source_it_cannot_read() {
+    let out = berth(&["check-config", "--api-key-file", "/nonexistent/key"])
+        .args(["--worker-id", "h1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read API key file"));
+}
+
+#[test]
 fn run_without_a_reachable_docker_exits_1_and_says_what_to_check() {
     let out = berth(&[
         "run",

@@ -33,7 +33,7 @@ enum Command {
     /// Run the worker daemon.
     Run(RunArgs),
     /// Validate the configuration and print the effective settings (secrets redacted).
-    CheckConfig(RunArgs),
+    CheckConfig(run::CheckConfigArgs),
     /// Start the embedded control plane and a worker connected to it (try berth locally).
     Dev(DevArgs),
     /// Submit a task to a control plane's HTTP API, stream its transcript, wait for its outcome.
@@ -102,7 +102,7 @@ pub fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::CheckConfig(a) => run::check_config(&a),
+        Command::CheckConfig(a) => run::check_config(a),
         Command::Run(a) => run::run(&rt, a),
         Command::Dev(a) => {
             let _ = run::init_logging(&a.log_level, berth::config::LogFormat::Text);

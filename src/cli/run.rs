@@ -101,16 +101,20 @@ pub(super) fn overrides(a: &RunArgs) -> Overrides {
         api_listen: a.api_listen.clone(),
         credentials_directory: host_env("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         shutdown_mode: a.shutdown_mode,
+        api_key_optional: false,
     }
 }
 
-pub(super) fn load_config(a: &RunArgs) -> Result<Config, config::ConfigErrors> {
+/// `--config`, else the default path when it exists.
+pub(super) fn config_path(a: &RunArgs) -> Option<PathBuf> {
     let default = Path::new(config::DEFAULT_CONFIG_PATH);
-    let path = a
-        .config
+    a.config
         .clone()
-        .or_else(|| default.exists().then(|| default.to_path_buf()));
-    config::load(path.as_deref(), &overrides(a), &host_env)
+        .or_else(|| default.exists().then(|| default.to_path_buf()))
+}
+
+pub(super) fn load_config(a: &RunArgs) -> Result<Config, config::ConfigErrors> {
+    config::load(config_path(a).as_deref(), &overrides(a), &host_env)
 }
 
 /// Handle to change the log filter at runtime (reload).
@@ -197,10 +201,35 @@ pub(super) fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// `berth check-config [FILE]`: `run`'s flags, and the file also as a positional argument.
+#[derive(Args)]
+pub(super) struct CheckConfigArgs {
+    /// Config file (same as --config).
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    pub(super) file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) run: RunArgs,
+}
+
 /// `berth check-config`: validates and prints the effective settings.
-pub fn check_config(a: &RunArgs) -> ExitCode {
-    match load_config(a) {
+pub fn check_config(a: CheckConfigArgs) -> ExitCode {
+    let a = RunArgs {
+        config: a.file.or(a.run.config),
+        ..a.run
+    };
+    let a = &a;
+    let ov = Overrides {
+        api_key_optional: true,
+        ..overrides(a)
+    };
+    match config::load(config_path(a).as_deref(), &ov, &host_env) {
         Ok(c) => {
+            if c.control_plane.api_key_source.is_empty() {
+                eprintln!(
+                    "{}",
+                    missing_key_warning(Path::new(UNIT_CREDENTIAL).exists())
+                );
+            }
             if let Some(p) = &c.source {
                 println!("# {}: configuration is valid", p.display());
             } else {
@@ -216,6 +245,24 @@ pub fn check_config(a: &RunArgs) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// Where the shipped unit loads the API key credential from (`LoadCredentialEncrypted=`).
+pub(super) const UNIT_CREDENTIAL: &str = "/etc/berth/api-key.cred";
+
+/// `check-config` without any key source: a warning, not an error, because under the unit the
+/// key arrives as a credential that only `berth run` sees.
+pub(super) fn missing_key_warning(unit_credential_exists: bool) -> String {
+    let unit = if unit_credential_exists {
+        format!("{UNIT_CREDENTIAL} exists")
+    } else {
+        format!(
+            "{UNIT_CREDENTIAL} does not exist yet: systemd-creds encrypt --name=api-key key.txt {UNIT_CREDENTIAL}"
+        )
+    };
+    format!(
+        "berth: warning: no API key configured here; `berth run` needs one. Under systemd the unit passes the credential api-key ({unit}); elsewhere set control_plane.api_key_file, --api-key-file or BERTH_API_KEY. `berth verify` checks the key against the control plane."
+    )
 }
 
 /// `berth run`: the daemon.
