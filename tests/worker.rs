@@ -88,7 +88,7 @@ async fn cancellation_stops_the_container_and_reports_cancelled() {
         done.message.as_deref(),
         Some("Task cancelled by user request.")
     );
-    // sleep as PID 1 ignores SIGTERM: the 2 s grace then SIGKILL must have ended it.
+    // Docker's init is PID 1 and forwards SIGTERM: no waiting for the SIGKILL.
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(
         containers_of_task(&t.id).is_empty(),
@@ -288,13 +288,22 @@ async fn berth_timeout_stops_the_task_with_the_oz_message() {
     let env = Env::start("timeout", EnvOptions::default()).await;
     let t = env.cp.submit(SubmitRequest {
         image: Some(BUSYBOX.into()),
-        command: vec!["sleep".into(), "300".into()],
+        // A shell as the command: without an init as PID 1 it ignored SIGTERM and only the
+        // SIGKILL after the grace period ended it (exit 137).
+        command: vec!["sh".into(), "-c".into(), "sleep 300".into()],
         timeout_secs: Some(1),
         ..SubmitRequest::default()
     });
     let t = env.finished(&t.id).await;
     assert_eq!(reason(&t), Some("task_timeout"), "{t:?}");
     assert_eq!(t.message.as_deref(), Some(berth::protocol::MSG_TIMEOUT));
+    assert_eq!(t.exit_code, Some(143), "SIGTERM must end the task: {t:?}");
+    let transcript =
+        String::from_utf8_lossy(&env.cp.transcript(&t.id).unwrap_or_default()).to_string();
+    assert!(
+        transcript.contains("[berth] stopping (time limit reached): SIGTERM, SIGKILL in "),
+        "{transcript}"
+    );
     assert!(containers_of_task(&t.id).is_empty());
 }
 
@@ -367,7 +376,7 @@ async fn the_container_gets_limits_labels_workdir_and_log_driver_and_no_cleanup_
     assert_eq!(env.finished(&t.id).await.state, TaskState::Succeeded);
     let kept = containers_of_task(&t.id);
     assert_eq!(kept.len(), 1, "--no-cleanup must keep the exited container");
-    let fmt = "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.Config.WorkingDir}} {{.HostConfig.LogConfig.Type}} {{index .Config.Labels \"berth.managed\"}} {{index .Config.Labels \"berth.worker_id\"}} {{index .Config.Labels \"berth.execution_id\"}}";
+    let fmt = "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.Config.WorkingDir}} {{.HostConfig.LogConfig.Type}} {{index .Config.Labels \"berth.managed\"}} {{index .Config.Labels \"berth.worker_id\"}} {{index .Config.Labels \"berth.execution_id\"}} {{.HostConfig.Init}}";
     let out = std::process::Command::new("docker")
         .args(["inspect", "-f", fmt, &kept[0]])
         .output()
@@ -377,7 +386,7 @@ async fn the_container_gets_limits_labels_workdir_and_log_driver_and_no_cleanup_
     assert_eq!(
         got,
         format!(
-            "1000000000 {gib2} {gib2} /workspace local true {} {}",
+            "1000000000 {gib2} {gib2} /workspace local true {} {} true",
             env.worker_id, t.execution_id
         )
     );

@@ -442,6 +442,9 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<i64>,
     /// Memory+swap limit; equal to `memory_bytes` so the task gets no extra swap.
     pub memory_swap_bytes: Option<i64>,
+    /// Run Docker's init (tini) as PID 1: a shell as PID 1 ignores SIGTERM, so without it a
+    /// stop always waited out the grace period; the init also reaps the agent's zombies.
+    pub init: bool,
     /// Operator security settings.
     pub security: crate::spec::policy::Security,
 }
@@ -538,6 +541,7 @@ pub fn container_spec(
         nano_cpus: ctx.limits.nano_cpus,
         memory_bytes: ctx.limits.memory_bytes,
         memory_swap_bytes: ctx.limits.memory_bytes,
+        init: true,
         security: ctx.security.clone(),
     })
 }
@@ -1136,6 +1140,7 @@ mod tests {
         assert_eq!(spec.nano_cpus, Some(2_000_000_000));
         assert_eq!(spec.memory_bytes, Some(3 << 30));
         assert_eq!(spec.memory_swap_bytes, spec.memory_bytes);
+        assert!(spec.init, "signals must reach the task's process tree");
         assert_eq!(spec.working_dir, "/workspace");
         assert_eq!(
             spec.labels.get("berth.managed").map(String::as_str),

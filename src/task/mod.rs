@@ -280,6 +280,20 @@ pub struct Execution {
     pub claimed_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// The transcript line announcing a stop and its grace period.
+pub fn stopping_line(reason: Option<StopReason>, grace: Duration) -> String {
+    let why = match reason {
+        Some(StopReason::User) => "cancelled",
+        Some(StopReason::Shutdown) => "the worker is shutting down",
+        Some(StopReason::Timeout) => "time limit reached",
+        None => "stop requested",
+    };
+    format!(
+        "stopping ({why}): SIGTERM, SIGKILL in {}",
+        humantime::format_duration(grace)
+    )
+}
+
 /// Writes one `system` line into the transcript.
 pub async fn system_line(spool: &SharedSpool, text: &str) {
     let resume = lock(spool).last_resume();
@@ -478,6 +492,21 @@ fn phase(reason: FailureReason) -> impl Fn(String) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stopping_line_names_the_reason_and_the_grace_period() {
+        let g = Duration::from_secs(10);
+        assert_eq!(
+            stopping_line(Some(StopReason::User), g),
+            "stopping (cancelled): SIGTERM, SIGKILL in 10s"
+        );
+        assert_eq!(
+            stopping_line(Some(StopReason::Timeout), Duration::from_millis(2500)),
+            "stopping (time limit reached): SIGTERM, SIGKILL in 2s 500ms"
+        );
+        assert!(stopping_line(Some(StopReason::Shutdown), g).contains("shutting down"));
+        assert!(stopping_line(None, g).starts_with("stopping (stop requested)"));
+    }
 
     fn exited(code: i64, oom: bool) -> Outcome {
         Outcome::Exited(ExitStatus {

@@ -88,6 +88,9 @@ pub(super) async fn supervise(
         Some(r) => r,
         None => {
             info!(container = %id, reason = ?control.reason(), grace_s = grace.as_secs(), "stopping container");
+            let line = crate::task::stopping_line(control.reason(), grace);
+            let announce = system_line(&exec.spool, &line);
+            alongside(announce, &mut capture, &mut captured).await;
             let stopped = async {
                 stop_through_outages(env, id, grace).await;
                 wait_through_outages(env, id).await

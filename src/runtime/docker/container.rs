@@ -40,6 +40,7 @@ impl Docker {
                 nano_cpus: spec.nano_cpus,
                 memory: spec.memory_bytes,
                 memory_swap: spec.memory_swap_bytes,
+                init: Some(spec.init),
                 // Never privileged; everything else as the operator's policy says.
                 privileged: Some(false),
                 security_opt: spec
