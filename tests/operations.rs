@@ -220,6 +220,35 @@ async fn drain_and_resume_need_the_admin_token_and_behave_like_a_server_drain() 
     // The real CLI reads the token from state_dir.
     let state = state_dir(&env);
     let addr = env.handle.api.clone().unwrap();
+    // Without a readable token, `berth logs` says it was refused and how to get in; it does
+    // not pretend there is no transcript by falling back to a spool it cannot read.
+    let refused = cli(&[
+        "logs",
+        &running.id,
+        "--api",
+        &addr,
+        "--state-dir",
+        "/nonexistent",
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused (HTTP 403)")
+            && err.contains("admin token")
+            && err.contains("/nonexistent/admin-token could not be read")
+            && err.contains("Unix socket")
+            && !err.contains("no transcript"),
+        "{err}"
+    );
+    let out = cli_ok(&[
+        "logs",
+        &running.id,
+        "--api",
+        &addr,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
     let out = cli_ok(&[
         "drain",
         "--api",

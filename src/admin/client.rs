@@ -20,7 +20,16 @@ pub enum ClientError {
         /// Cause.
         reason: String,
     },
-    /// The daemon refused (no admin rights) or failed.
+    /// The daemon refused: the call needs admin rights this client does not have.
+    #[error(
+        "the daemon at {address} refused (HTTP 403): this needs the admin token or the Unix socket, and {token}. Run it as a user who may read <state_dir>/admin-token (e.g. sudo, or pass --state-dir to where it is), or set api.listen to a Unix socket (e.g. /run/berth/api.sock) and use a member of api.socket_group"
+    )]
+    Forbidden {
+        address: String,
+        /// What became of the token (never its value).
+        token: String,
+    },
+    /// The daemon failed or rejected the request.
     #[error("{address} answered HTTP {status}: {body}")]
     Refused {
         address: String,
@@ -44,6 +53,8 @@ pub struct Client {
     base: String,
     address: String,
     token: Option<String>,
+    /// Where the token was looked for and what happened (for a refusal's message).
+    token_note: String,
 }
 
 impl Client {
@@ -63,16 +74,13 @@ impl Client {
                 "http://berth".to_string(),
             ),
         };
-        let token = token_dir
-            .map(|d| d.join(crate::admin::api::TOKEN_FILE))
-            .and_then(|p: PathBuf| std::fs::read_to_string(p).ok())
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty());
+        let (token, token_note) = read_token(token_dir);
         Ok(Client {
             http,
             base,
             address,
             token,
+            token_note,
         })
     }
 
@@ -98,6 +106,12 @@ impl Client {
         })?;
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
+        if status == reqwest::StatusCode::FORBIDDEN {
+            return Err(ClientError::Forbidden {
+                address: self.address.clone(),
+                token: self.token_note.clone(),
+            });
+        }
         if !status.is_success() {
             return Err(ClientError::Refused {
                 address: self.address.clone(),
@@ -139,6 +153,22 @@ impl Client {
         let path = if drain { "drain" } else { "resume" };
         self.call(self.http.post(format!("{}/v1/{path}", self.base)))
             .await
+    }
+}
+
+/// The admin token under `dir`, and a note on where it was looked for.
+fn read_token(dir: Option<&Path>) -> (Option<String>, String) {
+    let Some(dir) = dir else {
+        return (None, "no state_dir is known to find the token in".into());
+    };
+    let path: PathBuf = dir.join(crate::admin::api::TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => (
+            Some(t.trim().to_string()),
+            format!("the token from {} was not accepted", path.display()),
+        ),
+        Ok(_) => (None, format!("{} is empty", path.display())),
+        Err(e) => (None, format!("{} could not be read ({e})", path.display())),
     }
 }
 

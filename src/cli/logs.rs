@@ -97,8 +97,9 @@ pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
                             .unwrap_or(body)
                     );
                 }
-                // The daemon is down or will not serve us: the spool may still be readable.
-                Err(e) if from == 0 => {
+                // Only a daemon that does not answer sends us to the spool: a refusal is
+                // reported as such (the spool is the daemon's and usually unreadable too).
+                Err(e @ ClientError::NotRunning { .. }) if from == 0 => {
                     info!(error = %e, "local API unavailable; reading the spool directly");
                     break;
                 }
