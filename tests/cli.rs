@@ -149,6 +149,9 @@ fn run_without_a_reachable_docker_exits_1_and_says_what_to_check() {
         err.contains("/nonexistent/docker.sock") && err.contains("docker group"),
         "{err}"
     );
+    // Logs written to a pipe (a file, journald) carry no ANSI escape codes.
+    assert!(err.contains(" INFO ") || err.contains(" ERROR "), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
 }
 
 #[test]
@@ -244,23 +247,24 @@ async fn submit_prints_the_outcome_and_exits_with_the_task_exit_code() {
             "--",
             "sh",
             "-c",
-            "test \"$X\" = 1 && exit 7",
+            "echo task-output; test \"$X\" = 1 && exit 7",
         ])
         .output()
         .unwrap()
     })
     .await
     .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    // stdout is the task's own output only (it may be piped on); the outcome is on stderr.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "task-output\n");
     assert!(
-        stdout.contains("failed") && stdout.contains("container_exit"),
-        "{stdout}"
+        stderr.contains("failed") && stderr.contains("container_exit"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour when stderr is not a terminal: {stderr:?}"
     );
     let unreachable = berth(&[
         "submit",
@@ -432,4 +436,21 @@ async fn sighup_applies_a_valid_config_and_keeps_the_running_one_when_invalid() 
     child.wait().unwrap();
     drop(guard);
     cp.shutdown();
+}
+
+#[test]
+fn help_never_shows_the_value_of_an_env_var() {
+    for verb in ["run", "submit", "logs", "status", "dev"] {
+        let out = berth(&[verb, "--help"])
+            .env("BERTH_SERVER", "http://secret-host:1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{verb}: {text}");
+        assert!(text.contains("[env: "), "{verb} documents its env vars: {text}");
+        assert!(
+            !text.contains("=]") && !text.contains("secret-host"),
+            "{verb} --help shows an env value: {text}"
+        );
+    }
 }

@@ -15,7 +15,7 @@ use super::host_env;
 pub(super) struct AdminArgs {
     /// The daemon's local API: host:port or a Unix socket path (default: api.listen of the
     /// config, else 127.0.0.1:9464).
-    #[arg(long, env = "BERTH_API", value_name = "ADDR")]
+    #[arg(long, env = "BERTH_API", hide_env_values = true, value_name = "ADDR")]
     pub(super) api: Option<String>,
     /// Config file (to find api.listen and state_dir, where the admin token is).
     #[arg(long, alias = "config-file", value_name = "PATH")]

@@ -22,7 +22,7 @@ pub(super) struct LogsArgs {
     #[arg(short, long)]
     pub(super) follow: bool,
     /// The daemon's local API (default: api.listen of the config, else 127.0.0.1:9464).
-    #[arg(long, env = "BERTH_API", value_name = "ADDR")]
+    #[arg(long, env = "BERTH_API", hide_env_values = true, value_name = "ADDR")]
     pub(super) api: Option<String>,
     /// Read the spool under state_dir directly, without asking the daemon.
     #[arg(long)]

@@ -1,6 +1,7 @@
 //! The `berth` command line: one file per verb.
 
 mod admin;
+mod colour;
 mod dev;
 mod logs;
 mod run;

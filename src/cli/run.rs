@@ -31,7 +31,7 @@ pub(super) struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub(super) api_key_file: Option<PathBuf>,
     /// Control-plane WebSocket URL.
-    #[arg(long, env = "BERTH_CONTROL_PLANE_URL")]
+    #[arg(long, env = "BERTH_CONTROL_PLANE_URL", hide_env_values = true)]
     pub(super) control_plane_url: Option<String>,
     /// Root URL handed to the agent.
     #[arg(long)]
@@ -126,8 +126,10 @@ pub(super) fn init_logging(level: &str, format: LogFormat) -> LogFilter {
     let filter = berth::transcript::redaction::log_filter(level);
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Every line is scrubbed of registered secrets, whatever the level (issue 8.5).
-    let fmt =
-        tracing_subscriber::fmt::layer().with_writer(berth::transcript::redaction::ScrubbedStderr);
+    // Escape codes only on a terminal: a file or journald gets plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(super::colour::on_stderr())
+        .with_writer(berth::transcript::redaction::ScrubbedStderr);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),

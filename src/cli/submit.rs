@@ -15,7 +15,12 @@ use super::run::shutdown_on_signals;
 #[derive(Args)]
 pub(super) struct SubmitArgs {
     /// Control plane HTTP API.
-    #[arg(long, env = "BERTH_SERVER", default_value = "http://127.0.0.1:8780")]
+    #[arg(
+        long,
+        env = "BERTH_SERVER",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:8780"
+    )]
     pub(super) server: String,
     /// Image to run.
     #[arg(long)]
@@ -125,7 +130,8 @@ pub(super) async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         if t.state.is_terminal() {
             // Let the transcript catch up (it ends once the server holds all of it).
             let _ = tokio::time::timeout(Duration::from_secs(10), streamer).await;
-            println!("{}", outcome_line(&t));
+            // stderr: stdout is the task's own output, which may be piped on.
+            eprintln!("{}", outcome_line(&t));
             return Ok(exit_code_of(&t));
         }
     }
@@ -135,12 +141,12 @@ pub(super) async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
 /// lines to stderr (dimmed on a terminal).
 pub(super) async fn stream_transcript(http: reqwest::Client, base: String, id: String) {
     use futures_util::StreamExt;
-    use std::io::{IsTerminal, Write};
+    use std::io::Write;
     let url = format!("{base}/v1/tasks/{id}/transcript?follow=true&format=jsonl");
     let Ok(resp) = http.get(url).send().await else {
         return;
     };
-    let dim = std::io::stderr().is_terminal();
+    let dim = super::colour::on_stderr();
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     while let Some(Ok(chunk)) = body.next().await {
