@@ -47,6 +47,22 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tighten(path, FILE_MODE)
 }
 
+/// Replaces `path` with `bytes` atomically (a synced temporary file renamed over it), created
+/// with [`FILE_MODE`]: a crash leaves the old content or the new, never half of either.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Removes group and other bits from `path` (a missing path is fine).
 pub fn tighten(path: &Path, mode: u32) -> io::Result<()> {
     match std::fs::metadata(path) {

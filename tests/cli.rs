@@ -447,10 +447,95 @@ fn help_never_shows_the_value_of_an_env_var() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{verb}: {text}");
-        assert!(text.contains("[env: "), "{verb} documents its env vars: {text}");
+        assert!(
+            text.contains("[env: "),
+            "{verb} documents its env vars: {text}"
+        );
         assert!(
             !text.contains("=]") && !text.contains("secret-host"),
             "{verb} --help shows an env value: {text}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_each_dependency_with_a_real_handshake() {
+    let cp = control_plane("verify-key", true, None).await;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let run = |key: &'static str, json: bool| {
+        let mut c = berth(&["verify", "--worker-id", &worker_id("verify")]);
+        c.args(["--control-plane-url", &cp.ws_url(), "--api-listen", "off"])
+            .args(["--state-dir", state_dir.to_str().unwrap()]);
+        if !key.is_empty() {
+            c.args(["--api-key", key]);
+        }
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let good = run("verify-key", false);
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert_eq!(good.status.code(), Some(0), "{text}");
+    for check in [
+        "config",
+        "api key",
+        "control plane",
+        "docker",
+        "state dir",
+        "policy",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(check)),
+            "{check} in:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("handshake accepted the key (berth/1)"),
+        "{text}"
+    );
+    // A refused key fails that line, and the command.
+    let bad = run("wrong-key", true);
+    assert_eq!(bad.status.code(), Some(1));
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&bad.stdout).unwrap();
+    let cp_check = checks
+        .iter()
+        .find(|c| c["name"] == "control plane")
+        .unwrap();
+    assert_eq!(cp_check["ok"], false);
+    assert!(
+        cp_check["detail"].as_str().unwrap().contains("HTTP 401"),
+        "{cp_check}"
+    );
+    assert!(
+        checks.iter().filter(|c| c["ok"] == false).count() == 1,
+        "{checks:?}"
+    );
+    // No key at all: named, and the control plane is not dialled.
+    let none = run("", false);
+    let text = String::from_utf8_lossy(&none.stdout);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        text.contains("FAIL api key") && text.contains("not dialled"),
+        "{text}"
+    );
+    assert!(!state_dir.exists(), "verify creates nothing");
+    cp.shutdown();
+}
+
+#[test]
+fn data_commands_print_json_with_json() {
+    let v: serde_json::Value =
+        serde_json::from_slice(&berth(&["version", "--json"]).output().unwrap().stdout).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let out = berth(&["check-config", "config.example.yaml", "--json"])
+        .env("BERTH_API_KEY", "k-json-value")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["worker_id"], "my-host-1");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("k-json-value"));
 }

@@ -75,20 +75,7 @@ pub fn admin_token(state_dir: &Path) -> Result<String, ApiError> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| err(e.to_string()))?;
-    f.write_all(token.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    crate::private::write_atomic(&path, token.as_bytes()).map_err(|e| err(e.to_string()))?;
     Ok(token)
 }
 
@@ -100,6 +87,8 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/tasks", get(tasks))
         .route("/v1/tasks/{id}/transcript", get(transcript))
+        .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/history", get(history))
         .route("/v1/drain", post(drain))
         .route("/v1/resume", post(resume))
         .with_state(ctx)
@@ -138,6 +127,91 @@ async fn status(State(c): State<Ctx>) -> Json<crate::admin::status::Status> {
 
 async fn tasks(State(c): State<Ctx>) -> Json<Vec<crate::admin::status::TaskRow>> {
     Json(c.live.status().tasks)
+}
+
+#[derive(serde::Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+/// Recent executions from the journal (no secrets: ids, states, exit codes, images).
+async fn history(
+    State(c): State<Ctx>,
+    axum::extract::Query(q): axum::extract::Query<Limit>,
+) -> Response {
+    let journal = c.live.journal.clone();
+    let limit = q.limit.unwrap_or(crate::admin::history::DEFAULT_LIMIT);
+    let read = tokio::task::spawn_blocking(move || journal.all()).await;
+    match read {
+        Ok(Ok(records)) => {
+            let now = chrono::Utc::now().timestamp_millis();
+            Json(crate::admin::history::recent(&records, now, limit)).into_response()
+        }
+        Ok(Err(e)) => error_json(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error_json(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn error_json(status: StatusCode, error: String) -> Response {
+    (status, Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Execution {
+    execution_id: Option<String>,
+}
+
+/// What `POST /v1/tasks/{id}/cancel` answers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cancelled {
+    pub task_id: String,
+    /// The executions asked to stop.
+    pub execution_ids: Vec<String>,
+}
+
+/// Stops a running task (admin, like drain). 404 when none of its executions runs here.
+async fn cancel(
+    State(c): State<Ctx>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<Execution>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorised(&c, &headers) {
+        return refused();
+    }
+    let named = |t: &crate::supervisor::TaskView| {
+        t.task_id == id
+            && q.execution_id
+                .as_deref()
+                .is_none_or(|e| e == t.execution_id)
+    };
+    let running: Vec<String> = c
+        .live
+        .slots
+        .borrow()
+        .tasks
+        .iter()
+        .filter(|t| named(t) && t.state != "delivering")
+        .map(|t| t.execution_id.clone())
+        .collect();
+    if running.is_empty() {
+        return error_json(
+            StatusCode::NOT_FOUND,
+            format!("task {id} is not running on this worker (berth tasks lists what ran here)"),
+        );
+    }
+    let command = Command::Cancel {
+        task_id: id.clone(),
+        execution_id: q.execution_id.clone(),
+    };
+    if c.commands.send(command).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "worker is stopping\n").into_response();
+    }
+    Json(Cancelled {
+        task_id: id,
+        execution_ids: running,
+    })
+    .into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -197,7 +271,7 @@ fn refused() -> Response {
     (
         StatusCode::FORBIDDEN,
         Json(serde_json::json!({
-            "error": "drain, resume and transcripts need the Unix socket (api.listen: /path) or the admin token: Authorization: Bearer $(cat <state_dir>/admin-token)"
+            "error": "drain, resume, cancel and transcripts need the Unix socket (api.listen: /path) or the admin token: Authorization: Bearer $(cat <state_dir>/admin-token)"
         })),
     )
         .into_response()

@@ -148,6 +148,33 @@ impl Client {
         self.call(self.http.get(url)).await
     }
 
+    /// `GET /v1/history?limit=N`: recent executions, newest first.
+    pub async fn history(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::admin::history::HistoryRow>, ClientError> {
+        self.call(
+            self.http
+                .get(format!("{}/v1/history?limit={limit}", self.base)),
+        )
+        .await
+    }
+
+    /// `POST /v1/tasks/{id}/cancel[?execution_id=E]`.
+    pub async fn cancel(
+        &self,
+        task_id: &str,
+        execution_id: Option<&str>,
+    ) -> Result<crate::admin::api::Cancelled, ClientError> {
+        let id = crate::control::catalog::encode_segment(task_id);
+        let mut url = format!("{}/v1/tasks/{id}/cancel", self.base);
+        if let Some(e) = execution_id {
+            url.push_str("?execution_id=");
+            url.extend(url::form_urlencoded::byte_serialize(e.as_bytes()));
+        }
+        self.call(self.http.post(url)).await
+    }
+
     /// `POST /v1/drain` or `/v1/resume`.
     pub async fn set_draining(&self, drain: bool) -> Result<Status, ClientError> {
         let path = if drain { "drain" } else { "resume" };

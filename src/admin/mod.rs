@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod client;
+pub mod history;
 pub mod notify;
 pub mod status;

@@ -56,26 +56,65 @@ pub(super) fn admin_config(config: Option<&Path>) -> Option<Config> {
     config::load_str(text.as_deref(), path.as_deref(), &ov, &host_env).ok()
 }
 
-pub(super) fn admin_client(a: &AdminArgs) -> anyhow::Result<berth::admin::client::Client> {
-    let cfg = admin_config(a.config.as_deref());
-    let listen = match &a.api {
-        Some(addr) => config::parse_listen(addr)
-            .map_err(anyhow::Error::msg)?
-            .context("--api off: there is nothing to talk to")?,
-        None => cfg
-            .as_ref()
-            .and_then(|c| c.api.listen.clone())
-            .or_else(|| {
-                config::parse_listen(config::DEFAULT_API_LISTEN)
-                    .ok()
-                    .flatten()
-            })
-            .context("api.listen is off in the config: the daemon has no local API")?,
+/// Which daemon an admin command talks to, and where its state (token, spool) is.
+pub(super) struct Target {
+    /// `--api`, else api.listen of the config file, else the running `berth dev` worker (when
+    /// there is no config file), else 127.0.0.1:9464.
+    pub(super) listen: Option<config::Listen>,
+    /// `--state-dir`, else the config file's, else the dev worker's, else the default.
+    pub(super) state_dir: PathBuf,
+}
+
+/// Resolves the daemon's address and state dir from the flags (see [`Target`]).
+pub(super) fn target(
+    api: Option<&str>,
+    config_flag: Option<&Path>,
+    state_dir: Option<&Path>,
+) -> anyhow::Result<Target> {
+    let default = Path::new(config::DEFAULT_CONFIG_PATH);
+    let has_file = config_flag.is_some() || default.exists();
+    let cfg = admin_config(config_flag);
+    // Without a config file, a `berth dev` of this user is the daemon people mean.
+    let (dev_api, dev_state) = if has_file {
+        (None, None)
+    } else {
+        super::devdir::find()
     };
-    let state_dir = a.state_dir.clone().or_else(|| cfg.map(|c| c.state_dir));
+    let listen = match api {
+        Some(addr) => Some(
+            config::parse_listen(addr)
+                .map_err(anyhow::Error::msg)?
+                .context("--api off: there is nothing to talk to")?,
+        ),
+        None => match (dev_api, &cfg) {
+            (Some(addr), _) => config::parse_listen(&addr).ok().flatten(),
+            // `None` from a config is api.listen: off — there is no local API.
+            (None, Some(c)) => c.api.listen.clone(),
+            (None, None) => config::parse_listen(config::DEFAULT_API_LISTEN)
+                .ok()
+                .flatten(),
+        },
+    };
+    let state_dir = state_dir
+        .map(Path::to_path_buf)
+        .or(if has_file { None } else { dev_state })
+        .or_else(|| cfg.map(|c| c.state_dir))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR));
+    Ok(Target { listen, state_dir })
+}
+
+pub(super) fn admin_client(a: &AdminArgs) -> anyhow::Result<berth::admin::client::Client> {
+    let t = target(
+        a.api.as_deref(),
+        a.config.as_deref(),
+        a.state_dir.as_deref(),
+    )?;
+    let listen = t
+        .listen
+        .context("api.listen is off in the config: the daemon has no local API")?;
     Ok(berth::admin::client::Client::new(
         &listen,
-        state_dir.as_deref(),
+        Some(&t.state_dir),
     )?)
 }
 

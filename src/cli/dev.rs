@@ -19,8 +19,10 @@ use super::submit::{exit_code_of, outcome_line};
 
 /// Default listen address of `berth dev` (and server of `berth submit`).
 const DEV_LISTEN: &str = "127.0.0.1:8780";
-/// Image of the demo task when built from the host's static busybox.
-const DEMO_IMAGE: (&str, &str) = ("berth-demo", "latest");
+/// Image of the demo task, built from the host's static busybox.
+const DEMO_IMAGE: &str = "berth-demo:latest";
+/// How often the control plane's state is saved while `berth dev` runs (and once at exit).
+const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Args)]
 pub(super) struct DevArgs {
@@ -45,9 +47,17 @@ pub(super) struct DevArgs {
     /// Run one sample task end to end, print its outcome, and exit with its status.
     #[arg(long)]
     pub(super) demo: bool,
-    /// Static busybox used to build the demo image locally (no registry needed).
+    /// Static busybox (Debian's busybox-static) from which the demo image is built locally at
+    /// start-up (no registry needed).
     #[arg(long, default_value = berth::runtime::docker::rootfs::DEFAULT_BUSYBOX)]
     pub(super) busybox: PathBuf,
+    /// Name:tag of the image built from --busybox.
+    #[arg(long, value_name = "NAME:TAG", default_value = DEMO_IMAGE)]
+    pub(super) demo_image: String,
+    /// Where the dev worker and control plane keep their state across runs (default
+    /// $XDG_STATE_HOME/berth/dev, else ~/.local/state/berth/dev).
+    #[arg(long, value_name = "PATH")]
+    pub(super) state_dir: Option<PathBuf>,
     /// Log level.
     #[arg(long, default_value = "info")]
     pub(super) log_level: String,
@@ -58,23 +68,49 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         .api_key
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let cp = ControlPlane::start(
+    let root = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(super::devdir::default_root);
+    berth::private::create_dir(&root).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the dev state dir {}: {e} (pass --state-dir)",
+            root.display()
+        )
+    })?;
+    let cp_file = root.join(super::devdir::CONTROL_PLANE_FILE);
+    let cp = ControlPlane::start_with(
         a.listen,
         ServerOptions {
             api_key: api_key.clone(),
             accept_berth: !a.oz_only,
             ..ServerOptions::default()
         },
+        super::devdir::load_control_plane(&cp_file),
     )
     .await?;
+    let image = demo_image(&a).await;
     println!("berth dev: embedded control plane");
     println!("  worker endpoint  {}", cp.ws_url());
     println!("  HTTP API         {}/v1/tasks", cp.http_url());
     println!(
-        "  submit a task    berth submit --server {} --image busybox -- echo hello",
-        cp.http_url()
+        "  state            {} (kept across runs; --state-dir to change)",
+        root.display()
     );
+    match &image {
+        Ok(image) => println!(
+            "  submit a task    berth submit --server {} --image {image} -- echo hello",
+            cp.http_url()
+        ),
+        Err(why) => println!("  submit a task    {why}"),
+    }
     let shutdown = shutdown_on_signals();
+    let saver = tokio::spawn(save_periodically(
+        cp.clone(),
+        cp_file.clone(),
+        shutdown.clone(),
+    ));
+    let api_file = root.join(super::devdir::API_FILE);
     let worker_task = if a.no_worker {
         println!("  worker API key   {api_key}");
         println!(
@@ -83,7 +119,6 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         );
         None
     } else {
-        let state_dir = std::env::temp_dir().join(format!("berth-dev-{}", std::process::id()));
         let ov = Overrides {
             worker_id: Some(a.worker_id.clone()),
             api_key: Some(Secret::new(api_key)),
@@ -91,8 +126,10 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             // Agents and setup events talk to this server, not to app.warp.dev.
             server_root_url: Some(cp.http_url()),
             max_concurrent_tasks: Some(a.max_concurrent_tasks),
-            state_dir: Some(state_dir),
-            // Never collides with an installed berth service on the default port.
+            // One dir for every run: a task left running by Ctrl-C is re-attached next time.
+            state_dir: Some(super::devdir::worker_state(&root)),
+            // Never collides with an installed berth service on the default port; the
+            // address is in the banner and in worker-api for berth status/logs/tasks.
             api_listen: Some("127.0.0.1:0".into()),
             ..Overrides::default()
         };
@@ -104,10 +141,25 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             "  local worker     {} ({} slots)",
             a.worker_id, a.max_concurrent_tasks
         );
+        if let Some(addr) = worker.api_address() {
+            if let Err(e) = berth::private::write_atomic(&api_file, format!("{addr}\n").as_bytes())
+            {
+                eprintln!(
+                    "berth dev: cannot record the worker API address in {}: {e}",
+                    api_file.display()
+                );
+            }
+            println!(
+                "  worker API       http://{addr} (berth status, tasks, logs and cancel find it)"
+            );
+        }
         Some(tokio::spawn(async move { worker.run(token, |_| {}).await }))
     };
     let code = if a.demo {
-        let r = demo(&cp, &a).await;
+        let r = match &image {
+            Ok(image) => demo(&cp, image).await,
+            Err(why) => Err(anyhow::anyhow!("no demo image: {why}")),
+        };
         shutdown.cancel();
         r?
     } else {
@@ -116,31 +168,71 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(w) = worker_task {
         let _ = w.await;
+        let _ = std::fs::remove_file(&api_file);
+    }
+    let _ = saver.await;
+    if let Err(e) = super::devdir::save_control_plane(&cp_file, &cp.saved()) {
+        eprintln!(
+            "berth dev: cannot save the control plane's state to {}: {e}",
+            cp_file.display()
+        );
     }
     cp.shutdown();
     Ok(code)
 }
 
-pub(super) async fn demo(cp: &ControlPlane, a: &DevArgs) -> anyhow::Result<ExitCode> {
-    let image = if a.busybox.exists() {
-        let docker = bollard::Docker::connect_with_local_defaults()?;
-        berth::runtime::docker::rootfs::import_busybox_image(
-            &docker,
-            &a.busybox,
-            DEMO_IMAGE.0,
-            DEMO_IMAGE.1,
-            &[],
-            &[("berth.demo", "true")],
-        )
-        .await?;
-        format!("{}:{}", DEMO_IMAGE.0, DEMO_IMAGE.1)
-    } else {
-        println!(
-            "  ({} not found: the demo pulls busybox:1.36 instead)",
+/// Saves the control plane's state whenever it changed, until `stop`.
+async fn save_periodically(
+    cp: ControlPlane,
+    path: PathBuf,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut saved_version = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SAVE_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let version = *cp.changes().borrow();
+        if saved_version != Some(version) {
+            match super::devdir::save_control_plane(&path, &cp.saved()) {
+                Ok(()) => saved_version = Some(version),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot save the dev control plane's state")
+                }
+            }
+        }
+    }
+}
+
+/// Builds the demo image from the static busybox; without one, says what to do instead.
+async fn demo_image(a: &DevArgs) -> Result<String, String> {
+    if !a.busybox.exists() {
+        return Err(format!(
+            "no demo image: {} is missing (apt-get install busybox-static, then restart berth dev), or pass --image with an image this host already has (docker images)",
             a.busybox.display()
-        );
-        "busybox:1.36".to_string()
-    };
+        ));
+    }
+    let (name, tag) = a
+        .demo_image
+        .rsplit_once(':')
+        .unwrap_or((&a.demo_image, "latest"));
+    let docker = bollard::Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+    berth::runtime::docker::rootfs::import_busybox_image(
+        &docker,
+        &a.busybox,
+        name,
+        tag,
+        &[],
+        &[("berth.demo", "true")],
+    )
+    .await
+    .map_err(|e| format!("building the demo image {} failed: {e}", a.demo_image))?;
+    Ok(format!("{name}:{tag}"))
+}
+
+pub(super) async fn demo(cp: &ControlPlane, image: &str) -> anyhow::Result<ExitCode> {
+    let image = image.to_string();
     let rec = cp.submit(SubmitRequest {
         image: Some(image.clone()),
         command: vec![

@@ -5,11 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use berth::config;
 use clap::Args;
 use tracing::info;
 
-use super::admin::{AdminArgs, admin_client, admin_config};
+use super::admin::{AdminArgs, admin_client, target};
 
 #[derive(Args)]
 pub(super) struct LogsArgs {
@@ -33,6 +32,27 @@ pub(super) struct LogsArgs {
     /// State directory (overrides the config).
     #[arg(long, value_name = "PATH")]
     pub(super) state_dir: Option<PathBuf>,
+    /// One JSON object per piece on stdout: {offset, stream, data | data_b64}.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+/// Where pieces go: the terminal's streams, or JSON lines on stdout.
+struct Printer {
+    json: bool,
+    offset: u64,
+}
+
+impl Printer {
+    fn piece(&mut self, stream: berth::protocol::Stream, bytes: &[u8]) {
+        if self.json {
+            let line = berth::devserver::TranscriptLine::new(self.offset, stream, bytes.to_vec());
+            println!("{}", serde_json::to_string(&line).unwrap_or_default());
+        } else {
+            print_piece(stream, bytes);
+        }
+        self.offset += bytes.len() as u64;
+    }
 }
 
 /// Writes transcript bytes to the terminal: stdout to stdout, stderr and berth's own lines to
@@ -54,6 +74,10 @@ pub(super) fn print_piece(stream: berth::protocol::Stream, bytes: &[u8]) {
 pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
     use berth::admin::client::ClientError;
     use std::io::Write;
+    let mut out = Printer {
+        json: a.json,
+        offset: 0,
+    };
     if !a.local {
         let admin = AdminArgs {
             api: a.api.clone(),
@@ -74,7 +98,7 @@ pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
                         let bytes = base64::engine::general_purpose::STANDARD
                             .decode(&p.data_b64)
                             .context("the daemon sent an undecodable transcript piece")?;
-                        print_piece(p.stream, &bytes);
+                        out.piece(p.stream, &bytes);
                     }
                     let _ = std::io::stdout().flush();
                     let more = part.next > from;
@@ -107,13 +131,12 @@ pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let state_dir = match &a.state_dir {
-        Some(d) => d.clone(),
-        // Only state_dir matters here.
-        None => admin_config(a.config.as_deref())
-            .map(|c| c.state_dir)
-            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR)),
-    };
+    let state_dir = target(
+        a.api.as_deref(),
+        a.config.as_deref(),
+        a.state_dir.as_deref(),
+    )?
+    .state_dir;
     let journal = berth::journal::Journal::open_read_only(&state_dir)?;
     let rec = journal
         .by_task(&a.task_id)?
@@ -142,7 +165,7 @@ pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
             let end = seen + bytes.len();
             if end > printed {
                 let from = printed.saturating_sub(seen);
-                print_piece(*stream, &bytes[from..]);
+                out.piece(*stream, &bytes[from..]);
                 printed = end;
             }
             seen = end;

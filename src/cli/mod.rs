@@ -1,11 +1,15 @@
 //! The `berth` command line: one file per verb.
 
 mod admin;
+mod cancel;
 mod colour;
 mod dev;
+mod devdir;
 mod logs;
 mod run;
 mod submit;
+mod tasks;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,8 +51,18 @@ enum Command {
     Drain(DrainArgs),
     /// Accept tasks again after a drain.
     Resume(AdminArgs),
+    /// Recent tasks on this host: state, exit code, duration, image (local API, else journal).
+    Tasks(tasks::TasksArgs),
+    /// Stop a running task (local API; or a control plane's API with --server).
+    Cancel(cancel::CancelArgs),
+    /// Check the config, API key and URL (a real handshake), Docker, state dir and policy.
+    Verify(verify::VerifyArgs),
     /// Print the version.
-    Version,
+    Version {
+        /// As JSON: {"version": …, "protocols": […]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the man pages (berth.1, berth-run.1, …) into a directory (used by packaging).
     #[command(hide = true)]
     Manpages {
@@ -82,8 +96,16 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Version => {
-            println!("berth {}", env!("CARGO_PKG_VERSION"));
+        Command::Version { json } => {
+            if json {
+                let v = serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "protocols": ["oz/1", berth::protocol::BERTH_PROTOCOL_VERSION],
+                });
+                println!("{v}");
+            } else {
+                println!("berth {}", env!("CARGO_PKG_VERSION"));
+            }
             ExitCode::SUCCESS
         }
         Command::Manpages { dir } => {
@@ -125,6 +147,9 @@ pub fn main() -> ExitCode {
         Command::Status(a) => admin_command(&rt, admin::admin_status(a)),
         Command::Drain(a) => admin_command(&rt, admin::admin_drain(a)),
         Command::Resume(a) => admin_command(&rt, admin::admin_resume(a)),
+        Command::Tasks(a) => admin_command(&rt, tasks::tasks(a)),
+        Command::Cancel(a) => admin_command(&rt, cancel::cancel(a)),
+        Command::Verify(a) => admin_command(&rt, verify::verify(a)),
         Command::Submit(a) => match rt.block_on(submit::submit(a)) {
             Ok(code) => code,
             Err(e) => {

@@ -211,10 +211,14 @@ pub(super) struct CheckConfigArgs {
     pub(super) file: Option<PathBuf>,
     #[command(flatten)]
     pub(super) run: RunArgs,
+    /// Print the effective configuration as JSON.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 /// `berth check-config`: validates and prints the effective settings.
 pub fn check_config(a: CheckConfigArgs) -> ExitCode {
+    let json = a.json;
     let a = RunArgs {
         config: a.file.or(a.run.config),
         ..a.run
@@ -231,6 +235,13 @@ pub fn check_config(a: CheckConfigArgs) -> ExitCode {
                     "{}",
                     missing_key_warning(Path::new(UNIT_CREDENTIAL).exists())
                 );
+            }
+            if json {
+                match serde_json::to_string_pretty(&c.effective()) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => eprintln!("berth: cannot render the configuration as JSON: {e}"),
+                }
+                return ExitCode::SUCCESS;
             }
             if let Some(p) = &c.source {
                 println!("# {}: configuration is valid", p.display());

@@ -31,9 +31,13 @@ pub(super) struct SubmitArgs {
     /// Wall-clock limit in seconds.
     #[arg(long)]
     pub(super) timeout_secs: Option<u64>,
-    /// Return after submitting, without waiting.
+    /// Return after submitting, without waiting (prints the task id on stdout).
     #[arg(long)]
     pub(super) no_wait: bool,
+    /// Print the task's final record as JSON on stdout instead of streaming its transcript
+    /// (with --no-wait: the record as submitted).
+    #[arg(long)]
+    pub(super) json: bool,
     /// The command to run.
     #[arg(last = true, required = true)]
     pub(super) command: Vec<String>,
@@ -104,15 +108,23 @@ pub(super) async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let rec: TaskRecord = resp.json().await?;
     eprintln!("submitted {}", rec.id);
     if a.no_wait {
-        println!("{}", rec.id);
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&rec)?);
+        } else {
+            println!("{}", rec.id);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let cancel = shutdown_on_signals();
-    let streamer = tokio::spawn(stream_transcript(
-        http.clone(),
-        base.clone(),
-        rec.id.clone(),
-    ));
+    let streamer = if a.json {
+        tokio::spawn(async {})
+    } else {
+        tokio::spawn(stream_transcript(
+            http.clone(),
+            base.clone(),
+            rec.id.clone(),
+        ))
+    };
     let mut cancel_sent = false;
     loop {
         let wait = http
@@ -132,6 +144,9 @@ pub(super) async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
             let _ = tokio::time::timeout(Duration::from_secs(10), streamer).await;
             // stderr: stdout is the task's own output, which may be piped on.
             eprintln!("{}", outcome_line(&t));
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            }
             return Ok(exit_code_of(&t));
         }
     }

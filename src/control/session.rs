@@ -170,6 +170,14 @@ async fn dial(s: &SessionSettings) -> Result<(Ws, bool), DialError> {
     Ok((ws, berth))
 }
 
+/// One real handshake and an immediate close (`berth verify`): proves the URL, TLS trust and
+/// the key. Returns whether the server accepted berth/1.
+pub async fn probe(s: &SessionSettings) -> Result<bool, DialError> {
+    let (mut ws, berth) = dial(s).await?;
+    let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
+    Ok(berth)
+}
+
 enum End {
     /// The outbox closed and everything was written: the owner is done.
     Finished,

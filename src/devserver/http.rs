@@ -178,26 +178,33 @@ pub struct TranscriptLine {
     pub data_b64: Option<String>,
 }
 
+impl TranscriptLine {
+    /// A line for `bytes` at `offset`: as text when UTF-8, else base64.
+    pub fn new(offset: u64, stream: crate::protocol::Stream, bytes: Vec<u8>) -> Self {
+        let (data, data_b64) = match String::from_utf8(bytes) {
+            Ok(t) => (Some(t), None),
+            Err(e) => {
+                use base64::Engine;
+                (
+                    None,
+                    Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
+                )
+            }
+        };
+        TranscriptLine {
+            offset,
+            stream,
+            data,
+            data_b64,
+        }
+    }
+}
+
 fn render(runs: Vec<super::Run>, jsonl: bool) -> Vec<u8> {
     let mut out = Vec::new();
     for (offset, stream, bytes) in runs {
         if jsonl {
-            let (data, data_b64) = match String::from_utf8(bytes) {
-                Ok(t) => (Some(t), None),
-                Err(e) => {
-                    use base64::Engine;
-                    (
-                        None,
-                        Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
-                    )
-                }
-            };
-            let line = TranscriptLine {
-                offset,
-                stream,
-                data,
-                data_b64,
-            };
+            let line = TranscriptLine::new(offset, stream, bytes);
             out.extend(serde_json::to_vec(&line).unwrap_or_default());
             out.push(b'\n');
         } else {

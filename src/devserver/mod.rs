@@ -137,10 +137,19 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Binds `addr` and serves until [`ControlPlane::shutdown`].
     pub async fn start(addr: SocketAddr, opts: ServerOptions) -> Result<Self, ServerError> {
+        Self::start_with(addr, opts, State::default()).await
+    }
+
+    /// Like [`ControlPlane::start`], serving a state kept from an earlier run.
+    pub async fn start_with(
+        addr: SocketAddr,
+        opts: ServerOptions,
+        state: State,
+    ) -> Result<Self, ServerError> {
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             opts,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             conns: Mutex::new(HashMap::new()),
             changed,
             next_conn: std::sync::atomic::AtomicU64::new(0),
@@ -265,6 +274,11 @@ impl ControlPlane {
     pub fn http_url(&self) -> String {
         let scheme = if self.tls() { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// What to keep for the next run (see [`State::save`]).
+    pub fn saved(&self) -> state::Saved {
+        self.state().save()
     }
 
     /// Stops listening and drops every worker connection.

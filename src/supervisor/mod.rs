@@ -51,6 +51,13 @@ pub enum Command {
     Resume,
     /// Apply reloaded settings.
     Reconfigure(Box<Reconfigure>),
+    /// The operator on this host stops a task (`berth cancel`): reported as cancelled, like
+    /// a control-plane cancellation, but no `execution_closed` is owed (none was asked for).
+    Cancel {
+        task_id: String,
+        /// Only this execution (default: every execution of the task here).
+        execution_id: Option<String>,
+    },
 }
 
 /// Settings a reload may change while the worker runs.
@@ -1122,6 +1129,22 @@ impl Supervisor {
                 self.publish();
             }
             Command::Reconfigure(r) => self.reconfigure(*r),
+            Command::Cancel {
+                task_id,
+                execution_id,
+            } => {
+                for (key, t) in &self.tasks {
+                    let named = key.task_id == task_id
+                        && execution_id
+                            .as_deref()
+                            .is_none_or(|e| e == key.execution_id);
+                    if named {
+                        info!(%task_id, execution_id = %key.execution_id, "cancelled through the local API");
+                        t.control.stop(StopReason::User);
+                    }
+                }
+                self.publish();
+            }
         }
     }
 

@@ -110,6 +110,7 @@ async fn reconcile_at_start(
     }
 }
 
+pub mod preflight;
 mod reload;
 
 pub use crate::transcript::spool::spool_dir;
@@ -252,6 +253,11 @@ impl Worker {
             docker_root: engine.root_dir,
             one_shot: false,
         })
+    }
+
+    /// Where the local API listens (`127.0.0.1:9464`, a socket path), if it does.
+    pub fn api_address(&self) -> Option<&str> {
+        self.api.as_ref().map(|b| b.address.as_str())
     }
 
     /// One task only: once its result is delivered the worker stops (it cancels `shutdown`)

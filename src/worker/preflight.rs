@@ -1,0 +1,276 @@
+//! `berth verify`: one check per thing a worker depends on — the API key, the control plane
+//! (a real handshake), Docker, the state dir and the policy — each a line that says what was
+//! found or what to fix.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::control::session::{SessionSettings, probe};
+use crate::runtime::docker::Docker;
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    /// What was checked (`config`, `api key`, `control plane`, `docker`, `state dir`, `policy`).
+    pub name: &'static str,
+    pub ok: bool,
+    /// What was found, or what is wrong and how to fix it.
+    pub detail: String,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn fail(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What the local API says of a daemon already running with this config (it holds the
+/// connection; a second one under the same worker id would disturb it).
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub worker_id: String,
+    pub connected: bool,
+    pub protocol: Option<String>,
+}
+
+/// Every check after the config loaded (`config` was loaded with the key optional, so a
+/// missing key is reported here, among the rest).
+pub async fn run(
+    config: &Config,
+    docker_host_env: Option<&str>,
+    running: Option<Running>,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let key = !config.control_plane.api_key_source.is_empty();
+    checks.push(if key {
+        Check::ok(
+            "api key",
+            format!("from {}", config.control_plane.api_key_source),
+        )
+    } else {
+        Check::fail(
+            "api key",
+            "none configured: set control_plane.api_key_file, --api-key-file or BERTH_API_KEY (under systemd: the credential api-key)",
+        )
+    });
+    checks.push(control_plane(config, key, running).await);
+    let docker = Docker::connect(config.docker.host.as_deref(), docker_host_env);
+    let (docker_check, policy_check) = match docker {
+        Err(e) => (
+            Check::fail("docker", e.to_string()),
+            policy(config, Err("Docker is unreachable".into())),
+        ),
+        Ok(d) => match d.check().await {
+            Err(e) => (
+                Check::fail("docker", e.to_string()),
+                policy(config, Err("Docker is unreachable".into())),
+            ),
+            Ok(info) => {
+                let runtimes = super::check_runtimes(&d, &config.docker.policy)
+                    .await
+                    .map_err(|e| e.to_string());
+                (
+                    Check::ok(
+                        "docker",
+                        format!(
+                            "engine {} (API {}, {}) answers",
+                            info.version, info.api_version, info.platform
+                        ),
+                    ),
+                    policy(config, runtimes),
+                )
+            }
+        },
+    };
+    checks.push(docker_check);
+    checks.push(state_dir(&config.state_dir, config.admission.min_free_disk));
+    checks.push(policy_check);
+    checks
+}
+
+async fn control_plane(config: &Config, key: bool, running: Option<Running>) -> Check {
+    const NAME: &str = "control plane";
+    let cp = &config.control_plane;
+    let url = crate::transcript::redaction::display_url(cp.url.as_str());
+    if let Some(r) = running.filter(|r| r.worker_id == config.worker_id) {
+        return if r.connected {
+            Check::ok(
+                NAME,
+                format!(
+                    "{url}: the running daemon is connected ({}); not dialled a second time",
+                    r.protocol.as_deref().unwrap_or("oz/1")
+                ),
+            )
+        } else {
+            Check::fail(
+                NAME,
+                format!(
+                    "{url}: the running daemon is NOT connected (its log says why; berth status)"
+                ),
+            )
+        };
+    }
+    if !key {
+        return Check::fail(NAME, format!("{url}: not dialled without an API key"));
+    }
+    let tls = match crate::control::tls::client_config(
+        cp.ca_file.as_deref(),
+        cp.client_cert_file.as_deref(),
+        cp.client_key_file.as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(e) => return Check::fail(NAME, format!("{url}: {e}")),
+    };
+    let settings = SessionSettings {
+        url: cp.url.clone(),
+        worker_id: config.worker_id.clone(),
+        api_key: cp.api_key.clone(),
+        tls,
+        heartbeat_interval: cp.heartbeat_interval,
+        max_message_size: usize::try_from(cp.max_message_size).unwrap_or(usize::MAX),
+    };
+    match tokio::time::timeout(Duration::from_secs(15), probe(&settings)).await {
+        Ok(Ok(berth)) => Check::ok(
+            NAME,
+            format!(
+                "{url}: handshake accepted the key ({})",
+                if berth { "berth/1" } else { "oz/1" }
+            ),
+        ),
+        Ok(Err(e)) => Check::fail(NAME, format!("{url}: {e}")),
+        Err(_) => Check::fail(NAME, format!("{url}: no answer within 15s")),
+    }
+}
+
+/// The state dir: there (or creatable), writable, private, with room.
+fn state_dir(dir: &Path, min_free: u64) -> Check {
+    const NAME: &str = "state dir";
+    let shown = dir.display();
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let probe = existing.join(format!(".berth-verify-{}", std::process::id()));
+    if let Err(e) = crate::private::write(&probe, b"") {
+        return Check::fail(
+            NAME,
+            format!(
+                "{shown}: {} is not writable by this user ({e}); berth's user must own state_dir",
+                existing.display()
+            ),
+        );
+    }
+    let _ = std::fs::remove_file(&probe);
+    let free = crate::supervisor::capacity::free_disk(existing).unwrap_or(0);
+    if free < min_free {
+        return Check::fail(
+            NAME,
+            format!(
+                "{shown}: {} free, below min_free_disk {}: tasks would be rejected",
+                crate::units::human_bytes(free),
+                crate::units::human_bytes(min_free)
+            ),
+        );
+    }
+    let mode = if existing == dir {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o777) {
+            Ok(m) if m & 0o077 != 0 => {
+                return Check::fail(
+                    NAME,
+                    format!(
+                        "{shown}: mode {m:04o} lets other users in; chmod 0700 (berth also tightens it at start)"
+                    ),
+                );
+            }
+            Ok(m) => format!("mode {m:04o}"),
+            Err(e) => return Check::fail(NAME, format!("{shown}: {e}")),
+        }
+    } else {
+        "does not exist yet; berth creates it (0700)".to_string()
+    };
+    Check::ok(
+        NAME,
+        format!(
+            "{shown}: writable, {mode}, {} free",
+            crate::units::human_bytes(free)
+        ),
+    )
+}
+
+/// The policy's runtimes are registered; a summary of what tasks get.
+fn policy(config: &Config, runtimes: Result<(), String>) -> Check {
+    const NAME: &str = "policy";
+    let p = &config.docker.policy;
+    let names: Vec<&str> = p
+        .runtimes()
+        .into_iter()
+        .map(|r| r.unwrap_or("default"))
+        .collect();
+    if let Err(e) = runtimes {
+        return Check::fail(NAME, format!("runtimes {}: {e}", names.join(", ")));
+    }
+    let egress = match p.egress.mode {
+        crate::spec::egress::Mode::Open => "egress open".to_string(),
+        crate::spec::egress::Mode::None => "egress none".to_string(),
+        crate::spec::egress::Mode::Allowlist => {
+            format!("egress allowlist ({} entries)", p.egress.allow.len())
+        }
+    };
+    let profile = match p.profile {
+        crate::spec::policy::Profile::Default => "default",
+        crate::spec::policy::Profile::Strict => "strict",
+    };
+    Check::ok(
+        NAME,
+        format!(
+            "runtimes {} registered; {egress}; profile {profile}",
+            names.join(", ")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writable_private_state_dir_passes_and_a_wide_one_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        let c = state_dir(&dir, 0);
+        assert!(c.ok && c.detail.contains("does not exist yet"), "{c:?}");
+        crate::private::create_dir(&dir).unwrap();
+        let c = state_dir(&dir, 0);
+        assert!(c.ok && c.detail.contains("mode 0700"), "{c:?}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = state_dir(&dir, 0);
+        assert!(!c.ok && c.detail.contains("0755"), "{c:?}");
+        let c = state_dir(d.path(), u64::MAX);
+        assert!(!c.ok && c.detail.contains("min_free_disk"), "{c:?}");
+        assert!(
+            std::fs::read_dir(d.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".berth-verify")),
+            "the probe file is removed"
+        );
+    }
+}

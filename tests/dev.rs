@@ -1,0 +1,254 @@
+//! `berth dev` as an operator uses it: one persistent state dir, the banner's API address,
+//! `berth status`/`tasks`/`logs`/`cancel` finding the dev worker without flags, and a task
+//! left running by Ctrl-C re-attached and finished by the next `berth dev` — the real binary,
+//! real Docker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{BIN, worker_id};
+
+/// A `berth dev` process and the lines of its banner.
+struct Dev {
+    child: Child,
+    banner: Vec<String>,
+}
+
+impl Dev {
+    fn start(xdg: &Path, worker: &str, image: &str) -> Dev {
+        let mut child = Command::new(BIN)
+            .args(["dev", "--listen", "127.0.0.1:0", "--worker-id", worker])
+            .args(["--demo-image", image, "--api-key", "dev-test-key"])
+            .env("XDG_STATE_HOME", xdg)
+            .env_remove("BERTH_API")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        while let Some(Ok(l)) = lines.next() {
+            let done = l.contains("worker API ");
+            banner.push(l);
+            if done {
+                break;
+            }
+        }
+        assert!(
+            banner.iter().any(|l| l.contains("worker API ")),
+            "no worker API line in the banner: {banner:?}"
+        );
+        Dev { child, banner }
+    }
+
+    fn line(&self, label: &str) -> String {
+        self.banner
+            .iter()
+            .find(|l| l.trim_start().starts_with(label))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {label:?} in {:?}", self.banner))
+    }
+
+    /// The control plane's HTTP root.
+    fn server(&self) -> String {
+        let l = self.line("HTTP API");
+        let url = l.split_whitespace().nth(2).unwrap();
+        url.trim_end_matches("/v1/tasks").to_string()
+    }
+
+    /// Ctrl-C, and wait for the exit.
+    fn interrupt(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "berth dev exited with {status:?}");
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes what the test made (only its own worker's containers and its own image).
+struct Cleanup {
+    worker: String,
+    image: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=berth.worker_id={}", self.worker))
+            .output()
+            .unwrap();
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .output();
+    }
+}
+
+fn cli(xdg: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("XDG_STATE_HOME", xdg)
+        .env_remove("BERTH_API")
+        .output()
+        .unwrap()
+}
+
+fn ok(xdg: &Path, args: &[&str]) -> String {
+    let out = cli(xdg, args);
+    assert!(
+        out.status.success(),
+        "berth {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The state of `task` in `berth tasks --json`.
+fn state_of(xdg: &Path, task: &str) -> Option<String> {
+    let rows: Vec<berth::admin::history::HistoryRow> =
+        serde_json::from_str(&ok(xdg, &["tasks", "--json"])).unwrap();
+    rows.into_iter()
+        .find(|r| r.task_id == task)
+        .map(|r| r.state)
+}
+
+fn wait_for_state(xdg: &Path, task: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = state_of(xdg, task);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{task} never became {want} (last: {got:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn dev_keeps_one_state_dir_and_the_verbs_find_its_worker_across_runs() {
+    if !Path::new(berth::runtime::docker::rootfs::DEFAULT_BUSYBOX).exists() {
+        panic!(
+            "this test builds berth dev's image from /bin/busybox: apt-get install busybox-static"
+        );
+    }
+    berth::control::tls::install_default_provider();
+    let xdg = tempfile::tempdir().unwrap();
+    let worker = worker_id("dev");
+    let image = format!("berth-test-dev-{}:latest", std::process::id());
+    let _cleanup = Cleanup {
+        worker: worker.clone(),
+        image: image.clone(),
+    };
+    let root = xdg.path().join("berth/dev");
+
+    let dev = Dev::start(xdg.path(), &worker, &image);
+    // The banner: the state dir, the worker's API address, a submit hint with the built image.
+    assert!(dev.line("state").contains(&root.display().to_string()));
+    assert!(
+        dev.line("submit a task")
+            .contains(&format!("--image {image}"))
+    );
+    let api = std::fs::read_to_string(root.join("worker-api")).unwrap();
+    assert!(dev.line("worker API").contains(api.trim()));
+    // status finds the dev worker without flags.
+    let status = ok(xdg.path(), &["status"]);
+    assert!(
+        status.contains(&worker) && status.contains("connected (berth/1)"),
+        "{status}"
+    );
+
+    // A task left running by Ctrl-C …
+    let server = dev.server();
+    let submit = |server: &str, cmd: &str| {
+        ok(
+            xdg.path(),
+            &[
+                "submit",
+                "--server",
+                server,
+                "--image",
+                &image,
+                "--no-wait",
+                "--",
+                "sh",
+                "-c",
+                cmd,
+            ],
+        )
+        .trim()
+        .to_string()
+    };
+    let kept = submit(&server, "echo before; sleep 4; echo after");
+    wait_for_state(xdg.path(), &kept, "running");
+    dev.interrupt();
+    assert!(
+        !root.join("worker-api").exists(),
+        "the address file goes with the worker"
+    );
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("berth-dev-{}", std::process::id()))
+            .exists()
+    );
+    // … is re-attached and finished by the next run (same dir), its transcript whole.
+    let dev = Dev::start(xdg.path(), &worker, &image);
+    wait_for_state(xdg.path(), &kept, "succeeded");
+    assert_eq!(ok(xdg.path(), &["logs", &kept]), "before\nafter\n");
+    // The control plane remembers it too (its state is kept in the same dir).
+    let server = dev.server();
+    let rec: serde_json::Value =
+        serde_json::from_str(&tokio::runtime::Runtime::new().unwrap().block_on(async {
+            reqwest::get(format!("{server}/v1/tasks/{kept}"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }))
+        .unwrap();
+    assert_eq!(rec["state"], "succeeded", "{rec}");
+
+    // cancel through the dev worker's local API, without flags.
+    let long = submit(&server, "sleep 300");
+    wait_for_state(xdg.path(), &long, "running");
+    let out = cli(xdg.path(), &["cancel", &long]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_state(xdg.path(), &long, "cancelled");
+    let unknown = cli(xdg.path(), &["cancel", "task-not-here"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("is not running on this worker"));
+    // … and through the control plane's API.
+    let other = submit(&server, "sleep 300");
+    wait_for_state(xdg.path(), &other, "running");
+    ok(xdg.path(), &["cancel", &other, "--server", &server]);
+    wait_for_state(xdg.path(), &other, "cancelled");
+    let tasks = ok(xdg.path(), &["tasks"]);
+    assert!(
+        tasks.starts_with("TASK") && tasks.contains("succeeded") && tasks.contains("cancelled"),
+        "{tasks}"
+    );
+    dev.interrupt();
+}
