@@ -17,6 +17,7 @@ pub mod journal;
 pub mod jsonstr;
 pub mod metrics;
 pub mod private;
+pub mod process;
 pub mod protocol;
 pub mod runtime;
 pub mod secret;

@@ -224,6 +224,12 @@ pub struct Gauges {
     pub disk_free: Option<u64>,
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// Reloads applied and refused since start.
+    pub reloads: (u64, u64),
+    /// The last reload: applied, and when (seconds since the epoch); none yet: `None`.
+    pub last_reload: Option<(bool, f64)>,
+    /// berth's own process.
+    pub process: crate::process::ProcessStats,
 }
 
 fn lock(m: &Mutex<Labelled>) -> parking_lot::MutexGuard<'_, Labelled> {
@@ -564,6 +570,75 @@ impl Metrics {
             "Seconds since the worker started.",
             g.uptime_secs,
         );
+        head(
+            &mut o,
+            "berth_config_reloads_total",
+            "counter",
+            "Configuration reloads (SIGHUP) by outcome.",
+        );
+        let _ = writeln!(
+            o,
+            "berth_config_reloads_total{{result=\"applied\"}} {}\nberth_config_reloads_total{{result=\"refused\"}} {}",
+            g.reloads.0, g.reloads.1
+        );
+        // Like Prometheus's own: 1 until a reload is refused, so an alert needs no history.
+        scalar(
+            &mut o,
+            "berth_config_last_reload_successful",
+            "gauge",
+            "1 when the last reload was applied (or none was tried), 0 when it was refused.",
+            b(g.last_reload.is_none_or(|(ok, _)| ok)),
+        );
+        if let Some((_, at)) = g.last_reload {
+            scalar(
+                &mut o,
+                "berth_config_last_reload_timestamp_seconds",
+                "gauge",
+                "When the last reload was decided.",
+                at,
+            );
+        }
+        let p = &g.process;
+        for (name, kind, help, v) in [
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                p.resident_memory_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                p.virtual_memory_bytes as f64,
+            ),
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                p.cpu_seconds,
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Number of open file descriptors.",
+                p.open_fds as f64,
+            ),
+            (
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+                p.max_fds as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                p.start_time_seconds,
+            ),
+        ] {
+            scalar(&mut o, name, kind, help, v);
+        }
         o
     }
 }
@@ -631,9 +706,29 @@ mod tests {
             "berth_executions_closed_total",
             "berth_execution_closure_retries_total",
             "berth_execution_closures_pending",
+            "berth_config_reloads_total{result=\"applied\"}",
+            "berth_config_reloads_total{result=\"refused\"}",
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_start_time_seconds",
         ] {
             assert_eq!(value(&t, s), Some(0.0), "{s}");
         }
+        assert_eq!(value(&t, "berth_config_last_reload_successful"), Some(1.0));
+        let refused = m.render(&Gauges {
+            reloads: (1, 1),
+            last_reload: Some((false, 1_700_000_000.5)),
+            ..Gauges::default()
+        });
+        assert_eq!(
+            value(&refused, "berth_config_last_reload_successful"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&refused, "berth_config_last_reload_timestamp_seconds"),
+            Some(1_700_000_000.5)
+        );
         assert!(!t.contains("oz_worker_task_duration_seconds_bucket"));
         assert!(t.contains(
             "oz_worker_info{version=\"0.1.0\",backend=\"docker\",worker_id=\"w\\\"1\"} 1"

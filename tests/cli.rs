@@ -334,6 +334,19 @@ async fn under_systemd_it_notifies_ready_status_watchdog_and_stopping() {
         Some("READY=1"),
         "{seen:?}"
     );
+    // A reload is framed for systemd: RELOADING=1 (with the monotonic time it wants), then
+    // READY=1 with the outcome.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    tokio::task::block_in_place(|| {
+        until_seen(&mut seen, &|m| {
+            m.starts_with("RELOADING=1\nMONOTONIC_USEC=")
+        });
+        until_seen(&mut seen, &|m| m == "READY=1\nSTATUS=reload #1 applied");
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -408,6 +421,8 @@ async fn sighup_applies_a_valid_config_and_keeps_the_running_one_when_invalid() 
         serde_json::from_slice::<berth::admin::status::Status>(&out.stdout).unwrap()
     };
     assert_eq!(status(&sock).worker.max_concurrent_tasks, 3);
+    let last = status(&sock).last_reload.unwrap();
+    assert_eq!((last.generation, last.applied), (1, true), "{last:?}");
     // An invalid file: every error logged, the running configuration kept, still serving.
     write(5, "bogus_key: 1\n");
     hup();
@@ -421,6 +436,34 @@ async fn sighup_applies_a_valid_config_and_keeps_the_running_one_when_invalid() 
     assert!(text.contains("bogus_key"), "{text}");
     assert!(child.try_wait().unwrap().is_none(), "still running");
     assert_eq!(status(&sock).worker.max_concurrent_tasks, 3);
+    // The refusal is visible without the log: status, its text form and the metrics.
+    let last = status(&sock).last_reload.unwrap();
+    assert_eq!((last.generation, last.applied), (2, false), "{last:?}");
+    assert!(last.message.contains("bogus_key"), "{last:?}");
+    let text = berth(&["status", "--api", sock.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("reload   #2 REFUSED"));
+    // `berth reload` (the unit's ExecReload) waits for the verdict and exits with it.
+    let pid = child.id().to_string();
+    let reload = || {
+        berth(&["reload", "--pid", &pid, "--api", sock.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let refused = reload();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("reload #3 refused"));
+    write(4, "");
+    let applied = reload();
+    assert_eq!(
+        applied.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert!(String::from_utf8_lossy(&applied.stderr).contains("reload #4 applied"));
+    assert_eq!(status(&sock).worker.max_concurrent_tasks, 4);
     // A task still runs end to end after the reloads.
     let t = cp.submit(berth::devserver::state::SubmitRequest {
         image: Some(BUSYBOX.into()),

@@ -257,6 +257,22 @@ pub fn render(s: &Status) -> String {
         bytes(h.memory_total_bytes),
         bytes(h.disk_free_bytes),
     ));
+    if let Some(r) = &s.last_reload {
+        let when =
+            age(u64::try_from(chrono::Utc::now().timestamp_millis() - r.at_ms).unwrap_or(0) / 1000);
+        let outcome = if r.applied { "applied" } else { "REFUSED" };
+        let message = r.message.lines().next().unwrap_or_default();
+        out.push_str(&format!(
+            "reload   #{} {outcome} {when} ago: {message}\n",
+            r.generation
+        ));
+        if !r.restart_only.is_empty() {
+            out.push_str(&format!(
+                "         needs a restart to change: {}\n",
+                r.restart_only.join(", ")
+            ));
+        }
+    }
     if s.tasks.is_empty() {
         out.push_str("\nno tasks\n");
         return out;

@@ -5,4 +5,5 @@ pub mod api;
 pub mod client;
 pub mod history;
 pub mod notify;
+pub mod reloads;
 pub mod status;

@@ -14,6 +14,15 @@ use tracing::{debug, warn};
 
 use crate::admin::status::Live;
 
+/// `RELOADING=1` with the `MONOTONIC_USEC=` systemd wants alongside it (it tells a reload
+/// that started after a given point from an older one).
+pub fn reloading_message() -> String {
+    let usec = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0);
+    format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+}
+
 /// Where and how often to notify.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notifier {

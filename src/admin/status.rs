@@ -69,6 +69,9 @@ pub struct Status {
     pub closing: usize,
     /// Executions held.
     pub tasks: Vec<TaskRow>,
+    /// The last configuration reload's outcome (none since start: `None`).
+    #[serde(default)]
+    pub last_reload: Option<crate::admin::reloads::LastReload>,
 }
 
 /// One piece of a transcript on the wire of the local API.
@@ -130,6 +133,7 @@ impl Status {
             docker_error: None,
             undelivered: 1,
             closing: 0,
+            last_reload: None,
             tasks: vec![TaskRow {
                 task_id: "task-1".into(),
                 execution_id: "e".into(),
@@ -169,6 +173,8 @@ pub struct Live {
     pub started: std::time::Instant,
     /// The journal (which execution a task is, for transcripts).
     pub journal: Arc<crate::journal::Journal>,
+    /// Configuration reloads and their outcomes.
+    pub reloads: Arc<crate::admin::reloads::Reloads>,
     cpus: f64,
     system: Mutex<Option<sysinfo::System>>,
 }
@@ -219,6 +225,7 @@ impl Live {
             metrics,
             started: std::time::Instant::now(),
             journal,
+            reloads: Arc::default(),
             cpus: host.cpus,
             system: Mutex::new(sysinfo::System::new().ok()),
         }
@@ -309,6 +316,7 @@ impl Live {
             docker_error: self.engine.state().error,
             undelivered: snap.undelivered,
             closing: snap.closing,
+            last_reload: self.reloads.last(),
             tasks: snap
                 .tasks
                 .iter()
@@ -388,6 +396,12 @@ impl Live {
             memory_available: self.memory().1,
             disk_free: crate::supervisor::capacity::free_disk(&self.state_dir),
             uptime_secs: self.started.elapsed().as_secs(),
+            reloads: self.reloads.counts(),
+            last_reload: self
+                .reloads
+                .last()
+                .map(|r| (r.applied, r.at_ms as f64 / 1000.0)),
+            process: crate::process::read(),
         }
     }
 }

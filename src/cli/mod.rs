@@ -6,6 +6,7 @@ mod colour;
 mod dev;
 mod devdir;
 mod logs;
+mod reload;
 mod run;
 mod submit;
 mod tasks;
@@ -51,6 +52,9 @@ enum Command {
     Drain(DrainArgs),
     /// Accept tasks again after a drain.
     Resume(AdminArgs),
+    /// Reload the daemon's configuration (SIGHUP) and wait for its verdict (the unit's
+    /// ExecReload: `systemctl reload` then fails when the reload was refused).
+    Reload(reload::ReloadArgs),
     /// Recent tasks on this host: state, exit code, duration, image (local API, else journal).
     Tasks(tasks::TasksArgs),
     /// Stop a running task (local API; or a control plane's API with --server).
@@ -147,6 +151,7 @@ pub fn main() -> ExitCode {
         Command::Status(a) => admin_command(&rt, admin::admin_status(a)),
         Command::Drain(a) => admin_command(&rt, admin::admin_drain(a)),
         Command::Resume(a) => admin_command(&rt, admin::admin_resume(a)),
+        Command::Reload(a) => admin_command(&rt, reload::reload(a)),
         Command::Tasks(a) => admin_command(&rt, tasks::tasks(a)),
         Command::Cancel(a) => admin_command(&rt, cancel::cancel(a)),
         Command::Verify(a) => admin_command(&rt, verify::verify(a)),

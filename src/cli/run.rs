@@ -139,11 +139,14 @@ pub(super) fn init_logging(level: &str, format: LogFormat) -> LogFilter {
 }
 /// On SIGHUP: re-reads the configuration (same flags); a valid one is applied (log level
 /// here, the rest by the worker), an invalid one is logged in full and the running one kept.
+/// Under systemd each reload is framed by `RELOADING=1` … `READY=1` with its outcome in
+/// `STATUS=`, and every outcome is recorded for `berth status`, `/metrics` and `berth reload`.
 pub(super) fn reload_on_sighup(
     args: RunArgs,
     log: LogFilter,
     apply: tokio::sync::mpsc::Sender<Config>,
     notifier: Option<berth::admin::notify::Notifier>,
+    reloads: std::sync::Arc<berth::admin::reloads::Reloads>,
     tasks: &tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) {
@@ -153,11 +156,19 @@ pub(super) fn reload_on_sighup(
             error!("cannot install the SIGHUP handler; reload is unavailable");
             return;
         };
+        let notify = |msg: &str| {
+            if let Some(n) = &notifier {
+                n.send(msg);
+            }
+        };
         loop {
             tokio::select! {
                 r = hup.recv() => if r.is_none() { return },
                 _ = stop.cancelled() => return,
             }
+            notify(&berth::admin::notify::reloading_message());
+            let mut outcomes = reloads.subscribe();
+            let before = reloads.counts();
             match load_config(&args) {
                 Ok(cfg) => {
                     info!(config = ?cfg.source, "reloading the configuration");
@@ -168,14 +179,28 @@ pub(super) fn reload_on_sighup(
                     if apply.send(cfg).await.is_err() {
                         return;
                     }
+                    // The worker decides (a runtime check may still refuse it).
+                    let decided = outcomes.wait_for(|_| reloads.counts() != before);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), decided).await;
                 }
                 Err(e) => {
                     error!("reload refused, the running configuration is kept:\n{e}");
-                    if let Some(n) = &notifier {
-                        n.send("STATUS=reload refused: invalid configuration (see the log)");
-                    }
+                    reloads.record(
+                        false,
+                        format!("refused: invalid configuration:\n{e}"),
+                        Vec::new(),
+                    );
                 }
             }
+            let status = match reloads.last() {
+                Some(r) if r.applied => format!("reload #{} applied", r.generation),
+                Some(r) => format!(
+                    "reload #{} refused (see berth status or the log)",
+                    r.generation
+                ),
+                None => "reload outcome unknown".to_string(),
+            };
+            notify(&format!("READY=1\nSTATUS={status}"));
         }
     });
 }
@@ -333,7 +358,16 @@ pub fn run(rt: &tokio::runtime::Runtime, a: RunArgs) -> ExitCode {
             .one_shot(one_shot)
             .run(shutdown, move |h| {
                 let reload = h.reload.clone();
-                reload_on_sighup(a, log, reload, notifier.clone(), &h.tasks, stop.clone());
+                let reloads = h.live.reloads.clone();
+                reload_on_sighup(
+                    a,
+                    log,
+                    reload,
+                    notifier.clone(),
+                    reloads,
+                    &h.tasks,
+                    stop.clone(),
+                );
                 if let Some(n) = notifier {
                     h.tasks
                         .spawn(berth::admin::notify::run(n, h.live, h.heartbeat, stop));

@@ -394,6 +394,7 @@ impl Worker {
             c.clone(),
             reload_rx,
             env_for_reload,
+            live.reloads.clone(),
             supervisor.commands(),
             shutdown.clone(),
         ));

@@ -41,6 +41,7 @@ pub(super) async fn apply_reloads(
     mut current: Config,
     mut rx: mpsc::Receiver<Config>,
     env: Arc<TaskEnv>,
+    reloads: Arc<crate::admin::reloads::Reloads>,
     supervisor: mpsc::Sender<crate::supervisor::Command>,
     stop: CancellationToken,
 ) {
@@ -56,8 +57,10 @@ pub(super) async fn apply_reloads(
         let mut new = new;
         // A runtime the engine does not have is refused here as at start-up: the running
         // policy stays, rather than tasks failing (or running elsewhere) later.
+        let restart: Vec<String> = ignored.iter().map(|k| k.to_string()).collect();
         if let Err(e) = super::check_runtimes(env.runtime.as_ref(), &new.docker.policy).await {
             warn!(error = %e, "reload refused: the running policy is kept");
+            reloads.record(false, format!("refused: {e}"), restart);
             continue;
         }
         new.worker_id = current.worker_id.clone();
@@ -81,6 +84,14 @@ pub(super) async fn apply_reloads(
         if supervisor.send(r).await.is_err() {
             return;
         }
+        reloads.record(
+            true,
+            format!(
+                "applied ({} slots, log level {})",
+                new.max_concurrent_tasks, new.log_level
+            ),
+            restart,
+        );
         current = new;
     }
 }
