@@ -6,6 +6,7 @@ mod colour;
 mod dev;
 mod devdir;
 mod logs;
+mod manual;
 mod reload;
 mod run;
 mod submit;
@@ -67,7 +68,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write the man pages (berth.1, berth-run.1, …) into a directory (used by packaging).
+    /// Write the man pages (berth.1, berth-run.1, …, berth.yaml.5) into a directory (packaging).
     #[command(hide = true)]
     Manpages {
         /// Output directory.
@@ -114,9 +115,7 @@ pub fn main() -> ExitCode {
         }
         Command::Manpages { dir } => {
             use clap::CommandFactory;
-            let r = std::fs::create_dir_all(&dir)
-                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir));
-            match r {
+            match manual::write(Cli::command(), &dir) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("berth: cannot write man pages to {}: {e}", dir.display());
