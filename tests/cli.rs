@@ -582,3 +582,24 @@ fn data_commands_print_json_with_json() {
     assert_eq!(c["worker_id"], "my-host-1");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("k-json-value"));
 }
+
+#[test]
+fn a_closed_stdout_ends_data_commands_quietly() {
+    // `berth tasks | head`: the reader is gone before berth writes. println! panicked (101).
+    for args in [
+        &["version"][..],
+        &["check-config", "config.example.yaml", "--json"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = berth(args)
+            .env("BERTH_API_KEY", "k-pipe")
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -120,9 +120,9 @@ pub(super) fn admin_client(a: &AdminArgs) -> anyhow::Result<berth::admin::client
 
 pub(super) fn print_status(s: &berth::admin::status::Status, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
     } else {
-        print!("{}", berth::admin::client::render(s));
+        out_raw!("{}", berth::admin::client::render(s));
     }
 }
 

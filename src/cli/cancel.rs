@@ -39,7 +39,7 @@ pub(super) async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
             e => e.into(),
         })?;
     if a.admin.json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
+        out!("{}", serde_json::to_string_pretty(&done)?);
     } else {
         eprintln!(
             "cancelling {} (execution {}): SIGTERM now, SIGKILL after stop_grace_period",
@@ -72,7 +72,7 @@ async fn through_server(server: &str, a: &CancelArgs) -> anyhow::Result<ExitCode
         bail!("the control plane refused ({status}): {}", error_of(&body));
     }
     if a.admin.json {
-        println!("{body}");
+        out!("{body}");
     } else {
         eprintln!("cancellation of {} sent to {base}", a.task_id);
     }

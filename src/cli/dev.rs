@@ -90,19 +90,19 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let image = demo_image(&a).await;
-    println!("berth dev: embedded control plane");
-    println!("  worker endpoint  {}", cp.ws_url());
-    println!("  HTTP API         {}/v1/tasks", cp.http_url());
-    println!(
+    out!("berth dev: embedded control plane");
+    out!("  worker endpoint  {}", cp.ws_url());
+    out!("  HTTP API         {}/v1/tasks", cp.http_url());
+    out!(
         "  state            {} (kept across runs; --state-dir to change)",
         root.display()
     );
     match &image {
-        Ok(image) => println!(
+        Ok(image) => out!(
             "  submit a task    berth submit --server {} --image {image} -- echo hello",
             cp.http_url()
         ),
-        Err(why) => println!("  submit a task    {why}"),
+        Err(why) => out!("  submit a task    {why}"),
     }
     let shutdown = shutdown_on_signals();
     let saver = tokio::spawn(save_periodically(
@@ -112,8 +112,8 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     ));
     let api_file = root.join(super::devdir::API_FILE);
     let worker_task = if a.no_worker {
-        println!("  worker API key   {api_key}");
-        println!(
+        out!("  worker API key   {api_key}");
+        out!(
             "  run a worker     BERTH_API_KEY={api_key} berth run --worker-id my-worker --control-plane-url {}",
             cp.ws_url()
         );
@@ -137,9 +137,10 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("invalid dev configuration:\n{e}"))?;
         let worker = Worker::prepare(cfg, host_env("DOCKER_HOST").as_deref()).await?;
         let token = shutdown.clone();
-        println!(
+        out!(
             "  local worker     {} ({} slots)",
-            a.worker_id, a.max_concurrent_tasks
+            a.worker_id,
+            a.max_concurrent_tasks
         );
         if let Some(addr) = worker.api_address() {
             if let Err(e) = berth::private::write_atomic(&api_file, format!("{addr}\n").as_bytes())
@@ -149,9 +150,7 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
                     api_file.display()
                 );
             }
-            println!(
-                "  worker API       http://{addr} (berth status, tasks, logs and cancel find it)"
-            );
+            out!("  worker API       http://{addr} (berth status, tasks, logs and cancel find it)");
         }
         Some(tokio::spawn(async move { worker.run(token, |_| {}).await }))
     };
@@ -243,11 +242,11 @@ pub(super) async fn demo(cp: &ControlPlane, image: &str) -> anyhow::Result<ExitC
         title: Some("berth demo".into()),
         ..SubmitRequest::default()
     });
-    println!("demo: submitted {} ({image}: sh -c 'echo hello …')", rec.id);
+    out!("demo: submitted {} ({image}: sh -c 'echo hello …')", rec.id);
     let done = loop {
         match cp.wait(&rec.id, Duration::from_secs(120)).await {
             Some(t) if t.state.is_terminal() => break t,
-            Some(t) => println!("demo: still {:?} …", t.state),
+            Some(t) => out!("demo: still {:?} …", t.state),
             None => bail!("demo task vanished"),
         }
     };
@@ -262,10 +261,10 @@ pub(super) async fn demo(cp: &ControlPlane, image: &str) -> anyhow::Result<ExitC
             break;
         }
     }
-    println!("demo: transcript as stored by the control plane:");
+    out!("demo: transcript as stored by the control plane:");
     for line in String::from_utf8_lossy(&cp.transcript(&rec.id).unwrap_or_default()).lines() {
-        println!("  | {line}");
+        out!("  | {line}");
     }
-    println!("demo: {}", outcome_line(&done));
+    out!("demo: {}", outcome_line(&done));
     Ok(exit_code_of(&done))
 }

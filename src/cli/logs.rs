@@ -47,7 +47,7 @@ impl Printer {
     fn piece(&mut self, stream: berth::protocol::Stream, bytes: &[u8]) {
         if self.json {
             let line = berth::devserver::TranscriptLine::new(self.offset, stream, bytes.to_vec());
-            println!("{}", serde_json::to_string(&line).unwrap_or_default());
+            out!("{}", serde_json::to_string(&line).unwrap_or_default());
         } else {
             print_piece(stream, bytes);
         }
@@ -64,7 +64,7 @@ pub(super) fn print_piece(stream: berth::protocol::Stream, bytes: &[u8]) {
             let _ = std::io::stderr().write_all(bytes);
         }
         berth::protocol::Stream::Stdout => {
-            let _ = std::io::stdout().write_all(bytes);
+            crate::cli::stdout::write(bytes);
         }
     }
 }

@@ -1,5 +1,19 @@
 //! The `berth` command line: one file per verb.
 
+/// `println!` that ends berth quietly when stdout's reader went away (see `stdout`).
+macro_rules! out {
+    ($($t:tt)*) => {
+        crate::cli::stdout::write(format!("{}\n", format_args!($($t)*)).as_bytes())
+    };
+}
+
+/// `print!` likewise.
+macro_rules! out_raw {
+    ($($t:tt)*) => {
+        crate::cli::stdout::write(format!($($t)*).as_bytes())
+    };
+}
+
 mod admin;
 mod cancel;
 mod colour;
@@ -9,6 +23,7 @@ mod logs;
 mod manual;
 mod reload;
 mod run;
+mod stdout;
 mod submit;
 mod tasks;
 mod verify;
@@ -107,9 +122,9 @@ pub fn main() -> ExitCode {
                     "version": env!("CARGO_PKG_VERSION"),
                     "protocols": ["oz/1", berth::protocol::BERTH_PROTOCOL_VERSION],
                 });
-                println!("{v}");
+                out!("{v}");
             } else {
-                println!("berth {}", env!("CARGO_PKG_VERSION"));
+                out!("berth {}", env!("CARGO_PKG_VERSION"));
             }
             ExitCode::SUCCESS
         }

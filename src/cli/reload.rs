@@ -56,7 +56,7 @@ pub(super) async fn reload(a: ReloadArgs) -> anyhow::Result<ExitCode> {
         let s = client.status().await?;
         if let Some(r) = s.last_reload.filter(|r| r.generation > before) {
             if a.admin.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
             }
             if !r.restart_only.is_empty() {
                 eprintln!(

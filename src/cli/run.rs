@@ -263,19 +263,19 @@ pub fn check_config(a: CheckConfigArgs) -> ExitCode {
             }
             if json {
                 match serde_json::to_string_pretty(&c.effective()) {
-                    Ok(j) => println!("{j}"),
+                    Ok(j) => out!("{j}"),
                     Err(e) => eprintln!("berth: cannot render the configuration as JSON: {e}"),
                 }
                 return ExitCode::SUCCESS;
             }
             if let Some(p) = &c.source {
-                println!("# {}: configuration is valid", p.display());
+                out!("# {}: configuration is valid", p.display());
             } else {
-                println!(
+                out!(
                     "# no config file: configuration from flags, environment and defaults is valid"
                 );
             }
-            print!("{}", c.effective_yaml());
+            out_raw!("{}", c.effective_yaml());
             ExitCode::SUCCESS
         }
         Err(e) => {

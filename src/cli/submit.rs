@@ -109,9 +109,9 @@ pub(super) async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     eprintln!("submitted {}", rec.id);
     if a.no_wait {
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&rec)?);
+            out!("{}", serde_json::to_string_pretty(&rec)?);
         } else {
-            println!("{}", rec.id);
+            out!("{}", rec.id);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -145,7 +145,7 @@ pub(super) async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
             // stderr: stdout is the task's own output, which may be piped on.
             eprintln!("{}", outcome_line(&t));
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&t)?);
+                out!("{}", serde_json::to_string_pretty(&t)?);
             }
             return Ok(exit_code_of(&t));
         }
@@ -183,8 +183,7 @@ pub(super) async fn stream_transcript(http: reqwest::Client, base: String, id: S
             };
             match l.stream {
                 berth::protocol::Stream::Stdout => {
-                    let _ = std::io::stdout().write_all(&bytes);
-                    let _ = std::io::stdout().flush();
+                    crate::cli::stdout::write(&bytes);
                 }
                 berth::protocol::Stream::Stderr => {
                     let _ = std::io::stderr().write_all(&bytes);

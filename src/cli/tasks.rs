@@ -37,9 +37,9 @@ pub(super) async fn tasks(a: TasksArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if a.admin.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        print!("{}", history::render(&rows, now));
+        out_raw!("{}", history::render(&rows, now));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -47,11 +47,11 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        out!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         for c in &checks {
             let mark = if c.ok { "ok  " } else { "FAIL" };
-            println!("{mark} {:<14} {}", c.name, c.detail);
+            out!("{mark} {:<14} {}", c.name, c.detail);
         }
     }
     Ok(if checks.iter().all(|c| c.ok) {
