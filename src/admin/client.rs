@@ -116,7 +116,7 @@ impl Client {
             return Err(ClientError::Refused {
                 address: self.address.clone(),
                 status: status.as_u16(),
-                body: body.trim().to_string(),
+                body: error_message(&body),
             });
         }
         serde_json::from_str(&body).map_err(|e| ClientError::Garbled {
@@ -181,6 +181,15 @@ impl Client {
         self.call(self.http.post(format!("{}/v1/{path}", self.base)))
             .await
     }
+}
+
+/// What an error answer says: its JSON `error` field (the local API's and `berth dev`'s
+/// form), else the body as sent.
+pub fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string())
 }
 
 /// The admin token under `dir`, and a note on where it was looked for.

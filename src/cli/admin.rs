@@ -23,7 +23,7 @@ pub(super) struct AdminArgs {
     /// State directory holding the admin token (overrides the config).
     #[arg(long, value_name = "PATH")]
     pub(super) state_dir: Option<PathBuf>,
-    /// Print the raw JSON status.
+    /// Print JSON instead of text.
     #[arg(long)]
     pub(super) json: bool,
 }

@@ -35,7 +35,7 @@ pub(super) async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| match e {
             berth::admin::client::ClientError::Refused {
                 status: 404, body, ..
-            } => anyhow::anyhow!("{}", error_of(&body)),
+            } => anyhow::anyhow!("{body}"),
             e => e.into(),
         })?;
     if a.admin.json {
@@ -69,7 +69,10 @@ async fn through_server(server: &str, a: &CancelArgs) -> anyhow::Result<ExitCode
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if !status.is_success() {
-        bail!("the control plane refused ({status}): {}", error_of(&body));
+        bail!(
+            "the control plane refused ({status}): {}",
+            berth::admin::client::error_message(&body)
+        );
     }
     if a.admin.json {
         out!("{body}");
@@ -77,12 +80,4 @@ async fn through_server(server: &str, a: &CancelArgs) -> anyhow::Result<ExitCode
         eprintln!("cancellation of {} sent to {base}", a.task_id);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The `error` field of a JSON error body, else the body.
-fn error_of(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.trim().to_string())
 }

@@ -1,6 +1,5 @@
 //! `berth logs`: a task's transcript, from the daemon or straight from the spool.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,21 +19,12 @@ pub(super) struct LogsArgs {
     /// Keep printing until the transcript is finished.
     #[arg(short, long)]
     pub(super) follow: bool,
-    /// The daemon's local API (default: api.listen of the config, else 127.0.0.1:9464).
-    #[arg(long, env = "BERTH_API", hide_env_values = true, value_name = "ADDR")]
-    pub(super) api: Option<String>,
     /// Read the spool under state_dir directly, without asking the daemon.
     #[arg(long)]
     pub(super) local: bool,
-    /// Config file (to find api.listen and state_dir).
-    #[arg(long, alias = "config-file", value_name = "PATH")]
-    pub(super) config: Option<PathBuf>,
-    /// State directory (overrides the config).
-    #[arg(long, value_name = "PATH")]
-    pub(super) state_dir: Option<PathBuf>,
-    /// One JSON object per piece on stdout: {offset, stream, data | data_b64}.
-    #[arg(long)]
-    pub(super) json: bool,
+    // --json prints one JSON object per piece: {offset, stream, data | data_b64}.
+    #[command(flatten)]
+    pub(super) admin: AdminArgs,
 }
 
 /// Where pieces go: the terminal's streams, or JSON lines on stdout.
@@ -75,17 +65,11 @@ pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
     use berth::admin::client::ClientError;
     use std::io::Write;
     let mut out = Printer {
-        json: a.json,
+        json: a.admin.json,
         offset: 0,
     };
     if !a.local {
-        let admin = AdminArgs {
-            api: a.api.clone(),
-            config: a.config.clone(),
-            state_dir: a.state_dir.clone(),
-            json: false,
-        };
-        let client = admin_client(&admin)?;
+        let client = admin_client(&a.admin)?;
         let mut from = 0;
         loop {
             match client
@@ -112,15 +96,7 @@ pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
                 }
                 Err(ClientError::Refused {
                     status: 404, body, ..
-                }) => {
-                    bail!(
-                        "{}",
-                        serde_json::from_str::<serde_json::Value>(&body)
-                            .ok()
-                            .and_then(|v| v["error"].as_str().map(str::to_string))
-                            .unwrap_or(body)
-                    );
-                }
+                }) => bail!("{body}"),
                 // Only a daemon that does not answer sends us to the spool: a refusal is
                 // reported as such (the spool is the daemon's and usually unreadable too).
                 Err(e @ ClientError::NotRunning { .. }) if from == 0 => {
@@ -132,9 +108,9 @@ pub(super) async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let state_dir = target(
-        a.api.as_deref(),
-        a.config.as_deref(),
-        a.state_dir.as_deref(),
+        a.admin.api.as_deref(),
+        a.admin.config.as_deref(),
+        a.admin.state_dir.as_deref(),
     )?
     .state_dir;
     let journal = berth::journal::Journal::open_read_only(&state_dir)?;

@@ -129,6 +129,11 @@ impl ExecKey {
             execution_id: execution_id.to_string(),
         }
     }
+
+    /// Named by a cancellation: its run, and its execution unless none is given (PROTOCOL §7).
+    pub fn named_by(&self, task_id: &str, execution_id: Option<&str>) -> bool {
+        self.task_id == task_id && execution_id.is_none_or(|e| e == self.execution_id)
+    }
 }
 
 struct Active {
@@ -777,10 +782,13 @@ impl Supervisor {
     /// once its sandbox is proven gone; one already closed is answered again from memory.
     async fn cancel(&mut self, task_id: &str, execution_id: Option<&str>) {
         let execution_id = execution_id.filter(|e| !e.is_empty());
-        let named =
-            |k: &ExecKey| k.task_id == task_id && execution_id.is_none_or(|e| e == k.execution_id);
         let mut any = false;
-        let running: Vec<ExecKey> = self.tasks.keys().filter(|k| named(k)).cloned().collect();
+        let running: Vec<ExecKey> = self
+            .tasks
+            .keys()
+            .filter(|k| k.named_by(task_id, execution_id))
+            .cloned()
+            .collect();
         for key in running {
             info!(%task_id, execution_id = %key.execution_id, "cancellation requested");
             self.owe_closure(&key, false);
@@ -815,7 +823,10 @@ impl Supervisor {
             }
         }
         // Closures already under way answer this one too, once proven.
-        any |= self.closures.keys().any(named);
+        any |= self
+            .closures
+            .keys()
+            .any(|k| k.named_by(task_id, execution_id));
         if any {
             self.publish();
         } else {
@@ -1134,11 +1145,7 @@ impl Supervisor {
                 execution_id,
             } => {
                 for (key, t) in &self.tasks {
-                    let named = key.task_id == task_id
-                        && execution_id
-                            .as_deref()
-                            .is_none_or(|e| e == key.execution_id);
-                    if named {
+                    if key.named_by(&task_id, execution_id.as_deref()) {
                         info!(%task_id, execution_id = %key.execution_id, "cancelled through the local API");
                         t.control.stop(StopReason::User);
                     }
