@@ -252,3 +252,50 @@ fn dev_keeps_one_state_dir_and_the_verbs_find_its_worker_across_runs() {
     );
     dev.interrupt();
 }
+
+#[test]
+fn the_demo_tells_berths_story_only_and_exits_once_its_result_is_acknowledged() {
+    let worker = worker_id("demo");
+    let image = format!("berth-test-demo-{}:latest", std::process::id());
+    let _cleanup = Cleanup {
+        worker: worker.clone(),
+        image: image.clone(),
+    };
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "dev",
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--worker-id",
+            &worker,
+        ])
+        .args(["--demo-image", &image, "--api-key", "dev-test-key"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    // berth's story only: no dependency's debug lines at the default level.
+    for line in stderr.lines() {
+        assert!(
+            line.contains("berth"),
+            "a line that is not berth's: {line:?}\n{stderr}"
+        );
+        assert!(!line.contains(" DEBUG "), "a debug line: {line:?}");
+    }
+    // The demo's own result reached the control plane and was acknowledged before exit.
+    assert!(
+        stderr.contains("shutdown: every result delivered"),
+        "the demo exited with its result still owed:\n{stderr}"
+    );
+    assert!(!stderr.contains("next start"), "{stderr}");
+}

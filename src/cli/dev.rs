@@ -102,7 +102,7 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             "  submit a task    berth submit --server {} --image {image} -- echo hello",
             cp.http_url()
         ),
-        Err(why) => out!("  submit a task    {why}"),
+        Err(why) => out!("  submit a task    no demo image: {why}"),
     }
     let shutdown = shutdown_on_signals();
     let saver = tokio::spawn(save_periodically(
@@ -208,7 +208,7 @@ async fn save_periodically(
 async fn demo_image(a: &DevArgs) -> Result<String, String> {
     if !a.busybox.exists() {
         return Err(format!(
-            "no demo image: {} is missing (apt-get install busybox-static, then restart berth dev), or pass --image with an image this host already has (docker images)",
+            "{} is missing (apt-get install busybox-static, then restart berth dev), or pass --busybox PATH with another static busybox",
             a.busybox.display()
         ));
     }

@@ -131,9 +131,17 @@ pub(super) fn init_logging(level: &str, format: LogFormat) -> LogFilter {
         .with_ansi(super::colour::on_stderr())
         .with_writer(berth::transcript::redaction::ScrubbedStderr);
     let registry = tracing_subscriber::registry().with(filter);
+    // A layer filter of its own: it only removes lines, whatever the (reloadable) filter says.
+    let cap = || {
+        tracing_subscriber::filter::filter_fn(|m| {
+            !berth::transcript::redaction::capped(m.target(), m.level())
+        })
+    };
     match format {
-        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
-        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_filter(cap()))
+            .init(),
+        LogFormat::Text => registry.with(fmt.with_filter(cap())).init(),
     }
     handle
 }

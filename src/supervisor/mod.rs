@@ -595,16 +595,11 @@ impl Supervisor {
             if self.stopping && self.tasks.is_empty() {
                 let deadline = *flush_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + self.cfg.shutdown_grace);
-                let preserve = self.cfg.shutdown_mode == ShutdownMode::Preserve;
-                if preserve || (self.deliveries.is_empty() && self.closures.is_empty()) {
-                    if self.deliveries.is_empty() {
-                        info!("shutdown: every result delivered");
-                    } else {
-                        info!(
-                            undelivered = self.deliveries.len(),
-                            "shutdown: detached tasks keep running; their results are delivered by the next start"
-                        );
-                    }
+                // Both modes wait (up to shutdown_grace) for the results of tasks that ended:
+                // a detached task has no result yet, but one that finished before the stop is
+                // owed now, not at the next start.
+                if self.deliveries.is_empty() && self.closures.is_empty() {
+                    info!("shutdown: every result delivered");
                     break deadline;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -680,7 +675,11 @@ impl Supervisor {
                             }
                         }
                         ShutdownMode::Preserve => {
-                            info!(running = self.tasks.len(), "shutting down: task containers keep running and are re-attached by the next start");
+                            if self.tasks.is_empty() {
+                                info!("shutting down: no task running");
+                            } else {
+                                info!(running = self.tasks.len(), "shutting down: task containers keep running and are re-attached by the next start");
+                            }
                             self.env.detach.cancel();
                         }
                     }

@@ -187,16 +187,37 @@ fn percent_decode(s: &str) -> Option<String> {
 /// (assignments with their env values arrive before berth knows those values are secrets).
 pub const CAPPED_TARGETS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
-/// The operator's filter (`info` when it does not parse) with [`CAPPED_TARGETS`] capped.
+/// Whether an event of `target` at `level` is dropped by the cap on [`CAPPED_TARGETS`]
+/// (applied as its own layer filter, so it only ever removes lines, whatever the operator's
+/// filter says).
+pub fn capped(target: &str, level: &tracing::Level) -> bool {
+    *level == tracing::Level::TRACE
+        && CAPPED_TARGETS
+            .iter()
+            .any(|t| target == *t || target.starts_with(&format!("{t}::")))
+}
+
+/// The filter for the operator's `log.level`. A bare level (`info`, `debug`, …) is berth's
+/// level; other crates log at `warn` (or the bare level when it is quieter), so a newcomer
+/// reads berth's story, not a dependency's handshakes. A filter with directives (`info,
+/// hyper=debug`) is used as written: that is how other crates' lines are asked for. An
+/// unparsable filter falls back to `info` (config validation rejects it before).
 pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
-    let mut f = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for t in CAPPED_TARGETS {
-        if let Ok(d) = format!("{t}=debug").parse() {
-            f = f.add_directive(d);
+    tracing_subscriber::EnvFilter::try_new(filter_directives(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter_directives("info")))
+}
+
+/// The directives [`log_filter`] builds (pure).
+pub fn filter_directives(level: &str) -> String {
+    use tracing_subscriber::filter::LevelFilter;
+    let trimmed = level.trim();
+    match trimmed.parse::<LevelFilter>() {
+        Ok(l) if !trimmed.contains([',', '=']) => {
+            let others = l.min(LevelFilter::WARN);
+            format!("{},berth={}", others, l).to_ascii_lowercase()
         }
+        _ => trimmed.to_string(),
     }
-    f
 }
 
 #[cfg(test)]
@@ -252,10 +273,33 @@ mod tests {
 
     #[test]
     fn the_websocket_stack_is_capped_below_trace() {
-        let f = log_filter("trace").to_string();
-        assert!(f.contains("tungstenite=debug"), "{f}");
-        assert!(f.contains("tokio_tungstenite=debug"), "{f}");
-        let f = log_filter("tungstenite=trace,info").to_string();
-        assert!(!f.contains("tungstenite=trace"), "{f}");
+        use tracing::Level;
+        assert!(capped("tungstenite::protocol", &Level::TRACE));
+        assert!(capped("tokio_tungstenite", &Level::TRACE));
+        assert!(!capped("tungstenite::protocol", &Level::DEBUG));
+        assert!(!capped("tungstenite_other", &Level::TRACE));
+        assert!(!capped("berth::control::session", &Level::TRACE));
+    }
+
+    #[test]
+    fn a_bare_level_is_berths_and_other_crates_stay_at_warn() {
+        for (level, want) in [
+            ("info", "warn,berth=info"),
+            ("debug", "warn,berth=debug"),
+            ("trace", "warn,berth=trace"),
+            ("warn", "warn,berth=warn"),
+            ("error", "error,berth=error"),
+            ("off", "off,berth=off"),
+            (" INFO ", "warn,berth=info"),
+            // Directives are the operator asking: used as written.
+            ("info,hyper=debug", "info,hyper=debug"),
+            ("berth=debug", "berth=debug"),
+            ("tungstenite=trace,info", "tungstenite=trace,info"),
+        ] {
+            assert_eq!(filter_directives(level), want, "{level:?}");
+        }
+        // The filter built from it parses (and a broken one falls back to berth at info).
+        assert_eq!(log_filter("debug").to_string(), "berth=debug,warn");
+        assert_eq!(log_filter("[[").to_string(), "berth=info,warn");
     }
 }
