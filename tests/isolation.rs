@@ -362,6 +362,40 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_tasks_report_their_usage_too() {
+    // Ten tasks of ~0.3 s each, one after another: each result carries what it used.
+    let env = Env::start("usage-short", EnvOptions::default()).await;
+    for i in 0..10 {
+        let (done, text) = env
+            .run(script(
+                "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo counted",
+            ))
+            .await;
+        assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+        let u = done
+            .usage
+            .unwrap_or_else(|| panic!("task {i} reported no usage: {done:?}\n{text}"));
+        assert!(u.cpu_ms > 0 && u.peak_memory_bytes > 0, "task {i}: {u:?}");
+        assert!(
+            text.lines()
+                .last()
+                .unwrap_or_default()
+                .starts_with("[berth] usage: cpu "),
+            "task {i}:\n{text}"
+        );
+        let ran = done
+            .finished_at
+            .zip(done.claimed_at)
+            .map(|(f, c)| (f - c).num_milliseconds())
+            .unwrap_or_default();
+        eprintln!(
+            "task {i}: {ran} ms claimed to finished, cpu {} ms, peak memory {} bytes, {} samples",
+            u.cpu_ms, u.peak_memory_bytes, u.samples
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_task_reports_what_it_used() {
     let _images = Images::acquire();
     let net = TestNet::start("usage", &["big"]);

@@ -178,6 +178,13 @@ pub trait Runtime: Send + Sync {
     ) -> Result<Option<std::net::IpAddr>, RuntimeError>;
     /// One statistics reading of a running container (`None` when it no longer runs).
     async fn usage(&self, id: &str) -> Result<Option<UsageSample>, RuntimeError>;
+    /// A cheap reading of a running container's CPU time, memory and network bytes, straight
+    /// from the kernel where this process can read it: cheap enough to sample many times a
+    /// second, so a short task reports what it used. `None`: not readable from here (the
+    /// engine's statistics remain), or the container has ended.
+    async fn quick_usage(&self, _id: &str) -> Option<UsageSample> {
+        None
+    }
     /// The OCI runtimes registered with the engine (`docker info`), e.g. `runc`, `runsc`.
     async fn runtimes(&self) -> Result<Vec<String>, RuntimeError>;
     /// Makes `image` available under `policy`; concurrent callers for one image share one pull.

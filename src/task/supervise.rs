@@ -127,14 +127,27 @@ pub(super) async fn supervise(
     Supervised::Done(waited)
 }
 
-/// Samples the running container's statistics into `control` until dropped (a failed read
-/// is skipped: usage is best effort, the task is not).
+/// Samples the running container's usage into `control` until dropped, starting at once: the
+/// kernel's counters every [`QUICK_SAMPLE_EVERY`] where readable, the engine's statistics
+/// (which add disk bytes) every [`SAMPLE_EVERY`]. A failed read is skipped: usage is best
+/// effort, the task is not.
+///
+/// [`QUICK_SAMPLE_EVERY`]: crate::task::usage::QUICK_SAMPLE_EVERY
+/// [`SAMPLE_EVERY`]: crate::task::usage::SAMPLE_EVERY
 async fn sample(env: &TaskEnv, id: &str, control: &TaskControl) -> std::convert::Infallible {
+    use crate::task::usage::{QUICK_SAMPLE_EVERY, SAMPLE_EVERY};
+    let mut engine_due = tokio::time::Instant::now();
     loop {
-        if let Ok(Some(s)) = env.runtime.usage(id).await {
+        if let Some(s) = env.runtime.quick_usage(id).await {
             control.record_usage(&s);
         }
-        tokio::time::sleep(crate::task::usage::SAMPLE_EVERY).await;
+        if tokio::time::Instant::now() >= engine_due {
+            if let Ok(Some(s)) = env.runtime.usage(id).await {
+                control.record_usage(&s);
+            }
+            engine_due = tokio::time::Instant::now() + SAMPLE_EVERY;
+        }
+        tokio::time::sleep(QUICK_SAMPLE_EVERY).await;
     }
 }
 

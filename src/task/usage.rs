@@ -5,8 +5,11 @@
 use crate::protocol::Usage;
 use crate::runtime::UsageSample;
 
-/// How often a running task's statistics are read.
+/// How often a running task's statistics are read through the engine (all counters).
 pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the cheap kernel reading (CPU, memory, network) is taken where it is available:
+/// often enough that a task of a few hundred milliseconds reports what it used.
+pub const QUICK_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Usage {
     /// Folds one sample in: counters only grow (a sample after the processes ended can read

@@ -138,6 +138,26 @@ impl Docker {
         }))
     }
 
+    /// A reading from the container's cgroup files, located once per container through its
+    /// main process (see [`super::cgroup`]).
+    pub(super) async fn quick_usage(&self, id: &str) -> Option<crate::runtime::UsageSample> {
+        let known = self.cgroups.lock().get(id).cloned();
+        let located = match known {
+            Some(located) => located?,
+            None => {
+                let state = self.client.inspect_container(id, None).await.ok()?.state?;
+                let pid = state
+                    .pid
+                    .filter(|p| *p > 0 && state.running == Some(true))?;
+                let located = super::cgroup::locate_pid(pid);
+                self.cgroups.lock().insert(id.to_string(), located.clone());
+                located?
+            }
+        };
+        // Reading a few small files does not block for long: no blocking-pool hop needed.
+        super::cgroup::read(&located).ok()
+    }
+
     /// Whether the engine answers (`/_ping`, at most 5 s).
     pub(super) async fn ping(&self) -> Result<(), RuntimeError> {
         let unreachable = |reason: String| RuntimeError::Unreachable {
@@ -399,6 +419,7 @@ impl Docker {
 
     /// Removes a container (forced, with its anonymous volumes); a missing one is fine.
     pub(super) async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.cgroups.lock().remove(id);
         let opts = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)

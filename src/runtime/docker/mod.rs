@@ -1,5 +1,6 @@
 //! The Docker backend (bollard): images, sidecar volumes, and the life of one task container.
 
+mod cgroup;
 mod container;
 pub mod credentials;
 mod image;
@@ -86,6 +87,9 @@ pub struct Docker {
     auth_config: Option<PathBuf>,
     pulls_ok: std::sync::atomic::AtomicU64,
     pulls_failed: std::sync::atomic::AtomicU64,
+    /// Per running container: where its usage is read from the kernel (`None`: it cannot be
+    /// from here; not asked again). Dropped when the container is removed.
+    cgroups: parking_lot::Mutex<HashMap<String, Option<cgroup::Located>>>,
 }
 
 impl Docker {
@@ -111,6 +115,7 @@ impl Docker {
             auth_config: None,
             pulls_ok: Default::default(),
             pulls_failed: Default::default(),
+            cgroups: Default::default(),
         })
     }
 
@@ -184,6 +189,10 @@ impl Runtime for Docker {
 
     async fn usage(&self, id: &str) -> Result<Option<crate::runtime::UsageSample>, RuntimeError> {
         Docker::usage(self, id).await
+    }
+
+    async fn quick_usage(&self, id: &str) -> Option<crate::runtime::UsageSample> {
+        Docker::quick_usage(self, id).await
     }
 
     async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
