@@ -184,6 +184,8 @@ pub struct Metrics {
     closure_retries: AtomicU64,
     egress_allowed: AtomicU64,
     egress_denied: AtomicU64,
+    api_shed_idle: AtomicU64,
+    api_shed_busy: AtomicU64,
     labelled: Mutex<Labelled>,
 }
 
@@ -275,6 +277,17 @@ impl Metrics {
             &self.egress_allowed
         } else {
             &self.egress_denied
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The local API closed a connection at its cap: the one that waited longest for a request
+    /// head (`idle`), or the new one because every connection was answering a request.
+    pub fn api_connection_shed(&self, idle: bool) {
+        let c = if idle {
+            &self.api_shed_idle
+        } else {
+            &self.api_shed_busy
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -508,6 +521,18 @@ impl Metrics {
             self.egress_allowed.load(Ordering::Relaxed),
             self.egress_denied.load(Ordering::Relaxed)
         );
+        head(
+            &mut o,
+            "berth_api_connections_shed_total",
+            "counter",
+            "Local API connections closed at the connection cap: the one waiting longest for a request head (idle), or the new one when every connection was answering a request (busy).",
+        );
+        let _ = writeln!(
+            o,
+            "berth_api_connections_shed_total{{reason=\"idle\"}} {}\nberth_api_connections_shed_total{{reason=\"busy\"}} {}",
+            self.api_shed_idle.load(Ordering::Relaxed),
+            self.api_shed_busy.load(Ordering::Relaxed)
+        );
         scalar(
             &mut o,
             "berth_execution_closure_retries_total",
@@ -706,6 +731,8 @@ mod tests {
             "berth_executions_closed_total",
             "berth_execution_closure_retries_total",
             "berth_execution_closures_pending",
+            "berth_api_connections_shed_total{reason=\"idle\"}",
+            "berth_api_connections_shed_total{reason=\"busy\"}",
             "berth_config_reloads_total{result=\"applied\"}",
             "berth_config_reloads_total{result=\"refused\"}",
             "process_resident_memory_bytes",

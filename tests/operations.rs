@@ -474,3 +474,93 @@ async fn idle_and_half_open_api_connections_are_closed_and_capped() {
     }
     assert_eq!(closed, 301, "idle connections left open by the local API");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_api_connections_never_locks_out_healthz_or_tasks() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FLOOD: usize = 1500;
+    // The worker runs in this process: the flood costs both ends' descriptors here.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        hard >= 4000,
+        "RLIMIT_NOFILE hard limit is {hard}: this test holds {FLOOD} client connections and the \
+         worker's side of them in one process; raise the hard limit to at least 4000"
+    );
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    let env = Env::start("api-flood", EnvOptions::default()).await;
+    let addr = env.handle.api.clone().unwrap();
+    // Each flood connection sends an incomplete request head and then nothing, like a client
+    // that hung mid-request. Opening stops at the first connect the API leaves unanswered.
+    let mut flood = Vec::with_capacity(FLOOD);
+    let mut stalled = None;
+    for i in 0..FLOOD {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        {
+            Ok(Ok(mut c)) => {
+                // Only the request's start matters; the server may already have shed it.
+                let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+                flood.push(c);
+            }
+            Ok(Err(e)) => {
+                stalled = Some(format!("flood connection {i}: {e}"));
+                break;
+            }
+            Err(_) => {
+                stalled = Some(format!("flood connection {i}: connect timed out after 5 s"));
+                break;
+            }
+        }
+    }
+    let task = env.submit(&["echo", "ran-during-the-flood"]);
+    // Fresh connections with a complete request: each must be answered. Before shedding, the
+    // cap was held by the flood and these waited for its header timeouts (10 s each round).
+    let mut latencies = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let started = std::time::Instant::now();
+        let probe = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut c = tokio::net::TcpStream::connect(&addr).await?;
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut answer = Vec::new();
+            c.read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+        })
+        .await;
+        match probe {
+            Ok(Ok(a)) if a.starts_with("HTTP/1.1 200") => latencies.push(started.elapsed()),
+            Ok(Ok(a)) => failures.push(format!("probe {i}: answered {a:?}")),
+            Ok(Err(e)) => failures.push(format!("probe {i}: {e}")),
+            Err(_) => failures.push(format!("probe {i}: no answer within 5 s")),
+        }
+    }
+    latencies.sort();
+    if let (Some(max), Some(median)) = (latencies.last(), latencies.get(latencies.len() / 2)) {
+        eprintln!(
+            "healthz under {} idle connections: {} of 20 answered, median {median:?}, max {max:?}",
+            flood.len(),
+            latencies.len()
+        );
+    }
+    assert_eq!(stalled, None, "the API stopped accepting connections");
+    assert!(
+        failures.is_empty(),
+        "healthz probes failed under {FLOOD} idle connections: {failures:#?}"
+    );
+    let done = env.finished(&task.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    let shed = series(
+        &env.metrics().await,
+        "berth_api_connections_shed_total{reason=\"idle\"}",
+    );
+    eprintln!("idle connections shed: {shed}");
+    assert!(shed > 0.0, "no shed connection counted");
+    drop(flood);
+}

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -16,10 +16,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::admin::shedding::{Admission, Answering, ConnId, Registry, ShedLog, Table, TrackedBody};
 use crate::admin::status::Live;
 use crate::config::Listen;
 use crate::supervisor::Command;
@@ -376,6 +378,7 @@ impl Bound {
         stop: CancellationToken,
     ) {
         let address = self.address.clone();
+        let metrics = live.metrics.clone();
         let ctx = |trusted| Ctx {
             live,
             commands,
@@ -383,9 +386,9 @@ impl Bound {
             trusted,
         };
         match self.listener {
-            Listener::Tcp(l) => spawn_server(tracker, l, router(ctx(false)), stop, None),
+            Listener::Tcp(l) => spawn_server(tracker, l, router(ctx(false)), metrics, stop, None),
             Listener::Unix(l, path) => {
-                spawn_server(tracker, l, router(ctx(true)), stop, Some(path))
+                spawn_server(tracker, l, router(ctx(true)), metrics, stop, Some(path))
             }
         }
         info!(%address, "local API listening");
@@ -396,16 +399,21 @@ impl Bound {
 /// start or the end of the previous response: a connection that sends nothing (half-open,
 /// idle keep-alive) is closed after it.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; further clients wait in the kernel's accept queue.
+/// Connections served at once. At the cap the one that has waited longest for a request head is
+/// closed to admit the next (see [`crate::admin::shedding`]).
 pub const MAX_CONNECTIONS: usize = 256;
+/// At most one warning about shed connections per this interval.
+const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `l` until `stop`, then removes `socket` (a Unix socket file) if given.
-/// At most [`MAX_CONNECTIONS`] at once, each bound by [`HEADER_READ_TIMEOUT`], so a
-/// misbehaving local client cannot exhaust berth's file descriptors.
+/// Accepts continuously and keeps at most [`MAX_CONNECTIONS`], each bound by
+/// [`HEADER_READ_TIMEOUT`], so a misbehaving local client can neither exhaust berth's file
+/// descriptors nor, by holding every slot with idle sockets, keep a complete request out.
 fn spawn_server<L>(
     tracker: &tokio_util::task::TaskTracker,
     mut l: L,
     app: Router,
+    metrics: Arc<crate::metrics::Metrics>,
     stop: CancellationToken,
     socket: Option<PathBuf>,
 ) where
@@ -413,22 +421,48 @@ fn spawn_server<L>(
     L::Addr: std::fmt::Debug,
 {
     tracker.spawn(async move {
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let registry: Arc<Registry> = Arc::new(Mutex::new(Table::new(MAX_CONNECTIONS)));
+        let mut shed_log = ShedLog::new(SHED_LOG_INTERVAL);
         let conns = tokio_util::task::TaskTracker::new();
         loop {
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = stop.cancelled() => break,
-            };
+            // Counts held back by the log's interval are reported when it ends, even if the
+            // flood has stopped by then.
+            let report_at = shed_log
+                .due(Instant::now())
+                .map(tokio::time::Instant::from_std);
             let (io, _) = tokio::select! {
                 c = l.accept() => c,
+                _ = tokio::time::sleep_until(report_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if report_at.is_some() => {
+                    report_shed(&mut shed_log);
+                    continue;
+                }
                 _ = stop.cancelled() => break,
             };
-            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            let closer = CancellationToken::new();
+            let admission = registry.lock().admit(closer.clone(), Instant::now());
+            let id = match admission {
+                Admission::Admitted { id, shed } => {
+                    if let Some(oldest) = shed {
+                        oldest.cancel();
+                        metrics.api_connection_shed(true);
+                        shed_log.count(true);
+                        report_shed(&mut shed_log);
+                    }
+                    id
+                }
+                Admission::Refused => {
+                    // Every slot is answering a request: dropping the socket closes it now.
+                    drop(io);
+                    metrics.api_connection_shed(false);
+                    shed_log.count(false);
+                    report_shed(&mut shed_log);
+                    continue;
+                }
+            };
+            let svc = tracked_service(app.clone(), registry.clone(), id);
             let stop = stop.clone();
+            let registry = registry.clone();
             conns.spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -437,12 +471,14 @@ fn spawn_server<L>(
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
+                    // Shed to make room: it has no complete request, so dropping it loses nothing.
+                    _ = closer.cancelled() => {}
                     _ = stop.cancelled() => {
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                     }
                 }
-                drop(permit);
+                registry.lock().remove(id);
             });
         }
         conns.close();
@@ -451,6 +487,42 @@ fn spawn_server<L>(
             let _ = std::fs::remove_file(p);
         }
     });
+}
+
+/// `app` for connection `id`, marking it answering from a complete request head until its
+/// response body is written, so it is never shed mid-request.
+fn tracked_service(
+    app: Router,
+    registry: Arc<Registry>,
+    id: ConnId,
+) -> impl hyper::service::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = axum::http::Response<TrackedBody>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> {
+    let inner = hyper_util::service::TowerToHyperService::new(app);
+    hyper::service::service_fn(move |req| {
+        let answering = Answering::begin(&registry, id);
+        let response = hyper::service::Service::call(&inner, req);
+        async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody::new(body, answering)))
+        }
+    })
+}
+
+/// Logs the connections shed since the last warning, when one is due.
+fn report_shed(log: &mut ShedLog) {
+    if let Some((idle, busy)) = log.take(Instant::now()) {
+        if busy == 0 {
+            warn!("local API: {idle} idle connections shed (cap {MAX_CONNECTIONS})");
+        } else {
+            warn!(
+                "local API: {idle} idle connections shed and {busy} new ones refused with every connection answering a request (cap {MAX_CONNECTIONS})"
+            );
+        }
+    }
 }
 
 /// Mode 0660 and, when configured, the group allowed to use the socket.

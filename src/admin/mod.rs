@@ -6,4 +6,5 @@ pub mod client;
 pub mod history;
 pub mod notify;
 pub mod reloads;
+pub mod shedding;
 pub mod status;
