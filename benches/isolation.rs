@@ -114,10 +114,25 @@ impl Drop for Cleanup {
         for c in ours.split_whitespace() {
             run("docker", &["rm", "-f", c]);
         }
-        let sealed = berth::egress::Gate::network_name(&self.worker_id);
-        run("docker", &["network", "rm", &sealed]);
+        // berth removes its sealed network when it stops; one left by a failed run goes here.
+        let sealed = Command::new("docker")
+            .args(["network", "ls", "--format", "{{.Name}}", "--filter"])
+            .arg(format!("label=berth.worker_id={}", self.worker_id))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for net in sealed.split_whitespace() {
+            let bridge = Command::new("docker")
+                .args(["network", "inspect", "-f"])
+                .arg("{{index .Options \"com.docker.network.bridge.name\"}}")
+                .arg(net)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            run("docker", &["network", "rm", net]);
+            berth::egress::firewall::unseal(&bridge);
+        }
         run("docker", &["network", "rm", &self.net]);
-        berth::egress::firewall::unseal(&berth::egress::Gate::bridge_name(&self.worker_id));
         // Also after a panic: a left-behind image would be re-tagged (and its old copy left
         // dangling) by the next run.
         run("docker", &["rmi", "-f", IMAGE]);

@@ -142,6 +142,52 @@ pub struct ExecRecord {
 pub struct Journal {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// This berth instance's identity (see [`INSTANCE_FILE`]); empty when opened read-only
+    /// where none was made yet.
+    instance: String,
+}
+
+/// File under `state_dir` holding the identity of the berth instance that owns it: a random
+/// id made at first start and kept. Every sandbox berth creates is labelled with it, and
+/// berth touches only sandboxes with its own (several berths may share a worker id on one
+/// engine: redundancy, blue/green upgrades).
+pub const INSTANCE_FILE: &str = "instance-id";
+
+/// Whether `id` can be an instance id (a label value and a file's whole content).
+fn valid_instance(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Reads `state_dir/instance-id`, making it on first use.
+fn instance_id(state_dir: &Path, create: bool) -> Result<String, JournalError> {
+    let path = state_dir.join(INSTANCE_FILE);
+    let io = |reason: String| JournalError::Io {
+        path: path.clone(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if valid_instance(text.trim()) => return Ok(text.trim().to_string()),
+        Ok(text) if !text.trim().is_empty() => {
+            return Err(io(format!(
+                "{:?} is not an instance id (letters, digits, - and _, at most 64); restore the file, or remove it if no task container of this berth is running (a new id makes running containers another instance's)",
+                text.trim()
+            )));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e.to_string())),
+    }
+    if !create {
+        return Ok(String::new());
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    crate::private::write_atomic(&path, format!("{id}\n").as_bytes())
+        .map_err(|e| io(e.to_string()))?;
+    Ok(id)
 }
 
 /// How long an operation waits for another connection's lock before failing.
@@ -248,6 +294,7 @@ impl Journal {
         Ok(Journal {
             path,
             conn: Mutex::new(conn),
+            instance: instance_id(state_dir, true)?,
         })
     }
 
@@ -270,12 +317,18 @@ impl Journal {
         Ok(Journal {
             path,
             conn: Mutex::new(conn),
+            instance: instance_id(state_dir, false)?,
         })
     }
 
     /// Path of the journal file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The identity of the berth instance owning this `state_dir` ([`INSTANCE_FILE`]).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     fn with<T>(

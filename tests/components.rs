@@ -20,6 +20,7 @@ use berth::protocol::{
 use berth::runtime::fake::{ExecScript, FakeRuntime, Op, Script};
 use berth::runtime::{ExitStatus, LogEntry, Runtime, RuntimeError};
 use berth::secret::Secret;
+use berth::spec::owner::Owner;
 use berth::supervisor::reconcile::{ReconcileError, reconcile};
 use berth::supervisor::{Command, Found, Supervisor};
 use berth::task::TaskEnv;
@@ -1130,6 +1131,11 @@ fn journal_in(dir: &Path) -> Journal {
     Journal::open(dir).unwrap()
 }
 
+/// This worker as the instance owning `journal`'s state dir.
+fn owner_of(journal: &Journal) -> Owner {
+    Owner::new(WORKER, journal.instance())
+}
+
 #[tokio::test]
 async fn reconcile_removes_orphans_and_finished_containers_and_finds_live_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -1153,10 +1159,31 @@ async fn reconcile_removes_orphans_and_finished_containers_and_finds_live_ones()
         code: 0,
         oom_killed: false,
     });
-    let live = fake.add_container(WORKER, "live", "live-e1", true, vec![], None);
-    let done = fake.add_container(WORKER, "done", "done-e1", false, vec![], exited);
-    let orphan = fake.add_container(WORKER, "orphan", "orphan-e1", true, vec![], None);
-    let other = fake.add_container("another-worker", "x", "x-e1", true, vec![], None);
+    let live = fake.add_container(&owner_of(&journal), "live", "live-e1", true, vec![], None);
+    let done = fake.add_container(
+        &owner_of(&journal),
+        "done",
+        "done-e1",
+        false,
+        vec![],
+        exited,
+    );
+    let orphan = fake.add_container(
+        &owner_of(&journal),
+        "orphan",
+        "orphan-e1",
+        true,
+        vec![],
+        None,
+    );
+    let other = fake.add_container(
+        &Owner::new("another-worker", "x"),
+        "x",
+        "x-e1",
+        true,
+        vec![],
+        None,
+    );
     let (records, found) = reconcile(&fake, &journal, WORKER, true, Duration::from_secs(1))
         .await
         .unwrap();
@@ -1178,7 +1205,14 @@ async fn reconcile_removes_orphans_and_finished_containers_and_finds_live_ones()
     assert_eq!(stops, [orphan], "only the running orphan is stopped");
 
     // With cleanup off, a finished task's container is kept for inspection.
-    let done2 = fake.add_container(WORKER, "done", "done-e1", false, vec![], exited);
+    let done2 = fake.add_container(
+        &owner_of(&journal),
+        "done",
+        "done-e1",
+        false,
+        vec![],
+        exited,
+    );
     reconcile(&fake, &journal, WORKER, false, Duration::from_secs(1))
         .await
         .unwrap();
@@ -1186,11 +1220,69 @@ async fn reconcile_removes_orphans_and_finished_containers_and_finds_live_ones()
 }
 
 #[tokio::test]
+async fn reconcile_never_touches_what_another_berth_instance_made_for_the_same_worker_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_in(dir.path());
+    let fake = FakeRuntime::new();
+    // Another berth with this worker id and its own state_dir runs a task here.
+    let theirs = fake.add_container(
+        &Owner::new(WORKER, "another-instance"),
+        "a",
+        "a-e1",
+        true,
+        vec![],
+        None,
+    );
+    // Containers of a berth before instance labels: ours only where our journal knows them.
+    journal
+        .claim("old-e1", &assignment("old", &["run"]), true)
+        .unwrap();
+    let unlabelled = Owner::new(WORKER, "");
+    let known = fake.add_container(&unlabelled, "old", "old-e1", true, vec![], None);
+    let stray = fake.add_container(&unlabelled, "stray", "stray-e1", true, vec![], None);
+    let (_, found) = reconcile(&fake, &journal, WORKER, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(matches!(found.get("old-e1"), Some(Found::Container(id)) if *id == known));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        fake.count(Op::Stop) + fake.count(Op::Remove),
+        0,
+        "{:?}",
+        fake.calls()
+    );
+    let running: Vec<String> = fake
+        .containers()
+        .into_iter()
+        .filter(|(_, r)| *r)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        running.contains(&theirs) && running.contains(&stray),
+        "{running:?}"
+    );
+    // The instance is this state_dir's own, and stays across restarts.
+    let again = Journal::open(dir.path()).unwrap();
+    assert_eq!(again.instance(), journal.instance());
+    assert_ne!(
+        journal_in(tempfile::tempdir().unwrap().path()).instance(),
+        journal.instance()
+    );
+}
+
+#[tokio::test]
 async fn reconcile_touches_nothing_when_either_side_cannot_be_read() {
     let dir = tempfile::tempdir().unwrap();
     let journal = journal_in(dir.path());
     let fake = FakeRuntime::new();
-    let orphan = fake.add_container(WORKER, "orphan", "orphan-e1", true, vec![], None);
+    let orphan = fake.add_container(
+        &owner_of(&journal),
+        "orphan",
+        "orphan-e1",
+        true,
+        vec![],
+        None,
+    );
     // The engine cannot list: no list means no orphans.
     fake.fail_next(Op::ListManaged, api_error("container list"));
     let r = reconcile(&fake, &journal, WORKER, true, Duration::from_secs(1)).await;
@@ -1339,7 +1431,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let fake = FakeRuntime::new();
-            let id = fake.add_container(WORKER, "cap", "cap-e1", true, Vec::new(), None);
+            let id = fake.add_container(&Owner::new(WORKER, "capture"), "cap", "cap-e1", true, Vec::new(), None);
             // The attach connection drops after `cut` pieces (never, with `None`).
             fake.cut_attach_after(cut);
             let live = fake.attach(&id).await.unwrap();
@@ -1376,7 +1468,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let fake = FakeRuntime::new();
-            let id = fake.add_container(WORKER, "cap", "cap-e1", true, Vec::new(), None);
+            let id = fake.add_container(&Owner::new(WORKER, "capture"), "cap", "cap-e1", true, Vec::new(), None);
             let secrets = if secret { vec![b"xx\no".to_vec(), b"xxxx".to_vec()] } else { vec![] };
             let live = fake.attach(&id).await.unwrap();
             // The task prints entry by entry and, like a frozen cgroup, not while paused.
@@ -1453,7 +1545,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let fake = FakeRuntime::new();
-            let id = fake.add_container(WORKER, "cap", "cap-e1", false, log.clone(),
+            let id = fake.add_container(&Owner::new(WORKER, "capture"), "cap", "cap-e1", false, log.clone(),
                 Some(ExitStatus { code: 0, oom_killed: false }));
             // A secret that straddles entries makes the redactor hold bytes back, so resume
             // points fall inside held-back output.

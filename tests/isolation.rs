@@ -480,3 +480,100 @@ async fn each_task_reports_what_it_used() {
         "{metrics}"
     );
 }
+
+/// Whether the host firewall still has the chain berth made for `bridge`.
+fn chain_exists(bridge: &str) -> bool {
+    let chain = berth::egress::firewall::chain(bridge);
+    Command::new("iptables")
+        .args(["-w", "-S", &chain])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_one_shot_allowlisted_runs_leave_no_network_or_firewall_chain() {
+    // One unique worker id per job, as README recommends for --one-shot: each run must leave
+    // nothing behind, or the engine's address pools run out after a few dozen.
+    let _images = Images::acquire();
+    let cp = control_plane("proc-key", true, None).await;
+    let yaml = format!(
+        "backend:\n  docker:\n    default_image: {BUSYBOX}\n    pull_policy: never\n    policy:\n      egress:\n        mode: allowlist\n        allow: ['example.invalid:443']\n        proxy_port: {}\n",
+        free_port()
+    );
+    for run in 0..40 {
+        let id = worker_id(&format!("oneshot-net-{run}"));
+        let _cleanup = Cleanup(id.clone());
+        let _sealed = SealedCleanup(id.clone());
+        let state = tempfile::tempdir().unwrap();
+        let t = cp.submit(script("echo hi"));
+        let mut w = worker_process_with(&cp, &id, state.path(), &["--one-shot"], &yaml);
+        let status = tokio::task::spawn_blocking(move || w.wait().unwrap())
+            .await
+            .unwrap();
+        let log = std::fs::read_to_string(state.path().with_extension("log")).unwrap_or_default();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "run {run}: {:?}\n{log}",
+            cp.task(&t.id)
+        );
+        let done = cp.task(&t.id).unwrap();
+        assert_eq!(done.state, TaskState::Succeeded, "run {run}: {done:?}");
+        let instance = std::fs::read_to_string(state.path().join("instance-id")).unwrap();
+        let owner = berth::spec::owner::Owner::new(&id, instance.trim());
+        let bridge = berth::egress::Gate::bridge_name(&owner);
+        assert!(
+            sealed_networks_of(&id).is_empty(),
+            "run {run} left its sealed network:\n{log}"
+        );
+        assert!(
+            !chain_exists(&bridge),
+            "run {run} left its firewall chain for {bridge}:\n{log}"
+        );
+    }
+    cp.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_removes_its_own_unused_sealed_networks_and_leaves_another_instances() {
+    let cp = control_plane("proc-key", true, None).await;
+    let id = worker_id("sweep");
+    let _sealed = SealedCleanup(id.clone());
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("instance-id"), "inst-mine\n").unwrap();
+    let create = |name: &str, instance: &str| {
+        let out = Command::new("docker")
+            .args([
+                "network",
+                "create",
+                "--internal",
+                "--label",
+                "berth.managed=true",
+            ])
+            .arg("--label")
+            .arg(format!("berth.worker_id={id}"))
+            .arg("--label")
+            .arg(format!("berth.instance={instance}"))
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let (mine, theirs) = (format!("{id}-mine"), format!("{id}-theirs"));
+    create(&mine, "inst-mine");
+    create(&theirs, "inst-theirs");
+    let mut w = worker_process(&cp, &id, state.path(), &[]);
+    until("connected", || !cp.workers().is_empty()).await;
+    let left: Vec<String> = sealed_networks_of(&id)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        left,
+        [theirs],
+        "only another instance's network stays"
+    );
+    w.kill().unwrap();
+    w.wait().unwrap();
+    cp.shutdown();
+}

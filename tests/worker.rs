@@ -515,3 +515,68 @@ async fn one_shot_runs_one_task_and_exits_with_its_status() {
     assert!(containers_of(&id).is_empty(), "no container left behind");
     cp.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_berths_with_one_worker_id_never_touch_each_others_tasks() {
+    // Blue/green: berth A runs a task; berth B (same worker id, its own state_dir) starts and
+    // restarts beside it. B's start-up reconcile must leave A's container alone.
+    let _images = Images::acquire();
+    let (cp_a, cp_b) = (
+        control_plane("proc-key", true, None).await,
+        control_plane("proc-key", true, None).await,
+    );
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id = worker_id("bluegreen");
+    let _cleanup = Cleanup(id.clone());
+    let task = cp_a.submit(SubmitRequest {
+        image: Some(BUSYBOX.into()),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo A-start; sleep 6; echo A-end".into(),
+        ],
+        ..SubmitRequest::default()
+    });
+    let mut a = worker_process(&cp_a, &id, state_a.path(), &[]);
+    until("A's task prints", || {
+        cp_a.transcript(&task.id)
+            .is_some_and(|b| String::from_utf8_lossy(&b).contains("A-start"))
+    })
+    .await;
+    for _ in 0..2 {
+        let mut b = worker_process(&cp_b, &id, state_b.path(), &[]);
+        until("B connected (its start-up reconcile done)", || {
+            !cp_b.workers().is_empty()
+        })
+        .await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(b.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        tokio::task::spawn_blocking(move || b.wait().unwrap())
+            .await
+            .unwrap();
+        until("B disconnected", || cp_b.workers().is_empty()).await;
+    }
+    let done = cp_a
+        .wait(&task.id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    until("A's transcript complete", || {
+        cp_a.task(&task.id).is_some_and(|t| t.complete())
+    })
+    .await;
+    let text = String::from_utf8_lossy(&cp_a.transcript(&task.id).unwrap()).into_owned();
+    assert!(text.contains("A-start\nA-end\n"), "{text}");
+    let log_b = std::fs::read_to_string(state_b.path().with_extension("log")).unwrap();
+    assert!(
+        log_b.contains("another berth instance"),
+        "B says it sees another instance's containers:\n{log_b}"
+    );
+    a.kill().unwrap();
+    a.wait().unwrap();
+    cp_a.shutdown();
+    cp_b.shutdown();
+}

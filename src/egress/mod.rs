@@ -16,8 +16,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError, SealedNetwork};
 use crate::spec::egress::{Decision, Egress};
+use crate::spec::owner::{Owner, Ownership};
 
 /// Why the way out could not be opened: tasks that need it fail (never run unrestricted).
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +117,7 @@ impl Admissions {
 /// The host's way out for allowlisted tasks: opened on first use, shared by all tasks.
 pub struct Gate {
     runtime: Arc<dyn Runtime>,
-    worker_id: String,
+    owner: Owner,
     port: u16,
     metrics: Arc<crate::metrics::Metrics>,
     stop: CancellationToken,
@@ -124,25 +125,27 @@ pub struct Gate {
     admissions: Arc<Admissions>,
 }
 
-/// Short, stable name part for this worker's network and bridge (an interface name has at
-/// most 15 bytes).
-fn tag(worker_id: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, worker_id.as_bytes());
+/// Short, stable name part for this instance's network and bridge (an interface name has at
+/// most 15 bytes). Per instance, not per worker id: two berths sharing a worker id each have
+/// their own network, so one tearing its down never cuts the other's tasks off.
+fn tag(owner: &Owner) -> String {
+    let key = format!("{}\n{}", owner.worker_id, owner.instance);
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
     d.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Gate {
-    /// A gate for `worker_id`'s tasks; nothing is created until [`Gate::open`].
+    /// A gate for `owner`'s tasks; nothing is created until [`Gate::open`].
     pub fn new(
         runtime: Arc<dyn Runtime>,
-        worker_id: &str,
+        owner: Owner,
         port: u16,
         metrics: Arc<crate::metrics::Metrics>,
         stop: CancellationToken,
     ) -> Self {
         Gate {
             runtime,
-            worker_id: worker_id.to_string(),
+            owner,
             port,
             metrics,
             stop,
@@ -151,14 +154,27 @@ impl Gate {
         }
     }
 
-    /// The network name this worker's allowlisted tasks use.
-    pub fn network_name(worker_id: &str) -> String {
-        format!("berth-egress-{}", tag(worker_id))
+    /// The network name this instance's allowlisted tasks use.
+    pub fn network_name(owner: &Owner) -> String {
+        format!("berth-egress-{}", tag(owner))
     }
 
     /// The host interface of that network (what the firewall chain matches on).
-    pub fn bridge_name(worker_id: &str) -> String {
-        format!("berth-{}", tag(worker_id))
+    pub fn bridge_name(owner: &Owner) -> String {
+        format!("berth-{}", tag(owner))
+    }
+
+    /// Tears down this instance's sealed networks (and their firewall chains) that no
+    /// container uses: called when the worker stops, so a berth that stops for good leaves
+    /// nothing behind; one still used by a detached task (`preserve`) stays for the next start.
+    pub async fn close(&self) {
+        *self.door.lock().await = None;
+        match sweep(self.runtime.as_ref(), &self.owner, false).await {
+            Ok(swept) => swept.log(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the sealed egress networks to remove them; berth verify names what is left")
+            }
+        }
     }
 
     /// Opens the way out (once): the sealed network, the host firewall, the proxy.
@@ -170,9 +186,9 @@ impl Gate {
         let net = self
             .runtime
             .ensure_egress_network(
-                &Self::network_name(&self.worker_id),
-                &Self::bridge_name(&self.worker_id),
-                &self.worker_id,
+                &Self::network_name(&self.owner),
+                &Self::bridge_name(&self.owner),
+                &self.owner,
             )
             .await?;
         let (bridge, gateway, port) = (net.bridge.clone(), net.gateway, self.port);
@@ -226,6 +242,82 @@ impl Gate {
     }
 }
 
+/// Why a sealed network of this worker id is left in place.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kept {
+    /// Containers still use it (detached tasks of a `preserve` shutdown, or running ones).
+    InUse(usize),
+    /// Another berth instance's (same worker id, another `state_dir`).
+    Foreign(String),
+    /// Removing it failed.
+    Failed(String),
+}
+
+/// What a sweep of the worker id's sealed networks did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sweep {
+    /// Networks removed (dry: that would be), with their firewall chains.
+    pub removed: Vec<String>,
+    /// Networks left, and why.
+    pub kept: Vec<(String, Kept)>,
+}
+
+impl Sweep {
+    fn log(&self) {
+        if !self.removed.is_empty() {
+            info!(networks = ?self.removed, "removed sealed egress networks no task uses, with their firewall chains");
+        }
+        for (name, why) in &self.kept {
+            match why {
+                Kept::InUse(n) => {
+                    info!(network = %name, containers = n, "sealed egress network kept: task containers still use it")
+                }
+                Kept::Foreign(i) => {
+                    tracing::debug!(network = %name, instance = %i, "another berth instance's sealed network")
+                }
+                Kept::Failed(e) => {
+                    tracing::warn!(network = %name, error = %e, "cannot remove the sealed egress network; berth verify names it")
+                }
+            }
+        }
+    }
+}
+
+/// Which of the worker id's sealed networks this instance may remove (pure): its own and
+/// those of a berth before instance labels, when no container uses them.
+pub fn plan(owner: &Owner, net: &SealedNetwork) -> Result<(), Kept> {
+    if let Ownership::Other(i) = owner.ownership(net.instance.as_deref()) {
+        return Err(Kept::Foreign(i));
+    }
+    if net.containers > 0 {
+        return Err(Kept::InUse(net.containers));
+    }
+    Ok(())
+}
+
+/// Removes (unless `dry`) the worker id's sealed networks that [`plan`] allows, each with the
+/// firewall chain of its bridge.
+pub async fn sweep(runtime: &dyn Runtime, owner: &Owner, dry: bool) -> Result<Sweep, RuntimeError> {
+    let mut out = Sweep::default();
+    for net in runtime.sealed_networks(&owner.worker_id).await? {
+        if let Err(why) = plan(owner, &net) {
+            out.kept.push((net.name, why));
+            continue;
+        }
+        if !dry {
+            if let Err(e) = runtime.remove_network(&net.name).await {
+                out.kept.push((net.name, Kept::Failed(e.to_string())));
+                continue;
+            }
+            if let Some(bridge) = net.bridge.clone() {
+                let _ = tokio::task::spawn_blocking(move || firewall::unseal(&bridge)).await;
+            }
+        }
+        out.removed.push(net.name);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,10 +338,41 @@ mod tests {
     }
 
     #[test]
-    fn names_fit_an_interface_name() {
-        let t = tag("a-very-long-worker-id-that-goes-on");
-        assert_eq!(format!("berth-{t}").len(), 14);
-        assert_eq!(tag("w"), tag("w"));
-        assert_ne!(tag("w1"), tag("w2"));
+    fn names_fit_an_interface_name_and_differ_per_instance() {
+        let o = |w: &str, i: &str| Owner::new(w, i);
+        let long = o(
+            "a-very-long-worker-id-that-goes-on",
+            "0123456789abcdef0123456789abcdef",
+        );
+        assert_eq!(Gate::bridge_name(&long).len(), 14);
+        assert_eq!(tag(&o("w", "i")), tag(&o("w", "i")));
+        assert_ne!(tag(&o("w1", "i")), tag(&o("w2", "i")));
+        assert_ne!(
+            tag(&o("w", "i1")),
+            tag(&o("w", "i2")),
+            "two berths with one worker id have their own networks"
+        );
+    }
+
+    #[test]
+    fn only_unused_networks_of_this_instance_or_unlabelled_ones_are_swept() {
+        let me = Owner::new("w", "mine");
+        let net = |instance: Option<&str>, containers| SealedNetwork {
+            name: "n".into(),
+            bridge: Some("berth-x".into()),
+            instance: instance.map(str::to_string),
+            containers,
+        };
+        assert_eq!(plan(&me, &net(Some("mine"), 0)), Ok(()));
+        assert_eq!(
+            plan(&me, &net(None, 0)),
+            Ok(()),
+            "a berth before instance labels"
+        );
+        assert_eq!(plan(&me, &net(Some("mine"), 2)), Err(Kept::InUse(2)));
+        assert_eq!(
+            plan(&me, &net(Some("theirs"), 0)),
+            Err(Kept::Foreign("theirs".into()))
+        );
     }
 }

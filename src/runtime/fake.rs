@@ -24,7 +24,8 @@ use crate::config::PullPolicy;
 use crate::protocol::Stream;
 use crate::spec::holder::{HOLD_SCRIPT, RELEASE_SIGNAL};
 use crate::spec::image::ImageRef;
-use crate::spec::{ContainerSpec, LABEL_EXECUTION, LABEL_TASK, LABEL_WORKER};
+use crate::spec::owner::Owner;
+use crate::spec::{ContainerSpec, LABEL_EXECUTION, LABEL_INSTANCE, LABEL_TASK, LABEL_WORKER};
 
 /// Exit status of a container stopped by the stop signal (128 + SIGTERM).
 pub const STOPPED: i64 = 143;
@@ -342,11 +343,12 @@ impl FakeRuntime {
             .collect()
     }
 
-    /// A container of this worker that exists before the test starts (e.g. left by a previous
-    /// worker), with the output it already wrote.
+    /// A container of `owner` that exists before the test starts (e.g. left by a previous
+    /// worker), with the output it already wrote. An empty `owner.instance` makes it a
+    /// container of a berth before instance labels.
     pub fn add_container(
         &self,
-        worker_id: &str,
+        owner: &Owner,
         task_id: &str,
         execution_id: &str,
         running: bool,
@@ -356,11 +358,13 @@ impl FakeRuntime {
         let mut s = self.shared.state.lock();
         s.next_id += 1;
         let id = format!("{:064x}", 0xfa4e_0000_u64 + s.next_id);
-        let labels = BTreeMap::from([
-            (LABEL_WORKER.to_string(), worker_id.to_string()),
-            (LABEL_TASK.to_string(), task_id.to_string()),
-            (LABEL_EXECUTION.to_string(), execution_id.to_string()),
-        ]);
+        let mut labels = owner.labels();
+        if owner.instance.is_empty() {
+            // A container of a berth before instance labels.
+            labels.remove(LABEL_INSTANCE);
+        }
+        labels.insert(LABEL_TASK.to_string(), task_id.to_string());
+        labels.insert(LABEL_EXECUTION.to_string(), execution_id.to_string());
         if let Some(last) = log.last() {
             s.clock = s.clock.max(last.ts + 1);
         }
@@ -509,12 +513,23 @@ impl Runtime for FakeRuntime {
         &self,
         _name: &str,
         _bridge: &str,
-        _worker_id: &str,
+        _owner: &Owner,
     ) -> Result<crate::runtime::EgressNetwork, RuntimeError> {
         Err(RuntimeError::Api {
             op: "network create",
             reason: "the fake engine has no networks".into(),
         })
+    }
+
+    async fn sealed_networks(
+        &self,
+        _worker_id: &str,
+    ) -> Result<Vec<crate::runtime::SealedNetwork>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
+    async fn remove_network(&self, _name: &str) -> Result<(), RuntimeError> {
+        Ok(())
     }
 
     async fn container_address(
@@ -890,6 +905,7 @@ impl Runtime for FakeRuntime {
                 id: id.clone(),
                 task_id: label(c, LABEL_TASK),
                 execution_id: label(c, LABEL_EXECUTION),
+                instance: c.labels.get(LABEL_INSTANCE).cloned(),
                 running: c.running,
             })
             .collect())

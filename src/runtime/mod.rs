@@ -127,6 +127,8 @@ pub struct ManagedContainer {
     pub task_id: String,
     /// `berth.execution_id` label.
     pub execution_id: String,
+    /// `berth.instance` label (none on containers of a berth before instance labels).
+    pub instance: Option<String>,
     /// Still running.
     pub running: bool,
 }
@@ -146,6 +148,19 @@ pub struct UsageSample {
     pub write_bytes: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+}
+
+/// A sealed network berth made for a worker id, as the engine lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedNetwork {
+    /// Docker network name.
+    pub name: String,
+    /// Bridge interface on the host (its firewall chain is named after it).
+    pub bridge: Option<String>,
+    /// `berth.instance` label (none on networks of a berth before instance labels).
+    pub instance: Option<String>,
+    /// Containers attached to it now.
+    pub containers: usize,
 }
 
 /// The network egress-restricted tasks run on.
@@ -168,8 +183,12 @@ pub trait Runtime: Send + Sync {
         &self,
         name: &str,
         bridge: &str,
-        worker_id: &str,
+        owner: &crate::spec::owner::Owner,
     ) -> Result<EgressNetwork, RuntimeError>;
+    /// The sealed networks labelled with `worker_id` (every instance's).
+    async fn sealed_networks(&self, worker_id: &str) -> Result<Vec<SealedNetwork>, RuntimeError>;
+    /// Removes a network; a missing one is fine.
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError>;
     /// The container's address on `network`, once it runs.
     async fn container_address(
         &self,

@@ -7,6 +7,7 @@ pub mod egress;
 pub mod environment;
 pub mod holder;
 pub mod image;
+pub mod owner;
 pub mod policy;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 use crate::failure::FailureReason;
 use crate::protocol::{AgentConfigSnapshot, TaskAssignment};
 use crate::spec::image::{ImageRef, ImageRefError};
+pub use crate::spec::owner::LABEL_INSTANCE;
 
 /// Where the agent sidecar is mounted.
 pub const AGENT_MOUNT: &str = "/agent";
@@ -452,7 +454,8 @@ pub struct ContainerSpec {
 /// Inputs of [`container_spec`] that are not in the assignment.
 #[derive(Debug, Clone)]
 pub struct SpecContext<'a> {
-    pub worker_id: &'a str,
+    /// Worker id and berth instance, for the labels.
+    pub owner: &'a crate::spec::owner::Owner,
     /// The execution being started.
     pub execution_id: &'a str,
     /// berth/1 negotiated on the connection that delivered the assignment.
@@ -521,12 +524,9 @@ pub fn container_spec(
     )?;
     let mut binds = ctx.sidecar_binds.clone();
     binds.extend(ctx.operator_volumes.iter().cloned());
-    let labels = BTreeMap::from([
-        (LABEL_MANAGED.to_string(), "true".to_string()),
-        (LABEL_WORKER.to_string(), ctx.worker_id.to_string()),
-        (LABEL_TASK.to_string(), a.task_id.clone()),
-        (LABEL_EXECUTION.to_string(), ctx.execution_id.to_string()),
-    ]);
+    let mut labels = ctx.owner.labels();
+    labels.insert(LABEL_TASK.to_string(), a.task_id.clone());
+    labels.insert(LABEL_EXECUTION.to_string(), ctx.execution_id.to_string());
     Ok(ContainerSpec {
         image,
         cmd,
@@ -1119,8 +1119,9 @@ mod tests {
         let vols = strs(&["/host:/data:ro"]);
         let policy = crate::spec::policy::Policy::default();
         let limits = policy.limits(a.instance_shape, None).unwrap_or_default();
+        let owner = crate::spec::owner::Owner::new("w1", "i1");
         let ctx = SpecContext {
-            worker_id: "w1",
+            owner: &owner,
             execution_id: "e1",
             berth: true,
             image: &image,
@@ -1153,6 +1154,11 @@ mod tests {
         assert_eq!(
             spec.labels.get("berth.execution_id").map(String::as_str),
             Some("e1")
+        );
+        assert_eq!(
+            spec.labels.get("berth.instance").map(String::as_str),
+            Some("i1"),
+            "berth touches only what its own instance created"
         );
         assert_eq!(spec.env[0], "TASK_ID=t-1");
         // On an oz/1 connection the command is ignored and the agent runs.

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::ExecKey;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::spec::owner::{Owner, Ownership};
 
 /// Ended executions remembered for late or repeated cancellations (as many as the Go worker).
 pub const REMEMBERED: usize = 4096;
@@ -113,7 +114,7 @@ impl Closing {
 /// made for it (a create whose answer was lost). `Ok` only when the engine answered for all.
 pub async fn gone(
     runtime: &dyn Runtime,
-    worker_id: &str,
+    owner: &Owner,
     key: &ExecKey,
     container: Option<&str>,
 ) -> Result<(), RuntimeError> {
@@ -122,8 +123,9 @@ pub async fn gone(
         // to success).
         runtime.remove(id).await?;
     }
-    for c in runtime.list_managed(worker_id).await? {
-        if c.execution_id == key.execution_id && c.task_id == key.task_id {
+    for c in runtime.list_managed(&owner.worker_id).await? {
+        let others = matches!(owner.ownership(c.instance.as_deref()), Ownership::Other(_));
+        if c.execution_id == key.execution_id && c.task_id == key.task_id && !others {
             runtime.remove(&c.id).await?;
         }
     }
@@ -134,7 +136,7 @@ pub async fn gone(
 /// worker stops: the owed closure stays in the journal and the next start resumes it).
 pub async fn prove(
     runtime: Arc<dyn Runtime>,
-    worker_id: String,
+    owner: Owner,
     key: ExecKey,
     container: Option<String>,
     stop: CancellationToken,
@@ -145,7 +147,7 @@ pub async fn prove(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match gone(runtime.as_ref(), &worker_id, &key, container.as_deref()).await {
+        match gone(runtime.as_ref(), &owner, &key, container.as_deref()).await {
             Ok(()) => {
                 if attempts > 1 {
                     info!(task_id = %key.task_id, execution_id = %key.execution_id, attempts, "the cancelled execution's container is gone at last");

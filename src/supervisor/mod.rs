@@ -869,7 +869,7 @@ impl Supervisor {
         };
         self.runs.spawn(closure::prove(
             self.env.runtime.clone(),
-            self.env.settings().worker_id.clone(),
+            self.env.owner(),
             key.clone(),
             container,
             self.stop_shipping.clone(),

@@ -1,15 +1,17 @@
 //! Matching the journal against the engine, at start-up and whenever the Docker engine comes
-//! back after an outage: labelled containers the journal does not know are orphans (stopped and
-//! removed), containers of finished executions are removed (when cleanup is on), and journaled
-//! executions are found or declared vanished.
+//! back after an outage: labelled containers of this instance the journal does not know are
+//! orphans (stopped and removed), containers of finished executions are removed (when cleanup
+//! is on), and journaled executions are found or declared vanished. Containers another berth
+//! instance made for the same worker id are never touched.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tracing::warn;
 
 use crate::journal::{ExecRecord, ExecState, Journal, JournalError};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{ManagedContainer, Runtime, RuntimeError};
+use crate::spec::owner::{Owner, Ownership};
 use crate::supervisor::Found;
 
 /// Why a reconciliation did nothing: without both lists, a live task's container cannot be
@@ -24,10 +26,38 @@ pub enum ReconcileError {
     Journal(#[from] JournalError),
 }
 
-/// Matches the journal against the engine: labelled containers the journal does not know
-/// are orphans (stopped and removed); journaled executions are found or declared vanished.
-/// Returns the journal as read with what was found, or an error (and touches nothing) when
-/// either side cannot be read.
+/// What to do with one listed container (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A journaled execution that has not finished: it is re-attached.
+    Adopt,
+    /// A journaled execution that finished before berth stopped: removed when cleanup is on.
+    Finished,
+    /// Made by this instance and unknown to its journal: stopped and removed.
+    Orphan,
+    /// Made by a berth before instance labels and unknown to this journal: it may be another
+    /// berth's, so it is left alone (and named in the log).
+    Unclaimed,
+    /// Another instance's (same worker id, another `state_dir`): never touched.
+    Foreign(String),
+}
+
+/// Decides one container's fate from its instance label and this instance's journal.
+pub fn verdict(owner: &Owner, c: &ManagedContainer, records: &[ExecRecord]) -> Verdict {
+    let ownership = owner.ownership(c.instance.as_deref());
+    if let Ownership::Other(instance) = ownership {
+        return Verdict::Foreign(instance);
+    }
+    match records.iter().find(|r| r.execution_id == c.execution_id) {
+        Some(r) if r.state != ExecState::Finished => Verdict::Adopt,
+        Some(_) => Verdict::Finished,
+        None if ownership == Ownership::Mine => Verdict::Orphan,
+        None => Verdict::Unclaimed,
+    }
+}
+
+/// Matches the journal against the engine (see the module). Returns the journal as read with
+/// what was found, or an error (and touches nothing) when either side cannot be read.
 pub async fn reconcile(
     runtime: &dyn Runtime,
     journal: &Journal,
@@ -35,25 +65,25 @@ pub async fn reconcile(
     cleanup: bool,
     grace: Duration,
 ) -> Result<(Vec<ExecRecord>, HashMap<String, Found>), ReconcileError> {
+    let owner = Owner::new(worker_id, journal.instance());
     // Containers first: every container listed was claimed in the journal before it was
     // created, so a record read afterwards exists for each live one (no false orphans while
     // tasks start concurrently).
     let containers = runtime.list_managed(worker_id).await?;
     let records = journal.all()?;
     let mut found = HashMap::new();
+    let mut foreign: BTreeMap<String, usize> = BTreeMap::new();
     for c in containers {
-        let record = records.iter().find(|r| r.execution_id == c.execution_id);
-        match record {
-            Some(r) if r.state != ExecState::Finished => {
-                found.insert(r.execution_id.clone(), Found::Container(c.id.clone()));
+        match verdict(&owner, &c, &records) {
+            Verdict::Adopt => {
+                found.insert(c.execution_id.clone(), Found::Container(c.id.clone()));
             }
-            Some(_) => {
-                // Finished before the crash but not yet removed.
+            Verdict::Finished => {
                 if cleanup && let Err(e) = runtime.remove(&c.id).await {
                     warn!(container = %c.id, error = %e, "cannot remove container");
                 }
             }
-            None => {
+            Verdict::Orphan => {
                 warn!(container = %c.id, task_id = %c.task_id, running = c.running, "removing orphaned container (no journal record)");
                 if c.running
                     && let Err(e) = runtime.stop(&c.id, grace).await
@@ -64,7 +94,14 @@ pub async fn reconcile(
                     warn!(container = %c.id, error = %e, "cannot remove orphan");
                 }
             }
+            Verdict::Unclaimed => {
+                warn!(container = %c.id, task_id = %c.task_id, running = c.running, "a container of this worker id without an instance label (made by an older berth) is not in this journal: left alone, since another berth may own it; remove it by hand (docker rm -f) if none does");
+            }
+            Verdict::Foreign(instance) => *foreign.entry(instance).or_default() += 1,
         }
+    }
+    for (instance, containers) in foreign {
+        warn!(%instance, containers, worker_id, "another berth instance (another state_dir) runs containers for this worker id on this engine; they are its own and left alone");
     }
     Ok((records, found))
 }

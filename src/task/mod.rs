@@ -267,6 +267,11 @@ impl TaskEnv {
     pub fn set_settings(&self, s: TaskSettings) {
         *self.settings.write() = Arc::new(s);
     }
+
+    /// Whose the sandboxes this worker creates are: its worker id and instance.
+    pub fn owner(&self) -> crate::spec::owner::Owner {
+        crate::spec::owner::Owner::new(&self.settings().worker_id, self.journal.instance())
+    }
 }
 
 /// One execution's identity and transcript.

@@ -480,8 +480,9 @@ async fn create(
     } else {
         None
     };
+    let owner = env.owner();
     let ctx = SpecContext {
-        worker_id: &s.worker_id,
+        owner: &owner,
         execution_id: &exec.execution_id,
         berth: exec.berth,
         image: &plan.image,
@@ -523,7 +524,10 @@ async fn create(
                 }
                 let ours = runtime.list_managed(&s.worker_id).await.ok().and_then(|l| {
                     l.into_iter()
-                        .find(|c| c.execution_id == exec.execution_id)
+                        .find(|c| {
+                            c.execution_id == exec.execution_id
+                                && c.instance.as_deref() == Some(owner.instance.as_str())
+                        })
                         .map(|c| c.id)
                 });
                 if let Some(id) = ours {

@@ -293,9 +293,21 @@ impl Worker {
         // The egress proxy lives as long as this run (tasks draining at shutdown keep it).
         let gate_stop = CancellationToken::new();
         let _gate_stop = gate_stop.clone().drop_guard();
+        let owner = crate::spec::owner::Owner::new(&c.worker_id, self.journal.instance());
+        // What an earlier run left (a SIGKILL, a one-shot run of an older berth): this
+        // instance's sealed networks that no container uses, with their firewall chains.
+        match crate::egress::sweep(self.runtime.as_ref(), &owner, false).await {
+            Ok(swept) if !swept.removed.is_empty() => {
+                info!(networks = ?swept.removed, "removed sealed egress networks left by an earlier run")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot list sealed egress networks left by an earlier run")
+            }
+        }
         let gate = Arc::new(crate::egress::Gate::new(
             self.runtime.clone(),
-            &c.worker_id,
+            owner,
             c.docker.policy.egress_proxy_port,
             metrics.clone(),
             gate_stop,
@@ -305,6 +317,7 @@ impl Worker {
         {
             error!(error = %e, "egress allowlist cannot be enforced; tasks that need it will fail until it can");
         }
+        let gate_for_close = gate.clone();
         let env = Arc::new(TaskEnv {
             gate: Some(gate),
             metrics: metrics.clone(),
@@ -416,6 +429,8 @@ impl Worker {
         });
         info!(worker_id = %c.worker_id, max_concurrent_tasks = c.max_concurrent_tasks, shutdown_mode = ?c.shutdown_mode, "worker running");
         let deadline = supervisor.run(ev_rx, shutdown).await;
+        // Every task has ended or detached: what no container uses any more goes.
+        gate_for_close.close().await;
         // The supervisor dropped its senders: the session flushes the queue and closes, or
         // gives up at the same deadline the supervisor waited for.
         let session_done = CancellationToken::new();

@@ -661,10 +661,39 @@ impl Drop for SealedCleanup {
         for c in containers_of(&self.0) {
             let _ = Command::new("docker").args(["rm", "-f", &c]).output();
         }
-        let net = berth::egress::Gate::network_name(&self.0);
-        let _ = Command::new("docker")
-            .args(["network", "rm", &net])
-            .output();
-        berth::egress::firewall::unseal(&berth::egress::Gate::bridge_name(&self.0));
+        for (net, bridge) in sealed_networks_of(&self.0) {
+            let _ = Command::new("docker")
+                .args(["network", "rm", &net])
+                .output();
+            berth::egress::firewall::unseal(&bridge);
+        }
     }
+}
+
+/// The sealed networks berth made for `worker_id` (any instance), with their bridges.
+pub fn sealed_networks_of(worker_id: &str) -> Vec<(String, String)> {
+    let out = Command::new("docker")
+        .args(["network", "ls", "--format", "{{.Name}}", "--filter"])
+        .arg(format!("label=berth.worker_id={worker_id}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|net| {
+            let bridge = Command::new("docker")
+                .args([
+                    "network",
+                    "inspect",
+                    "-f",
+                    "{{index .Options \"com.docker.network.bridge.name\"}}",
+                    net,
+                ])
+                .output()
+                .unwrap();
+            (
+                net.to_string(),
+                String::from_utf8_lossy(&bridge.stdout).trim().to_string(),
+            )
+        })
+        .collect()
 }

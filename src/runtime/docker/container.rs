@@ -20,7 +20,9 @@ use crate::protocol::Stream;
 use crate::runtime::{
     ExecRun, ExitStatus, LogEntry, LogStream, ManagedContainer, OutputStream, RuntimeError,
 };
-use crate::spec::{ContainerSpec, LABEL_EXECUTION, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER};
+use crate::spec::{
+    ContainerSpec, LABEL_EXECUTION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER,
+};
 use crate::transcript::split_timestamp;
 
 impl Docker {
@@ -466,6 +468,10 @@ impl Docker {
                     .as_ref()
                     .and_then(|l| l.get(LABEL_EXECUTION).cloned())
                     .unwrap_or_default(),
+                instance: c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_INSTANCE).cloned()),
                 running: c
                     .state
                     .is_some_and(|s| s.to_string().eq_ignore_ascii_case("running")),

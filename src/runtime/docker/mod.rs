@@ -174,9 +174,20 @@ impl Runtime for Docker {
         &self,
         name: &str,
         bridge: &str,
-        worker_id: &str,
+        owner: &crate::spec::owner::Owner,
     ) -> Result<EgressNetwork, RuntimeError> {
-        Docker::ensure_egress_network(self, name, bridge, worker_id).await
+        Docker::ensure_egress_network(self, name, bridge, owner).await
+    }
+
+    async fn sealed_networks(
+        &self,
+        worker_id: &str,
+    ) -> Result<Vec<crate::runtime::SealedNetwork>, RuntimeError> {
+        Docker::sealed_networks(self, worker_id).await
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        Docker::remove_network(self, name).await
     }
 
     async fn container_address(

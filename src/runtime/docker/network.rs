@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use bollard::models::NetworkCreateRequest;
 
 use super::{Docker, api, is_status};
-use crate::runtime::{EgressNetwork, RuntimeError};
-use crate::spec::{LABEL_MANAGED, LABEL_WORKER};
+use crate::runtime::{EgressNetwork, RuntimeError, SealedNetwork};
+use crate::spec::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_WORKER};
 
 /// Docker's option naming the bridge interface on the host (the firewall matches on it).
 const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
@@ -19,7 +19,7 @@ impl Docker {
         &self,
         name: &str,
         bridge: &str,
-        worker_id: &str,
+        owner: &crate::spec::owner::Owner,
     ) -> Result<EgressNetwork, RuntimeError> {
         let inspected = match self.client.inspect_network(name, None).await {
             Ok(n) => n,
@@ -36,10 +36,7 @@ impl Docker {
                             "false".to_string(),
                         ),
                     ])),
-                    labels: Some(HashMap::from([
-                        (LABEL_MANAGED.to_string(), "true".to_string()),
-                        (LABEL_WORKER.to_string(), worker_id.to_string()),
-                    ])),
+                    labels: Some(owner.labels().into_iter().collect()),
                     ..NetworkCreateRequest::default()
                 };
                 match self.client.create_network(req).await {
@@ -86,6 +83,58 @@ impl Docker {
             bridge: bridge.to_string(),
             gateway,
         })
+    }
+
+    pub(super) async fn sealed_networks(
+        &self,
+        worker_id: &str,
+    ) -> Result<Vec<SealedNetwork>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_WORKER}={worker_id}"),
+            ],
+        )]);
+        let opts = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let listed = self
+            .client
+            .list_networks(Some(opts))
+            .await
+            .map_err(api("network list"))?;
+        let mut out = Vec::new();
+        for n in listed {
+            let Some(name) = n.name else { continue };
+            // The list does not say who is attached: ask each one.
+            let inspected = match self.client.inspect_network(&name, None).await {
+                Ok(i) => i,
+                Err(e) if is_status(&e, 404) => continue,
+                Err(e) => return Err(api("network inspect")(e)),
+            };
+            out.push(SealedNetwork {
+                bridge: inspected
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get(BRIDGE_NAME).cloned()),
+                instance: inspected
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_INSTANCE).cloned()),
+                containers: inspected.containers.map_or(0, |c| c.len()),
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.client.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(api("network remove")(e)),
+        }
     }
 
     pub(super) async fn container_address(
