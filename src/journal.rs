@@ -162,6 +162,11 @@ fn valid_instance(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The instance id kept in `state_dir` (none before the first start), without making one.
+pub fn existing_instance(state_dir: &Path) -> Result<Option<String>, JournalError> {
+    instance_id(state_dir, false).map(|id| Some(id).filter(|i| !i.is_empty()))
+}
+
 /// Reads `state_dir/instance-id`, making it on first use.
 fn instance_id(state_dir: &Path, create: bool) -> Result<String, JournalError> {
     let path = state_dir.join(INSTANCE_FILE);

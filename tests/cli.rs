@@ -526,6 +526,8 @@ async fn verify_checks_each_dependency_with_a_real_handshake() {
         "api key",
         "control plane",
         "docker",
+        "dns",
+        "networks",
         "state dir",
         "policy",
     ] {
@@ -535,6 +537,20 @@ async fn verify_checks_each_dependency_with_a_real_handshake() {
             "{check} in:\n{text}"
         );
     }
+    // The engine's version and whether the DNS channel (CVE-2024-29018) is closed.
+    let engine = Command::new("docker")
+        .args(["version", "-f", "{{.Server.Version}}"])
+        .output()
+        .unwrap();
+    let engine = String::from_utf8_lossy(&engine.stdout).trim().to_string();
+    let dns = text
+        .lines()
+        .find(|l| l.contains(" dns "))
+        .unwrap_or_default();
+    assert!(
+        dns.contains(&format!("engine {engine}")) && dns.contains("mitigation in force"),
+        "{dns}"
+    );
     assert!(
         text.contains("handshake accepted the key (berth/1)"),
         "{text}"

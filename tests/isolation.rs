@@ -568,12 +568,199 @@ async fn start_up_removes_its_own_unused_sealed_networks_and_leaves_another_inst
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    assert_eq!(
-        left,
-        [theirs],
-        "only another instance's network stays"
-    );
+    assert_eq!(left, [theirs], "only another instance's network stays");
     w.kill().unwrap();
     w.wait().unwrap();
     cp.shutdown();
+}
+
+/// A DNS server on the host's loopback that records every name asked and refuses it (so the
+/// host's own lookups move on to its next server at once).
+struct LoopbackResolver {
+    asked: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoopbackResolver {
+    async fn start() -> LoopbackResolver {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:53")
+            .await
+            .unwrap_or_else(|e| {
+                panic!("this test needs 127.0.0.1:53 (root, nothing listening there): {e}")
+            });
+        let asked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let record = asked.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let q = &mut buf[..n];
+                if n < 12 {
+                    continue;
+                }
+                record.lock().push(qname(&q[12..]));
+                q[2] |= 0x80; // a response
+                q[3] = (q[3] & 0xf0) | 5; // REFUSED
+                let _ = sock.send_to(q, from).await;
+            }
+        });
+        LoopbackResolver { asked, task }
+    }
+
+    fn saw(&self, token: &str) -> usize {
+        self.asked
+            .lock()
+            .iter()
+            .filter(|n| n.contains(token))
+            .count()
+    }
+}
+
+impl Drop for LoopbackResolver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The dotted name of a DNS question.
+fn qname(mut q: &[u8]) -> String {
+    let mut labels = Vec::new();
+    while let Some((&len, rest)) = q.split_first() {
+        let len = len as usize;
+        if len == 0 || len > rest.len() {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(&rest[..len]).into_owned());
+        q = &rest[len..];
+    }
+    labels.join(".")
+}
+
+/// The host's /etc/resolv.conf pointing at 127.0.0.1 first (as with systemd-resolved), put
+/// back on drop. The engine reads it when a container starts, so the window is kept short.
+struct HostResolvConf(String);
+
+impl HostResolvConf {
+    fn loopback_first() -> HostResolvConf {
+        let original = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        std::fs::write(
+            "/etc/resolv.conf",
+            format!("nameserver 127.0.0.1\n{original}"),
+        )
+        .unwrap();
+        HostResolvConf(original)
+    }
+}
+
+impl Drop for HostResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/etc/resolv.conf", &self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_and_networkless_tasks_cannot_reach_the_hosts_loopback_resolver() {
+    // CVE-2024-29018: engines before 26.0 forward an internal network's unknown names to the
+    // host's resolvers, from the host's namespace when the resolver is on loopback.
+    let resolver = LoopbackResolver::start().await;
+    let (env, _sealed) = allowlisted("dns", "example.invalid:443").await;
+    let token = format!("t{}", uuid::Uuid::new_v4().simple());
+    let probe = |tag: &str| {
+        format!(
+            "echo started; sleep 2; timeout 5 nslookup {tag}-1-{token}.example; \
+             timeout 5 nslookup {tag}-2-{token}.example 127.0.0.11; echo done"
+        )
+    };
+    let control_net = format!("berth-test-dns-{}", std::process::id());
+    let ok = |args: &[&str]| {
+        let o = Command::new("docker").args(args).output().unwrap();
+        assert!(o.status.success(), "docker {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--label",
+        "berth.test=true",
+        &control_net,
+    ]);
+    let _control_cleanup = ControlCleanup(control_net.clone());
+    let started = |id: &str| {
+        env.cp
+            .transcript(id)
+            .is_some_and(|b| String::from_utf8_lossy(&b).contains("started"))
+    };
+    let (sealed, none, control) = {
+        let _resolv = HostResolvConf::loopback_first();
+        // What the engine does without berth's mitigation: a plain container on an internal
+        // network (proves the channel is open on this engine).
+        let control = ok(&[
+            "run",
+            "-d",
+            "--label",
+            "berth.test=true",
+            "--network",
+            &control_net,
+            BUSYBOX,
+            "sh",
+            "-c",
+            &probe("control"),
+        ]);
+        let sealed = env.cp.submit(script(&probe("sealed")));
+        let none = env.cp.submit(SubmitRequest {
+            environment: Some(serde_json::json!({"egress": {"mode": "none"}})),
+            ..script(&probe("none"))
+        });
+        until("both tasks started", || {
+            started(&sealed.id) && started(&none.id)
+        })
+        .await;
+        (sealed, none, control)
+    };
+    for t in [&sealed, &none] {
+        let done = env.finished(&t.id).await;
+        assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    }
+    ok(&["wait", &control]);
+    let engine = ok(&["version", "-f", "{{.Server.Version}}"]);
+    let exposed = berth::spec::dns::exposure(&engine) == berth::spec::dns::Exposure::Affected;
+    let control_seen = resolver.saw(&format!("control-1-{token}"));
+    eprintln!(
+        "engine {engine}: a plain internal-network container's query reached the host's loopback resolver {control_seen} time(s)"
+    );
+    if exposed {
+        assert!(
+            control_seen > 0,
+            "engine {engine} should forward from the host namespace; the test's resolver saw: {:?}",
+            resolver.asked.lock()
+        );
+    }
+    for tag in ["sealed", "none"] {
+        assert_eq!(
+            resolver.saw(&format!("{tag}-1-{token}")) + resolver.saw(&format!("{tag}-2-{token}")),
+            0,
+            "a {tag} task's DNS query left through the host's resolver: {:?}",
+            resolver.asked.lock()
+        );
+    }
+}
+
+/// Removes the control container(s) and network of the DNS test (also when it panics).
+struct ControlCleanup(String);
+
+impl Drop for ControlCleanup {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("network={}", self.0))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.0])
+            .output();
+    }
 }

@@ -40,6 +40,8 @@ pub struct Door {
     pub network: String,
     /// `http://GATEWAY:PORT`.
     pub proxy_url: String,
+    /// The network's gateway on the host.
+    pub gateway: IpAddr,
 }
 
 /// What one task did through the proxy.
@@ -216,6 +218,7 @@ impl Gate {
         let d = Door {
             network: net.name,
             proxy_url: format!("http://{addr}"),
+            gateway: net.gateway,
         };
         *door = Some(d.clone());
         Ok(d)
@@ -299,7 +302,7 @@ pub fn plan(owner: &Owner, net: &SealedNetwork) -> Result<(), Kept> {
 /// firewall chain of its bridge.
 pub async fn sweep(runtime: &dyn Runtime, owner: &Owner, dry: bool) -> Result<Sweep, RuntimeError> {
     let mut out = Sweep::default();
-    for net in runtime.sealed_networks(&owner.worker_id).await? {
+    for net in runtime.sealed_networks(Some(&owner.worker_id)).await? {
         if let Err(why) = plan(owner, &net) {
             out.kept.push((net.name, why));
             continue;
@@ -359,6 +362,7 @@ mod tests {
         let me = Owner::new("w", "mine");
         let net = |instance: Option<&str>, containers| SealedNetwork {
             name: "n".into(),
+            worker_id: "w".into(),
             bridge: Some("berth-x".into()),
             instance: instance.map(str::to_string),
             containers,

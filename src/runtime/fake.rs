@@ -523,7 +523,7 @@ impl Runtime for FakeRuntime {
 
     async fn sealed_networks(
         &self,
-        _worker_id: &str,
+        _worker_id: Option<&str>,
     ) -> Result<Vec<crate::runtime::SealedNetwork>, RuntimeError> {
         Ok(Vec::new())
     }

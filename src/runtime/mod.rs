@@ -155,6 +155,8 @@ pub struct UsageSample {
 pub struct SealedNetwork {
     /// Docker network name.
     pub name: String,
+    /// `berth.worker_id` label.
+    pub worker_id: String,
     /// Bridge interface on the host (its firewall chain is named after it).
     pub bridge: Option<String>,
     /// `berth.instance` label (none on networks of a berth before instance labels).
@@ -185,8 +187,11 @@ pub trait Runtime: Send + Sync {
         bridge: &str,
         owner: &crate::spec::owner::Owner,
     ) -> Result<EgressNetwork, RuntimeError>;
-    /// The sealed networks labelled with `worker_id` (every instance's).
-    async fn sealed_networks(&self, worker_id: &str) -> Result<Vec<SealedNetwork>, RuntimeError>;
+    /// The sealed networks labelled with `worker_id` (every instance's), or every worker's.
+    async fn sealed_networks(
+        &self,
+        worker_id: Option<&str>,
+    ) -> Result<Vec<SealedNetwork>, RuntimeError>;
     /// Removes a network; a missing one is fine.
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError>;
     /// The container's address on `network`, once it runs.

@@ -3,6 +3,7 @@
 //! Everything here follows PROTOCOL.md §5 to the letter; it is what makes a berth container
 //! indistinguishable from one the Oz worker would have started.
 
+pub mod dns;
 pub mod egress;
 pub mod environment;
 pub mod holder;
@@ -449,6 +450,10 @@ pub struct ContainerSpec {
     pub init: bool,
     /// Operator security settings.
     pub security: crate::spec::policy::Security,
+    /// The servers the engine's embedded resolver forwards unknown names to (`--dns`); empty:
+    /// the engine's default. A sealed task gets its network's gateway, where nothing answers
+    /// DNS: see [`crate::spec::dns::sealed_dns`].
+    pub dns: Vec<String>,
 }
 
 /// Inputs of [`container_spec`] that are not in the assignment.
@@ -543,6 +548,7 @@ pub fn container_spec(
         memory_swap_bytes: ctx.limits.memory_bytes,
         init: true,
         security: ctx.security.clone(),
+        dns: Vec::new(),
     })
 }
 

@@ -504,6 +504,7 @@ async fn create(
         spec.env.push("HOME=/tmp".to_string());
     }
     if let Some(d) = &door {
+        spec.dns = crate::spec::dns::sealed_dns(d.gateway);
         // Last, so they win over any the task set itself (which would lead nowhere).
         spec.env.extend(
             crate::spec::egress::proxy_env(&d.proxy_url)

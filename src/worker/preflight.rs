@@ -70,6 +70,8 @@ pub async fn run(
     });
     checks.push(control_plane(config, key, running).await);
     let docker = Docker::connect(config.docker.host.as_deref(), docker_host_env);
+    // Checks that need the engine's answer, listed after it.
+    let mut extra = Vec::new();
     let (docker_check, policy_check) = match docker {
         Err(e) => (
             Check::fail("docker", e.to_string()),
@@ -84,6 +86,13 @@ pub async fn run(
                 let runtimes = super::check_runtimes(&d, &config.docker.policy)
                     .await
                     .map_err(|e| e.to_string());
+                extra.push(dns(&info.version));
+                extra.push(
+                    match crate::runtime::Runtime::sealed_networks(&d, None).await {
+                        Ok(nets) => networks(config, &nets),
+                        Err(e) => Check::fail("networks", format!("cannot list them: {e}")),
+                    },
+                );
                 (
                     Check::ok(
                         "docker",
@@ -98,6 +107,7 @@ pub async fn run(
         },
     };
     checks.push(docker_check);
+    checks.extend(extra);
     checks.push(state_dir(&config.state_dir, config.admission.min_free_disk));
     checks.push(policy_check);
     checks
@@ -213,6 +223,62 @@ fn state_dir(dir: &Path, min_free: u64) -> Check {
     )
 }
 
+/// Whether the engine lets a sealed task's DNS out (CVE-2024-29018), and what berth does.
+fn dns(engine: &str) -> Check {
+    use crate::spec::dns::Exposure;
+    let engine_says = match crate::spec::dns::exposure(engine) {
+        Exposure::Affected => format!(
+            "engine {engine} forwards an internal network's unknown names to the host's resolvers, from the host when they are on loopback (CVE-2024-29018; fixed in 26.0.0, 25.0.4, 23.0.11)"
+        ),
+        Exposure::Fixed => format!("engine {engine} is not affected by CVE-2024-29018"),
+        Exposure::Unknown => format!("engine version {engine:?} unknown"),
+    };
+    Check::ok(
+        "dns",
+        format!(
+            "{engine_says}; allowlisted tasks resolve only through their sealed network's gateway, where nothing answers, and egress-none tasks have no resolver: mitigation in force"
+        ),
+    )
+}
+
+/// The sealed networks on the engine: this worker's (in use, or left to remove at the next
+/// start), another instance's, and unused ones of other worker ids, which only an operator can
+/// judge (each holds one of the engine's address pools).
+fn networks(config: &Config, nets: &[crate::runtime::SealedNetwork]) -> Check {
+    use crate::spec::owner::{Owner, Ownership};
+    let instance = crate::journal::existing_instance(&config.state_dir)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let me = Owner::new(&config.worker_id, &instance);
+    let mut lines = Vec::new();
+    let mut strays = Vec::new();
+    for n in nets {
+        if n.worker_id != config.worker_id {
+            if n.containers == 0 {
+                strays.push(format!("{} (worker {})", n.name, n.worker_id));
+            }
+            continue;
+        }
+        lines.push(match (me.ownership(n.instance.as_deref()), n.containers) {
+            (Ownership::Other(i), _) => format!("{} is another berth instance's ({i})", n.name),
+            (_, 0) => format!("{} unused: removed at this worker's next start", n.name),
+            (_, c) => format!("{} in use by {c} task container(s)", n.name),
+        });
+    }
+    if !strays.is_empty() {
+        lines.push(format!(
+            "{} unused sealed network(s) of other worker ids, which no berth of this config removes: {}; if those berths are gone (a one-shot job killed with SIGKILL), remove them with docker network rm: each holds one of the engine's address pools",
+            strays.len(),
+            strays.join(", ")
+        ));
+    }
+    if lines.is_empty() {
+        return Check::ok("networks", "no sealed network left on the engine");
+    }
+    Check::ok("networks", lines.join("; "))
+}
+
 /// The policy's runtimes are registered; a summary of what tasks get.
 fn policy(config: &Config, runtimes: Result<(), String>) -> Check {
     const NAME: &str = "policy";
@@ -248,6 +314,67 @@ fn policy(config: &Config, runtimes: Result<(), String>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_says_whether_the_engine_leaks_dns_and_that_berth_closes_it() {
+        let c = dns("20.10.24+dfsg1");
+        assert!(c.ok, "{c:?}");
+        assert!(
+            c.detail.contains("CVE-2024-29018") && c.detail.contains("20.10.24+dfsg1"),
+            "{c:?}"
+        );
+        assert!(c.detail.contains("mitigation in force"), "{c:?}");
+        assert!(dns("27.1.0").detail.contains("not affected"));
+    }
+
+    #[test]
+    fn verify_names_leftover_sealed_networks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(crate::journal::INSTANCE_FILE), "me\n").unwrap();
+        let yaml = format!("worker_id: w1\nstate_dir: {}\n", dir.path().display());
+        let config = crate::config::load_str(
+            Some(&yaml),
+            None,
+            &crate::config::Overrides {
+                api_key: Some(crate::secret::Secret::new("k")),
+                ..crate::config::Overrides::default()
+            },
+            &|_| None,
+        )
+        .unwrap();
+        let net =
+            |name: &str, worker: &str, instance: &str, containers| crate::runtime::SealedNetwork {
+                name: name.into(),
+                worker_id: worker.into(),
+                bridge: None,
+                instance: Some(instance.into()),
+                containers,
+            };
+        let c = networks(
+            &config,
+            &[
+                net("mine-busy", "w1", "me", 2),
+                net("mine-idle", "w1", "me", 0),
+                net("theirs", "w1", "other", 0),
+                net("stray", "w9", "x", 0),
+                net("live", "w8", "y", 1),
+            ],
+        );
+        for want in [
+            "mine-busy in use by 2",
+            "mine-idle unused: removed at this worker's next start",
+            "theirs is another berth instance's (other)",
+            "1 unused sealed network(s) of other worker ids",
+            "stray (worker w9)",
+        ] {
+            assert!(c.detail.contains(want), "{want:?} in {c:?}");
+        }
+        assert!(!c.detail.contains("live"), "{c:?}");
+        assert_eq!(
+            networks(&config, &[]).detail,
+            "no sealed network left on the engine"
+        );
+    }
 
     #[test]
     fn a_writable_private_state_dir_passes_and_a_wide_one_fails() {

@@ -63,6 +63,7 @@ impl Docker {
                 .filter(|t| !t.is_empty()),
                 runtime: spec.security.runtime.clone(),
                 network_mode: Some(spec.security.network.clone()),
+                dns: Some(spec.dns.clone()).filter(|d| !d.is_empty()),
                 // Explicit, so a host-wide log driver of none/syslog cannot hide task output;
                 // `local` keeps raw bytes (json-file turns invalid UTF-8 into U+FFFD) and is
                 // what berth re-reads after a restart.

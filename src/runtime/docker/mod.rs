@@ -181,7 +181,7 @@ impl Runtime for Docker {
 
     async fn sealed_networks(
         &self,
-        worker_id: &str,
+        worker_id: Option<&str>,
     ) -> Result<Vec<crate::runtime::SealedNetwork>, RuntimeError> {
         Docker::sealed_networks(self, worker_id).await
     }

@@ -87,14 +87,15 @@ impl Docker {
 
     pub(super) async fn sealed_networks(
         &self,
-        worker_id: &str,
+        worker_id: Option<&str>,
     ) -> Result<Vec<SealedNetwork>, RuntimeError> {
+        let worker = match worker_id {
+            Some(w) => format!("{LABEL_WORKER}={w}"),
+            None => LABEL_WORKER.to_string(),
+        };
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![
-                format!("{LABEL_MANAGED}=true"),
-                format!("{LABEL_WORKER}={worker_id}"),
-            ],
+            vec![format!("{LABEL_MANAGED}=true"), worker],
         )]);
         let opts = bollard::query_parameters::ListNetworksOptionsBuilder::default()
             .filters(&filters)
@@ -122,6 +123,11 @@ impl Docker {
                     .labels
                     .as_ref()
                     .and_then(|l| l.get(LABEL_INSTANCE).cloned()),
+                worker_id: inspected
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_WORKER).cloned())
+                    .unwrap_or_default(),
                 containers: inspected.containers.map_or(0, |c| c.len()),
                 name,
             });
