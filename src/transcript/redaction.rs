@@ -278,7 +278,7 @@ mod tests {
         assert!(capped("tokio_tungstenite", &Level::TRACE));
         assert!(!capped("tungstenite::protocol", &Level::DEBUG));
         assert!(!capped("tungstenite_other", &Level::TRACE));
-        assert!(!capped("berth::control::session", &Level::TRACE));
+        assert!(!capped("berth", &Level::TRACE));
     }
 
     #[test]
