@@ -148,3 +148,69 @@ async fn a_task_assigned_as_the_engine_goes_away_waits_for_it_instead_of_failing
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_ended_by_the_engine_stopping_are_not_blamed_on_the_task() {
+    // dockerd's own stop, step by step as it does it: close the API listener (connections open
+    // go on), SIGTERM every container, exit; then it starts again.
+    let mut proxy = Proxy::start();
+    let env = env_behind(&proxy, "engine-stop").await;
+    let tasks: Vec<_> = (0..2)
+        .map(|_| env.submit(&["sh", "-c", "echo before; sleep 40; echo after"]))
+        .collect();
+    for t in &tasks {
+        until("task running", || {
+            transcript(&env, &t.id).contains("before\n")
+        })
+        .await;
+    }
+    proxy.stop_accepting();
+    for id in containers_of(&env.worker_id) {
+        let out = Command::new("docker")
+            .args(["kill", "--signal", "TERM", &id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.down();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.up();
+    for t in &tasks {
+        let done = env.finished(&t.id).await;
+        assert_eq!(done.state, TaskState::Failed, "{done:?}");
+        assert_eq!(done.terminal_distinct, 1, "exactly one result: {done:?}");
+        assert_eq!(
+            done.failure_reason.as_deref(),
+            Some("container_wait"),
+            "the engine's doing, not the task's exit: {done:?}"
+        );
+        assert_eq!(done.exit_code, Some(143));
+        let msg = done.message.clone().unwrap_or_default();
+        assert!(
+            msg.contains("the Docker engine stopped at")
+                && msg.contains("received SIGTERM (exit status 143)")
+                && msg.contains("not the task itself"),
+            "{msg}"
+        );
+        until("transcript complete", || {
+            env.cp.task(&t.id).is_some_and(|t| t.complete())
+        })
+        .await;
+        let text = transcript(&env, &t.id);
+        assert!(
+            text.contains("[berth] Failed to execute task: the Docker engine stopped at"),
+            "{text}"
+        );
+        assert!(!text.contains("after\n"), "{text}");
+    }
+    // The engine is back: a new task runs.
+    let (done, text) = env
+        .run(berth::devserver::state::SubmitRequest {
+            image: Some(BUSYBOX.into()),
+            command: vec!["echo".into(), "fine".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{text}");
+}

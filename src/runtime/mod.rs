@@ -178,7 +178,7 @@ pub struct EgressNetwork {
 
 #[async_trait]
 pub trait Runtime: Send + Sync {
-    /// Whether the engine answers (bounded: at most a few seconds).
+    /// Whether the engine takes a new connection and answers (bounded: at most a few seconds).
     async fn ping(&self) -> Result<(), RuntimeError>;
     /// Creates (or checks) the sealed network egress-restricted tasks run on.
     async fn ensure_egress_network(

@@ -5,6 +5,7 @@
 
 mod anchor;
 pub mod capture;
+pub mod engine_stop;
 mod phases;
 pub mod provision;
 mod supervise;

@@ -66,7 +66,7 @@ pub(super) async fn supervise(
     let mut captured = None;
     let waiting = async {
         tokio::select! {
-            r = wait_through_outages(env, id) => Some(r),
+            r = wait_through_outages(env, id, true) => Some(r),
             never = sample(env, id, control) => match never {},
             _ = control.token.cancelled() => None,
             _ = sleep_or_forever(timeout) => {
@@ -93,7 +93,8 @@ pub(super) async fn supervise(
             alongside(announce, &mut capture, &mut captured).await;
             let stopped = async {
                 stop_through_outages(env, id, grace).await;
-                wait_through_outages(env, id).await
+                // berth stopped it: its exit is not the engine's doing.
+                wait_through_outages(env, id, false).await
             };
             alongside(stopped, &mut capture, &mut captured).await
         }
@@ -171,15 +172,15 @@ type CaptureResult = Result<(), capture::CaptureError>;
 /// Waits for the container to exit, riding out Docker engine outages: while the engine does
 /// not answer, the wait is retried with a capped backoff (the container keeps running; the
 /// session stays up). Once it answers, the container's state decides: still running → wait
-/// again; exited → its status (a failure says the engine was away, since an engine restart
-/// stops containers); gone → the task failed with a message saying so.
-async fn wait_through_outages(env: &TaskEnv, id: &str) -> Outcome {
+/// again; exited → its status, unless the engine's stop ended it (`own` exits only: see
+/// [`crate::task::engine_stop`]); gone → the task failed with a message saying so.
+async fn wait_through_outages(env: &TaskEnv, id: &str, own: bool) -> Outcome {
     let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(5));
-    let mut outage: Option<tokio::time::Instant> = None;
+    let mut outage: Option<Outage> = None;
     let mut errors_while_up = 0u32;
     loop {
         let err = match env.runtime.wait(id).await {
-            Ok(st) => return exited_after(st, outage),
+            Ok(st) => return exited(env, st, outage.as_ref(), own).await,
             Err(e) => e,
         };
         let state = env.runtime.inspect_state(id).await;
@@ -188,7 +189,7 @@ async fn wait_through_outages(env: &TaskEnv, id: &str) -> Outcome {
             env.engine.suspect();
         }
         match state {
-            Ok(Some((false, st))) => return exited_after(st, outage),
+            Ok(Some((false, st))) => return exited(env, st, outage.as_ref(), own).await,
             Ok(Some((true, _))) => {
                 // The engine answers and the container runs: the wait itself failed.
                 errors_while_up += 1;
@@ -213,7 +214,7 @@ async fn wait_through_outages(env: &TaskEnv, id: &str) -> Outcome {
             Err(e) => {
                 if outage.is_none() {
                     warn!(container = %id, error = %e, "Docker engine unreachable while the task runs; waiting for it");
-                    outage = Some(tokio::time::Instant::now());
+                    outage = Some(Outage::now());
                 }
                 env.engine.suspect();
                 tokio::time::sleep(backoff.next_delay()).await;
@@ -226,22 +227,54 @@ pub(super) fn short(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
 
-/// The outcome of an exit seen after an engine outage: a non-zero status (not an OOM kill)
-/// says the engine was away, since an engine restart stops the containers it runs.
-fn exited_after(st: ExitStatus, outage: Option<tokio::time::Instant>) -> Outcome {
-    match outage {
-        Some(since) if st.code != 0 && !st.oom_killed => {
-            Outcome::Failure(crate::failure::Failure {
-                reason: FailureReason::ContainerExit,
-                detail: format!(
-                    "container exited with non-zero status: {} after the Docker engine was unreachable for {} s during the task (a Docker engine restart stops running containers); resubmit the task if it did not fail on its own",
-                    st.code,
-                    since.elapsed().as_secs()
-                ),
-                exit_code: Some(st.code),
-            })
+/// When berth first saw the engine unreachable during a wait.
+struct Outage {
+    at: tokio::time::Instant,
+    wall: chrono::DateTime<chrono::Utc>,
+}
+
+impl Outage {
+    fn now() -> Outage {
+        Outage {
+            at: tokio::time::Instant::now(),
+            wall: chrono::Utc::now(),
         }
-        _ => Outcome::Exited(st),
+    }
+}
+
+fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// The outcome of an exit: the container's status, or — when it ended in an engine outage, or
+/// by a signal just as the engine stopped taking connections — a failure that says the host's
+/// engine ended it (see [`crate::task::engine_stop`]).
+async fn exited(env: &TaskEnv, st: ExitStatus, outage: Option<&Outage>, own: bool) -> Outcome {
+    use crate::task::engine_stop::{EngineSeen, by_signal, engine_failure};
+    if !own || st.code == 0 {
+        return Outcome::Exited(st);
+    }
+    let seen = match outage {
+        Some(o) => EngineSeen::Outage {
+            since: utc(o.wall),
+            secs: o.at.elapsed().as_secs(),
+        },
+        // dockerd closes its listener before it stops containers: an engine that refuses a new
+        // connection now is stopping (the ping dials afresh; the wait's own connection lives on).
+        None if by_signal(&st) && env.runtime.ping().await.is_err() => {
+            env.engine.suspect();
+            EngineSeen::Stopping {
+                at: utc(chrono::Utc::now()),
+            }
+        }
+        None => EngineSeen::Up,
+    };
+    match engine_failure(&st, &seen) {
+        Some(f) => {
+            warn!(code = st.code, detail = %f.detail, "the Docker engine's stop ended the task's container");
+            Outcome::Failure(f)
+        }
+        None => Outcome::Exited(st),
     }
 }
 

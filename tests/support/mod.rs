@@ -537,6 +537,8 @@ fn upstream() -> PathBuf {
 pub struct Proxy {
     path: PathBuf,
     stop: CancellationToken,
+    /// Cancelled to stop accepting new connections only (a stopping dockerd's first step).
+    accepting: CancellationToken,
     refuse_removals: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
@@ -565,6 +567,7 @@ impl Proxy {
         let mut p = Proxy {
             path,
             stop: CancellationToken::new(),
+            accepting: CancellationToken::new(),
             refuse_removals: Arc::new(AtomicBool::new(false)),
             _dir: dir,
         };
@@ -587,12 +590,14 @@ impl Proxy {
         let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
         let stop = CancellationToken::new();
         self.stop = stop.clone();
+        let accepting = stop.child_token();
+        self.accepting = accepting.clone();
         let refuse = self.refuse_removals.clone();
         tokio::spawn(async move {
             loop {
                 let (client, _) = tokio::select! {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => return },
-                    _ = stop.cancelled() => return,
+                    _ = accepting.cancelled() => return,
                 };
                 let stop = stop.clone();
                 let refuse = refuse.clone();
@@ -635,6 +640,13 @@ impl Proxy {
                 });
             }
         });
+    }
+
+    /// Refuses new connections while those open go on, as dockerd does when it starts to stop
+    /// (it closes its API listener, then stops the containers, then exits).
+    pub fn stop_accepting(&self) {
+        self.accepting.cancel();
+        let _ = std::fs::remove_file(&self.path);
     }
 
     pub fn down(&self) {

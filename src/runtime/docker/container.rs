@@ -161,13 +161,17 @@ impl Docker {
         super::cgroup::read(&located).ok()
     }
 
-    /// Whether the engine answers (`/_ping`, at most 5 s).
+    /// Whether the engine accepts a new connection and answers (`/_ping`, at most 5 s).
     pub(super) async fn ping(&self) -> Result<(), RuntimeError> {
         let unreachable = |reason: String| RuntimeError::Unreachable {
             host: self.host.clone(),
             reason,
         };
-        match tokio::time::timeout(Duration::from_secs(5), self.client.ping()).await {
+        // A client of its own, so the ping dials a new connection: a stopping dockerd closes
+        // its listener first and still answers on connections already open (the pool's).
+        let fresh = bollard::Docker::connect_with_host(&self.host)
+            .map_err(|e| unreachable(e.to_string()))?;
+        match tokio::time::timeout(Duration::from_secs(5), fresh.ping()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(unreachable(e.to_string())),
             Err(_) => Err(unreachable("no answer within 5 s".into())),
