@@ -825,8 +825,10 @@ async fn no_secret_reaches_the_log_at_trace_in_text_or_json() {
             &id,
             state.path(),
             &[
+                // Every crate at trace (a bare level would be berth's alone): the HTTP and
+                // WebSocket stacks' own lines must not carry a secret either.
                 "--log-level",
-                "trace",
+                "trace,berth=trace",
                 "--log-format",
                 format,
                 "--server-root-url",

@@ -596,15 +596,33 @@ impl Supervisor {
                 let deadline = *flush_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + self.cfg.shutdown_grace);
                 // Both modes wait (up to shutdown_grace) for the results of tasks that ended:
-                // a detached task has no result yet, but one that finished before the stop is
-                // owed now, not at the next start.
-                if self.deliveries.is_empty() && self.closures.is_empty() {
-                    info!("shutdown: every result delivered");
+                // one that finished before the stop is owed now, not at the next start. A
+                // detached task (preserve) has no result yet and its output ships from the
+                // next start, so it holds nothing up; nor do owed closures, which that start
+                // proves.
+                let preserve = self.cfg.shutdown_mode == ShutdownMode::Preserve;
+                let owed = if preserve {
+                    self.deliveries
+                        .values()
+                        .filter(|d| d.terminal.borrow().is_some())
+                        .count()
+                } else {
+                    self.deliveries.len()
+                };
+                if owed == 0 && (preserve || self.closures.is_empty()) {
+                    if self.deliveries.is_empty() {
+                        info!("shutdown: every result delivered");
+                    } else {
+                        info!(
+                            detached = self.deliveries.len(),
+                            "shutdown: every result delivered; detached tasks keep running and the next start re-attaches them"
+                        );
+                    }
                     break deadline;
                 }
                 if tokio::time::Instant::now() >= deadline {
                     warn!(
-                        undelivered = self.deliveries.len(),
+                        undelivered = owed,
                         closures_owed = self.closures.len(),
                         "shutdown deadline (shutdown_grace) hit with undelivered results or owed closures; they stay in the journal and are sent by the next start"
                     );
