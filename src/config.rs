@@ -75,6 +75,10 @@ pub struct TranscriptSettings {
     pub full_disk_patience: Duration,
     /// Live output bytes between resume anchors (0: never).
     pub anchor_every: u64,
+    /// How long capture may go on reading the engine's log after the container stopped,
+    /// besides `full_disk_patience`, before what it did not read is counted instead. Not a
+    /// configuration key (always [`DEFAULT_CAPTURE_DRAIN`] from a file); tests shorten it.
+    pub capture_drain: Duration,
 }
 
 /// Log output format.
@@ -1729,8 +1733,12 @@ fn transcript_section(raw: Option<RawTranscript>, c: &mut Collector<'_>) -> Tran
         retention,
         full_disk_patience,
         anchor_every,
+        capture_drain: DEFAULT_CAPTURE_DRAIN,
     }
 }
+
+/// Default of [`TranscriptSettings::capture_drain`].
+pub const DEFAULT_CAPTURE_DRAIN: Duration = Duration::from_secs(60);
 
 /// Default of `transcript.anchor_every`.
 pub const DEFAULT_ANCHOR_EVERY: u64 = 128 << 20;

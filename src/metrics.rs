@@ -492,7 +492,7 @@ impl Metrics {
             &mut o,
             "berth_transcript_lost_bytes_total",
             "counter",
-            "Output bytes of finished executions that could not be stored (state_dir full); each gap is marked in its transcript.",
+            "Output bytes of finished executions that could not be stored (state_dir full) or were not read in time (counted in the engine's log); each gap is marked in its transcript.",
             self.transcript_lost_bytes.load(Ordering::Relaxed),
         );
         scalar(

@@ -1574,6 +1574,95 @@ proptest! {
             Ok(())
         })?;
     }
+
+    #[test]
+    fn a_capture_dropped_anywhere_leaves_a_count_that_adds_up_to_the_whole_transcript(
+        log in engine_log(),
+        stop_after in 0usize..70,
+        flushed in any::<bool>(),
+        secret in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let fake = FakeRuntime::new();
+            let id = fake.add_container(WORKER, "cap", "cap-e1", false, log.clone(),
+                Some(ExitStatus { code: 0, oom_killed: false }));
+            let secrets = if secret { vec![b"xx\no".to_vec(), b"xxxx".to_vec()] } else { vec![] };
+            let once = tempfile::tempdir().unwrap();
+            capture_with_kills(&fake, &id, once.path(), &[], &secrets).await;
+            let want: usize = spooled(once.path()).iter().map(Vec::len).sum();
+            // Capture is dropped wherever its bound ran out (as `supervise` drops it), ...
+            let dir = tempfile::tempdir().unwrap();
+            let spool = open_spool(dir.path());
+            fake.cut_logs_after(Some(stop_after));
+            {
+                let capture = berth::task::capture::capture(&fake, &id, &spool, secrets.clone(), None);
+                tokio::pin!(capture);
+                tokio::select! {
+                    r = &mut capture => r.unwrap(),
+                    _ = fake.cut_reached() => if flushed {
+                        let _ = tokio::time::timeout(Duration::from_millis(60), &mut capture).await;
+                    },
+                }
+            }
+            fake.cut_logs_after(None);
+            // ... and the rest is counted from the spool's resume point, storing nothing.
+            let from = berth::transcript::spool::lock(&spool).last_resume();
+            let mut tally = berth::task::capture::Tally::new(from, secrets.clone());
+            berth::task::capture::count_rest(&fake, &id, &mut tally).await.unwrap();
+            let (counted, _) = tally.counted();
+            let stored: usize = spooled(dir.path()).iter().map(Vec::len).sum();
+            prop_assert_eq!(stored as u64 + counted, want as u64, "stored {} + counted {}", stored, counted);
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test]
+async fn counting_a_log_that_stops_answering_keeps_what_it_counted_as_a_lower_bound() {
+    let fake = FakeRuntime::new();
+    let log: Vec<LogEntry> = (0..10)
+        .map(|i| LogEntry {
+            stream: Stream::Stdout,
+            ts: T0 + i * SEC,
+            bytes: format!("line {i}\n").into_bytes().into(),
+        })
+        .collect();
+    let id = fake.add_container(
+        WORKER,
+        "cnt",
+        "cnt-e1",
+        false,
+        log,
+        Some(ExitStatus {
+            code: 0,
+            oom_killed: false,
+        }),
+    );
+    // The log hangs after 4 entries: the caller's deadline ends the count.
+    fake.cut_logs_after(Some(4));
+    let mut tally = berth::task::capture::Tally::new(Default::default(), Vec::new());
+    let counting = berth::task::capture::count_rest(&fake, &id, &mut tally);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), counting)
+            .await
+            .is_err()
+    );
+    assert_eq!(tally.counted().0, 4 * "line 0\n".len() as u64);
+    // Gone with its container, the log fails at once, with nothing more counted.
+    fake.cut_logs_after(None);
+    fake.fail_next(
+        Op::Logs,
+        RuntimeError::Api {
+            op: "container logs",
+            reason: "No such container (HTTP 404)".into(),
+        },
+    );
+    fake.lose(&id);
+    let mut tally = berth::task::capture::Tally::new(Default::default(), Vec::new());
+    let r = berth::task::capture::count_rest(&fake, &id, &mut tally).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(tally.counted().0, 0);
 }
 
 // ---- shutdown -----------------------------------------------------------------------------

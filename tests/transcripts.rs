@@ -484,6 +484,14 @@ struct DiskEnv {
 
 impl DiskEnv {
     async fn start(name: &str, size: &str, yaml: &str) -> Option<DiskEnv> {
+        let opts = EnvOptions {
+            yaml: yaml.into(),
+            ..EnvOptions::default()
+        };
+        DiskEnv::start_with(name, size, opts).await
+    }
+
+    async fn start_with(name: &str, size: &str, opts: EnvOptions) -> Option<DiskEnv> {
         let dir = tempfile::tempdir().unwrap();
         let Some(fs) = Tmpfs::mount(dir.path(), size) else {
             eprintln!(
@@ -498,8 +506,7 @@ impl DiskEnv {
                     state_dir: Some(dir.path().to_path_buf()),
                     ..Default::default()
                 },
-                yaml: yaml.into(),
-                ..EnvOptions::default()
+                ..opts
             },
         )
         .await;
@@ -748,6 +755,35 @@ async fn a_restart_after_resume_anchors_resumes_from_the_anchor_with_no_byte_los
     cp.shutdown();
 }
 
+/// The bytes every `system` line of a transcript announces as lost.
+fn announced_lost(system: &str) -> u64 {
+    system
+        .lines()
+        .filter_map(|l| {
+            l.split(" bytes of output were lost")
+                .next()
+                .filter(|_| l.contains("were lost"))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A transcript's stored stdout bytes and its `system` text.
+fn stored_and_system(cp: &ControlPlane, id: &str) -> (u64, String) {
+    let (runs, _) = cp.transcript_since(id, 0).unwrap();
+    let stored = runs
+        .iter()
+        .filter(|(_, s, _)| *s == Stream::Stdout)
+        .map(|(_, _, b)| b.len() as u64)
+        .sum();
+    let system = runs
+        .iter()
+        .filter(|(_, s, _)| *s == Stream::System)
+        .map(|(_, _, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    (stored, system)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_dir_that_stays_full_counts_every_lost_byte_in_the_transcript_and_result() {
     let Some(DiskEnv { _dir, fs: _fs, env }) =
@@ -763,28 +799,10 @@ async fn a_state_dir_that_stays_full_counts_every_lost_byte_in_the_transcript_an
     );
     let want: u64 = 5000 * 4000;
     let done = complete(&env.cp, &t.id).await;
-    let (runs, _) = env.cp.transcript_since(&t.id, 0).unwrap();
-    let stored: u64 = runs
-        .iter()
-        .filter(|(_, s, _)| *s == Stream::Stdout)
-        .map(|(_, _, b)| b.len() as u64)
-        .sum();
-    let system: String = runs
-        .iter()
-        .filter(|(_, s, _)| *s == Stream::System)
-        .map(|(_, _, b)| String::from_utf8_lossy(b).into_owned())
-        .collect();
+    let (stored, system) = stored_and_system(&env.cp, &t.id);
     // Every gap is announced where it happened, with its size; the sizes and the stored
     // bytes add up to what the task printed.
-    let announced: u64 = system
-        .lines()
-        .filter_map(|l| {
-            l.split(" bytes of output were lost")
-                .next()
-                .filter(|_| l.contains("were lost"))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let announced = announced_lost(&system);
     assert!(
         stored < want,
         "the disk cannot hold it all ({stored} of {want})"
@@ -1012,4 +1030,55 @@ async fn an_unreadable_journal_record_stops_no_container_and_names_the_fix() {
     w.kill().unwrap();
     w.wait().unwrap();
     cp.shutdown();
+}
+
+/// The field report: a full `state_dir`, output given up after the patience, and capture still
+/// reading the engine's log when its bound after the container's exit ran out. The engine hands
+/// short lines back at some 100k entries a second, far slower than a task prints them, so the
+/// bound (shortened here from 60 s to 1 s) is reached with much of the log unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_capture_that_cannot_drain_in_time_counts_what_it_did_not_read_as_lost() {
+    let opts = EnvOptions {
+        yaml: "transcript:\n  full_disk_patience: 1s\n".into(),
+        capture_drain: Some(Duration::from_secs(1)),
+        ..EnvOptions::default()
+    };
+    let Some(DiskEnv { _dir, fs: _fs, env }) = DiskEnv::start_with("diskdrain", "4m", opts).await
+    else {
+        return;
+    };
+    // 40 MB of 100-byte lines (400,000 log entries) into a 4 MiB state_dir.
+    let t = run_task(
+        &env.cp,
+        "l=$(head -c 99 /dev/zero | tr '\\0' x); yes \"$l\" | head -c 40000000",
+        &[],
+    );
+    let want: u64 = 40_000_000;
+    let done = complete(&env.cp, &t.id).await;
+    let (stored, system) = stored_and_system(&env.cp, &t.id);
+    let announced = announced_lost(&system);
+    assert!(
+        system.contains("did not finish within"),
+        "capture drained in time: this test no longer reaches the bound\n{system}"
+    );
+    assert_eq!(
+        stored + announced,
+        want,
+        "stored + announced lost = printed (stored {stored}, announced {announced})\n{system}"
+    );
+    assert!(
+        !system.contains("may be missing") && !system.contains("at least"),
+        "the gap is counted, not guessed at\n{system}"
+    );
+    let msg = done.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("{announced} bytes")),
+        "the result says what was lost: {msg}"
+    );
+    let metrics = env.metrics().await;
+    assert!(
+        metrics.contains(&format!("berth_transcript_lost_bytes_total {announced}\n")),
+        "the metric counts what was lost ({announced})"
+    );
+    drop(env);
 }

@@ -643,6 +643,102 @@ async fn capture_log(
     Ok(())
 }
 
+/// The count of what capture did not read: the transcript bytes the engine's log holds after
+/// a resume point, produced by the same [`Replay`] capture uses (so redaction, and the bytes
+/// already spooled that a resumed reader drops, count exactly as capture would have spooled
+/// them), with nothing written anywhere.
+pub struct Tally {
+    replay: Replay,
+    bytes: u64,
+    resume: Resume,
+}
+
+impl Tally {
+    /// A count from `from` (the spool's [`last_resume`]).
+    ///
+    /// [`last_resume`]: crate::transcript::spool::Spool::last_resume
+    pub fn new(from: Resume, secrets: Vec<Vec<u8>>) -> Self {
+        Tally {
+            replay: Replay::new(from, secrets),
+            bytes: 0,
+            resume: from,
+        }
+    }
+
+    /// Starts a new read of the log at [`Tally::since_secs`].
+    pub fn start_read(&mut self) {
+        self.replay.start_read();
+    }
+
+    /// The `since` of the next read (whole seconds, inclusive).
+    pub fn since_secs(&self) -> i64 {
+        self.replay.since_secs()
+    }
+
+    /// Counts one entry of the engine's log (entries read before are recognised and skipped).
+    pub fn entry(&mut self, stream: Stream, ts: i64, payload: &[u8]) {
+        self.replay.entry(stream, ts, payload);
+        // Settled in batches: what the reader holds stays bounded, as in capture.
+        if self.replay.pending() >= BATCH {
+            self.settle();
+        }
+    }
+
+    /// End of the log: what a redactor still held counts too.
+    pub fn finish(&mut self) {
+        self.replay.finish();
+        self.settle();
+    }
+
+    /// Bytes counted so far and the resume point after them. Before [`Tally::finish`], bytes a
+    /// redactor holds back are not counted yet: a lower bound.
+    pub fn counted(&mut self) -> (u64, Resume) {
+        self.settle();
+        (self.bytes, self.resume)
+    }
+
+    fn settle(&mut self) {
+        for (_, bytes, resume) in self.replay.take() {
+            self.bytes += bytes.len() as u64;
+            self.resume = resume;
+        }
+    }
+}
+
+/// Reads the engine's log from where `tally` stands to its end, counting instead of storing
+/// (the container has stopped: plain reads, retried a few times while the container exists).
+/// Unbounded in time: the caller sets the deadline and keeps what was counted by then.
+pub async fn count_rest(
+    runtime: &dyn Runtime,
+    container_id: &str,
+    tally: &mut Tally,
+) -> Result<(), CaptureError> {
+    let mut failures = 0u32;
+    loop {
+        tally.start_read();
+        let mut logs = runtime.logs(container_id, false, tally.since_secs());
+        let failed = loop {
+            match logs.next().await {
+                None => break None,
+                Some(Ok(e)) => tally.entry(e.stream, e.ts, &e.bytes),
+                Some(Err(e)) => break Some(e),
+            }
+        };
+        let Some(e) = failed else {
+            tally.finish();
+            return Ok(());
+        };
+        failures += 1;
+        // Gone with its container, the log cannot be counted any further.
+        let gone = matches!(runtime.inspect_state(container_id).await, Ok(None));
+        if gone || failures > 3 {
+            return Err(e.into());
+        }
+        warn!(container = container_id, error = %e, "counting the container log failed; retrying");
+        tokio::time::sleep(Duration::from_millis(500 * u64::from(failures))).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,13 +790,27 @@ mod tests {
 
     /// [`with_kills`], starting from what an earlier life already spooled.
     fn with_kills_after(
-        mut spool: Vec<(Stream, Vec<u8>, Resume)>,
+        spool: Vec<(Stream, Vec<u8>, Resume)>,
         log: &[Entry],
         secrets: &[Vec<u8>],
         kills: &[(usize, usize)],
     ) -> Vec<(Stream, Vec<u8>, Resume)> {
-        let mut kills = kills.iter();
+        lives(spool, log, secrets, kills, true)
+    }
+
+    /// [`with_kills_after`]; without `restart_last`, what the last kill left (no life after it).
+    fn lives(
+        mut spool: Vec<(Stream, Vec<u8>, Resume)>,
+        log: &[Entry],
+        secrets: &[Vec<u8>],
+        kills: &[(usize, usize)],
+        restart_last: bool,
+    ) -> Vec<(Stream, Vec<u8>, Resume)> {
+        let mut kills = kills.iter().peekable();
         loop {
+            if !restart_last && kills.peek().is_none() {
+                return spool;
+            }
             let resume = spool.last().map(|(_, _, r)| *r).unwrap_or_default();
             let mut r = Replay::new(resume, secrets.to_vec());
             r.start_read();
@@ -840,6 +950,18 @@ mod tests {
         cut: Option<(usize, usize)>,
         kills: &[(usize, usize)],
     ) -> Vec<(Stream, Vec<u8>, Resume)> {
+        live_then_log_until(log, pieces, secrets, cut, kills, true)
+    }
+
+    /// [`live_then_log`]; without `restart_last`, what its last kill left.
+    fn live_then_log_until(
+        log: &[Entry],
+        pieces: &[(Stream, Vec<u8>)],
+        secrets: &[Vec<u8>],
+        cut: Option<(usize, usize)>,
+        kills: &[(usize, usize)],
+        restart_last: bool,
+    ) -> Vec<(Stream, Vec<u8>, Resume)> {
         let mut spool = Vec::new();
         let mut r = Replay::new(Resume::default(), secrets.to_vec());
         for (i, (stream, bytes)) in pieces.iter().enumerate() {
@@ -847,7 +969,7 @@ mod tests {
                 && i == at
             {
                 spool.extend(r.take().into_iter().take(kept));
-                return with_kills_after(spool, log, secrets, kills);
+                return lives(spool, log, secrets, kills, restart_last);
             }
             r.live(*stream, bytes);
             if i % 5 == 4 {
@@ -860,7 +982,7 @@ mod tests {
             // Killed after the last piece, before the end was confirmed: the log reader
             // takes over from what was spooled.
             spool.truncate(spool.len().saturating_sub(kept % 2));
-            return with_kills_after(spool, log, secrets, kills);
+            return lives(spool, log, secrets, kills, restart_last);
         }
         spool
     }
@@ -897,6 +1019,39 @@ mod tests {
             let got = transcript(&with_kills(&log, &secrets, &kills));
             prop_assert_eq!(got.len(), want.len(), "bytes lost or doubled");
             prop_assert!(got == want, "same length, different bytes");
+        }
+
+        #[test]
+        fn a_count_from_wherever_capture_stopped_adds_up_to_the_whole_transcript(
+            log in log_strategy(),
+            sizes in proptest::collection::vec(1usize..40, 1..8),
+            order in proptest::collection::vec(any::<bool>(), 1..8),
+            cut in proptest::option::of((0usize..200, 0usize..4)),
+            kills in proptest::collection::vec((1usize..30, 0usize..4), 0..4),
+            stop in 0usize..100,
+            secret in any::<bool>(),
+        ) {
+            let secrets = if secret { vec![b"s3ks3k".to_vec(), b"xax".to_vec()] } else { vec![] };
+            let want: usize = per_stream(&uninterrupted(&log, &secrets)).iter().map(Vec::len).sum();
+            let pieces = live_pieces(&log, &sizes, &order);
+            // Capture stopped wherever: live, in the log, or after a restart.
+            let spool = live_then_log_until(&log, &pieces, &secrets, cut, &kills, false);
+            let stored: usize = per_stream(&spool).iter().map(Vec::len).sum();
+            let from = spool.last().map(|(_, _, r)| *r).unwrap_or_default();
+            let mut tally = Tally::new(from, secrets.clone());
+            tally.start_read();
+            let mut so_far = 0;
+            for (i, e) in read(&log, tally.since_secs()).enumerate() {
+                tally.entry(e.stream, e.ts, &e.payload);
+                if i == stop {
+                    so_far = tally.counted().0;
+                }
+            }
+            tally.finish();
+            let (counted, _) = tally.counted();
+            prop_assert_eq!(stored as u64 + counted, want as u64, "stored {} + counted {}", stored, counted);
+            // A count cut short is a lower bound.
+            prop_assert!(so_far <= counted);
         }
 
         #[test]

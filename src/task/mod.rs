@@ -62,6 +62,9 @@ pub struct TaskSettings {
     pub default_environment: Option<String>,
     /// Live output bytes between transcript resume anchors (0: never).
     pub anchor_every: u64,
+    /// How long capture may drain the engine's log after the container stopped, besides
+    /// `full_disk_patience`.
+    pub capture_drain: Duration,
 }
 
 /// Why a task was asked to stop before it finished on its own.
@@ -432,28 +435,28 @@ async fn finish(
         system_line(&exec.spool, &u.summary()).await;
         env.metrics.usage(u);
     }
-    let (len, lost) = {
+    let (len, loss) = {
         let mut sp = lock(&exec.spool);
         if let Err(e) = sp.finish() {
             error!(error = %e, "cannot finish the transcript");
         }
-        (sp.state().len, sp.lost())
+        (sp.state().len, sp.loss())
     };
-    if lost > 0 {
+    if let Some(note) = loss.note() {
         error!(
-            lost_bytes = lost,
-            "the transcript is incomplete: output did not fit under state_dir"
+            lost_bytes = loss.bytes,
+            at_least = loss.at_least,
+            "the transcript is incomplete: {note}"
         );
         // berth/1 only: an oz/1 server gets no transcript, and its messages are fixed text.
         if exec.berth
             && let WorkerMessage::TaskCompleted { message, .. }
             | WorkerMessage::TaskFailed { message, .. } = &mut msg
         {
-            message.push_str(&format!(
-                " ({lost} bytes of the transcript were lost: no space under state_dir; each gap is marked in the transcript)"
-            ));
+            message.push_str(&format!(" ({note})"));
         }
     }
+    let lost = loss.bytes;
     let exit_code = match &outcome {
         Outcome::Exited(st) => Some(st.code),
         Outcome::Failure(f) => f.exit_code,

@@ -13,9 +13,9 @@ use crate::failure::FailureReason;
 use crate::runtime::ExitStatus;
 use crate::transcript::spool::lock;
 
-/// How long capture may take to drain the engine's log after the container stopped, besides
-/// waiting for disk space.
-const CAPTURE_DRAIN: Duration = Duration::from_secs(60);
+/// How long berth may count, without storing, what capture did not read from the engine's log
+/// once it stopped waiting for capture.
+const COUNT_WITHIN: Duration = Duration::from_secs(60);
 
 /// How the supervised part of a run ended.
 pub(super) enum Supervised {
@@ -61,8 +61,9 @@ pub(super) async fn supervise(
         anchor_every: env.settings().anchor_every,
         metrics: &env.metrics,
     });
-    let capture = capture::capture(env.runtime.as_ref(), id, &exec.spool, secrets, live);
-    let mut capture = std::pin::pin!(capture);
+    let capture = capture::capture(env.runtime.as_ref(), id, &exec.spool, secrets.clone(), live);
+    // Boxed so it can be dropped before what it did not read is counted.
+    let mut capture = Box::pin(capture);
     let mut captured = None;
     let waiting = async {
         tokio::select! {
@@ -81,7 +82,7 @@ pub(super) async fn supervise(
             _ = env.detach.cancelled() => None,
         }
     };
-    let Some(waited) = alongside(waiting, &mut capture, &mut captured).await else {
+    let Some(waited) = alongside(waiting, capture.as_mut(), &mut captured).await else {
         return Supervised::Detached;
     };
     let waited = match waited {
@@ -90,19 +91,21 @@ pub(super) async fn supervise(
             info!(container = %id, reason = ?control.reason(), grace_s = grace.as_secs(), "stopping container");
             let line = crate::task::stopping_line(control.reason(), grace);
             let announce = system_line(&exec.spool, &line);
-            alongside(announce, &mut capture, &mut captured).await;
+            alongside(announce, capture.as_mut(), &mut captured).await;
             let stopped = async {
                 stop_through_outages(env, id, grace).await;
                 // berth stopped it: its exit is not the engine's doing.
                 wait_through_outages(env, id, false).await
             };
-            alongside(stopped, &mut capture, &mut captured).await
+            alongside(stopped, capture.as_mut(), &mut captured).await
         }
     };
     // All output is read before the result is decided, and the container is kept until then.
     // Bounded: the engine closes the stream once the container has stopped, and a full disk
-    // is waited for at most full_disk_patience before output is counted as lost.
-    let patience = lock(&exec.spool).full_disk_patience() + CAPTURE_DRAIN;
+    // is waited for at most full_disk_patience before output is counted as lost. The engine
+    // hands its log back at a rate per entry (some 100k entries a second), so a task printing
+    // short lines faster than that can outlast any bound: what is then left is counted.
+    let patience = lock(&exec.spool).full_disk_patience() + env.settings().capture_drain;
     let drained = async {
         match captured.take() {
             Some(r) => r,
@@ -118,14 +121,38 @@ pub(super) async fn supervise(
         )),
     };
     if let Some(why) = incomplete {
-        warn!(container = %id, "{why}; the transcript may be incomplete");
-        system_line(
-            &exec.spool,
-            &format!("{why}; the transcript may be missing output after this line"),
-        )
-        .await;
+        // Capture writes nothing more: everything after the spool's resume point is counted.
+        drop(capture);
+        count_unread(env, exec, id, secrets, &why).await;
     }
     Supervised::Done(waited)
+}
+
+/// Counts what capture did not read (the engine's log after the spool's resume point) as lost,
+/// so the transcript's gap line, the result and the lost-bytes metric all include it; where
+/// counting cannot finish either, as a lower bound that says so.
+async fn count_unread(env: &TaskEnv, exec: &Execution, id: &str, secrets: Vec<Vec<u8>>, why: &str) {
+    let from = lock(&exec.spool).last_resume();
+    let mut tally = capture::Tally::new(from, secrets);
+    let counting = capture::count_rest(env.runtime.as_ref(), id, &mut tally);
+    let counted = match tokio::time::timeout(COUNT_WITHIN, counting).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "it did not finish within {}",
+            humantime::format_duration(COUNT_WITHIN)
+        )),
+    };
+    let (bytes, resume) = tally.counted();
+    match &counted {
+        Ok(()) => {
+            warn!(container = %id, lost_bytes = bytes, "{why}; the output it did not read is counted as lost")
+        }
+        Err(e) => {
+            warn!(container = %id, lost_bytes = bytes, error = %e, "{why}; counting the output it did not read stopped short too, so at least this much is lost")
+        }
+    }
+    lock(&exec.spool).count_unread(bytes, resume, why, counted);
 }
 
 /// Samples the running container's usage into `control` until dropped, starting at once: the
@@ -155,7 +182,7 @@ async fn sample(env: &TaskEnv, id: &str, control: &TaskControl) -> std::convert:
 /// Runs `work` while also driving `capture` (its result kept in `captured` if it ends first).
 async fn alongside<W: std::future::Future>(
     work: W,
-    capture: &mut std::pin::Pin<&mut impl std::future::Future<Output = CaptureResult>>,
+    mut capture: std::pin::Pin<&mut impl std::future::Future<Output = CaptureResult>>,
     captured: &mut Option<CaptureResult>,
 ) -> W::Output {
     let mut work = std::pin::pin!(work);

@@ -295,22 +295,141 @@ pub const FLAG_TAIL: u8 = 2;
 /// Record flag: a system line announcing output that could not be stored (see [`gap_line`]).
 pub const FLAG_GAP: u8 = 4;
 
-/// The system line standing where output was lost because it could not be stored.
-pub fn gap_line(lost: u64, cause: &str) -> Vec<u8> {
-    format!(
-        "[berth] {lost} bytes of output were lost here: {cause}; free space under state_dir (or raise transcript.full_disk_patience)\n"
-    )
+/// Why output is missing where a gap line stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GapCause {
+    /// Writing the spool failed for `full_disk_patience` (the error).
+    Disk(String),
+    /// Capture stopped before reading this output from the engine's log (`why`; with the
+    /// error when writing the spool was failing then), so it was counted there instead: to
+    /// its end (`Ok`), or until counting stopped too (`Err`: why; the count is then a lower
+    /// bound).
+    Unread {
+        /// Why capture stopped.
+        why: String,
+        /// The spool's write error, if writes were failing when capture stopped.
+        write_failure: Option<String>,
+        /// Whether counting reached the end of the log.
+        counted: Result<(), String>,
+    },
+}
+
+/// Names a failed spool write in a gap line (and finds it again when a spool is reopened).
+const WRITE_FAILED: &str = "writing the transcript failed";
+/// Names the output of an unread gap in its line (and finds it again when a spool is reopened).
+const UNREAD: &str = "the rest of the engine's log";
+/// What an operator can do about a full disk.
+const FREE_SPACE: &str = "free space under state_dir (or raise transcript.full_disk_patience)";
+
+/// The system line standing where output was lost.
+pub fn gap_line(lost: u64, cause: &GapCause) -> Vec<u8> {
+    match cause {
+        GapCause::Disk(e) => format!(
+            "[berth] {lost} bytes of output were lost here: {WRITE_FAILED} ({e}); {FREE_SPACE}\n"
+        ),
+        GapCause::Unread {
+            why,
+            write_failure,
+            counted,
+        } => {
+            let (amount, counted) = match counted {
+                Ok(()) => ("", format!("{UNREAD} was counted instead of stored")),
+                Err(stop) => (
+                    "at least ",
+                    format!(
+                        "counting {UNREAD} stopped short as well ({stop}), so this is a lower bound"
+                    ),
+                ),
+            };
+            let disk = write_failure.as_ref().map_or_else(String::new, |e| {
+                format!(" while {WRITE_FAILED} ({e}); {FREE_SPACE}")
+            });
+            format!(
+                "[berth] {amount}{lost} bytes of output were lost here: {why}; {counted}{disk}\n"
+            )
+        }
+    }
     .into_bytes()
 }
 
-/// The byte count of a [`gap_line`].
-pub fn gap_count(line: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(line).ok()?;
-    text.strip_prefix("[berth] ")?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
+/// Output missing from a transcript: what its gap lines add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Loss {
+    /// Bytes lost (a lower bound when `at_least`).
+    pub bytes: u64,
+    /// Counting some of it stopped short: more may be lost.
+    pub at_least: bool,
+    /// Some was lost because the spool could not be written.
+    pub disk: bool,
+    /// Some was never read: capture stopped first and counted it in the engine's log.
+    pub unread: bool,
+}
+
+impl Loss {
+    /// What one gap line (see [`gap_line`]) says was lost; `None` for any other line.
+    pub fn of_line(line: &[u8]) -> Option<Loss> {
+        let text = std::str::from_utf8(line).ok()?.strip_prefix("[berth] ")?;
+        let (at_least, text) = match text.strip_prefix("at least ") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let bytes = text.split(' ').next()?.parse().ok()?;
+        Some(Loss {
+            bytes,
+            at_least,
+            disk: text.contains(WRITE_FAILED),
+            unread: text.contains(UNREAD),
+        })
+    }
+
+    /// Adds a loss of `bytes` for `cause`.
+    pub fn add(&mut self, bytes: u64, cause: &GapCause) {
+        self.bytes += bytes;
+        match cause {
+            GapCause::Disk(_) => self.disk = true,
+            GapCause::Unread {
+                write_failure,
+                counted,
+                ..
+            } => {
+                self.unread = true;
+                self.disk |= write_failure.is_some();
+                self.at_least |= counted.is_err();
+            }
+        }
+    }
+
+    /// Adds another loss.
+    pub fn merge(&mut self, other: Loss) {
+        self.bytes += other.bytes;
+        self.at_least |= other.at_least;
+        self.disk |= other.disk;
+        self.unread |= other.unread;
+    }
+
+    /// Something was lost (or may have been).
+    pub fn any(&self) -> bool {
+        self.bytes > 0 || self.at_least
+    }
+
+    /// What the task's result says about it; `None` when nothing was lost.
+    pub fn note(&self) -> Option<String> {
+        if !self.any() {
+            return None;
+        }
+        let amount = if self.at_least { "at least " } else { "" };
+        let why = match (self.disk, self.unread) {
+            (_, false) => "no space under state_dir",
+            (false, true) => "output capture stopped before the end of the engine's log",
+            (true, true) => {
+                "no space under state_dir, and output capture stopped before the end of the engine's log"
+            }
+        };
+        Some(format!(
+            "{amount}{} bytes of the transcript were lost: {why}; each gap is marked in the transcript",
+            self.bytes
+        ))
+    }
 }
 
 /// First record format: one timestamp cursor for both streams (read for spools written by
@@ -759,5 +878,103 @@ mod tests {
         assert_eq!(payload, b"hello world\n");
         assert_eq!(ts % 1_000_000_000, 1);
         assert!(split_timestamp(b"garbage").is_none());
+    }
+
+    #[test]
+    fn every_gap_line_reads_back_as_the_loss_it_announces() {
+        let disk = GapCause::Disk("writing the transcript failed (no space)".into());
+        let unread = GapCause::Unread {
+            why: "output capture did not finish within 1m 20s of the container's exit".into(),
+            write_failure: Some("No space left on device (os error 28)".into()),
+            counted: Ok(()),
+        };
+        let slow = GapCause::Unread {
+            why: "output capture did not finish within 1m 20s of the container's exit".into(),
+            write_failure: None,
+            counted: Ok(()),
+        };
+        let short = GapCause::Unread {
+            why: "output capture ended early (engine gone)".into(),
+            write_failure: None,
+            counted: Err("the container is gone".into()),
+        };
+        let causes = [
+            (1234u64, &disk),
+            (13_200_000, &unread),
+            (5, &slow),
+            (0, &short),
+            (7, &short),
+        ];
+        for (n, cause) in causes {
+            let mut want = Loss::default();
+            want.add(n, cause);
+            let line = gap_line(n, cause);
+            assert_eq!(
+                Loss::of_line(&line),
+                Some(want),
+                "{}",
+                String::from_utf8_lossy(&line)
+            );
+            assert!(line.ends_with(b"\n") && !line[..line.len() - 1].contains(&b'\n'));
+        }
+        let text = String::from_utf8_lossy(&gap_line(13_200_000, &unread)).into_owned();
+        assert_eq!(
+            text,
+            "[berth] 13200000 bytes of output were lost here: output capture did not finish within 1m 20s of the container's exit; the rest of the engine's log was counted instead of stored while writing the transcript failed (No space left on device (os error 28)); free space under state_dir (or raise transcript.full_disk_patience)\n"
+        );
+        let text = String::from_utf8_lossy(&gap_line(7, &short)).into_owned();
+        assert!(
+            text.starts_with("[berth] at least 7 bytes of output were lost here: "),
+            "{text}"
+        );
+        assert!(text.contains("the container is gone"), "{text}");
+        // Other system lines are no gaps.
+        assert_eq!(
+            Loss::of_line(b"[berth] container exited with status 0\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_result_note_gives_the_amount_and_every_cause() {
+        let mut loss = Loss::default();
+        assert_eq!(loss.note(), None);
+        loss.add(100, &GapCause::Disk("full".into()));
+        assert_eq!(
+            loss.note().as_deref(),
+            Some(
+                "100 bytes of the transcript were lost: no space under state_dir; each gap is marked in the transcript"
+            )
+        );
+        let mut both = loss;
+        both.add(
+            20,
+            &GapCause::Unread {
+                why: "late".into(),
+                write_failure: None,
+                counted: Ok(()),
+            },
+        );
+        let note = both.note().unwrap_or_default();
+        assert!(
+            note.starts_with("120 bytes")
+                && note.contains("state_dir")
+                && note.contains("engine's log"),
+            "{note}"
+        );
+        let mut short = Loss::default();
+        short.add(
+            0,
+            &GapCause::Unread {
+                why: "early".into(),
+                write_failure: None,
+                counted: Err("gone".into()),
+            },
+        );
+        let note = short.note().unwrap_or_default();
+        assert!(note.starts_with("at least 0 bytes"), "{note}");
+        assert!(!note.contains("state_dir"), "{note}");
+        loss.merge(short);
+        assert!(loss.at_least && loss.disk && loss.unread && loss.bytes == 100);
     }
 }

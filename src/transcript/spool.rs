@@ -17,8 +17,8 @@ use tracing::error;
 
 use crate::protocol::Stream;
 use crate::transcript::{
-    FLAG_FINAL, FLAG_GAP, FLAG_TAIL, HEADER_LEN, Record, Resume, cut_point, elision_line,
-    gap_count, gap_line,
+    FLAG_FINAL, FLAG_GAP, FLAG_TAIL, GapCause, HEADER_LEN, Loss, Record, Resume, cut_point,
+    elision_line, gap_line,
 };
 
 /// A spool failure, phrased for an operator.
@@ -32,6 +32,15 @@ pub enum SpoolError {
         /// Cause.
         source: std::io::Error,
     },
+}
+
+impl SpoolError {
+    /// What failed, without the path (for lines in the transcript).
+    fn cause(&self) -> String {
+        match self {
+            SpoolError::Io { source, .. } => source.to_string(),
+        }
+    }
 }
 
 /// A whole transcript read from disk.
@@ -110,13 +119,15 @@ pub struct Spool {
     tail: Option<(File, u64)>,
     tail_live: u64,
     dropped: u64,
-    /// Bytes given up (no space for `full_disk_patience`) and not yet announced, with the
-    /// resume point after them and the error that cost them.
-    gap: Option<(u64, Resume, String)>,
-    /// All bytes given up so far (announced or not).
-    lost: u64,
+    /// Output lost and not yet announced, in order: bytes, the resume point after them, and
+    /// why.
+    gaps: Vec<(u64, Resume, GapCause)>,
+    /// All output lost so far (announced or not).
+    loss: Loss,
     /// Since when writes fail (a streak of failures; `None` after a success).
     failing_since: Option<std::time::Instant>,
+    /// The last write error of that streak.
+    failure: Option<String>,
     full_disk_patience: Duration,
     state: watch::Sender<SpoolState>,
     /// Reused for every record written: header and payload go out in one write, with no
@@ -199,10 +210,12 @@ impl Spool {
         let mut len = 0u64;
         let mut last_resume = Resume::default();
         let mut finished = false;
-        let mut lost = 0u64;
+        let mut loss = Loss::default();
         for (pos, r) in &records {
-            if r.flags & FLAG_GAP != 0 {
-                lost += gap_count(&r.payload).unwrap_or(0);
+            if r.flags & FLAG_GAP != 0
+                && let Some(l) = Loss::of_line(&r.payload)
+            {
+                loss.merge(l);
             }
             if !r.payload.is_empty() {
                 index.push(Entry {
@@ -252,9 +265,10 @@ impl Spool {
             tail,
             tail_live,
             dropped,
-            gap: None,
-            lost,
+            gaps: Vec::new(),
+            loss,
             failing_since: None,
+            failure: None,
             full_disk_patience: DEFAULT_FULL_DISK_PATIENCE,
             state,
             scratch: Vec::new(),
@@ -303,47 +317,83 @@ impl Spool {
     /// Records that `bytes` of output could not be stored (`resume` is the point after them).
     /// The next successful write, or the end of the transcript, announces the gap first.
     pub fn give_up(&mut self, bytes: u64, resume: Resume, cause: &SpoolError) {
-        self.lost += bytes;
-        let pending = self.gap.take().map_or(0, |(n, _, _)| n);
-        let cause = match cause {
-            SpoolError::Io { source, .. } => format!("writing the transcript failed ({source})"),
+        let cause = GapCause::Disk(cause.cause());
+        self.loss.add(bytes, &cause);
+        // While the disk stays full one gap grows, rather than a line per failed write.
+        if let Some((n, r, c @ GapCause::Disk(_))) = self.gaps.last_mut() {
+            *n += bytes;
+            *r = resume;
+            *c = cause;
+        } else {
+            self.gaps.push((bytes, resume, cause));
+        }
+    }
+
+    /// Records output that capture never read from the engine's log but counted there:
+    /// `bytes` up to `resume`, `counted` saying whether counting reached the log's end (if not,
+    /// `bytes` is a lower bound). Announced like [`Spool::give_up`], naming the write error
+    /// if writes are failing.
+    pub fn count_unread(
+        &mut self,
+        bytes: u64,
+        resume: Resume,
+        why: &str,
+        counted: Result<(), String>,
+    ) {
+        if bytes == 0 && counted.is_ok() {
+            return;
+        }
+        let cause = GapCause::Unread {
+            why: why.to_string(),
+            write_failure: self.failure.clone(),
+            counted,
         };
-        self.gap = Some((pending + bytes, resume, cause));
+        self.loss.add(bytes, &cause);
+        self.gaps.push((bytes, resume, cause));
     }
 
     /// Output was given up and its gap is not announced yet.
     pub fn gap_pending(&self) -> bool {
-        self.gap.is_some()
+        !self.gaps.is_empty()
     }
 
-    /// Bytes of output lost so far (announced in the transcript by gap lines).
+    /// Bytes of output lost so far (announced in the transcript by gap lines; a lower bound
+    /// when [`Spool::loss`] says `at_least`).
     pub fn lost(&self) -> u64 {
-        self.lost
+        self.loss.bytes
+    }
+
+    /// All output lost so far, and why.
+    pub fn loss(&self) -> Loss {
+        self.loss
     }
 
     fn note(&mut self, r: Result<(), SpoolError>) -> Result<(), SpoolError> {
         match &r {
-            Ok(()) => self.failing_since = None,
-            Err(_) => {
+            Ok(()) => {
+                self.failing_since = None;
+                self.failure = None;
+            }
+            Err(e) => {
                 self.failing_since
                     .get_or_insert_with(std::time::Instant::now);
+                self.failure = Some(e.cause());
             }
         }
         r
     }
 
-    /// Writes the pending gap line, if any.
+    /// Writes the pending gap lines, if any.
     fn announce_gap(&mut self) -> Result<(), SpoolError> {
-        let Some((n, resume, cause)) = self.gap.clone() else {
-            return Ok(());
-        };
-        self.write_main(&Record {
-            stream: Stream::System,
-            flags: FLAG_GAP,
-            resume,
-            payload: gap_line(n, &cause),
-        })?;
-        self.gap = None;
+        while let Some((n, resume, cause)) = self.gaps.first().cloned() {
+            self.write_main(&Record {
+                stream: Stream::System,
+                flags: FLAG_GAP,
+                resume,
+                payload: gap_line(n, &cause),
+            })?;
+            self.gaps.remove(0);
+        }
         Ok(())
     }
 
@@ -360,9 +410,10 @@ impl Spool {
         }
     }
 
-    /// Resume point stored with the last record.
+    /// Resume point after everything accounted for: the last record, or output given up
+    /// since (its gap line not written yet), so nothing is read or counted twice.
     pub fn last_resume(&self) -> Resume {
-        self.last_resume
+        self.gaps.last().map_or(self.last_resume, |(_, r, _)| *r)
     }
 
     /// True once the budget was reached and output goes to the tail ring.
@@ -513,23 +564,24 @@ impl Spool {
         payload: &[u8],
         resume: Resume,
     ) -> Result<(), SpoolError> {
-        // A pending gap line goes in only together with the output after it: while the disk
+        // Pending gap lines go in only together with the output after them: while the disk
         // stays full, one gap grows instead of a gap line per failed write.
         let before = (
             self.end_pos,
             self.len,
             self.index.len(),
-            self.gap.clone(),
+            self.gaps.clone(),
             self.last_resume,
         );
-        self.announce_gap()?;
-        let r = self.append_output(stream, payload, resume);
-        if r.is_err() && before.3.is_some() && self.gap.is_none() {
+        let r = self
+            .announce_gap()
+            .and_then(|()| self.append_output(stream, payload, resume));
+        if r.is_err() && self.gaps.len() != before.3.len() {
             let _ = self.file.set_len(before.0);
             self.end_pos = before.0;
             self.len = before.1;
             self.index.truncate(before.2);
-            self.gap = before.3;
+            self.gaps = before.3;
             self.last_resume = before.4;
         }
         r
@@ -959,6 +1011,69 @@ mod tests {
             "{text}"
         );
         assert!(s.state().finished);
+    }
+
+    #[test]
+    fn output_never_read_is_announced_after_the_disk_gap_and_counted_in_the_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), "u", 1 << 20, 1 << 10).unwrap();
+        s.append(Stream::Stdout, b"before\n", r(1)).unwrap();
+        let full = SpoolError::Io {
+            path: dir.path().into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        s.give_up(100, r(2), &full);
+        // Where the next reader starts: after what was given up, not after the last record.
+        assert_eq!(s.last_resume(), r(2));
+        s.count_unread(50, r(3), "output capture did not finish in time", Ok(()));
+        assert_eq!(s.last_resume(), r(3));
+        // A later disk gap is not folded into the unread one before it.
+        s.give_up(5, r(4), &full);
+        // Nothing counted, nothing to say.
+        s.count_unread(0, r(4), "late", Ok(()));
+        s.finish().unwrap();
+        let text = String::from_utf8(all_bytes(&s)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[1].starts_with("[berth] 100 bytes of output were lost here: writing"));
+        assert!(lines[2].starts_with("[berth] 50 bytes of output were lost here: output capture"));
+        assert!(lines[3].starts_with("[berth] 5 bytes of output were lost here: writing"));
+        let want = Loss {
+            bytes: 155,
+            at_least: false,
+            disk: true,
+            unread: true,
+        };
+        assert_eq!(s.loss(), want);
+        drop(s);
+        assert_eq!(
+            Spool::open(dir.path(), "u", 1 << 20, 1 << 10)
+                .unwrap()
+                .loss(),
+            want
+        );
+    }
+
+    #[test]
+    fn a_count_that_stopped_short_is_a_lower_bound_also_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), "v", 1 << 20, 1 << 10).unwrap();
+        s.count_unread(
+            0,
+            r(1),
+            "output capture ended early",
+            Err("the container is gone".into()),
+        );
+        assert!(s.gap_pending());
+        s.finish().unwrap();
+        let text = String::from_utf8(all_bytes(&s)).unwrap_or_default();
+        assert!(
+            text.starts_with("[berth] at least 0 bytes of output were lost here"),
+            "{text}"
+        );
+        drop(s);
+        let s = Spool::open(dir.path(), "v", 1 << 20, 1 << 10).unwrap();
+        assert!(s.loss().at_least && s.loss().unread && s.lost() == 0);
     }
 
     #[test]

@@ -500,6 +500,7 @@ pub fn task_settings(c: &Config) -> TaskSettings {
         environments: c.environments.clone(),
         default_environment: c.default_environment.clone(),
         anchor_every: c.transcript.anchor_every,
+        capture_drain: c.transcript.capture_drain,
     }
 }
 

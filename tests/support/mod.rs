@@ -247,6 +247,9 @@ pub struct EnvOptions {
     /// Extra YAML under `control_plane` (indented by 2 spaces); `{http}` becomes the control
     /// plane's HTTP base URL.
     pub control_plane_yaml: String,
+    /// How long capture may drain the engine's log after the container stopped, besides
+    /// `full_disk_patience` (not a config key; `None`: berth's default).
+    pub capture_drain: Option<Duration>,
 }
 
 impl Default for EnvOptions {
@@ -259,6 +262,7 @@ impl Default for EnvOptions {
             pull_policy: "never",
             docker_yaml: String::new(),
             control_plane_yaml: String::new(),
+            capture_drain: None,
         }
     }
 }
@@ -347,7 +351,10 @@ impl Env {
         let cp = control_plane(&api_key, opts.accept_berth, None).await;
         opts.control_plane_yaml = opts.control_plane_yaml.replace("{http}", &cp.http_url());
         let worker_id = worker_id(name);
-        let cfg = worker_config(&cp.ws_url(), &worker_id, &api_key, &opts);
+        let mut cfg = worker_config(&cp.ws_url(), &worker_id, &api_key, &opts);
+        if let Some(d) = opts.capture_drain {
+            cfg.transcript.capture_drain = d;
+        }
         let (shutdown, handle, join) = start_worker(cfg).await;
         let env = Env {
             cp,
