@@ -1094,9 +1094,11 @@ async fn a_running_task_rides_out_an_outage() {
     let r = h.result("o-ok").await;
     assert!(matches!(r, WorkerMessage::TaskCompleted { .. }), "{r:?}");
     let r = h.result("o-killed").await;
-    assert_eq!(reason_of(&r), Some(FailureReason::ContainerExit));
+    // The engine's doing, not the task's own exit (issue 21.7).
+    assert_eq!(reason_of(&r), Some(FailureReason::ContainerWait));
     assert!(
-        message_of(&r).contains("after the Docker engine was unreachable"),
+        message_of(&r).contains("the Docker engine was unreachable from")
+            && message_of(&r).contains("received SIGKILL (exit status 137)"),
         "{r:?}"
     );
     let r = h.result("o-lost").await;
@@ -1585,7 +1587,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let fake = FakeRuntime::new();
-            let id = fake.add_container(WORKER, "cap", "cap-e1", false, log.clone(),
+            let id = fake.add_container(&Owner::new(WORKER, "capture"), "cap", "cap-e1", false, log.clone(),
                 Some(ExitStatus { code: 0, oom_killed: false }));
             let secrets = if secret { vec![b"xx\no".to_vec(), b"xxxx".to_vec()] } else { vec![] };
             let once = tempfile::tempdir().unwrap();
@@ -1629,7 +1631,7 @@ async fn counting_a_log_that_stops_answering_keeps_what_it_counted_as_a_lower_bo
         })
         .collect();
     let id = fake.add_container(
-        WORKER,
+        &Owner::new(WORKER, "capture"),
         "cnt",
         "cnt-e1",
         false,
