@@ -635,25 +635,37 @@ fn qname(mut q: &[u8]) -> String {
     labels.join(".")
 }
 
-/// The host's /etc/resolv.conf pointing at 127.0.0.1 first (as with systemd-resolved), put
-/// back on drop. The engine reads it when a container starts, so the window is kept short.
-struct HostResolvConf(String);
+/// The host's resolv.conf pointing at 127.0.0.1 first (as with systemd-resolved), put back on
+/// drop. The engine reads it when a container starts, so the window is kept short.
+struct HostResolvConf {
+    path: &'static str,
+    original: String,
+}
 
 impl HostResolvConf {
     fn loopback_first() -> HostResolvConf {
-        let original = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        std::fs::write(
-            "/etc/resolv.conf",
-            format!("nameserver 127.0.0.1\n{original}"),
-        )
-        .unwrap();
-        HostResolvConf(original)
+        // The file the engine reads: with only systemd-resolved's stub in /etc/resolv.conf,
+        // dockerd uses the upstream list systemd-resolved keeps.
+        let etc = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let stub_only = etc
+            .lines()
+            .filter(|l| l.starts_with("nameserver"))
+            .all(|l| l.trim() == "nameserver 127.0.0.53");
+        let upstream = "/run/systemd/resolve/resolv.conf";
+        let path = if stub_only && std::path::Path::new(upstream).exists() {
+            upstream
+        } else {
+            "/etc/resolv.conf"
+        };
+        let original = std::fs::read_to_string(path).unwrap_or_default();
+        std::fs::write(path, format!("nameserver 127.0.0.1\n{original}")).unwrap();
+        HostResolvConf { path, original }
     }
 }
 
 impl Drop for HostResolvConf {
     fn drop(&mut self) {
-        let _ = std::fs::write("/etc/resolv.conf", &self.0);
+        let _ = std::fs::write(self.path, &self.original);
     }
 }
 
