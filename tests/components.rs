@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth::backend::Backend;
+use berth::backend::docker::DockerBackend;
 use berth::config::{self, Overrides};
 use berth::control::session::SessionEvent;
 use berth::control::shipper::{Link, Outbound};
@@ -67,16 +69,21 @@ fn config(dir: &Path, max: u32, yaml: &str) -> config::Config {
         .unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+/// The Docker backend over the recording fake engine.
+fn docker(fake: &FakeRuntime) -> DockerBackend {
+    DockerBackend::new(Arc::new(fake.clone()))
+}
+
 fn env_on(
     fake: &FakeRuntime,
     cfg: &config::Config,
     journal: Arc<Journal>,
 ) -> (Arc<TaskEnv>, mpsc::Receiver<Outbound>) {
     let (out_tx, out_rx) = mpsc::channel(32);
-    let runtime: Arc<dyn Runtime> = Arc::new(fake.clone());
+    let backend: Arc<dyn Backend> = Arc::new(docker(fake));
     let env = Arc::new(TaskEnv {
-        engine: berth::runtime::engine::Engine::new(runtime.clone()),
-        runtime,
+        engine: berth::backend::health::Engine::new(backend.clone()),
+        backend,
         settings: parking_lot::RwLock::new(Arc::new(berth::worker::task_settings(cfg))),
         journal,
         outbox: out_tx,
@@ -114,10 +121,15 @@ impl Harness {
             out_tx,
             link_rx,
         );
-        let (records, found) =
-            reconcile(&fake, &journal, WORKER, cfg.cleanup, Duration::from_secs(1))
-                .await
-                .unwrap();
+        let (records, found) = reconcile(
+            &docker(&fake),
+            &journal,
+            WORKER,
+            cfg.cleanup,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         sup.adopt(records, &found);
         let commands = sup.commands();
         let slots = sup.subscribe();
@@ -1186,9 +1198,15 @@ async fn reconcile_removes_orphans_and_finished_containers_and_finds_live_ones()
         vec![],
         None,
     );
-    let (records, found) = reconcile(&fake, &journal, WORKER, true, Duration::from_secs(1))
-        .await
-        .unwrap();
+    let (records, found) = reconcile(
+        &docker(&fake),
+        &journal,
+        WORKER,
+        true,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
     assert_eq!(records.len(), 3);
     assert!(matches!(found.get("live-e1"), Some(Found::Container(id)) if *id == live));
     assert!(
@@ -1215,9 +1233,15 @@ async fn reconcile_removes_orphans_and_finished_containers_and_finds_live_ones()
         vec![],
         exited,
     );
-    reconcile(&fake, &journal, WORKER, false, Duration::from_secs(1))
-        .await
-        .unwrap();
+    reconcile(
+        &docker(&fake),
+        &journal,
+        WORKER,
+        false,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
     assert!(fake.containers().iter().any(|(id, _)| *id == done2));
 }
 
@@ -1242,9 +1266,15 @@ async fn reconcile_never_touches_what_another_berth_instance_made_for_the_same_w
     let unlabelled = Owner::new(WORKER, "");
     let known = fake.add_container(&unlabelled, "old", "old-e1", true, vec![], None);
     let stray = fake.add_container(&unlabelled, "stray", "stray-e1", true, vec![], None);
-    let (_, found) = reconcile(&fake, &journal, WORKER, true, Duration::from_secs(1))
-        .await
-        .unwrap();
+    let (_, found) = reconcile(
+        &docker(&fake),
+        &journal,
+        WORKER,
+        true,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
     assert!(matches!(found.get("old-e1"), Some(Found::Container(id)) if *id == known));
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(
@@ -1287,7 +1317,14 @@ async fn reconcile_touches_nothing_when_either_side_cannot_be_read() {
     );
     // The engine cannot list: no list means no orphans.
     fake.fail_next(Op::ListManaged, api_error("container list"));
-    let r = reconcile(&fake, &journal, WORKER, true, Duration::from_secs(1)).await;
+    let r = reconcile(
+        &docker(&fake),
+        &journal,
+        WORKER,
+        true,
+        Duration::from_secs(1),
+    )
+    .await;
     assert!(matches!(r, Err(ReconcileError::Listing(_))), "{r:?}");
     // The journal holds a record it cannot read: nothing may be taken for an orphan.
     journal
@@ -1300,7 +1337,14 @@ async fn reconcile_touches_nothing_when_either_side_cannot_be_read() {
     )
     .unwrap();
     drop(db);
-    let r = reconcile(&fake, &journal, WORKER, true, Duration::from_secs(1)).await;
+    let r = reconcile(
+        &docker(&fake),
+        &journal,
+        WORKER,
+        true,
+        Duration::from_secs(1),
+    )
+    .await;
     assert!(matches!(r, Err(ReconcileError::Journal(_))), "{r:?}");
     assert_eq!(
         fake.count(Op::Stop) + fake.count(Op::Remove),
@@ -1392,7 +1436,9 @@ async fn capture_with_kills(
         fake.cut_logs_after(Some(n));
         let spool = open_spool(dir);
         {
-            let capture = berth::task::capture::capture(fake, id, &spool, secrets.to_vec(), None);
+            let backend = docker(fake);
+            let capture =
+                berth::task::capture::capture(&backend, id, &spool, secrets.to_vec(), None);
             tokio::pin!(capture);
             tokio::select! {
                 r = &mut capture => { r.unwrap(); }
@@ -1407,7 +1453,7 @@ async fn capture_with_kills(
     }
     fake.cut_logs_after(None);
     let spool = open_spool(dir);
-    berth::task::capture::capture(fake, id, &spool, secrets.to_vec(), None)
+    berth::task::capture::capture(&docker(fake), id, &spool, secrets.to_vec(), None)
         .await
         .unwrap();
 }
@@ -1446,8 +1492,9 @@ proptest! {
                 let spool = open_spool(dir.path());
                 let metrics = berth::metrics::Metrics::default();
                 // Anchors off: this property is about the handover alone.
-                let live = berth::task::capture::Live { stream: live, anchor_every: 0, metrics: &metrics };
-                berth::task::capture::capture(&fake, &id, &spool, Vec::new(), Some(live))
+                let ops = docker(&fake);
+                let live = berth::task::capture::Live { stream: live, ops: &ops, anchor_every: 0, metrics: &metrics };
+                berth::task::capture::capture(&docker(&fake), &id, &spool, Vec::new(), Some(live))
                     .await
                     .unwrap();
             }
@@ -1490,8 +1537,9 @@ proptest! {
             let dir = tempfile::tempdir().unwrap();
             {
                 let spool = open_spool(dir.path());
-                let live = berth::task::capture::Live { stream: live, anchor_every: every, metrics: &metrics };
-                let capture = berth::task::capture::capture(&fake, &id, &spool, secrets.clone(), Some(live));
+                let ops = docker(&fake);
+                let live = berth::task::capture::Live { stream: live, ops: &ops, anchor_every: every, metrics: &metrics };
+                let capture = berth::task::capture::capture(&ops, &id, &spool, secrets.clone(), Some(live));
                 tokio::pin!(capture);
                 tokio::pin!(printer);
                 let mut printer_done = false;
@@ -1516,7 +1564,7 @@ proptest! {
             assert!(!fake.is_paused(&id), "a container left frozen");
             // The restarted worker resumes from the spool's resume point through the log.
             let spool = open_spool(dir.path());
-            berth::task::capture::capture(&fake, &id, &spool, secrets.clone(), None).await.unwrap();
+            berth::task::capture::capture(&docker(&fake), &id, &spool, secrets.clone(), None).await.unwrap();
             drop(spool);
             let got = spooled(dir.path());
             let once = tempfile::tempdir().unwrap();
@@ -1598,7 +1646,8 @@ proptest! {
             let spool = open_spool(dir.path());
             fake.cut_logs_after(Some(stop_after));
             {
-                let capture = berth::task::capture::capture(&fake, &id, &spool, secrets.clone(), None);
+                let backend = docker(&fake);
+                let capture = berth::task::capture::capture(&backend, &id, &spool, secrets.clone(), None);
                 tokio::pin!(capture);
                 tokio::select! {
                     r = &mut capture => r.unwrap(),
@@ -1611,7 +1660,7 @@ proptest! {
             // ... and the rest is counted from the spool's resume point, storing nothing.
             let from = berth::transcript::spool::lock(&spool).last_resume();
             let mut tally = berth::task::capture::Tally::new(from, secrets.clone());
-            berth::task::capture::count_rest(&fake, &id, &mut tally).await.unwrap();
+            berth::task::capture::count_rest(&docker(&fake), &id, &mut tally).await.unwrap();
             let (counted, _) = tally.counted();
             let stored: usize = spooled(dir.path()).iter().map(Vec::len).sum();
             prop_assert_eq!(stored as u64 + counted, want as u64, "stored {} + counted {}", stored, counted);
@@ -1644,7 +1693,8 @@ async fn counting_a_log_that_stops_answering_keeps_what_it_counted_as_a_lower_bo
     // The log hangs after 4 entries: the caller's deadline ends the count.
     fake.cut_logs_after(Some(4));
     let mut tally = berth::task::capture::Tally::new(Default::default(), Vec::new());
-    let counting = berth::task::capture::count_rest(&fake, &id, &mut tally);
+    let backend = docker(&fake);
+    let counting = berth::task::capture::count_rest(&backend, &id, &mut tally);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), counting)
             .await
@@ -1662,7 +1712,7 @@ async fn counting_a_log_that_stops_answering_keeps_what_it_counted_as_a_lower_bo
     );
     fake.lose(&id);
     let mut tally = berth::task::capture::Tally::new(Default::default(), Vec::new());
-    let r = berth::task::capture::count_rest(&fake, &id, &mut tally).await;
+    let r = berth::task::capture::count_rest(&docker(&fake), &id, &mut tally).await;
     assert!(r.is_err(), "{r:?}");
     assert_eq!(tally.counted().0, 0);
 }

@@ -14,12 +14,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Backend;
+use crate::backend::health::Engine;
 use crate::control::session::SessionStats;
 use crate::control::shipper::{Link, Outbound};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::{DockerStatus, HostStatus, WorkerMessage, WorkerStatus};
-use crate::runtime::Runtime;
-use crate::runtime::engine::Engine;
 use crate::supervisor::Snapshot;
 
 /// Shortest gap between two `worker_status` messages sent because slots changed.
@@ -166,7 +166,7 @@ pub struct Live {
     /// Engine version (checked at start-up).
     pub docker_version: String,
     /// Pull counters.
-    pub runtime: Arc<dyn Runtime>,
+    pub backend: Arc<dyn Backend>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Start time.
@@ -209,7 +209,7 @@ impl Live {
         slots: watch::Receiver<Snapshot>,
         engine: Arc<Engine>,
         docker_version: String,
-        runtime: Arc<dyn Runtime>,
+        backend: Arc<dyn Backend>,
         metrics: Arc<Metrics>,
         journal: Arc<crate::journal::Journal>,
     ) -> Self {
@@ -221,7 +221,7 @@ impl Live {
             slots,
             engine,
             docker_version,
-            runtime,
+            backend,
             metrics,
             started: std::time::Instant::now(),
             journal,
@@ -377,7 +377,7 @@ impl Live {
     pub fn gauges(&self) -> Gauges {
         use std::sync::atomic::Ordering::Relaxed;
         let snap = self.slots.borrow().clone();
-        let (pulls_ok, pulls_failed) = self.runtime.pull_counts();
+        let (pulls_ok, pulls_failed) = self.backend.pull_counts();
         Gauges {
             worker_id: self.worker_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::runtime::{Runtime, RuntimeError, SealedNetwork};
+use crate::backend::{Backend, BackendError, SealedNetwork};
 use crate::spec::egress::{Decision, Egress};
 use crate::spec::owner::{Owner, Ownership};
 
@@ -24,7 +24,10 @@ use crate::spec::owner::{Owner, Ownership};
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
     #[error("cannot create the sealed egress network: {0}")]
-    Network(#[from] RuntimeError),
+    Network(#[from] BackendError),
+    /// The backend makes no sealed networks.
+    #[error("this backend cannot seal a task's network, so egress allowlists cannot be enforced")]
+    Unsupported,
     #[error(transparent)]
     Firewall(#[from] firewall::FirewallError),
     #[error(
@@ -118,7 +121,7 @@ impl Admissions {
 
 /// The host's way out for allowlisted tasks: opened on first use, shared by all tasks.
 pub struct Gate {
-    runtime: Arc<dyn Runtime>,
+    runtime: Arc<dyn Backend>,
     owner: Owner,
     port: u16,
     metrics: Arc<crate::metrics::Metrics>,
@@ -139,7 +142,7 @@ fn tag(owner: &Owner) -> String {
 impl Gate {
     /// A gate for `owner`'s tasks; nothing is created until [`Gate::open`].
     pub fn new(
-        runtime: Arc<dyn Runtime>,
+        runtime: Arc<dyn Backend>,
         owner: Owner,
         port: u16,
         metrics: Arc<crate::metrics::Metrics>,
@@ -185,9 +188,9 @@ impl Gate {
         if let Some(d) = door.as_ref() {
             return Ok(d.clone());
         }
-        let net = self
-            .runtime
-            .ensure_egress_network(
+        let sealing = self.runtime.sealing().ok_or(EgressError::Unsupported)?;
+        let net = sealing
+            .ensure_network(
                 &Self::network_name(&self.owner),
                 &Self::bridge_name(&self.owner),
                 &self.owner,
@@ -196,7 +199,7 @@ impl Gate {
         let (bridge, gateway, port) = (net.bridge.clone(), net.gateway, self.port);
         tokio::task::spawn_blocking(move || firewall::seal(&bridge, gateway, port))
             .await
-            .map_err(|e| RuntimeError::Api {
+            .map_err(|e| BackendError::Api {
                 op: "firewall",
                 reason: e.to_string(),
             })??;
@@ -300,9 +303,13 @@ pub fn plan(owner: &Owner, net: &SealedNetwork) -> Result<(), Kept> {
 
 /// Removes (unless `dry`) the worker id's sealed networks that [`plan`] allows, each with the
 /// firewall chain of its bridge.
-pub async fn sweep(runtime: &dyn Runtime, owner: &Owner, dry: bool) -> Result<Sweep, RuntimeError> {
+pub async fn sweep(runtime: &dyn Backend, owner: &Owner, dry: bool) -> Result<Sweep, BackendError> {
+    // A backend without sealed networks has none to sweep.
+    let Some(runtime) = runtime.sealing() else {
+        return Ok(Sweep::default());
+    };
     let mut out = Sweep::default();
-    for net in runtime.sealed_networks(Some(&owner.worker_id)).await? {
+    for net in runtime.networks(Some(&owner.worker_id)).await? {
         if let Err(why) = plan(owner, &net) {
             out.kept.push((net.name, why));
             continue;

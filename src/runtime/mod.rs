@@ -1,10 +1,10 @@
-//! The engine a task runs on, behind one trait: what a task run, capture, reconcile and the
-//! health monitor need, and nothing engine-specific (tar copies of sidecars, pull progress,
-//! registry credentials stay in the backend). Docker through bollard is the backend; `fake`
-//! is a scripted, recording one for component tests.
+//! The Docker engine's seam underneath the Docker backend ([`crate::backend::docker`]): one
+//! trait, each method one engine call (or a small fixed sequence), with Docker's vocabulary
+//! (containers, exec, attach, pause, networks). Task runs never see it: they drive
+//! [`crate::backend::Backend`]. bollard is the engine (`docker`); `fake` is a scripted,
+//! recording engine for the Docker backend's component tests.
 
 pub mod docker;
-pub mod engine;
 pub mod fake;
 
 use std::time::Duration;

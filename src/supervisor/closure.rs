@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::ExecKey;
-use crate::runtime::{Runtime, RuntimeError};
-use crate::spec::owner::{Owner, Ownership};
+use crate::backend::{Backend, ExecutionRef};
+use crate::spec::owner::Owner;
 
 /// Ended executions remembered for late or repeated cancellations (as many as the Go worker).
 pub const REMEMBERED: usize = 4096;
@@ -110,32 +110,10 @@ impl Closing {
     }
 }
 
-/// One attempt: removes the execution's known container, then any other container the engine
-/// made for it (a create whose answer was lost). `Ok` only when the engine answered for all.
-pub async fn gone(
-    runtime: &dyn Runtime,
-    owner: &Owner,
-    key: &ExecKey,
-    container: Option<&str>,
-) -> Result<(), RuntimeError> {
-    if let Some(id) = container {
-        // A removal answered with "no such container" counts as proof (the runtime maps 404
-        // to success).
-        runtime.remove(id).await?;
-    }
-    for c in runtime.list_managed(&owner.worker_id).await? {
-        let others = matches!(owner.ownership(c.instance.as_deref()), Ownership::Other(_));
-        if c.execution_id == key.execution_id && c.task_id == key.task_id && !others {
-            runtime.remove(&c.id).await?;
-        }
-    }
-    Ok(())
-}
-
 /// Proves the sandbox gone, retrying with a capped backoff until the engine answers (or the
 /// worker stops: the owed closure stays in the journal and the next start resumes it).
 pub async fn prove(
-    runtime: Arc<dyn Runtime>,
+    backend: Arc<dyn Backend>,
     owner: Owner,
     key: ExecKey,
     container: Option<String>,
@@ -147,7 +125,11 @@ pub async fn prove(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match gone(runtime.as_ref(), &owner, &key, container.as_deref()).await {
+        let execution = ExecutionRef {
+            task_id: &key.task_id,
+            execution_id: &key.execution_id,
+        };
+        match backend.gone(&owner, execution, container.as_deref()).await {
             Ok(()) => {
                 if attempts > 1 {
                     info!(task_id = %key.task_id, execution_id = %key.execution_id, attempts, "the cancelled execution's container is gone at last");

@@ -886,7 +886,7 @@ impl Supervisor {
             }
         };
         self.runs.spawn(closure::prove(
-            self.env.runtime.clone(),
+            self.env.backend.clone(),
             self.env.owner(),
             key.clone(),
             container,

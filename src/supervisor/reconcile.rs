@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use crate::backend::{Backend, BackendError, Owned};
 use crate::journal::{ExecRecord, ExecState, Journal, JournalError};
-use crate::runtime::{ManagedContainer, Runtime, RuntimeError};
 use crate::spec::owner::{Owner, Ownership};
 use crate::supervisor::Found;
 
@@ -20,7 +20,7 @@ use crate::supervisor::Found;
 pub enum ReconcileError {
     /// The engine's container list could not be read.
     #[error("cannot list berth's containers, so nothing was reconciled: {0}")]
-    Listing(#[from] RuntimeError),
+    Listing(#[from] BackendError),
     /// The journal could not be read.
     #[error("{0}")]
     Journal(#[from] JournalError),
@@ -43,7 +43,7 @@ pub enum Verdict {
 }
 
 /// Decides one container's fate from its instance label and this instance's journal.
-pub fn verdict(owner: &Owner, c: &ManagedContainer, records: &[ExecRecord]) -> Verdict {
+pub fn verdict(owner: &Owner, c: &Owned, records: &[ExecRecord]) -> Verdict {
     let ownership = owner.ownership(c.instance.as_deref());
     if let Ownership::Other(instance) = ownership {
         return Verdict::Foreign(instance);
@@ -59,7 +59,7 @@ pub fn verdict(owner: &Owner, c: &ManagedContainer, records: &[ExecRecord]) -> V
 /// Matches the journal against the engine (see the module). Returns the journal as read with
 /// what was found, or an error (and touches nothing) when either side cannot be read.
 pub async fn reconcile(
-    runtime: &dyn Runtime,
+    runtime: &dyn Backend,
     journal: &Journal,
     worker_id: &str,
     cleanup: bool,
@@ -69,7 +69,7 @@ pub async fn reconcile(
     // Containers first: every container listed was claimed in the journal before it was
     // created, so a record read afterwards exists for each live one (no false orphans while
     // tasks start concurrently).
-    let containers = runtime.list_managed(worker_id).await?;
+    let containers = runtime.list(worker_id).await?;
     let records = journal.all()?;
     let mut found = HashMap::new();
     let mut foreign: BTreeMap<String, usize> = BTreeMap::new();
@@ -123,7 +123,9 @@ mod tests {
             }
         });
         let host = format!("unix://{}", sock.display());
-        let docker = crate::runtime::docker::Docker::connect(Some(&host), None).unwrap();
+        let docker = crate::backend::docker::DockerBackend::new(std::sync::Arc::new(
+            crate::runtime::docker::Docker::connect(Some(&host), None).unwrap(),
+        ));
         let r = reconcile(&docker, &journal, "w", true, Duration::from_secs(1)).await;
         assert!(
             matches!(r, Err(ReconcileError::Listing(_))),

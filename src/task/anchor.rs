@@ -15,8 +15,8 @@ use futures_util::StreamExt;
 use tracing::{debug, warn};
 
 use super::capture::{ENGINE_PIECE, Replay, TAIL_ENTRIES, Tail, log_end_matches, read_log_end};
+use crate::backend::{Live, LogEntry, OutputStream};
 use crate::protocol::Stream;
-use crate::runtime::{LogEntry, OutputStream, Runtime};
 use crate::transcript::spool::{SharedSpool, lock};
 use crate::transcript::{Mark, Redactor, slot};
 
@@ -128,7 +128,7 @@ pub(super) enum Attempt {
 /// container, and moves the resume point where that is provably right. Never leaves the
 /// container frozen: the thaw is retried and a failure to thaw is an error in the log.
 pub(super) async fn attempt(
-    runtime: &dyn Runtime,
+    runtime: &dyn Live,
     container_id: &str,
     live: &mut OutputStream,
     st: &mut Replay,
@@ -136,7 +136,7 @@ pub(super) async fn attempt(
     spool: &SharedSpool,
     schedule: &mut Schedule,
 ) -> Attempt {
-    if let Err(e) = runtime.pause(container_id).await {
+    if let Err(e) = runtime.freeze(container_id).await {
         debug!(container = container_id, error = %e, "cannot freeze the container to anchor its transcript");
         schedule.failed();
         return Attempt::Done(0);
@@ -228,9 +228,9 @@ fn same_end(a: &[LogEntry], b: &[LogEntry]) -> bool {
 }
 
 /// Thaws the container, retrying a few times: a task must never stay frozen because of berth.
-pub(super) async fn thaw(runtime: &dyn Runtime, container_id: &str) {
+pub(super) async fn thaw(runtime: &dyn Live, container_id: &str) {
     for attempt in 1..=5u64 {
-        match runtime.unpause(container_id).await {
+        match runtime.thaw(container_id).await {
             Ok(()) => return,
             Err(e) if attempt == 5 => {
                 warn!(container = container_id, error = %e, "cannot thaw the container after anchoring its transcript; run `docker unpause {container_id}`");

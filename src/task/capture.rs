@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
+use crate::backend::{Backend, BackendError, OutputStream};
 use crate::protocol::Stream;
-use crate::runtime::{OutputStream, Runtime, RuntimeError};
 use crate::transcript::spool::{SharedSpool, append_retrying, lock};
 use crate::transcript::{Cursor, Mark, Redactor, Resume, slot};
 
@@ -28,7 +28,7 @@ pub(super) const ENGINE_PIECE: usize = 16 << 10;
 pub enum CaptureError {
     /// The engine failed and the container is gone.
     #[error(transparent)]
-    Docker(#[from] RuntimeError),
+    Engine(#[from] BackendError),
 }
 
 /// The pure half of capture: turns engine log entries, in the engine's order, into redacted
@@ -355,11 +355,11 @@ pub fn log_end_matches(tails: [(&[u8], bool); 2], entries: &[(Stream, &[u8])]) -
 
 /// The log's last [`TAIL_ENTRIES`] entries (both streams, in the engine's order).
 pub(super) async fn read_log_end(
-    runtime: &dyn Runtime,
+    live: &dyn crate::backend::Live,
     container_id: &str,
-) -> Result<Vec<crate::runtime::LogEntry>, RuntimeError> {
+) -> Result<Vec<crate::backend::LogEntry>, BackendError> {
     let mut entries = Vec::new();
-    let mut tail = runtime.log_tail(container_id, TAIL_ENTRIES);
+    let mut tail = live.tail(container_id, TAIL_ENTRIES);
     while let Some(e) = tail.next().await {
         entries.push(e?);
     }
@@ -417,6 +417,8 @@ enum Handover {
 pub struct Live<'a> {
     /// The attach stream, opened before the command started.
     pub stream: OutputStream,
+    /// The backend's live capability (freezing, the log's last entries).
+    pub ops: &'a dyn crate::backend::Live,
     /// Live bytes between resume anchors (0: never freeze the container to anchor).
     pub anchor_every: u64,
     /// Where anchors are counted.
@@ -427,7 +429,7 @@ pub struct Live<'a> {
 /// failed, a log that ends differently) hands over to the log reader, which resumes exactly
 /// where the spooled live bytes end.
 async fn capture_live(
-    runtime: &dyn Runtime,
+    runtime: &dyn Backend,
     container_id: &str,
     spool: &SharedSpool,
     secrets: Vec<Vec<u8>>,
@@ -435,6 +437,7 @@ async fn capture_live(
 ) -> Handover {
     let Live {
         stream: mut live,
+        ops,
         anchor_every,
         metrics,
     } = live;
@@ -468,7 +471,7 @@ async fn capture_live(
                     }
                     due = None;
                     let attempt = super::anchor::attempt(
-                        runtime,
+                        ops,
                         container_id,
                         &mut live,
                         &mut st,
@@ -509,7 +512,7 @@ async fn capture_live(
     // connection) and the log ends with what was delivered.
     let stopped = async {
         loop {
-            match runtime.inspect_state(container_id).await {
+            match runtime.state(container_id).await {
                 Ok(Some((false, _))) => return Ok(()),
                 Ok(Some((true, _))) => tokio::time::sleep(Duration::from_millis(50)).await,
                 Ok(None) => return Err("the container disappeared".to_string()),
@@ -526,7 +529,7 @@ async fn capture_live(
             );
         }
     }
-    let entries = match read_log_end(runtime, container_id).await {
+    let entries = match read_log_end(ops, container_id).await {
         Ok(entries) => entries,
         Err(e) => return Handover::Incomplete(format!("reading the log's end failed: {e}")),
     };
@@ -549,7 +552,7 @@ async fn capture_live(
 /// trusted to the byte, from the engine's log. Safe to call again after a restart: it resumes
 /// from what the spool recorded.
 pub async fn capture(
-    runtime: &dyn Runtime,
+    runtime: &dyn Backend,
     container_id: &str,
     spool: &SharedSpool,
     secrets: Vec<Vec<u8>>,
@@ -571,7 +574,7 @@ pub async fn capture(
 
 /// Reads the container's output from the engine's log, from the spool's resume point.
 async fn capture_log(
-    runtime: &dyn Runtime,
+    runtime: &dyn Backend,
     container_id: &str,
     spool: &SharedSpool,
     secrets: Vec<Vec<u8>>,
@@ -584,7 +587,7 @@ async fn capture_log(
     for follow in [true, false] {
         loop {
             st.start_read();
-            let mut logs = Box::pin(runtime.logs(container_id, follow, st.since_secs()));
+            let mut logs = Box::pin(runtime.output(container_id, follow, st.since_secs()));
             let mut failed = None;
             let mut due: Option<tokio::time::Instant> = None;
             loop {
@@ -626,7 +629,7 @@ async fn capture_log(
                     failures += 1;
                     // The engine may be away or restarting: retry while the container exists
                     // or the engine does not answer (the supervisor decides when to stop).
-                    let gone = matches!(runtime.inspect_state(container_id).await, Ok(None));
+                    let gone = matches!(runtime.state(container_id).await, Ok(None));
                     if gone && failures > 3 {
                         return Err(e.into());
                     }
@@ -709,14 +712,14 @@ impl Tally {
 /// (the container has stopped: plain reads, retried a few times while the container exists).
 /// Unbounded in time: the caller sets the deadline and keeps what was counted by then.
 pub async fn count_rest(
-    runtime: &dyn Runtime,
+    runtime: &dyn Backend,
     container_id: &str,
     tally: &mut Tally,
 ) -> Result<(), CaptureError> {
     let mut failures = 0u32;
     loop {
         tally.start_read();
-        let mut logs = runtime.logs(container_id, false, tally.since_secs());
+        let mut logs = runtime.output(container_id, false, tally.since_secs());
         let failed = loop {
             match logs.next().await {
                 None => break None,
@@ -730,7 +733,7 @@ pub async fn count_rest(
         };
         failures += 1;
         // Gone with its container, the log cannot be counted any further.
-        let gone = matches!(runtime.inspect_state(container_id).await, Ok(None));
+        let gone = matches!(runtime.state(container_id).await, Ok(None));
         if gone || failures > 3 {
             return Err(e.into());
         }

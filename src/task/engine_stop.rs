@@ -4,8 +4,8 @@
 //! so the task would look like it failed by itself. berth notices either an outage during the
 //! wait, or an engine that refuses new connections right when a container dies by a signal.
 
+use crate::backend::ExitStatus;
 use crate::failure::{Failure, FailureReason};
-use crate::runtime::ExitStatus;
 
 /// What berth saw of the engine around a container's end.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,6 +20,7 @@ use tracing::{Instrument, error, info, info_span};
 
 use supervise::{Supervised, cleanup};
 
+use crate::backend::{Backend, ExitStatus};
 use crate::config::PullPolicy;
 use crate::control::shipper::Outbound;
 use crate::failure::FailureReason;
@@ -28,7 +29,6 @@ use crate::protocol::{
     MSG_CANCELLED, MSG_COMPLETED, MSG_INTERRUPTED, MSG_TIMEOUT, Stream, TASK_STATE_CANCELLED,
     TaskAssignment, TerminalExt, WorkerMessage,
 };
-use crate::runtime::{ExitStatus, Runtime};
 use crate::secret::Secret;
 use crate::spec::AgentSettings;
 use crate::transcript;
@@ -95,7 +95,7 @@ impl TaskControl {
     }
 
     /// Folds one statistics sample into the task's usage.
-    pub fn record_usage(&self, s: &crate::runtime::UsageSample) {
+    pub fn record_usage(&self, s: &crate::backend::UsageSample) {
         self.usage.lock().fold(s);
     }
 
@@ -240,7 +240,7 @@ pub enum RunEnd {
 /// What every task run shares.
 pub struct TaskEnv {
     /// The engine.
-    pub runtime: Arc<dyn Runtime>,
+    pub backend: Arc<dyn Backend>,
     /// Operator settings; replaced on reload (a task keeps the settings it started with).
     pub settings: parking_lot::RwLock<Arc<TaskSettings>>,
     /// Durable state.
@@ -252,7 +252,7 @@ pub struct TaskEnv {
     /// The control plane's environments API, when configured.
     pub catalog: Option<Arc<crate::control::catalog::Catalog>>,
     /// The engine's health (told when a call fails).
-    pub engine: Arc<crate::runtime::engine::Engine>,
+    pub engine: Arc<crate::backend::health::Engine>,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The way out for tasks whose egress is `allowlist` (opened on first use).
@@ -353,7 +353,9 @@ pub async fn resume(
         info!(container = %container_id, "re-attaching to the task's container after a restart");
         // A worker killed while it held the container frozen for a resume anchor left it
         // paused: thaw it, or the task would never go on.
-        anchor::thaw(env.runtime.as_ref(), &container_id).await;
+        if let Some(live) = env.backend.live() {
+            anchor::thaw(live, &container_id).await;
+        }
         let timeout = task_timeout(&env, &exec).map(|t| {
             let elapsed = (chrono::Utc::now() - exec.claimed_at)
                 .to_std()

@@ -15,11 +15,11 @@ use super::{
     Execution, Outcome, StopReason, TaskControl, TaskEnv, TaskSettings, phase, secrets_of,
     sleep_or_forever, system_line, task_timeout,
 };
+use crate::backend::ImageInfo;
 use crate::control::setup_events::{self, RunEvents, Timed};
 use crate::control::shipper::Outbound;
 use crate::failure::FailureReason;
 use crate::protocol::{Started, WorkerMessage};
-use crate::runtime::ImageInfo;
 use crate::spec::environment::Environment;
 use crate::spec::image::ImageRef;
 use crate::spec::policy::Limits;
@@ -42,7 +42,7 @@ async fn outlast_outage(
     token: &CancellationToken,
     what: &str,
 ) -> bool {
-    if env.runtime.ping().await.is_ok() {
+    if env.backend.ping().await.is_ok() {
         return false;
     }
     env.engine.suspect();
@@ -60,7 +60,7 @@ async fn outlast_outage(
             _ = token.cancelled() => return false,
             _ = env.detach.cancelled() => return false,
         }
-        if env.runtime.ping().await.is_ok() {
+        if env.backend.ping().await.is_ok() {
             system_line(&exec.spool, "Docker engine reachable again; retrying").await;
             return true;
         }
@@ -232,13 +232,16 @@ pub(super) async fn execute(
     };
     let id = created.id.clone();
     // Attached before the command starts, so the live stream holds all of its output; without
-    // it (an engine that refuses), the log is read instead.
-    let live = match env.runtime.attach(&id).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(container = %id, error = %e, "cannot attach to the container's output; reading it from the engine's log");
-            None
-        }
+    // it (an engine that refuses, or a backend without live output), the log is read instead.
+    let live = match env.backend.live() {
+        Some(ops) => match ops.attach(&id).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(container = %id, error = %e, "cannot attach to the container's output; reading it from the engine's log");
+                None
+            }
+        },
+        None => None,
     };
     let admitted = parking_lot::Mutex::new(None);
     let run = async {
@@ -346,7 +349,7 @@ async fn image(
     plan: &Plan,
     events: Option<&RunEvents>,
 ) -> Phase<(ImageInfo, Vec<String>)> {
-    let runtime = env.runtime.as_ref();
+    let runtime = env.backend.as_ref();
     let stopped = || token.is_cancelled() || env.detach.is_cancelled();
     let pull_at = chrono::Utc::now();
     let t = tokio::time::Instant::now();
@@ -366,7 +369,7 @@ async fn image(
     });
     let pulled = loop {
         let r = tokio::select! {
-            r = runtime.ensure_image(image, s.pull_policy, Some(&progress_tx)) => Some(r),
+            r = runtime.prepare_image(image, s.pull_policy, Some(&progress_tx)) => Some(r),
             _ = token.cancelled() => None,
             _ = env.detach.cancelled() => None,
         };
@@ -412,13 +415,13 @@ async fn sidecars(
     token: &CancellationToken,
     plan: &Plan,
 ) -> Phase<Vec<String>> {
-    let runtime = env.runtime.as_ref();
+    let runtime = env.backend.as_ref();
     let stopped = || token.is_cancelled() || env.detach.is_cancelled();
     let mut binds = Vec::new();
     for m in &plan.sidecars {
         let t = tokio::time::Instant::now();
         let prepared = loop {
-            match runtime.ensure_sidecar(&m.image, s.pull_policy).await {
+            match runtime.prepare_sidecar(&m.image, s.pull_policy).await {
                 Err(_) if outlast_outage(env, exec, token, "preparing a sidecar").await => {}
                 r => break r,
             }
@@ -458,7 +461,7 @@ async fn create(
     info: &ImageInfo,
     sidecar_binds: Vec<String>,
 ) -> Phase<Created> {
-    let runtime = env.runtime.as_ref();
+    let runtime = env.backend.as_ref();
     // Allowlist: the container goes on the sealed network, the proxy is its only way out.
     // A door that cannot be opened fails the task: it never runs unrestricted.
     let mut security = plan
@@ -523,14 +526,11 @@ async fn create(
                     }
                     return Err(phase(FailureReason::ContainerCreate)(e.to_string()));
                 }
-                let ours = runtime.list_managed(&s.worker_id).await.ok().and_then(|l| {
-                    l.into_iter()
-                        .find(|c| {
-                            c.execution_id == exec.execution_id
-                                && c.instance.as_deref() == Some(owner.instance.as_str())
-                        })
-                        .map(|c| c.id)
-                });
+                let ours = runtime
+                    .find(&owner, &exec.execution_id)
+                    .await
+                    .ok()
+                    .flatten();
                 if let Some(id) = ours {
                     break id;
                 }
@@ -563,7 +563,7 @@ async fn admit(
 ) -> Option<std::net::IpAddr> {
     let network = created.sealed.as_deref()?;
     let gate = env.gate.as_ref()?;
-    match env.runtime.container_address(&created.id, network).await {
+    match env.backend.address(&created.id, network).await {
         Ok(Some(ip)) => {
             gate.admit(ip, &exec.execution_id, plan.egress.clone());
             Some(ip)
@@ -593,7 +593,7 @@ async fn start(
     }
     let id = &created.id;
     let started_in = tokio::time::Instant::now();
-    env.runtime
+    env.backend
         .start(id)
         .await
         .map_err(|e| phase(FailureReason::ContainerStart)(e.to_string()))?;
@@ -636,6 +636,11 @@ async fn provision(
     if steps.is_empty() {
         return Ok(());
     }
+    let Some(in_place) = env.backend.in_place() else {
+        return Err(phase(FailureReason::WorkspaceSetup)(
+            "this backend cannot provision inside the task's sandbox".to_string(),
+        ));
+    };
     let secrets = secrets_of(env, &exec.assignment);
     // Each stage (the clones, the setup commands) is reported as it ends; one a stop cuts
     // short never ends, so it is never reported.
@@ -649,7 +654,7 @@ async fn provision(
         }
     };
     let provisioned = tokio::select! {
-        r = crate::task::provision::provision(env.runtime.as_ref(), id, steps, &exec.spool, &secrets, on_stage) => Some(r),
+        r = crate::task::provision::provision(in_place, id, steps, &exec.spool, &secrets, on_stage) => Some(r),
         _ = control.token.cancelled() => None,
         _ = sleep_or_forever(timeout) => {
             control.stop(StopReason::Timeout);

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use crate::backend::{BackendError, InPlace};
 use crate::failure::{Failure, FailureReason};
 use crate::protocol::Stream;
-use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::environment::{Environment, Repo, WORKSPACE, repo_dir};
 use crate::transcript::Redactor;
 use crate::transcript::spool::{SharedSpool, append_retrying, lock};
@@ -157,12 +157,12 @@ async fn announce(spool: &SharedSpool, secrets: &[Vec<u8>], text: &str) {
 
 /// Runs one step; its output goes to the spool. Returns its exit status.
 async fn run_step(
-    runtime: &dyn Runtime,
+    runtime: &dyn InPlace,
     container: &str,
     step: &Step,
     spool: &SharedSpool,
     secrets: &[Vec<u8>],
-) -> Result<i64, RuntimeError> {
+) -> Result<i64, BackendError> {
     let env = vec!["GIT_TERMINAL_PROMPT=0".to_string()];
     let mut run = runtime
         .exec(container, step.argv.clone(), Some(&step.workdir), env)
@@ -194,7 +194,7 @@ async fn run_step(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(RuntimeError::Api {
+    Err(BackendError::Api {
         op: "exec inspect",
         reason: format!("`{}` did not report an exit status", step.title),
     })
@@ -205,7 +205,7 @@ async fn run_step(
 /// `on_stage(kind, began, failed)` is told each time a stage (consecutive steps of one kind)
 /// ends; a stage a cancellation cuts short never ends.
 pub async fn provision(
-    runtime: &dyn Runtime,
+    runtime: &dyn InPlace,
     container: &str,
     steps: &[Step],
     spool: &SharedSpool,
@@ -260,14 +260,11 @@ pub async fn provision(
         ),
     )
     .await;
-    runtime
-        .signal(container, RELEASE_SIGNAL)
-        .await
-        .map_err(|e| Failure {
-            reason: FailureReason::ContainerStart,
-            detail: format!("cannot start the task's command after provisioning: {e}"),
-            exit_code: None,
-        })
+    runtime.release(container).await.map_err(|e| Failure {
+        reason: FailureReason::ContainerStart,
+        detail: format!("cannot start the task's command after provisioning: {e}"),
+        exit_code: None,
+    })
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use super::{
     Execution, Outcome, StopReason, TaskControl, TaskEnv, capture, phase, secrets_of,
     sleep_or_forever, system_line,
 };
+use crate::backend::ExitStatus;
 use crate::failure::FailureReason;
-use crate::runtime::ExitStatus;
 use crate::transcript::spool::lock;
 
 /// How long berth may count, without storing, what capture did not read from the engine's log
@@ -34,10 +34,10 @@ pub(super) async fn cleanup(env: &TaskEnv, id: &str, outcome: Supervised) -> Opt
     let s = &env.settings();
     let exited = matches!(outcome, Outcome::Exited(_));
     if s.cleanup || !exited {
-        if !exited && let Err(e) = env.runtime.stop(id, s.stop_grace_period).await {
+        if !exited && let Err(e) = env.backend.stop(id, s.stop_grace_period).await {
             warn!(container = %id, error = %e, "cannot stop container");
         }
-        if let Err(e) = env.runtime.remove(id).await {
+        if let Err(e) = env.backend.remove(id).await {
             error!(container = %id, error = %e, "cannot remove container; it is labelled berth.managed and will be removed at the next start");
         }
     }
@@ -50,18 +50,22 @@ pub(super) async fn supervise(
     id: &str,
     control: &TaskControl,
     timeout: Option<Duration>,
-    live: Option<crate::runtime::OutputStream>,
+    live: Option<crate::backend::OutputStream>,
 ) -> Supervised {
     let grace = env.settings().stop_grace_period;
     let secrets = secrets_of(env, &exec.assignment);
     // Capture runs alongside the wait in this task (not spawned): whatever ends the run also
     // ends the capture, and nothing is left running unowned.
-    let live = live.map(|stream| capture::Live {
-        stream,
-        anchor_every: env.settings().anchor_every,
-        metrics: &env.metrics,
-    });
-    let capture = capture::capture(env.runtime.as_ref(), id, &exec.spool, secrets.clone(), live);
+    let live = match (live, env.backend.live()) {
+        (Some(stream), Some(ops)) => Some(capture::Live {
+            stream,
+            ops,
+            anchor_every: env.settings().anchor_every,
+            metrics: &env.metrics,
+        }),
+        _ => None,
+    };
+    let capture = capture::capture(env.backend.as_ref(), id, &exec.spool, secrets.clone(), live);
     // Boxed so it can be dropped before what it did not read is counted.
     let mut capture = Box::pin(capture);
     let mut captured = None;
@@ -134,7 +138,7 @@ pub(super) async fn supervise(
 async fn count_unread(env: &TaskEnv, exec: &Execution, id: &str, secrets: Vec<Vec<u8>>, why: &str) {
     let from = lock(&exec.spool).last_resume();
     let mut tally = capture::Tally::new(from, secrets);
-    let counting = capture::count_rest(env.runtime.as_ref(), id, &mut tally);
+    let counting = capture::count_rest(env.backend.as_ref(), id, &mut tally);
     let counted = match tokio::time::timeout(COUNT_WITHIN, counting).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -166,11 +170,11 @@ async fn sample(env: &TaskEnv, id: &str, control: &TaskControl) -> std::convert:
     use crate::task::usage::{QUICK_SAMPLE_EVERY, SAMPLE_EVERY};
     let mut engine_due = tokio::time::Instant::now();
     loop {
-        if let Some(s) = env.runtime.quick_usage(id).await {
+        if let Some(s) = env.backend.quick_usage(id).await {
             control.record_usage(&s);
         }
         if tokio::time::Instant::now() >= engine_due {
-            if let Ok(Some(s)) = env.runtime.usage(id).await {
+            if let Ok(Some(s)) = env.backend.usage(id).await {
                 control.record_usage(&s);
             }
             engine_due = tokio::time::Instant::now() + SAMPLE_EVERY;
@@ -206,11 +210,11 @@ async fn wait_through_outages(env: &TaskEnv, id: &str, own: bool) -> Outcome {
     let mut outage: Option<Outage> = None;
     let mut errors_while_up = 0u32;
     loop {
-        let err = match env.runtime.wait(id).await {
+        let err = match env.backend.wait(id).await {
             Ok(st) => return exited(env, st, outage.as_ref(), own).await,
             Err(e) => e,
         };
-        let state = env.runtime.inspect_state(id).await;
+        let state = env.backend.state(id).await;
         if outage.is_some() && state.is_ok() {
             // Back: let admission know now rather than at the monitor's next ping.
             env.engine.suspect();
@@ -288,7 +292,7 @@ async fn exited(env: &TaskEnv, st: ExitStatus, outage: Option<&Outage>, own: boo
         },
         // dockerd closes its listener before it stops containers: an engine that refuses a new
         // connection now is stopping (the ping dials afresh; the wait's own connection lives on).
-        None if by_signal(&st) && env.runtime.ping().await.is_err() => {
+        None if by_signal(&st) && env.backend.ping().await.is_err() => {
             env.engine.suspect();
             EngineSeen::Stopping {
                 at: utc(chrono::Utc::now()),
@@ -311,10 +315,10 @@ async fn stop_through_outages(env: &TaskEnv, id: &str, grace: Duration) {
     let mut backoff = crate::backoff::Backoff::capped(Duration::from_secs(5));
     let mut refused = 0u32;
     loop {
-        let Err(e) = env.runtime.stop(id, grace).await else {
+        let Err(e) = env.backend.stop(id, grace).await else {
             return;
         };
-        match env.runtime.inspect_state(id).await {
+        match env.backend.state(id).await {
             Ok(None) | Ok(Some((false, _))) => return,
             Ok(Some((true, _))) => {
                 refused += 1;

@@ -2,8 +2,8 @@
 //! container statistics sampled while it runs. Pure folding of samples; the sampler lives in
 //! the supervised run.
 
+use crate::backend::UsageSample;
 use crate::protocol::Usage;
-use crate::runtime::UsageSample;
 
 /// How often a running task's statistics are read through the engine (all counters).
 pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

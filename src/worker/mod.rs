@@ -10,13 +10,13 @@ use tracing::{error, info, warn};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::control::session::{self, SessionIo, SessionSettings, SessionStats};
 use crate::control::shipper::Link;
 use crate::control::tls::{self, TlsError};
 use crate::journal::{ExecState, Journal, JournalError};
 use crate::runtime::docker::Docker;
-use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::AgentSettings;
 use crate::supervisor::{Found, Snapshot, Supervisor, SupervisorConfig};
 use crate::task::{TaskEnv, TaskSettings};
@@ -27,7 +27,7 @@ use crate::transcript::spool::Spool;
 pub enum WorkerError {
     /// Docker is unreachable or unsuitable.
     #[error(transparent)]
-    Docker(#[from] RuntimeError),
+    Docker(#[from] BackendError),
     /// TLS trust could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -58,7 +58,7 @@ pub enum WorkerError {
 
 /// Fails closed unless every OCI runtime the policy may use is registered with the engine.
 pub(crate) async fn check_runtimes(
-    runtime: &dyn Runtime,
+    runtime: &dyn Backend,
     policy: &crate::spec::policy::Policy,
 ) -> Result<(), WorkerError> {
     if policy.runtimes().iter().all(Option::is_none) {
@@ -81,7 +81,7 @@ pub(crate) async fn check_runtimes(
 /// The first reconciliation: container listings are retried a few times; a journal that
 /// cannot be read is an error at once (nothing is touched either way).
 async fn reconcile_at_start(
-    runtime: &dyn Runtime,
+    runtime: &dyn Backend,
     journal: &Journal,
     c: &Config,
 ) -> Result<(Vec<crate::journal::ExecRecord>, HashMap<String, Found>), WorkerError> {
@@ -148,7 +148,7 @@ pub struct EngineFacts {
 /// Everything needed to start a worker.
 pub struct Worker {
     config: Config,
-    runtime: Arc<dyn Runtime>,
+    backend: Arc<dyn Backend>,
     tls: Arc<rustls::ClientConfig>,
     journal: Arc<Journal>,
     docker_root: Option<PathBuf>,
@@ -187,17 +187,18 @@ impl Worker {
             version: engine.version,
             root_dir: engine.root_dir.map(PathBuf::from),
         };
-        Self::prepare_on(config, Arc::new(docker), facts).await
+        let backend = crate::backend::docker::DockerBackend::new(Arc::new(docker));
+        Self::prepare_on(config, Arc::new(backend), facts).await
     }
 
     /// Everything but connecting to the engine: TLS trust, the journal, the local API, and the
-    /// first reconciliation against `runtime`.
+    /// first reconciliation against `backend`.
     pub async fn prepare_on(
         config: Config,
-        runtime: Arc<dyn Runtime>,
+        backend: Arc<dyn Backend>,
         engine: EngineFacts,
     ) -> Result<Self, WorkerError> {
-        check_runtimes(runtime.as_ref(), &config.docker.policy).await?;
+        check_runtimes(backend.as_ref(), &config.docker.policy).await?;
         let cp = &config.control_plane;
         let tls = tls::client_config(
             cp.ca_file.as_deref(),
@@ -239,7 +240,7 @@ impl Worker {
             ),
             None => None,
         };
-        let start = reconcile_at_start(runtime.as_ref(), &journal, &config).await?;
+        let start = reconcile_at_start(backend.as_ref(), &journal, &config).await?;
         Ok(Worker {
             start,
             catalog,
@@ -247,7 +248,7 @@ impl Worker {
             api,
             docker_version: engine.version,
             config,
-            runtime,
+            backend,
             tls,
             journal: Arc::new(journal),
             docker_root: engine.root_dir,
@@ -288,7 +289,7 @@ impl Worker {
         let status_link = link_rx.clone();
         let stats = Arc::new(SessionStats::default());
         let abort = CancellationToken::new();
-        let engine = crate::runtime::engine::Engine::new(self.runtime.clone());
+        let engine = crate::backend::health::Engine::new(self.backend.clone());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         // The egress proxy lives as long as this run (tasks draining at shutdown keep it).
         let gate_stop = CancellationToken::new();
@@ -296,7 +297,7 @@ impl Worker {
         let owner = crate::spec::owner::Owner::new(&c.worker_id, self.journal.instance());
         // What an earlier run left (a SIGKILL, a one-shot run of an older berth): this
         // instance's sealed networks that no container uses, with their firewall chains.
-        match crate::egress::sweep(self.runtime.as_ref(), &owner, false).await {
+        match crate::egress::sweep(self.backend.as_ref(), &owner, false).await {
             Ok(swept) if !swept.removed.is_empty() => {
                 info!(networks = ?swept.removed, "removed sealed egress networks left by an earlier run")
             }
@@ -306,7 +307,7 @@ impl Worker {
             }
         }
         let gate = Arc::new(crate::egress::Gate::new(
-            self.runtime.clone(),
+            self.backend.clone(),
             owner,
             c.docker.policy.egress_proxy_port,
             metrics.clone(),
@@ -322,7 +323,7 @@ impl Worker {
             gate: Some(gate),
             metrics: metrics.clone(),
             engine: engine.clone(),
-            runtime: self.runtime.clone(),
+            backend: self.backend.clone(),
             settings: parking_lot::RwLock::new(Arc::new(settings)),
             journal: self.journal.clone(),
             outbox: out_tx.clone(),
@@ -368,7 +369,7 @@ impl Worker {
         tracker.spawn(engine.clone().monitor(shutdown.clone()));
         tracker.spawn(resync_after_outages(
             engine.clone(),
-            self.runtime.clone(),
+            self.backend.clone(),
             self.journal.clone(),
             c.worker_id.clone(),
             c.cleanup,
@@ -388,7 +389,7 @@ impl Worker {
             supervisor.subscribe(),
             engine.clone(),
             self.docker_version.clone(),
-            self.runtime.clone(),
+            self.backend.clone(),
             metrics,
             self.journal.clone(),
         ));
@@ -507,8 +508,8 @@ pub fn task_settings(c: &Config) -> TaskSettings {
 /// Whenever the engine comes back after an outage, sweeps what the outage may have left:
 /// containers of finished tasks whose removal failed, and orphans.
 async fn resync_after_outages(
-    engine: Arc<crate::runtime::engine::Engine>,
-    runtime: Arc<dyn Runtime>,
+    engine: Arc<crate::backend::health::Engine>,
+    runtime: Arc<dyn Backend>,
     journal: Arc<Journal>,
     worker_id: String,
     cleanup: bool,

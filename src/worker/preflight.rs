@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::backend::Backend;
+use crate::backend::docker::DockerBackend;
 use crate::config::Config;
 use crate::control::session::{SessionSettings, probe};
 use crate::runtime::docker::Docker;
@@ -83,16 +85,17 @@ pub async fn run(
                 policy(config, Err("Docker is unreachable".into())),
             ),
             Ok(info) => {
-                let runtimes = super::check_runtimes(&d, &config.docker.policy)
+                let backend = DockerBackend::new(std::sync::Arc::new(d));
+                let runtimes = super::check_runtimes(&backend, &config.docker.policy)
                     .await
                     .map_err(|e| e.to_string());
                 extra.push(dns(&info.version));
-                extra.push(
-                    match crate::runtime::Runtime::sealed_networks(&d, None).await {
+                if let Some(sealing) = backend.sealing() {
+                    extra.push(match sealing.networks(None).await {
                         Ok(nets) => networks(config, &nets),
                         Err(e) => Check::fail("networks", format!("cannot list them: {e}")),
-                    },
-                );
+                    });
+                }
                 (
                     Check::ok(
                         "docker",

@@ -58,7 +58,7 @@ pub(super) async fn apply_reloads(
         // A runtime the engine does not have is refused here as at start-up: the running
         // policy stays, rather than tasks failing (or running elsewhere) later.
         let restart: Vec<String> = ignored.iter().map(|k| k.to_string()).collect();
-        if let Err(e) = super::check_runtimes(env.runtime.as_ref(), &new.docker.policy).await {
+        if let Err(e) = super::check_runtimes(env.backend.as_ref(), &new.docker.policy).await {
             warn!(error = %e, "reload refused: the running policy is kept");
             reloads.record(false, format!("refused: {e}"), restart);
             continue;

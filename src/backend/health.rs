@@ -10,8 +10,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::Backend;
 use crate::backoff::Backoff;
-use crate::runtime::Runtime;
 
 /// How often a healthy engine is pinged.
 const HEALTHY_EVERY: Duration = Duration::from_secs(5);
@@ -31,21 +31,21 @@ pub struct EngineState {
 
 /// Watches one engine.
 pub struct Engine {
-    runtime: Arc<dyn Runtime>,
+    backend: Arc<dyn Backend>,
     state: watch::Sender<EngineState>,
     poke: Notify,
 }
 
 impl Engine {
     /// Starts out reachable (berth checked the engine before getting here).
-    pub fn new(runtime: Arc<dyn Runtime>) -> Arc<Self> {
+    pub fn new(backend: Arc<dyn Backend>) -> Arc<Self> {
         let (state, _) = watch::channel(EngineState {
             reachable: true,
             error: None,
             since: chrono::Utc::now(),
         });
         Arc::new(Engine {
-            runtime,
+            backend,
             state,
             poke: Notify::new(),
         })
@@ -110,7 +110,7 @@ impl Engine {
         let mut backoff = Backoff::capped(RETRY_CAP);
         loop {
             let result = tokio::select! {
-                r = self.runtime.ping() => r.map_err(|e| e.to_string()),
+                r = self.backend.ping() => r.map_err(|e| e.to_string()),
                 _ = shutdown.cancelled() => return,
             };
             let ok = result.is_ok();
