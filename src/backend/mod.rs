@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::PullPolicy;
-use crate::spec::ContainerSpec;
+use crate::spec::SandboxSpec;
 use crate::spec::image::ImageRef;
 use crate::spec::owner::Owner;
 
@@ -86,7 +86,7 @@ pub trait Backend: Send + Sync {
         policy: PullPolicy,
     ) -> Result<String, BackendError>;
     /// Creates the sandbox without starting it; returns its id.
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, BackendError>;
+    async fn create(&self, spec: &SandboxSpec) -> Result<String, BackendError>;
     /// The sandbox the engine made for `execution_id` (a create whose answer was lost).
     async fn find(&self, owner: &Owner, execution_id: &str)
     -> Result<Option<String>, BackendError>;

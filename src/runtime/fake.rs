@@ -22,10 +22,11 @@ use super::{
 };
 use crate::config::PullPolicy;
 use crate::protocol::Stream;
+use crate::runtime::ContainerSpec;
 use crate::spec::holder::{HOLD_SCRIPT, RELEASE_SIGNAL};
 use crate::spec::image::ImageRef;
 use crate::spec::owner::Owner;
-use crate::spec::{ContainerSpec, LABEL_EXECUTION, LABEL_INSTANCE, LABEL_TASK, LABEL_WORKER};
+use crate::spec::{LABEL_EXECUTION, LABEL_INSTANCE, LABEL_TASK, LABEL_WORKER};
 
 /// Exit status of a container stopped by the stop signal (128 + SIGTERM).
 pub const STOPPED: i64 = 143;

@@ -13,7 +13,6 @@ use async_trait::async_trait;
 
 use crate::config::PullPolicy;
 use crate::protocol::Stream;
-use crate::spec::ContainerSpec;
 use crate::spec::image::ImageRef;
 
 /// An engine failure, phrased for an operator.
@@ -67,6 +66,43 @@ pub enum RuntimeError {
         /// What the engine said.
         reason: String,
     },
+}
+
+/// Everything Docker needs to create one task container: the Docker backend's translation of
+/// a [`crate::spec::SandboxSpec`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Normalised image reference.
+    pub image: String,
+    pub cmd: Vec<String>,
+    /// Entrypoint override: only the provisioning holder ([`crate::spec::holder::held`]); `None`
+    /// keeps the image's.
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub working_dir: String,
+    /// Sidecar binds first, then operator volumes.
+    pub binds: Vec<String>,
+    /// berth labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// CPU limit in 1e-9 CPUs.
+    pub nano_cpus: Option<i64>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<i64>,
+    /// Memory+swap limit; equal to `memory_bytes` so the task gets no extra swap.
+    pub memory_swap_bytes: Option<i64>,
+    /// Run Docker's init (tini) as PID 1: a shell as PID 1 ignores SIGTERM, so without it a
+    /// stop always waited out the grace period; the init also reaps the agent's zombies.
+    pub init: bool,
+    /// Security settings (all but the network, which is `network_mode`).
+    pub security: crate::spec::policy::Security,
+    /// `bridge`, `none` or a network's name.
+    pub network_mode: String,
+    /// The servers the engine's embedded resolver forwards unknown names to (`--dns`); empty:
+    /// the engine's default. A sealed task gets its network's gateway, where nothing answers
+    /// DNS: see [`crate::spec::dns::sealed_dns`].
+    pub dns: Vec<String>,
 }
 
 /// What an image resolved to locally.

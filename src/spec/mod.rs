@@ -1,4 +1,5 @@
-//! Assignment + operator policy → `ContainerSpec`: a pure function, tested without Docker.
+//! Assignment + operator policy → [`SandboxSpec`], engine-neutral: a pure function, tested
+//! without any engine (each backend says it in its own terms).
 //!
 //! Everything here follows PROTOCOL.md §5 to the letter; it is what makes a berth container
 //! indistinguishable from one the Oz worker would have started.
@@ -183,15 +184,6 @@ pub fn check_mount_path(p: &str) -> Result<(), &'static str> {
         return Err("it would hide a system directory of the image");
     }
     Ok(())
-}
-
-/// The bind string of a prepared sidecar volume.
-pub fn sidecar_bind(volume: &str, mount: &SidecarMount) -> String {
-    if mount.read_write {
-        format!("{volume}:{}", mount.mount_path)
-    } else {
-        format!("{volume}:{}:ro", mount.mount_path)
-    }
 }
 
 fn non_blank(s: &Option<String>) -> Option<&str> {
@@ -422,41 +414,63 @@ pub fn container_env(
         .collect())
 }
 
-/// Everything Docker needs to create one task container.
+/// A sidecar as the sandbox mounts it: what the backend prepared for it (`source`: a Docker
+/// volume name; a backend that mounts images directly may hand back the image) at its path.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ContainerSpec {
-    /// Normalised image reference.
-    pub image: String,
-    pub cmd: Vec<String>,
-    /// Entrypoint override: only the provisioning holder ([`crate::spec::holder::held`]); `None`
-    /// keeps the image's.
-    pub entrypoint: Option<Vec<String>>,
-    /// `KEY=VALUE` entries.
-    pub env: Vec<String>,
-    /// Working directory.
-    pub working_dir: String,
-    /// Sidecar binds first, then operator volumes.
-    pub binds: Vec<String>,
-    /// berth labels.
-    pub labels: BTreeMap<String, String>,
-    /// CPU limit in 1e-9 CPUs.
-    pub nano_cpus: Option<i64>,
-    /// Memory limit in bytes.
-    pub memory_bytes: Option<i64>,
-    /// Memory+swap limit; equal to `memory_bytes` so the task gets no extra swap.
-    pub memory_swap_bytes: Option<i64>,
-    /// Run Docker's init (tini) as PID 1: a shell as PID 1 ignores SIGTERM, so without it a
-    /// stop always waited out the grace period; the init also reaps the agent's zombies.
-    pub init: bool,
-    /// Operator security settings.
-    pub security: crate::spec::policy::Security,
-    /// The servers the engine's embedded resolver forwards unknown names to (`--dns`); empty:
-    /// the engine's default. A sealed task gets its network's gateway, where nothing answers
-    /// DNS: see [`crate::spec::dns::sealed_dns`].
-    pub dns: Vec<String>,
+pub struct Sidecar {
+    pub mount: SidecarMount,
+    /// What [`crate::backend::Backend::prepare_sidecar`] returned for its image.
+    pub source: String,
 }
 
-/// Inputs of [`container_spec`] that are not in the assignment.
+/// Where the sandbox's traffic may go, as decided by its egress.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Network {
+    /// The engine's own network, by name (`bridge`, or an operator's named network): egress
+    /// open.
+    Engine(String),
+    /// No network at all (egress `none`).
+    None,
+    /// A sealed network whose only way out is berth's proxy on `gateway` (egress `allowlist`).
+    Sealed {
+        /// The engine's name for it.
+        name: String,
+        /// Where the proxy listens; nothing else there answers (DNS included).
+        gateway: std::net::IpAddr,
+    },
+}
+
+/// What one execution's sandbox is, engine-neutral: the task run hands it to its backend,
+/// which says it in its own terms (Docker: a container; see `backend::docker::translate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    /// Normalised image reference.
+    pub image: String,
+    /// The command, after the image's own entrypoint.
+    pub command: Vec<String>,
+    /// The image's entrypoint, when the command starts held until in-place provisioning ends
+    /// (the backend wraps the start; see `spec::holder`).
+    pub hold: Option<Vec<String>>,
+    /// `KEY=VALUE` entries, in Oz's order.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+    /// berth's labels: owner (worker id, instance), task, execution.
+    pub labels: BTreeMap<String, String>,
+    /// CPU and memory, limits equal to requests.
+    pub limits: crate::spec::policy::Limits,
+    /// Sidecars, in mount order.
+    pub sidecars: Vec<Sidecar>,
+    /// The operator's volumes, `HOST:CONTAINER[:MODE]` (validated by the config).
+    pub volumes: Vec<String>,
+    /// Security settings, hardened by the profile (their `network` is the policy's default,
+    /// decided into [`SandboxSpec::network`]: read that).
+    pub security: crate::spec::policy::Security,
+    /// Where its traffic may go.
+    pub network: Network,
+}
+
+/// Inputs of [`sandbox_spec`] that are not in the assignment.
 #[derive(Debug, Clone)]
 pub struct SpecContext<'a> {
     /// Worker id and berth instance, for the labels.
@@ -467,8 +481,8 @@ pub struct SpecContext<'a> {
     pub berth: bool,
     /// Resolved image.
     pub image: &'a ImageRef,
-    /// Binds of the prepared sidecar volumes, in mount order.
-    pub sidecar_binds: Vec<String>,
+    /// The prepared sidecars, in mount order.
+    pub sidecars: Vec<Sidecar>,
     /// Agent argv settings.
     pub agent: &'a AgentSettings,
     /// Operator env (config entries, then `-e` flags), already resolved.
@@ -477,8 +491,10 @@ pub struct SpecContext<'a> {
     pub operator_volumes: &'a [String],
     /// CPU and memory limits decided by the policy.
     pub limits: crate::spec::policy::Limits,
-    /// Operator security settings.
+    /// Operator security settings, hardened by the profile.
     pub security: &'a crate::spec::policy::Security,
+    /// Where its traffic may go.
+    pub network: Network,
     /// The task's environment, if any.
     pub environment: Option<&'a crate::spec::environment::Environment>,
     /// The image's entrypoint, when the environment provisions inside the container: the
@@ -491,11 +507,8 @@ pub fn berth_command(a: &TaskAssignment, berth: bool) -> Option<&[String]> {
     a.command.as_deref().filter(|c| berth && !c.is_empty())
 }
 
-/// Builds the container spec for one task execution.
-pub fn container_spec(
-    a: &TaskAssignment,
-    ctx: &SpecContext<'_>,
-) -> Result<ContainerSpec, SpecError> {
+/// Builds the sandbox spec for one task execution.
+pub fn sandbox_spec(a: &TaskAssignment, ctx: &SpecContext<'_>) -> Result<SandboxSpec, SpecError> {
     let task = a.task.as_ref().ok_or(SpecError::MissingTask)?;
     let task_id = if task.id.is_empty() {
         &a.task_id
@@ -505,13 +518,6 @@ pub fn container_spec(
     let cmd = match berth_command(a, ctx.berth) {
         Some(c) => c.to_vec(),
         None => agent_argv(a, ctx.agent),
-    };
-    let (entrypoint, cmd) = match ctx.hold {
-        Some(image_entrypoint) => {
-            let (e, c) = crate::spec::holder::held(image_entrypoint, &cmd);
-            (Some(e), c)
-        }
-        None => (None, cmd),
     };
     let image = ctx.image.to_string();
     let env = container_env(
@@ -527,28 +533,24 @@ pub fn container_spec(
         a.env_vars.as_ref(),
         ctx.operator_env,
     )?;
-    let mut binds = ctx.sidecar_binds.clone();
-    binds.extend(ctx.operator_volumes.iter().cloned());
     let mut labels = ctx.owner.labels();
     labels.insert(LABEL_TASK.to_string(), a.task_id.clone());
     labels.insert(LABEL_EXECUTION.to_string(), ctx.execution_id.to_string());
-    Ok(ContainerSpec {
+    Ok(SandboxSpec {
         image,
-        cmd,
-        entrypoint,
+        command: cmd,
+        hold: ctx.hold.map(<[String]>::to_vec),
         env,
-        working_dir: ctx
+        workdir: ctx
             .environment
             .and_then(|e| e.workdir.clone())
             .unwrap_or_else(|| WORKDIR.to_string()),
-        binds,
         labels,
-        nano_cpus: ctx.limits.nano_cpus,
-        memory_bytes: ctx.limits.memory_bytes,
-        memory_swap_bytes: ctx.limits.memory_bytes,
-        init: true,
+        limits: ctx.limits,
+        sidecars: ctx.sidecars.clone(),
+        volumes: ctx.operator_volumes.to_vec(),
         security: ctx.security.clone(),
-        dns: Vec::new(),
+        network: ctx.network.clone(),
     })
 }
 
@@ -1029,12 +1031,14 @@ mod tests {
             },
         ]);
         let plan = plan_sidecars(&a).unwrap_or_default();
-        let binds: Vec<String> = plan
+        let mounts: Vec<(&str, bool)> = plan
             .iter()
-            .enumerate()
-            .map(|(i, m)| sidecar_bind(&format!("v{i}"), m))
+            .map(|m| (m.mount_path.as_str(), m.read_write))
             .collect();
-        assert_eq!(binds, strs(&["v0:/agent:ro", "v1:/tools:ro", "v2:/cache"]));
+        assert_eq!(
+            mounts,
+            [("/agent", false), ("/tools", false), ("/cache", true)]
+        );
         let bad = |image: &str, path: &str| {
             let mut a = a.clone();
             a.additional_sidecars = Some(vec![AdditionalSidecar {
@@ -1113,7 +1117,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_has_limits_labels_binds_and_the_right_command() {
+    fn spec_has_limits_labels_mounts_and_the_right_command() {
         let mut a = assignment(None);
         a.instance_shape = Some(InstanceShape {
             vcpus: Some(2),
@@ -1126,54 +1130,56 @@ mod tests {
         let policy = crate::spec::policy::Policy::default();
         let limits = policy.limits(a.instance_shape, None).unwrap_or_default();
         let owner = crate::spec::owner::Owner::new("w1", "i1");
+        let agent = Sidecar {
+            mount: SidecarMount {
+                image: ImageRef::parse("agent:1").unwrap(),
+                mount_path: "/agent".into(),
+                read_write: false,
+            },
+            source: "agentvol".into(),
+        };
         let ctx = SpecContext {
             owner: &owner,
             execution_id: "e1",
             berth: true,
             image: &image,
-            sidecar_binds: strs(&["agentvol:/agent:ro"]),
+            sidecars: vec![agent.clone()],
             agent: &s,
             operator_env: &[],
             operator_volumes: &vols,
             limits,
             security: &policy.security,
+            network: Network::Engine("bridge".into()),
             environment: None,
             hold: None,
         };
-        let spec = container_spec(&a, &ctx).unwrap();
-        assert_eq!(spec.cmd, strs(&["echo", "hi"]));
+        let spec = sandbox_spec(&a, &ctx).unwrap();
+        assert_eq!(spec.command, strs(&["echo", "hi"]));
         assert!(spec.security.no_new_privileges);
-        assert_eq!(spec.binds, strs(&["agentvol:/agent:ro", "/host:/data:ro"]));
-        assert_eq!(spec.nano_cpus, Some(2_000_000_000));
-        assert_eq!(spec.memory_bytes, Some(3 << 30));
-        assert_eq!(spec.memory_swap_bytes, spec.memory_bytes);
-        assert!(spec.init, "signals must reach the task's process tree");
-        assert_eq!(spec.working_dir, "/workspace");
-        assert_eq!(
-            spec.labels.get("berth.managed").map(String::as_str),
-            Some("true")
-        );
-        assert_eq!(
-            spec.labels.get("berth.task_id").map(String::as_str),
-            Some("run-1")
-        );
-        assert_eq!(
-            spec.labels.get("berth.execution_id").map(String::as_str),
-            Some("e1")
-        );
-        assert_eq!(
-            spec.labels.get("berth.instance").map(String::as_str),
-            Some("i1"),
-            "berth touches only what its own instance created"
-        );
+        assert_eq!(spec.sidecars, [agent]);
+        assert_eq!(spec.volumes, vols);
+        assert_eq!(spec.limits.nano_cpus, Some(2_000_000_000));
+        assert_eq!(spec.limits.memory_bytes, Some(3 << 30));
+        assert_eq!(spec.workdir, "/workspace");
+        assert_eq!(spec.network, Network::Engine("bridge".into()));
+        for (label, value) in [
+            ("berth.managed", "true"),
+            ("berth.task_id", "run-1"),
+            ("berth.execution_id", "e1"),
+            // berth touches only what its own instance created.
+            ("berth.instance", "i1"),
+            ("berth.worker_id", "w1"),
+        ] {
+            assert_eq!(spec.labels.get(label).map(String::as_str), Some(value));
+        }
         assert_eq!(spec.env[0], "TASK_ID=t-1");
         // On an oz/1 connection the command is ignored and the agent runs.
         let oz = SpecContext {
             berth: false,
             ..ctx.clone()
         };
-        let spec = container_spec(&a, &oz).unwrap();
-        assert_eq!(spec.cmd[0], "/agent/entrypoint.sh");
+        let spec = sandbox_spec(&a, &oz).unwrap();
+        assert_eq!(spec.command[0], "/agent/entrypoint.sh");
         // Non-positive axes mean no limit.
         let none = policy
             .limits(
@@ -1188,22 +1194,25 @@ mod tests {
             limits: none,
             ..ctx
         };
-        let spec = container_spec(&a, &ctx).unwrap();
-        assert_eq!((spec.nano_cpus, spec.memory_bytes), (None, None));
-        assert_eq!(spec.entrypoint, None, "the image's entrypoint is kept");
-        // Held for provisioning: the holder is the entrypoint and runs image entrypoint + cmd.
+        let spec = sandbox_spec(&a, &ctx).unwrap();
+        assert_eq!(
+            (spec.limits.nano_cpus, spec.limits.memory_bytes),
+            (None, None)
+        );
+        assert_eq!(
+            spec.hold, None,
+            "not held: the image's entrypoint runs the command"
+        );
+        // Held for in-place provisioning: the image's entrypoint travels with the spec.
         let image_ep = strs(&["/init"]);
         let held = SpecContext {
             hold: Some(&image_ep),
             ..ctx.clone()
         };
-        let spec = container_spec(&a, &held).unwrap();
-        assert_eq!(
-            spec.entrypoint.as_deref().map(|e| &e[..2]),
-            Some(&strs(&["/bin/sh", "-c"])[..])
-        );
-        assert_eq!(spec.cmd, strs(&["/init", "echo", "hi"]));
+        let spec = sandbox_spec(&a, &held).unwrap();
+        assert_eq!(spec.hold, Some(image_ep));
+        assert_eq!(spec.command, strs(&["echo", "hi"]));
         a.task = None;
-        assert_eq!(container_spec(&a, &ctx), Err(SpecError::MissingTask));
+        assert_eq!(sandbox_spec(&a, &ctx), Err(SpecError::MissingTask));
     }
 }

@@ -24,8 +24,8 @@ use crate::spec::environment::Environment;
 use crate::spec::image::ImageRef;
 use crate::spec::policy::Limits;
 use crate::spec::{
-    ContainerSpec, SidecarMount, SpecContext, container_spec, plan_sidecars, resolve_image,
-    sidecar_bind,
+    Network, SandboxSpec, Sidecar, SidecarMount, SpecContext, plan_sidecars, resolve_image,
+    sandbox_spec,
 };
 use crate::task::provision::{Step, StepKind};
 
@@ -175,7 +175,7 @@ fn egress_of(s: &TaskSettings, environment: Option<&Environment>) -> crate::spec
 /// A container the engine created for the execution (journaled as ours).
 struct Created {
     id: String,
-    spec: ContainerSpec,
+    spec: SandboxSpec,
     /// How long the create took (announced with the start).
     took_ms: u128,
     /// The sealed network it is on (egress allowlist).
@@ -216,12 +216,12 @@ pub(super) async fn execute(
         Ok(p) => p,
         Err(o) => return Some(o),
     };
-    let (info, sidecar_binds) = match image(env, exec, &s, &control.token, &plan, events).await {
+    let (info, sidecars) = match image(env, exec, &s, &control.token, &plan, events).await {
         Ok(r) => r,
         Err(o) => return Some(o),
     };
     let create_at = chrono::Utc::now();
-    let created = create(env, exec, &s, &control.token, &plan, &info, sidecar_binds).await;
+    let created = create(env, exec, &s, &control.token, &plan, &info, sidecars).await;
     // Create and start are one phase: reported here only when the create failed.
     if created.is_err() {
         report(events, setup_events::CONTAINER_START, create_at, &created);
@@ -309,12 +309,6 @@ async fn prepare(
     let egress = egress_of(s, environment.as_ref());
     let security = crate::spec::policy::Security {
         runtime,
-        // No network at all; allowlist gets the sealed network when the container is made.
-        network: if egress.mode == crate::spec::egress::Mode::None {
-            "none".to_string()
-        } else {
-            s.policy.security.network.clone()
-        },
         ..s.policy.security.clone()
     };
     let workdir = environment
@@ -348,7 +342,7 @@ async fn image(
     token: &CancellationToken,
     plan: &Plan,
     events: Option<&RunEvents>,
-) -> Phase<(ImageInfo, Vec<String>)> {
+) -> Phase<(ImageInfo, Vec<Sidecar>)> {
     let runtime = env.backend.as_ref();
     let stopped = || token.is_cancelled() || env.detach.is_cancelled();
     let pull_at = chrono::Utc::now();
@@ -414,7 +408,7 @@ async fn sidecars(
     s: &TaskSettings,
     token: &CancellationToken,
     plan: &Plan,
-) -> Phase<Vec<String>> {
+) -> Phase<Vec<Sidecar>> {
     let runtime = env.backend.as_ref();
     let stopped = || token.is_cancelled() || env.detach.is_cancelled();
     let mut binds = Vec::new();
@@ -437,7 +431,10 @@ async fn sidecars(
                     ),
                 )
                 .await;
-                binds.push(sidecar_bind(&volume, m));
+                binds.push(Sidecar {
+                    mount: m.clone(),
+                    source: volume,
+                });
             }
             Err(_) if stopped() => return Err(Outcome::Interrupted),
             Err(e) => return Err(phase(FailureReason::SidecarPrep)(e.to_string())),
@@ -459,12 +456,12 @@ async fn create(
     token: &CancellationToken,
     plan: &Plan,
     info: &ImageInfo,
-    sidecar_binds: Vec<String>,
+    sidecars: Vec<Sidecar>,
 ) -> Phase<Created> {
     let runtime = env.backend.as_ref();
     // Allowlist: the container goes on the sealed network, the proxy is its only way out.
     // A door that cannot be opened fails the task: it never runs unrestricted.
-    let mut security = plan
+    let security = plan
         .security
         .hardened(s.policy.profile, &info.user, &plan.workdir);
     let door = if plan.egress.mode == crate::spec::egress::Mode::Allowlist {
@@ -478,10 +475,18 @@ async fn create(
             .open()
             .await
             .map_err(|e| phase(FailureReason::ContainerCreate)(e.to_string()))?;
-        security.network = door.network.clone();
         Some(door)
     } else {
         None
+    };
+    // No network at all for egress none; the sealed one for allowlist; else the policy's.
+    let network = match (&door, plan.egress.mode) {
+        (Some(d), _) => Network::Sealed {
+            name: d.network.clone(),
+            gateway: d.gateway,
+        },
+        (None, crate::spec::egress::Mode::None) => Network::None,
+        (None, _) => Network::Engine(s.policy.security.network.clone()),
     };
     let owner = env.owner();
     let ctx = SpecContext {
@@ -489,16 +494,17 @@ async fn create(
         execution_id: &exec.execution_id,
         berth: exec.berth,
         image: &plan.image,
-        sidecar_binds,
+        sidecars,
         agent: &s.agent,
         operator_env: &s.operator_env,
         operator_volumes: &s.operator_volumes,
         limits: plan.limits,
         security: &security,
+        network,
         environment: plan.environment.as_ref(),
         hold: (!plan.steps.is_empty()).then_some(info.entrypoint.as_slice()),
     };
-    let mut spec = container_spec(&exec.assignment, &ctx)
+    let mut spec = sandbox_spec(&exec.assignment, &ctx)
         .map_err(|e| phase(e.failure_reason())(e.to_string()))?;
     // A non-root user without a writable home breaks git, pip and npm: /tmp is one.
     if s.policy.profile == crate::spec::policy::Profile::Strict
@@ -507,7 +513,6 @@ async fn create(
         spec.env.push("HOME=/tmp".to_string());
     }
     if let Some(d) = &door {
-        spec.dns = crate::spec::dns::sealed_dns(d.gateway);
         // Last, so they win over any the task set itself (which would lead nowhere).
         spec.env.extend(
             crate::spec::egress::proxy_env(&d.proxy_url)

@@ -17,12 +17,11 @@ use tracing::warn;
 
 use super::{Docker, api, engine_message, is_status};
 use crate::protocol::Stream;
+use crate::runtime::ContainerSpec;
 use crate::runtime::{
     ExecRun, ExitStatus, LogEntry, LogStream, ManagedContainer, OutputStream, RuntimeError,
 };
-use crate::spec::{
-    ContainerSpec, LABEL_EXECUTION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER,
-};
+use crate::spec::{LABEL_EXECUTION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER};
 use crate::transcript::split_timestamp;
 
 impl Docker {
@@ -62,7 +61,7 @@ impl Docker {
                 )
                 .filter(|t| !t.is_empty()),
                 runtime: spec.security.runtime.clone(),
-                network_mode: Some(spec.security.network.clone()),
+                network_mode: Some(spec.network_mode.clone()),
                 dns: Some(spec.dns.clone()).filter(|d| !d.is_empty()),
                 // Explicit, so a host-wide log driver of none/syslog cannot hide task output;
                 // `local` keeps raw bytes (json-file turns invalid UTF-8 into U+FFFD) and is

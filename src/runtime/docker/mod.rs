@@ -19,11 +19,11 @@ use bollard::errors::Error as BollardError;
 use tokio::time::Instant;
 
 use crate::config::PullPolicy;
+use crate::runtime::ContainerSpec;
 use crate::runtime::{
     EgressNetwork, ExecRun, ExitStatus, ImageInfo, LogStream, ManagedContainer, OutputStream,
     Runtime, RuntimeError,
 };
-use crate::spec::ContainerSpec;
 use crate::spec::image::ImageRef;
 
 /// Label on sidecar volumes so operators can find (and prune) them.

@@ -3,6 +3,8 @@
 //! seam offers: live attach and freezing, provisioning in the held container, split streams,
 //! sealed bridge networks; and an engine restart stops its containers.
 
+pub mod translate;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use super::{
 };
 use crate::config::PullPolicy;
 use crate::runtime::Runtime;
-use crate::spec::ContainerSpec;
+use crate::spec::SandboxSpec;
 use crate::spec::holder::RELEASE_SIGNAL;
 use crate::spec::image::ImageRef;
 use crate::spec::owner::{Owner, Ownership};
@@ -75,8 +77,8 @@ impl Backend for DockerBackend {
         self.engine.ensure_sidecar(image, policy).await
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
-        self.engine.create(spec).await
+    async fn create(&self, spec: &SandboxSpec) -> Result<String, BackendError> {
+        self.engine.create(&translate::container_spec(spec)).await
     }
 
     async fn find(
