@@ -2,6 +2,7 @@
 //! PROTOCOL.md (WebSocket endpoint for workers, in-memory queue, requeue on rejection) plus a
 //! small JSON HTTP API. The CLI, the integration tests and the benchmarks all use this one.
 
+mod encode;
 mod environments;
 mod events;
 mod http;
