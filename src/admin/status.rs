@@ -19,7 +19,7 @@ use crate::backend::health::Engine;
 use crate::control::session::SessionStats;
 use crate::control::shipper::{Link, Outbound};
 use crate::metrics::{Gauges, Metrics};
-use crate::protocol::{DockerStatus, HostStatus, WorkerMessage, WorkerStatus};
+use crate::protocol::{DockerStatus, EngineStatus, HostStatus, WorkerMessage, WorkerStatus};
 use crate::supervisor::Snapshot;
 
 /// Shortest gap between two `worker_status` messages sent because slots changed.
@@ -103,7 +103,7 @@ impl Status {
     /// A typical status: connected on berth/1, one of four slots busy (unit-test fixture).
     #[cfg(test)]
     pub(crate) fn example() -> Status {
-        use crate::protocol::{DockerStatus, HostStatus, WorkerStatus};
+        use crate::protocol::{DockerStatus, EngineStatus, HostStatus, WorkerStatus};
 
         Status {
             worker_id: "host-1".into(),
@@ -125,6 +125,11 @@ impl Status {
                     memory_available_bytes: 6 << 30,
                     disk_free_bytes: 100 << 30,
                     docker: DockerStatus {
+                        reachable: true,
+                        version: "20.10.24".into(),
+                    },
+                    engine: EngineStatus {
+                        backend: "docker".into(),
                         reachable: true,
                         version: "20.10.24".into(),
                     },
@@ -265,6 +270,11 @@ impl Live {
                     reachable,
                     version: self.docker_version.clone(),
                 },
+                engine: EngineStatus {
+                    backend: self.backend.kind().to_string(),
+                    reachable,
+                    version: self.docker_version.clone(),
+                },
             },
         }
     }
@@ -381,6 +391,7 @@ impl Live {
         Gauges {
             worker_id: self.worker_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            backend: self.backend.kind(),
             connected: self.session.connected.load(Relaxed),
             active: snap.active,
             max: snap.max,

@@ -271,7 +271,8 @@ pub(super) static FAMILIES: &[Family] = &[
         help: "Always 1; the labels describe the worker.",
         read: By(|v| {
             let (version, id) = (escape(&v.g.version), escape(&v.g.worker_id));
-            let labels = format!("version=\"{version}\",backend=\"docker\",worker_id=\"{id}\"");
+            let backend = escape(v.g.backend);
+            let labels = format!("version=\"{version}\",backend=\"{backend}\",worker_id=\"{id}\"");
             vec![(labels, Num::Int(1))]
         }),
     },

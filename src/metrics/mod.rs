@@ -126,6 +126,8 @@ pub struct Gauges {
     pub worker_id: String,
     /// berth's version.
     pub version: String,
+    /// The backend tasks run on (`docker`).
+    pub backend: &'static str,
     /// A control-plane connection is up.
     pub connected: bool,
     /// Tasks holding a slot.
@@ -291,6 +293,7 @@ mod tests {
         let t = m.render(&Gauges {
             worker_id: "w\"1".into(),
             version: "0.1.0".into(),
+            backend: "docker",
             ..Gauges::default()
         });
         for s in [
@@ -466,6 +469,7 @@ mod tests {
         let g = Gauges {
             worker_id: "w\\1\n\"x\"".into(),
             version: "0.9.1".into(),
+            backend: "docker",
             connected: true,
             active: 2,
             max: 8,

@@ -22,7 +22,8 @@ pub use assignment::{
 pub(crate) use envelope::frame;
 pub use envelope::{DecodeError, Envelope};
 pub use payloads::{
-    DockerStatus, HeldTask, Hello, HostStatus, Started, Stream, TerminalExt, Usage, WorkerStatus,
+    DockerStatus, EngineStatus, HeldTask, Hello, HostStatus, Started, Stream, TerminalExt, Usage,
+    WorkerStatus,
 };
 pub use server::ServerMessage;
 pub use worker::{

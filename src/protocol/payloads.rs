@@ -105,7 +105,7 @@ pub struct Hello {
     pub worker_id: String,
     /// berth version.
     pub version: String,
-    /// Always `docker`.
+    /// The backend tasks run on (`docker`).
     pub backend: String,
     /// Slots (0 = unlimited).
     pub max_concurrent_tasks: u32,
@@ -115,7 +115,19 @@ pub struct Hello {
     pub tasks: Vec<HeldTask>,
 }
 
-/// The Docker engine in `worker_status.host`.
+/// The engine in `worker_status.host.engine`: the engine-neutral twin of `docker`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// The backend (`docker`), as `worker_hello.backend` names it.
+    pub backend: String,
+    /// The engine answered its last ping.
+    pub reachable: bool,
+    /// Engine version (as checked at start-up).
+    pub version: String,
+}
+
+/// The Docker engine in `worker_status.host` (kept for berth/1 servers that read it; the same
+/// facts as `engine`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DockerStatus {
     /// The engine answered its last ping.
@@ -134,8 +146,11 @@ pub struct HostStatus {
     pub memory_available_bytes: u64,
     /// Free disk under `state_dir`.
     pub disk_free_bytes: u64,
-    /// The engine.
+    /// The engine (named `docker` whatever the backend: read `engine`).
     pub docker: DockerStatus,
+    /// The engine, engine-neutral.
+    #[serde(default)]
+    pub engine: EngineStatus,
 }
 
 /// `worker_status` payload (berth/1).

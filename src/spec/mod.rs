@@ -349,10 +349,9 @@ pub struct Identity<'a> {
     pub server_root_url: &'a str,
     /// The resolved image.
     pub image: &'a str,
+    /// The backend the task runs on (`OZ_WORKER_BACKEND`: `docker`).
+    pub backend: &'a str,
 }
-
-/// The engine berth runs tasks on, as `OZ_WORKER_BACKEND` names it.
-pub const WORKER_BACKEND: &str = "docker";
 
 /// Prefix of assignment variables the operator's environment never overrides.
 const METADATA_PREFIX: &str = "WARP_METADATA_";
@@ -383,7 +382,7 @@ pub fn container_env(
     let pairs = [
         ("RUN_ID", id.task_id),
         ("EXECUTION_ID", id.execution_id),
-        ("WORKER_BACKEND", WORKER_BACKEND),
+        ("WORKER_BACKEND", id.backend),
         ("SERVER_ROOT_URL", id.server_root_url),
         ("DOCKER_IMAGE", id.image),
     ];
@@ -475,6 +474,8 @@ pub struct SandboxSpec {
 pub struct SpecContext<'a> {
     /// Worker id and berth instance, for the labels.
     pub owner: &'a crate::spec::owner::Owner,
+    /// The backend's name (`OZ_WORKER_BACKEND`).
+    pub backend: &'a str,
     /// The execution being started.
     pub execution_id: &'a str,
     /// berth/1 negotiated on the connection that delivered the assignment.
@@ -528,6 +529,7 @@ pub fn sandbox_spec(a: &TaskAssignment, ctx: &SpecContext<'_>) -> Result<Sandbox
             execution_id: a.execution_id.as_deref().unwrap_or_default(),
             server_root_url: &ctx.agent.server_root_url,
             image: &image,
+            backend: ctx.backend,
         },
         ctx.environment.map(|e| &e.env),
         a.env_vars.as_ref(),
@@ -896,6 +898,7 @@ mod tests {
             execution_id: "",
             server_root_url,
             image: "",
+            backend: "docker",
         }
     }
 
@@ -965,6 +968,7 @@ mod tests {
             execution_id: "exec-2",
             server_root_url: "https://oz.example",
             image: "docker.io/library/ubuntu:24.04",
+            backend: "docker",
         };
         let env = container_env(full, None, None, &[]).unwrap_or_default();
         for (name, value) in [
@@ -1140,6 +1144,7 @@ mod tests {
         };
         let ctx = SpecContext {
             owner: &owner,
+            backend: "docker",
             execution_id: "e1",
             berth: true,
             image: &image,

@@ -245,7 +245,7 @@ impl Supervisor {
         let (hello, _) = watch::channel(Hello {
             worker_id: env.settings().worker_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            backend: "docker".to_string(),
+            backend: env.backend.kind().to_string(),
             max_concurrent_tasks: cfg.max,
             labels: cfg.labels.clone(),
             tasks: Vec::new(),

@@ -491,6 +491,7 @@ async fn create(
     let owner = env.owner();
     let ctx = SpecContext {
         owner: &owner,
+        backend: env.backend.kind(),
         execution_id: &exec.execution_id,
         berth: exec.berth,
         image: &plan.image,
