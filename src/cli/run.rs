@@ -263,6 +263,9 @@ pub fn check_config(a: CheckConfigArgs) -> ExitCode {
     };
     match config::load(config_path(a).as_deref(), &ov, &host_env) {
         Ok(c) => {
+            for note in &c.notes {
+                eprintln!("berth: deprecated: {note}");
+            }
             if c.control_plane.api_key_source.is_empty() {
                 eprintln!(
                     "{}",
@@ -346,6 +349,9 @@ pub fn run(rt: &tokio::runtime::Runtime, a: RunArgs) -> ExitCode {
             .chain(url_passwords),
     );
     let log = init_logging(&cfg.log_level, cfg.log_format);
+    for note in &cfg.notes {
+        warn!("deprecated configuration: {note}");
+    }
     rt.block_on(async move {
         let shutdown = shutdown_on_signals();
         let worker = match Worker::prepare(cfg, host_env("DOCKER_HOST").as_deref()).await {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use super::collector::Collector;
 use super::overrides::Overrides;
-use super::policy::policy_of;
 use super::raw::{PullPolicy, RawDocker};
 
 /// The Go worker's fallback image.
@@ -26,8 +25,6 @@ pub struct DockerBackend {
     pub environment: Vec<(String, String)>,
     /// Time between SIGTERM and SIGKILL when stopping a task.
     pub stop_grace_period: Duration,
-    /// What tasks may run and do.
-    pub policy: crate::spec::policy::Policy,
     /// Docker CLI config file with registry credentials (`auths`); `None` = the service
     /// user's `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.
     pub auth_config: Option<PathBuf>,
@@ -187,7 +184,6 @@ pub(super) fn docker_section(
             Err(p) => c.at::<String>("--env", None, p, "use -e KEY=VALUE or -e KEY"),
         }
     }
-    let policy = policy_of(docker.policy.unwrap_or_default(), c);
     let auth_config = docker.auth_config.as_ref().map(|sp| {
         match std::fs::read_to_string(&sp.value) {
             Ok(text) if serde_json::from_str::<serde_json::Value>(&text).is_ok() => {}
@@ -213,7 +209,6 @@ pub(super) fn docker_section(
         volumes,
         environment,
         stop_grace_period,
-        policy,
         auth_config,
     }
 }

@@ -18,6 +18,7 @@ pub struct Effective {
     state_dir: String,
     control_plane: EffectiveControlPlane,
     backend: EffectiveBackend,
+    policy: EffectivePolicy,
     labels: BTreeMap<String, String>,
     log: EffectiveLog,
     api: EffectiveApi,
@@ -80,7 +81,6 @@ struct EffectiveDocker {
     volumes: Vec<String>,
     environment: Vec<String>,
     stop_grace_period: String,
-    policy: EffectivePolicy,
     auth_config: Option<String>,
 }
 
@@ -180,34 +180,34 @@ impl Config {
                         .auth_config
                         .as_ref()
                         .map(|p| p.display().to_string()),
-                    policy: {
-                        let p = &self.docker.policy;
-                        EffectivePolicy {
-                            allowed_images: p.allowed_images.clone(),
-                            no_new_privileges: p.security.no_new_privileges,
-                            cap_drop: p.security.cap_drop.clone(),
-                            cap_add: p.security.cap_add.clone(),
-                            pids_limit: p.security.pids_limit,
-                            read_only_rootfs: p.security.read_only_rootfs,
-                            user: p.security.user.clone(),
-                            runtime: p.security.runtime.clone(),
-                            allowed_runtimes: p.allowed_runtimes.clone(),
-                            network: p.security.network.clone(),
-                            profile: match p.profile {
-                                crate::spec::policy::Profile::Default => "default",
-                                crate::spec::policy::Profile::Strict => "strict",
-                            },
-                            egress_mode: p.egress.mode.as_str(),
-                            egress_allow: p.egress.allow.len(),
-                            egress_proxy_port: p.egress_proxy_port,
-                            default_cpus: p.default_resources.cpus,
-                            default_memory: p.default_resources.memory,
-                            max_cpus: p.max_resources.cpus,
-                            max_memory: p.max_resources.memory,
-                            timeout: humantime::format_duration(p.timeout).to_string(),
-                        }
-                    },
                 },
+            },
+            policy: {
+                let p = &self.policy;
+                EffectivePolicy {
+                    allowed_images: p.allowed_images.clone(),
+                    no_new_privileges: p.security.no_new_privileges,
+                    cap_drop: p.security.cap_drop.clone(),
+                    cap_add: p.security.cap_add.clone(),
+                    pids_limit: p.security.pids_limit,
+                    read_only_rootfs: p.security.read_only_rootfs,
+                    user: p.security.user.clone(),
+                    runtime: p.security.runtime.clone(),
+                    allowed_runtimes: p.allowed_runtimes.clone(),
+                    network: p.security.network.clone(),
+                    profile: match p.profile {
+                        crate::spec::policy::Profile::Default => "default",
+                        crate::spec::policy::Profile::Strict => "strict",
+                    },
+                    egress_mode: p.egress.mode.as_str(),
+                    egress_allow: p.egress.allow.len(),
+                    egress_proxy_port: p.egress_proxy_port,
+                    default_cpus: p.default_resources.cpus,
+                    default_memory: p.default_resources.memory,
+                    max_cpus: p.max_resources.cpus,
+                    max_memory: p.max_resources.memory,
+                    timeout: humantime::format_duration(p.timeout).to_string(),
+                }
             },
             labels: self.labels.clone(),
             log: EffectiveLog {

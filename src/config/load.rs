@@ -14,6 +14,7 @@ use super::docker::{DockerBackend, docker_section};
 use super::environments::environments_section;
 use super::log::log_level_of;
 use super::overrides::Overrides;
+use super::policy::policy_section;
 use super::raw::{LogFormat, RawConfig, ShutdownMode};
 use super::transcript::{TranscriptSettings, transcript_section};
 use super::worker::{idle_on_complete_of, state_dir_of, worker_id_of};
@@ -44,6 +45,10 @@ pub struct Config {
     pub control_plane: ControlPlane,
     /// Docker backend.
     pub docker: DockerBackend,
+    /// What tasks may run and do, whatever the backend (`policy:`).
+    pub policy: crate::spec::policy::Policy,
+    /// Deprecations to tell the operator (`check-config` prints them, `berth run` logs them).
+    pub notes: Vec<String>,
     /// Free-form labels reported to the server.
     pub labels: BTreeMap<String, String>,
     /// Log level / filter directive.
@@ -120,7 +125,7 @@ pub fn load_str(
         errors: Vec::new(),
     };
     let cp = raw.control_plane.take().unwrap_or_default();
-    let docker = raw
+    let mut docker = raw
         .backend
         .take()
         .unwrap_or_default()
@@ -133,6 +138,7 @@ pub fn load_str(
     let control_plane = control_plane_section(cp, ov, &mut c);
     let idle_on_complete = idle_on_complete_of(ov, &raw, &mut c);
     let state_dir = state_dir_of(ov, &raw, &mut c);
+    let (policy, policy_note) = policy_section(raw.policy.take(), docker.policy.take(), &mut c);
     let docker = docker_section(docker, ov, host_env, &mut c);
     let log_level = log_level_of(ov, &log, &mut c);
     let admission = admission_section(raw.admission.take(), &mut c);
@@ -163,6 +169,8 @@ pub fn load_str(
         state_dir,
         control_plane,
         docker,
+        policy,
+        notes: policy_note.into_iter().collect(),
         labels: raw.labels.unwrap_or_default(),
         log_level,
         log_format: ov.log_format.or(log.format).unwrap_or(LogFormat::Text),

@@ -1,5 +1,5 @@
-//! `backend.docker.policy.*`: what tasks may run and do (images, security, resources, time,
-//! egress). `resources_of` also reads the other resource blocks of the file.
+//! `policy.*` (alias `backend.policy.*`): what tasks may run and do, whatever the
+//! backend (images, security, resources, time, egress). `resources_of` also reads the other resource blocks of the file.
 
 use serde_saphyr::Spanned;
 
@@ -50,13 +50,47 @@ pub(super) fn resources_of(
     crate::spec::policy::Resources { cpus, memory }
 }
 
-pub(super) fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::policy::Policy {
+/// The old name of the policy section, still read (with a deprecation note).
+pub const POLICY_ALIAS: &str = "backend.docker.policy";
+
+/// The policy from `policy:` or, when only that is set, from its old name
+/// `backend.docker.policy:` (with a note saying so); both at once is an error.
+pub(super) fn policy_section(
+    top: Option<RawPolicy>,
+    alias: Option<RawPolicy>,
+    c: &mut Collector<'_>,
+) -> (crate::spec::policy::Policy, Option<String>) {
+    match (top, alias) {
+        (Some(_), Some(_)) => {
+            c.at::<()>(
+                POLICY_ALIAS,
+                None,
+                "the policy is set twice: under policy: and under backend.docker.policy: (its old name)".into(),
+                "keep only the top-level policy: section (move any key from backend.docker.policy there)",
+            );
+            (crate::spec::policy::Policy::default(), None)
+        }
+        (None, Some(old)) => (
+            policy_of(POLICY_ALIAS, old, c),
+            Some(format!(
+                "{POLICY_ALIAS} is the old name of the top-level policy: section (the policy applies whatever the backend); move it there — it is still read for now"
+            )),
+        ),
+        (top, None) => (policy_of("policy", top.unwrap_or_default(), c), None),
+    }
+}
+
+pub(super) fn policy_of(
+    prefix: &str,
+    raw: RawPolicy,
+    c: &mut Collector<'_>,
+) -> crate::spec::policy::Policy {
     use crate::spec::policy::{Policy, Security};
     let d = Policy::default();
     let mut allowed = Vec::new();
     for p in raw.allowed_images.unwrap_or_default() {
         if p.value.trim().is_empty() || p.value.contains(char::is_whitespace) {
-            c.at("backend.docker.policy.allowed_images", Some(&p), format!("{:?} is not an image pattern", p.value), "write patterns over normalised references, e.g. registry.example.com/** or docker.io/library/ubuntu:*");
+            c.at(&format!("{prefix}.allowed_images"), Some(&p), format!("{:?} is not an image pattern", p.value), "write patterns over normalised references, e.g. registry.example.com/** or docker.io/library/ubuntu:*");
         }
         allowed.push(p.value);
     }
@@ -101,21 +135,21 @@ pub(super) fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::p
     let runtime = sec
         .runtime
         .filter(|r| !r.value.is_empty())
-        .map(|r| runtime_name("backend.docker.policy.security.runtime", r, c));
+        .map(|r| runtime_name(&format!("{prefix}.security.runtime"), r, c));
     let allowed_runtimes: Vec<String> = sec
         .allowed_runtimes
         .unwrap_or_default()
         .into_iter()
-        .map(|r| runtime_name("backend.docker.policy.security.allowed_runtimes", r, c))
+        .map(|r| runtime_name(&format!("{prefix}.security.allowed_runtimes"), r, c))
         .collect();
-    let cap_drop = caps("backend.docker.policy.security.cap_drop", sec.cap_drop, c);
-    let cap_add = caps("backend.docker.policy.security.cap_add", sec.cap_add, c);
+    let cap_drop = caps(&format!("{prefix}.security.cap_drop"), sec.cap_drop, c);
+    let cap_add = caps(&format!("{prefix}.security.cap_add"), sec.cap_add, c);
     let network = match sec.network {
         None => d.security.network.clone(),
         Some(n) => {
             if n.value == "host" {
                 c.at(
-                    "backend.docker.policy.security.network",
+                    &format!("{prefix}.security.network"),
                     Some(&n),
                     "network \"host\" would give tasks the host's network stack".into(),
                     "use bridge, none, or a named Docker network",
@@ -130,7 +164,7 @@ pub(super) fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::p
             Ok(t) => t,
             Err(p) => {
                 c.at(
-                    "backend.docker.policy.timeout",
+                    &format!("{prefix}.timeout"),
                     Some(&sp),
                     p,
                     "use a duration such as 2h, or 0s for no limit",
@@ -140,12 +174,12 @@ pub(super) fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::p
         },
     };
     let default_resources = resources_of(
-        "backend.docker.policy.default_resources",
+        &format!("{prefix}.default_resources"),
         raw.default_resources,
         c,
     );
-    let max_resources = resources_of("backend.docker.policy.max_resources", raw.max_resources, c);
-    let (egress, egress_proxy_port) = egress_of(raw.egress.unwrap_or_default(), c);
+    let max_resources = resources_of(&format!("{prefix}.max_resources"), raw.max_resources, c);
+    let (egress, egress_proxy_port) = egress_of(prefix, raw.egress.unwrap_or_default(), c);
     let profile = match sec.profile {
         None => crate::spec::policy::Profile::Default,
         Some(p) => match p.value.as_str() {
@@ -153,7 +187,7 @@ pub(super) fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::p
             "strict" => crate::spec::policy::Profile::Strict,
             other => {
                 c.at(
-                    "backend.docker.policy.security.profile",
+                    &format!("{prefix}.security.profile"),
                     Some(&p),
                     format!("{other:?} is not a security profile"),
                     "use default (the settings as configured) or strict",
@@ -189,13 +223,17 @@ pub(super) fn policy_of(raw: RawPolicy, c: &mut Collector<'_>) -> crate::spec::p
     }
 }
 
-fn egress_of(raw: RawEgress, c: &mut Collector<'_>) -> (crate::spec::egress::Egress, u16) {
+fn egress_of(
+    prefix: &str,
+    raw: RawEgress,
+    c: &mut Collector<'_>,
+) -> (crate::spec::egress::Egress, u16) {
     use crate::spec::egress::{Allow, Egress, Mode};
     let mode = match raw.mode {
         None => Mode::Open,
         Some(m) => Mode::parse(&m.value).unwrap_or_else(|| {
             c.at(
-                "backend.docker.policy.egress.mode",
+                &format!("{prefix}.egress.mode"),
                 Some(&m),
                 format!("{:?} is not an egress mode", m.value),
                 "use open (no restriction), allowlist (only the allow list, through berth's proxy) or none (no network)",
@@ -208,7 +246,7 @@ fn egress_of(raw: RawEgress, c: &mut Collector<'_>) -> (crate::spec::egress::Egr
         match Allow::parse(&e.value) {
             Ok(a) => allow.push(a),
             Err(problem) => c.at(
-                "backend.docker.policy.egress.allow",
+                &format!("{prefix}.egress.allow"),
                 Some(&e),
                 problem,
                 "write host, host:port, *.domain[:port], an IP or a CIDR such as 10.0.0.0/8",
@@ -220,7 +258,7 @@ fn egress_of(raw: RawEgress, c: &mut Collector<'_>) -> (crate::spec::egress::Egr
         Some(p) if p.value > 0 => p.value,
         Some(p) => {
             c.at(
-                "backend.docker.policy.egress.proxy_port",
+                &format!("{prefix}.egress.proxy_port"),
                 Some(&p),
                 "port 0 is not a port".into(),
                 "use a free TCP port such as 3128",
@@ -248,7 +286,7 @@ mod tests {
     fn isolation_keys_parse_and_bad_values_name_their_key_and_line() {
         let yaml = "worker_id: w\nbackend:\n  docker:\n    policy:\n      security:\n        profile: strict\n        runtime: runsc\n        allowed_runtimes: [kata]\n      egress:\n        mode: allowlist\n        allow: [pypi.org, '*.github.com:443', 10.0.0.0/8]\n        proxy_port: 3129\n";
         let c = load_yaml(yaml, &with_key()).unwrap();
-        let p = &c.docker.policy;
+        let p = &c.policy;
         assert_eq!(p.profile, crate::spec::policy::Profile::Strict);
         assert_eq!(p.security.runtime.as_deref(), Some("runsc"));
         assert_eq!(p.allowed_runtimes, ["kata"]);
@@ -256,11 +294,8 @@ mod tests {
         assert_eq!(p.egress.allow.len(), 3);
         assert_eq!(p.egress_proxy_port, 3129);
         let d = load_yaml("worker_id: w\n", &with_key()).unwrap();
-        assert_eq!(d.docker.policy.egress.mode, crate::spec::egress::Mode::Open);
-        assert_eq!(
-            d.docker.policy.profile,
-            crate::spec::policy::Profile::Default
-        );
+        assert_eq!(d.policy.egress.mode, crate::spec::egress::Mode::Open);
+        assert_eq!(d.policy.profile, crate::spec::policy::Profile::Default);
         for (section, bad, key) in [
             (
                 "security",
@@ -300,10 +335,36 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_is_a_top_level_section_and_its_old_name_still_reads_with_a_note() {
+        let top = "worker_id: w\npolicy:\n  timeout: 2h\n  security:\n    profile: paranoid\n";
+        let e = one_error(top);
+        assert_eq!(e.key, "policy.security.profile", "{e}");
+        let top = "worker_id: w\npolicy:\n  timeout: 2h\n";
+        let c = load_yaml(top, &with_key()).unwrap();
+        assert_eq!(c.policy.timeout, Duration::from_secs(7200));
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+        let old = "worker_id: w\nbackend:\n  docker:\n    policy:\n      timeout: 3h\n";
+        let c = load_yaml(old, &with_key()).unwrap();
+        assert_eq!(c.policy.timeout, Duration::from_secs(10800));
+        assert!(
+            c.notes.len() == 1 && c.notes[0].contains("backend.docker.policy is the old name"),
+            "{:?}",
+            c.notes
+        );
+        let both = "worker_id: w\npolicy:\n  timeout: 2h\nbackend:\n  docker:\n    policy:\n      timeout: 3h\n";
+        let e = one_error(both);
+        assert_eq!(e.key, "backend.docker.policy", "{e}");
+        assert!(
+            e.to_string().contains("keep only the top-level policy:"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_operator_policy_from_the_issue_is_expressible_and_validated() {
         let yaml = "worker_id: w\nbackend:\n  docker:\n    policy:\n      allowed_images: ['registry.example.com/**']\n      security:\n        no_new_privileges: true\n        cap_drop: [ALL]\n        pids_limit: 512\n        network: none\n      max_resources:\n        cpus: 4\n        memory: 8GiB\n      timeout: 2h\n";
         let c = load_yaml(yaml, &with_key()).unwrap();
-        let p = &c.docker.policy;
+        let p = &c.policy;
         assert_eq!(p.allowed_images, ["registry.example.com/**"]);
         assert_eq!(
             (p.max_resources.cpus, p.max_resources.memory),

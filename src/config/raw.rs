@@ -49,6 +49,7 @@ pub(super) struct RawConfig {
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) control_plane: Option<RawControlPlane>,
     pub(super) backend: Option<RawBackend>,
+    pub(super) policy: Option<RawPolicy>,
     pub(super) labels: Option<BTreeMap<String, String>>,
     pub(super) log: Option<RawLog>,
     pub(super) api: Option<RawApi>,

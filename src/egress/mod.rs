@@ -31,7 +31,7 @@ pub enum EgressError {
     #[error(transparent)]
     Firewall(#[from] firewall::FirewallError),
     #[error(
-        "cannot listen for the egress proxy on {addr} ({reason}); is backend.docker.policy.egress.proxy_port taken?"
+        "cannot listen for the egress proxy on {addr} ({reason}); is policy.egress.proxy_port taken?"
     )]
     Listen { addr: SocketAddr, reason: String },
 }
@@ -68,7 +68,7 @@ impl Usage {
             .map(|(d, n)| format!("{d} ×{n}"))
             .collect();
         format!(
-            "egress: {} connections allowed, {denied} denied by policy: {} (allow them in backend.docker.policy.egress.allow)",
+            "egress: {} connections allowed, {denied} denied by policy: {} (allow them in policy.egress.allow)",
             self.allowed,
             list.join(", ")
         )
@@ -343,7 +343,7 @@ mod tests {
         u.denied.insert("10.0.0.9:80".into(), 1);
         assert_eq!(
             u.summary(),
-            "egress: 3 connections allowed, 3 denied by policy: 10.0.0.9:80 ×1, example.com:443 ×2 (allow them in backend.docker.policy.egress.allow)"
+            "egress: 3 connections allowed, 3 denied by policy: 10.0.0.9:80 ×1, example.com:443 ×2 (allow them in policy.egress.allow)"
         );
     }
 

@@ -231,7 +231,7 @@ async fn handle(
         return answer(
             &mut client,
             "403 Forbidden",
-            &format!("berth egress policy: {dest} is not allowed (backend.docker.policy.egress)\n"),
+            &format!("berth egress policy: {dest} is not allowed (policy.egress)\n"),
         )
         .await;
     }

@@ -42,7 +42,7 @@ pub enum WorkerError {
     Api(#[from] crate::admin::api::ApiError),
     /// The policy names an OCI runtime the engine does not have (never a silent fallback).
     #[error(
-        "backend.docker.policy: OCI runtime {runtime:?} is not registered with the Docker engine (it has: {registered}); register it in /etc/docker/daemon.json under \"runtimes\" and reload dockerd (kill -HUP $(pidof dockerd)), or remove it from the policy. berth never runs a task under another runtime than the policy says"
+        "policy: OCI runtime {runtime:?} is not registered with the Docker engine (it has: {registered}); register it in /etc/docker/daemon.json under \"runtimes\" and reload dockerd (kill -HUP $(pidof dockerd)), or remove it from the policy. berth never runs a task under another runtime than the policy says"
     )]
     RuntimeNotRegistered {
         /// The runtime the policy names.
@@ -198,7 +198,7 @@ impl Worker {
         backend: Arc<dyn Backend>,
         engine: EngineFacts,
     ) -> Result<Self, WorkerError> {
-        check_runtimes(backend.as_ref(), &config.docker.policy).await?;
+        check_runtimes(backend.as_ref(), &config.policy).await?;
         let cp = &config.control_plane;
         let tls = tls::client_config(
             cp.ca_file.as_deref(),
@@ -309,11 +309,11 @@ impl Worker {
         let gate = Arc::new(crate::egress::Gate::new(
             self.backend.clone(),
             owner,
-            c.docker.policy.egress_proxy_port,
+            c.policy.egress_proxy_port,
             metrics.clone(),
             gate_stop,
         ));
-        if c.docker.policy.egress.mode == crate::spec::egress::Mode::Allowlist
+        if c.policy.egress.mode == crate::spec::egress::Mode::Allowlist
             && let Err(e) = gate.open().await
         {
             error!(error = %e, "egress allowlist cannot be enforced; tasks that need it will fail until it can");
@@ -475,7 +475,7 @@ pub fn supervisor_config(c: &Config, engine_root: Option<PathBuf>) -> Supervisor
         disk_paths: std::iter::once(c.state_dir.clone())
             .chain(engine_root)
             .collect(),
-        policy: c.docker.policy.clone(),
+        policy: c.policy.clone(),
         one_shot: false,
     }
 }
@@ -497,7 +497,7 @@ pub fn task_settings(c: &Config) -> TaskSettings {
         cleanup: c.cleanup,
         api_key: c.control_plane.api_key.clone(),
         redact: c.transcript.redact.clone(),
-        policy: c.docker.policy.clone(),
+        policy: c.policy.clone(),
         environments: c.environments.clone(),
         default_environment: c.default_environment.clone(),
         anchor_every: c.transcript.anchor_every,

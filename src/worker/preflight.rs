@@ -86,7 +86,7 @@ pub async fn run(
             ),
             Ok(info) => {
                 let backend = DockerBackend::new(std::sync::Arc::new(d));
-                let runtimes = super::check_runtimes(&backend, &config.docker.policy)
+                let runtimes = super::check_runtimes(&backend, &config.policy)
                     .await
                     .map_err(|e| e.to_string());
                 extra.push(dns(&info.version));
@@ -285,7 +285,7 @@ fn networks(config: &Config, nets: &[crate::runtime::SealedNetwork]) -> Check {
 /// The policy's runtimes are registered; a summary of what tasks get.
 fn policy(config: &Config, runtimes: Result<(), String>) -> Check {
     const NAME: &str = "policy";
-    let p = &config.docker.policy;
+    let p = &config.policy;
     let names: Vec<&str> = p
         .runtimes()
         .into_iter()

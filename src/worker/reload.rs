@@ -58,7 +58,7 @@ pub(super) async fn apply_reloads(
         // A runtime the engine does not have is refused here as at start-up: the running
         // policy stays, rather than tasks failing (or running elsewhere) later.
         let restart: Vec<String> = ignored.iter().map(|k| k.to_string()).collect();
-        if let Err(e) = super::check_runtimes(env.backend.as_ref(), &new.docker.policy).await {
+        if let Err(e) = super::check_runtimes(env.backend.as_ref(), &new.policy).await {
             warn!(error = %e, "reload refused: the running policy is kept");
             reloads.record(false, format!("refused: {e}"), restart);
             continue;
@@ -76,7 +76,7 @@ pub(super) async fn apply_reloads(
         let r = crate::supervisor::Reconfigure {
             max: new.max_concurrent_tasks,
             labels: new.labels.clone(),
-            policy: new.docker.policy.clone(),
+            policy: new.policy.clone(),
             reserve: new.admission.reserve,
             min_free_disk: new.admission.min_free_disk,
         };
