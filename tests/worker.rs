@@ -1,5 +1,7 @@
 //! Behaviour of the worker end to end: the real library, the embedded control plane over a
-//! real loopback WebSocket, and a real Docker engine.
+//! real loopback WebSocket, and a real Docker engine for what a container does (exit codes,
+//! OOM, limits, images, stops); what is about the protocol and the supervisor (hostile ids,
+//! garbage frames, duplicates, capacity, reconnects, shutdown) runs on the fake backend.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -98,7 +100,7 @@ async fn cancellation_stops_the_container_and_reports_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_of_an_unknown_task_is_ignored() {
-    let env = Env::start("cancel-unknown", EnvOptions::default()).await;
+    let env = Env::start_fake("cancel-unknown", EnvOptions::default()).await;
     assert!(env.cp.send_raw(
         &env.worker_id,
         r#"{"type":"task_cancellation","data":{"task_id":"never-seen"}}"#
@@ -109,7 +111,7 @@ async fn cancellation_of_an_unknown_task_is_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_worker_rejects_and_the_task_runs_once_a_slot_frees() {
-    let env = Env::start(
+    let env = Env::start_fake(
         "capacity",
         EnvOptions {
             max_concurrent_tasks: 1,
@@ -143,10 +145,12 @@ async fn a_full_worker_rejects_and_the_task_runs_once_a_slot_frees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_assignment_is_claimed_again_but_never_started_twice() {
-    let env = Env::start("dup", EnvOptions::default()).await;
+    let env = Env::start_fake("dup", EnvOptions::default()).await;
     let t = env.submit(&["sleep", "3"]);
-    env.until("running", || !containers_of_task(&t.id).is_empty())
-        .await;
+    env.until("running", || {
+        !env.fake().sandboxes_of_task(&t.id).is_empty()
+    })
+    .await;
     let again = TaskAssignment {
         task_id: t.id.clone(),
         execution_id: Some(t.execution_id.clone()),
@@ -167,9 +171,9 @@ async fn a_duplicate_assignment_is_claimed_again_but_never_started_twice() {
     })
     .await;
     assert_eq!(
-        containers_of_task(&t.id).len(),
+        env.fake().sandboxes_of_task(&t.id).len(),
         1,
-        "a second container was started"
+        "a second sandbox was created"
     );
     let done = env.finished(&t.id).await;
     assert_eq!(done.state, TaskState::Succeeded);
@@ -177,7 +181,7 @@ async fn a_duplicate_assignment_is_claimed_again_but_never_started_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_frames_unknown_types_and_oversized_messages_are_survived() {
-    let env = Env::start("garbage", EnvOptions::default()).await;
+    let env = Env::start_fake("garbage", EnvOptions::default()).await;
     for frame in [
         "not json at all",
         "{\"no_type\": 1}",
@@ -231,7 +235,7 @@ async fn garbage_frames_unknown_types_and_oversized_messages_are_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_reconnects_after_a_control_plane_restart_and_keeps_working() {
-    let mut env = Env::start("restart", EnvOptions::default()).await;
+    let mut env = Env::start_fake("restart", EnvOptions::default()).await;
     let t = env.submit(&["true"]);
     assert_eq!(env.finished(&t.id).await.state, TaskState::Succeeded);
     let addr = env.cp.addr();
@@ -309,7 +313,7 @@ async fn berth_timeout_stops_the_task_with_the_oz_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_in_cancel_mode_stops_running_tasks_and_reports_graceful_shutdown() {
-    let mut env = Env::start(
+    let mut env = Env::start_fake(
         "shutdown",
         EnvOptions {
             yaml: "shutdown_mode: cancel\n".into(),
@@ -318,8 +322,10 @@ async fn shutdown_in_cancel_mode_stops_running_tasks_and_reports_graceful_shutdo
     )
     .await;
     let t = env.submit(&["sleep", "300"]);
-    env.until("running", || !containers_of_task(&t.id).is_empty())
-        .await;
+    env.until("running", || {
+        !env.fake().sandboxes_of_task(&t.id).is_empty()
+    })
+    .await;
     env.stop_worker().await;
     let done = env.cp.task(&t.id).unwrap();
     assert_eq!(done.state, TaskState::Failed, "{done:?}");
@@ -329,8 +335,8 @@ async fn shutdown_in_cancel_mode_stops_running_tasks_and_reports_graceful_shutdo
         Some(berth::protocol::MSG_INTERRUPTED)
     );
     assert!(
-        containers_of(&env.worker_id).is_empty(),
-        "containers left after shutdown"
+        env.fake().sandboxes().is_empty(),
+        "sandboxes left after shutdown"
     );
 }
 
@@ -394,7 +400,7 @@ async fn the_container_gets_limits_labels_workdir_and_log_driver_and_no_cleanup_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ids_create_no_file_outside_state_dir_and_fail_permanently() {
-    let env = Env::start("hostile-ids", EnvOptions::default()).await;
+    let env = Env::start_fake("hostile-ids", EnvOptions::default()).await;
     let outside = tempfile::tempdir().unwrap();
     let o = outside.path().display().to_string();
     let up = "../".repeat(12);
