@@ -1,7 +1,8 @@
 //! Behaviour of the worker end to end: the real library, the embedded control plane over a
 //! real loopback WebSocket, and a real Docker engine for what a container does (exit codes,
 //! OOM, limits, images, stops); what is about the protocol and the supervisor (hostile ids,
-//! garbage frames, duplicates, capacity, reconnects, shutdown) runs on the fake backend.
+//! garbage frames, duplicates, capacity, reconnects, shutdown) runs on the fake backend, as
+//! does what a task run does on a backend without live output or provisioning in place.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,9 +10,10 @@ mod support;
 
 use std::time::Duration;
 
+use berth::backend::fake::Op;
 use berth::devserver::state::{SubmitRequest, TaskState};
 use berth::failure::FailureReason;
-use berth::protocol::{InstanceShape, ServerMessage, Task, TaskAssignment};
+use berth::protocol::{InstanceShape, ServerMessage, Stream, Task, TaskAssignment};
 use support::*;
 
 fn reason(t: &berth::devserver::state::TaskRecord) -> Option<&str> {
@@ -468,6 +470,65 @@ async fn hostile_ids_create_no_file_outside_state_dir_and_fail_permanently() {
         f.contains("must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"),
         "the rule is named: {f}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_live_output_both_streams_are_captured_from_the_backends_log() {
+    let env = Env::start_fake("log-only", EnvOptions::default()).await;
+    let (done, _) = env
+        .run(SubmitRequest {
+            image: Some(BUSYBOX.into()),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 3".into(),
+            ],
+            ..SubmitRequest::default()
+        })
+        .await;
+    assert_eq!((done.state, done.exit_code), (TaskState::Failed, Some(3)));
+    let (runs, _) = env.cp.transcript_since(&done.id, 0).unwrap();
+    let stream = |want: Stream| -> String {
+        let bytes: Vec<u8> = runs
+            .iter()
+            .filter(|(_, s, _)| *s == want)
+            .flat_map(|(_, _, b)| b.clone())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    assert_eq!(stream(Stream::Stdout), "out\n");
+    assert_eq!(stream(Stream::Stderr), "err\n");
+    let fake = env.fake();
+    assert!(fake.count(Op::Output) >= 1, "read from the log");
+    assert_eq!(fake.count(Op::Attach), 0, "nothing attached live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_cannot_provision_in_place_fails_setup_with_workspace_setup() {
+    let env = Env::start_fake("no-in-place", EnvOptions::default()).await;
+    let inline = serde_json::json!({"image": BUSYBOX, "setup": ["echo preparing"]});
+    let (done, text) = env
+        .run(SubmitRequest {
+            image: Some(BUSYBOX.into()),
+            command: vec!["sh".into(), "-c".into(), "echo TASK-RAN".into()],
+            environment: Some(inline),
+            ..SubmitRequest::default()
+        })
+        .await;
+    assert_eq!(done.state, TaskState::Failed, "{done:?}");
+    assert_eq!(reason(&done), Some("workspace_setup"), "{done:?}");
+    assert!(
+        done.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("this backend cannot provision inside the task's sandbox"),
+        "{done:?}"
+    );
+    assert!(
+        !text.contains("TASK-RAN") && !text.lines().any(|l| l == "preparing"),
+        "neither the setup command nor the task ran: {text}"
+    );
+    assert!(env.fake().sandboxes().is_empty(), "sandbox left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
