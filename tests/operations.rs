@@ -1,6 +1,7 @@
 //! Operating berth: the local API (health, readiness, metrics, status, drain/resume and who
 //! may use them), `worker_status` to the control plane, and the admin commands of the real
-//! binary — all against real Docker and the embedded control plane.
+//! binary — against the embedded control plane, with tasks on the fake backend; only the
+//! readiness test, which takes the Docker engine away, runs on real Docker.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -102,7 +103,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_sequence_of_tasks() {
-    let env = Env::start(
+    let env = Env::start_fake(
         "metrics",
         EnvOptions {
             max_concurrent_tasks: 1,
@@ -185,7 +186,7 @@ async fn metrics_count_a_known_sequence_of_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_and_resume_need_the_admin_token_and_behave_like_a_server_drain() {
-    let env = Env::start("drain", EnvOptions::default()).await;
+    let env = Env::start_fake("drain", EnvOptions::default()).await;
     let base = api(&env);
     let http = reqwest::Client::new();
     let running = env.submit(&["sh", "-c", "sleep 2; echo finished"]);
@@ -296,7 +297,7 @@ async fn drain_and_resume_need_the_admin_token_and_behave_like_a_server_drain() 
 async fn the_unix_socket_is_0660_and_trusted_and_status_lists_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
-    let env = Env::start(
+    let env = Env::start_fake(
         "socket",
         EnvOptions {
             overrides: berth::config::Overrides {
@@ -354,7 +355,7 @@ async fn the_unix_socket_is_0660_and_trusted_and_status_lists_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_status_reports_host_capacity_and_follows_slot_changes() {
-    let env = Env::start(
+    let env = Env::start_fake(
         "status",
         EnvOptions {
             control_plane_yaml: "  status_interval: 1h\n".into(),
@@ -376,7 +377,8 @@ async fn worker_status_reports_host_capacity_and_follows_slot_changes() {
     assert!(st.host.memory_total_bytes > 0);
     assert!(st.host.memory_available_bytes <= st.host.memory_total_bytes);
     assert!(st.host.disk_free_bytes > 0);
-    assert!(st.host.docker.reachable && !st.host.docker.version.is_empty());
+    assert!(st.host.docker.reachable);
+    assert_eq!(st.host.docker.version, FAKE_ENGINE_VERSION);
     // A slot taken: a status follows promptly (the interval is an hour).
     let t = env.submit(&["sh", "-c", "sleep 30"]);
     until("status with one active task", || {
@@ -419,7 +421,7 @@ fn the_admin_commands_say_when_the_daemon_is_not_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_half_open_api_connections_are_closed_and_capped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let env = Env::start("api-idle", EnvOptions::default()).await;
+    let env = Env::start_fake("api-idle", EnvOptions::default()).await;
     let addr = env.handle.api.clone().unwrap();
     // 300 connections that never send a request, and one that stalls mid-header.
     let mut idle = Vec::new();
@@ -490,7 +492,7 @@ async fn a_flood_of_idle_api_connections_never_locks_out_healthz_or_tasks() {
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     }
-    let env = Env::start("api-flood", EnvOptions::default()).await;
+    let env = Env::start_fake("api-flood", EnvOptions::default()).await;
     let addr = env.handle.api.clone().unwrap();
     // Each flood connection sends an incomplete request head and then nothing, like a client
     // that hung mid-request. Opening stops at the first connect the API leaves unanswered.

@@ -1,5 +1,7 @@
 //! The control-plane link under TLS and faults: wss with a private CA and mutual TLS, dead-link
-//! detection by heartbeat, and delivery of messages produced while disconnected.
+//! detection by heartbeat, and delivery of messages produced while disconnected. The link is
+//! all real (sockets, TLS, the embedded control plane); the tasks run on the fake backend, as
+//! nothing here is about the engine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use berth::backend::fake::FakeBackend;
 use berth::config::{self, Overrides};
 use berth::devserver::state::TaskState;
 use berth::devserver::{ControlPlane, ServerOptions};
@@ -114,11 +117,12 @@ fn tls_config(url: &str, id: &str, dir: &Path, client_cert: bool, ca: bool) -> c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_with_a_private_ca_and_a_client_certificate_runs_tasks() {
     berth::control::tls::install_default_provider();
-    let _images = Images::acquire();
     let pki = pki();
     let (cp, url) = tls_control_plane(&pki).await;
     let id = worker_id("mtls");
-    let (stop, _h, join) = start_worker(tls_config(&url, &id, pki.dir.path(), true, true)).await;
+    let fake = FakeBackend::new();
+    let cfg = tls_config(&url, &id, pki.dir.path(), true, true);
+    let (stop, _h, join) = start_fake_worker(cfg, &fake).await;
     until("worker connected over mTLS", || !cp.workers().is_empty()).await;
     let t = cp.submit(berth::devserver::state::SubmitRequest {
         image: Some(BUSYBOX.into()),
@@ -139,8 +143,8 @@ async fn an_untrusted_server_or_a_missing_client_certificate_never_connects() {
     let (cp, url) = tls_control_plane(&pki).await;
     for (client_cert, ca) in [(true, false), (false, true)] {
         let id = worker_id("badtls");
-        let (stop, h, join) =
-            start_worker(tls_config(&url, &id, pki.dir.path(), client_cert, ca)).await;
+        let cfg = tls_config(&url, &id, pki.dir.path(), client_cert, ca);
+        let (stop, h, join) = start_fake_worker(cfg, &FakeBackend::new()).await;
         until("a failed dial", || {
             h.session.reconnects_dial_failed.load(Ordering::Relaxed) >= 1
         })
@@ -185,7 +189,7 @@ async fn a_silent_server_is_declared_dead_after_two_heartbeats_and_redialled() {
     };
     let cfg = config::load_str(Some(&yaml), None, &ov, &|_| None).unwrap();
     let started = std::time::Instant::now();
-    let (stop, h, join) = start_worker(cfg).await;
+    let (stop, h, join) = start_fake_worker(cfg, &FakeBackend::new()).await;
     until("second connection", || accepted.load(Ordering::SeqCst) >= 2).await;
     // Dead after 2 s of silence, then a jittered 0.5–1 s redial.
     assert!(started.elapsed() >= Duration::from_secs(2));
@@ -197,14 +201,15 @@ async fn a_silent_server_is_declared_dead_after_two_heartbeats_and_redialled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_produced_while_disconnected_is_delivered_after_reconnect() {
-    let env = Env::start("offline", EnvOptions::default()).await;
+    let env = Env::start_fake("offline", EnvOptions::default()).await;
     let t = env.submit(&["sleep", "3"]);
-    env.until("running", || !containers_of_task(&t.id).is_empty())
+    let fake = env.fake();
+    env.until("running", || !fake.sandboxes_of_task(&t.id).is_empty())
         .await;
     let addr = env.cp.addr();
     env.cp.shutdown();
     // The task finishes while no server is there; its terminal message waits in the outbox.
-    until("container gone", || containers_of_task(&t.id).is_empty()).await;
+    until("sandbox gone", || fake.sandboxes_of_task(&t.id).is_empty()).await;
     let cp2 = control_plane(&env.api_key, true, Some(addr)).await;
     until("result delivered to the new server", || {
         cp2.unknown_task_messages()

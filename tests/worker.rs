@@ -1,5 +1,8 @@
 //! Behaviour of the worker end to end: the real library, the embedded control plane over a
-//! real loopback WebSocket, and a real Docker engine.
+//! real loopback WebSocket, and a real Docker engine for what a container does (exit codes,
+//! OOM, limits, images, stops); what is about the protocol and the supervisor (hostile ids,
+//! garbage frames, duplicates, capacity, reconnects, shutdown) runs on the fake backend, as
+//! does what a task run does on a backend without live output or provisioning in place.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,9 +10,10 @@ mod support;
 
 use std::time::Duration;
 
+use berth::backend::fake::Op;
 use berth::devserver::state::{SubmitRequest, TaskState};
 use berth::failure::FailureReason;
-use berth::protocol::{InstanceShape, ServerMessage, Task, TaskAssignment};
+use berth::protocol::{InstanceShape, ServerMessage, Stream, Task, TaskAssignment};
 use support::*;
 
 fn reason(t: &berth::devserver::state::TaskRecord) -> Option<&str> {
@@ -98,7 +102,7 @@ async fn cancellation_stops_the_container_and_reports_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_of_an_unknown_task_is_ignored() {
-    let env = Env::start("cancel-unknown", EnvOptions::default()).await;
+    let env = Env::start_fake("cancel-unknown", EnvOptions::default()).await;
     assert!(env.cp.send_raw(
         &env.worker_id,
         r#"{"type":"task_cancellation","data":{"task_id":"never-seen"}}"#
@@ -109,7 +113,7 @@ async fn cancellation_of_an_unknown_task_is_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_worker_rejects_and_the_task_runs_once_a_slot_frees() {
-    let env = Env::start(
+    let env = Env::start_fake(
         "capacity",
         EnvOptions {
             max_concurrent_tasks: 1,
@@ -143,10 +147,12 @@ async fn a_full_worker_rejects_and_the_task_runs_once_a_slot_frees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_assignment_is_claimed_again_but_never_started_twice() {
-    let env = Env::start("dup", EnvOptions::default()).await;
+    let env = Env::start_fake("dup", EnvOptions::default()).await;
     let t = env.submit(&["sleep", "3"]);
-    env.until("running", || !containers_of_task(&t.id).is_empty())
-        .await;
+    env.until("running", || {
+        !env.fake().sandboxes_of_task(&t.id).is_empty()
+    })
+    .await;
     let again = TaskAssignment {
         task_id: t.id.clone(),
         execution_id: Some(t.execution_id.clone()),
@@ -167,9 +173,9 @@ async fn a_duplicate_assignment_is_claimed_again_but_never_started_twice() {
     })
     .await;
     assert_eq!(
-        containers_of_task(&t.id).len(),
+        env.fake().sandboxes_of_task(&t.id).len(),
         1,
-        "a second container was started"
+        "a second sandbox was created"
     );
     let done = env.finished(&t.id).await;
     assert_eq!(done.state, TaskState::Succeeded);
@@ -177,7 +183,7 @@ async fn a_duplicate_assignment_is_claimed_again_but_never_started_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_frames_unknown_types_and_oversized_messages_are_survived() {
-    let env = Env::start("garbage", EnvOptions::default()).await;
+    let env = Env::start_fake("garbage", EnvOptions::default()).await;
     for frame in [
         "not json at all",
         "{\"no_type\": 1}",
@@ -231,7 +237,7 @@ async fn garbage_frames_unknown_types_and_oversized_messages_are_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_reconnects_after_a_control_plane_restart_and_keeps_working() {
-    let mut env = Env::start("restart", EnvOptions::default()).await;
+    let mut env = Env::start_fake("restart", EnvOptions::default()).await;
     let t = env.submit(&["true"]);
     assert_eq!(env.finished(&t.id).await.state, TaskState::Succeeded);
     let addr = env.cp.addr();
@@ -309,7 +315,7 @@ async fn berth_timeout_stops_the_task_with_the_oz_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_in_cancel_mode_stops_running_tasks_and_reports_graceful_shutdown() {
-    let mut env = Env::start(
+    let mut env = Env::start_fake(
         "shutdown",
         EnvOptions {
             yaml: "shutdown_mode: cancel\n".into(),
@@ -318,8 +324,10 @@ async fn shutdown_in_cancel_mode_stops_running_tasks_and_reports_graceful_shutdo
     )
     .await;
     let t = env.submit(&["sleep", "300"]);
-    env.until("running", || !containers_of_task(&t.id).is_empty())
-        .await;
+    env.until("running", || {
+        !env.fake().sandboxes_of_task(&t.id).is_empty()
+    })
+    .await;
     env.stop_worker().await;
     let done = env.cp.task(&t.id).unwrap();
     assert_eq!(done.state, TaskState::Failed, "{done:?}");
@@ -329,8 +337,8 @@ async fn shutdown_in_cancel_mode_stops_running_tasks_and_reports_graceful_shutdo
         Some(berth::protocol::MSG_INTERRUPTED)
     );
     assert!(
-        containers_of(&env.worker_id).is_empty(),
-        "containers left after shutdown"
+        env.fake().sandboxes().is_empty(),
+        "sandboxes left after shutdown"
     );
 }
 
@@ -394,7 +402,7 @@ async fn the_container_gets_limits_labels_workdir_and_log_driver_and_no_cleanup_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ids_create_no_file_outside_state_dir_and_fail_permanently() {
-    let env = Env::start("hostile-ids", EnvOptions::default()).await;
+    let env = Env::start_fake("hostile-ids", EnvOptions::default()).await;
     let outside = tempfile::tempdir().unwrap();
     let o = outside.path().display().to_string();
     let up = "../".repeat(12);
@@ -462,6 +470,65 @@ async fn hostile_ids_create_no_file_outside_state_dir_and_fail_permanently() {
         f.contains("must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"),
         "the rule is named: {f}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_live_output_both_streams_are_captured_from_the_backends_log() {
+    let env = Env::start_fake("log-only", EnvOptions::default()).await;
+    let (done, _) = env
+        .run(SubmitRequest {
+            image: Some(BUSYBOX.into()),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 3".into(),
+            ],
+            ..SubmitRequest::default()
+        })
+        .await;
+    assert_eq!((done.state, done.exit_code), (TaskState::Failed, Some(3)));
+    let (runs, _) = env.cp.transcript_since(&done.id, 0).unwrap();
+    let stream = |want: Stream| -> String {
+        let bytes: Vec<u8> = runs
+            .iter()
+            .filter(|(_, s, _)| *s == want)
+            .flat_map(|(_, _, b)| b.clone())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    assert_eq!(stream(Stream::Stdout), "out\n");
+    assert_eq!(stream(Stream::Stderr), "err\n");
+    let fake = env.fake();
+    assert!(fake.count(Op::Output) >= 1, "read from the log");
+    assert_eq!(fake.count(Op::Attach), 0, "nothing attached live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_cannot_provision_in_place_fails_setup_with_workspace_setup() {
+    let env = Env::start_fake("no-in-place", EnvOptions::default()).await;
+    let inline = serde_json::json!({"image": BUSYBOX, "setup": ["echo preparing"]});
+    let (done, text) = env
+        .run(SubmitRequest {
+            image: Some(BUSYBOX.into()),
+            command: vec!["sh".into(), "-c".into(), "echo TASK-RAN".into()],
+            environment: Some(inline),
+            ..SubmitRequest::default()
+        })
+        .await;
+    assert_eq!(done.state, TaskState::Failed, "{done:?}");
+    assert_eq!(reason(&done), Some("workspace_setup"), "{done:?}");
+    assert!(
+        done.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("this backend cannot provision inside the task's sandbox"),
+        "{done:?}"
+    );
+    assert!(
+        !text.contains("TASK-RAN") && !text.lines().any(|l| l == "preparing"),
+        "neither the setup command nor the task ran: {text}"
+    );
+    assert!(env.fake().sandboxes().is_empty(), "sandbox left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

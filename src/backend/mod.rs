@@ -9,6 +9,7 @@
 //! trait ([`crate::runtime::Runtime`]: bollard, and a recording fake for its tests).
 
 pub mod docker;
+pub mod fake;
 pub mod health;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
-//! Shared harness for the integration tests: real Docker, the embedded control plane over a
-//! real loopback socket, images built locally from a static busybox (no registry).
+//! Shared harness for the integration tests: the embedded control plane over a real loopback
+//! socket and an in-process worker, on real Docker with images built locally from a static
+//! busybox (no registry) — or, for tests that do not exercise the engine, on the in-memory
+//! fake backend ([`Env::start_fake`], [`start_fake_worker`]): no Docker call at all.
 //!
 //! Cleanup is by construction: every test holds an [`Env`] whose `Drop` removes the containers
 //! of its worker id (also when the test panics); test images and sidecar volumes are
@@ -15,12 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth::backend::fake::FakeBackend;
 use berth::config::{self, Overrides};
 use berth::devserver::state::{SubmitRequest, TaskRecord};
 use berth::devserver::{ControlPlane, ServerOptions};
 use berth::runtime::docker::rootfs::{ExtraFile, rootfs_tar};
 use berth::secret::Secret;
-use berth::worker::{Worker, WorkerHandle};
+use berth::worker::{EngineFacts, Worker, WorkerHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -87,7 +90,8 @@ fn import(name: &str, extra: &[ExtraFile]) {
 /// The git-capable test image: busybox, `/bin/git` from the host and the shared libraries it
 /// links (found with `ldd`), so repositories can be cloned inside task containers without a
 /// registry. Built once per holder generation of [`Images`].
-pub fn git_image(_held: &Images) -> &'static str {
+pub fn git_image(held: &Images) -> &'static str {
+    assert!(held.held, "an Env on the fake backend has no test images");
     let _users = USERS.lock().unwrap_or_else(|p| p.into_inner());
     if !GIT_READY.load(Ordering::SeqCst) {
         let ldd = Command::new("ldd")
@@ -122,7 +126,10 @@ pub fn git_image(_held: &Images) -> &'static str {
 }
 
 /// Keeps the test images alive while held.
-pub struct Images;
+pub struct Images {
+    /// False for an [`Env`] on the fake backend, which never builds them.
+    held: bool,
+}
 
 impl Images {
     /// Builds the images if this is the first holder.
@@ -140,12 +147,20 @@ impl Images {
             );
         }
         *users += 1;
-        Images
+        Images { held: true }
+    }
+
+    /// No images (an [`Env`] on the fake backend).
+    fn none() -> Images {
+        Images { held: false }
     }
 }
 
 impl Drop for Images {
     fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
         let mut users = USERS.lock().unwrap_or_else(|p| p.into_inner());
         *users -= 1;
         if *users == 0 {
@@ -276,6 +291,8 @@ pub struct Env {
     shutdown: CancellationToken,
     worker: Option<JoinHandle<()>>,
     pub images: Images,
+    /// The backend the worker runs on, when it is the fake one ([`Env::start_fake`]).
+    fake: Option<FakeBackend>,
 }
 
 /// Starts a control plane on a free loopback port.
@@ -336,8 +353,35 @@ pub fn worker_config(
         .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
 }
 
+/// A control plane and the configuration of a worker on it, before the worker starts.
+struct Prepared {
+    cp: ControlPlane,
+    worker_id: String,
+    api_key: String,
+    cfg: config::Config,
+}
+
 impl Env {
-    pub async fn start(name: &str, mut opts: EnvOptions) -> Env {
+    /// A worker on real Docker, with the test images built.
+    pub async fn start(name: &str, opts: EnvOptions) -> Env {
+        let images = Images::acquire();
+        let p = Env::prepare(name, opts).await;
+        let started = start_worker(p.cfg.clone()).await;
+        Env::connected(p, started, images, None).await
+    }
+
+    /// A worker on the fake backend (the no-Docker tier): the same control plane, sockets,
+    /// journal and local API, but sandboxes are scripted in memory (commands are read by
+    /// [`berth::backend::fake::Script::interpret`]; [`Env::fake`] scripts and inspects them).
+    /// Nothing here calls Docker.
+    pub async fn start_fake(name: &str, opts: EnvOptions) -> Env {
+        let fake = FakeBackend::new();
+        let p = Env::prepare(name, opts).await;
+        let started = start_fake_worker(p.cfg.clone(), &fake).await;
+        Env::connected(p, started, Images::none(), Some(fake)).await
+    }
+
+    async fn prepare(name: &str, mut opts: EnvOptions) -> Prepared {
         // BERTH_TEST_LOG=debug (any filter) shows the in-process worker's log.
         if let Ok(filter) = std::env::var("BERTH_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -346,7 +390,6 @@ impl Env {
                 .try_init();
         }
         berth::control::tls::install_default_provider();
-        let images = Images::acquire();
         let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
         let cp = control_plane(&api_key, opts.accept_berth, None).await;
         opts.control_plane_yaml = opts.control_plane_yaml.replace("{http}", &cp.http_url());
@@ -355,19 +398,40 @@ impl Env {
         if let Some(d) = opts.capture_drain {
             cfg.transcript.capture_drain = d;
         }
-        let (shutdown, handle, join) = start_worker(cfg).await;
-        let env = Env {
+        Prepared {
             cp,
             worker_id,
             api_key,
+            cfg,
+        }
+    }
+
+    async fn connected(
+        p: Prepared,
+        (shutdown, handle, join): (CancellationToken, WorkerHandle, JoinHandle<()>),
+        images: Images,
+        fake: Option<FakeBackend>,
+    ) -> Env {
+        let env = Env {
+            cp: p.cp,
+            worker_id: p.worker_id,
+            api_key: p.api_key,
             handle,
             shutdown,
             worker: Some(join),
             images,
+            fake,
         };
         env.until("worker connected", || !env.cp.workers().is_empty())
             .await;
         env
+    }
+
+    /// The fake backend of an [`Env::start_fake`] worker.
+    pub fn fake(&self) -> &FakeBackend {
+        self.fake
+            .as_ref()
+            .expect("this Env runs on Docker: start it with Env::start_fake")
     }
 
     pub fn submit(&self, command: &[&str]) -> TaskRecord {
@@ -420,11 +484,33 @@ impl Env {
     }
 }
 
-/// Starts a worker in this runtime; returns its shutdown token, handles and join handle.
+/// Starts a worker on Docker in this runtime; returns its shutdown token, handles and join
+/// handle.
 pub async fn start_worker(
     cfg: config::Config,
 ) -> (CancellationToken, WorkerHandle, JoinHandle<()>) {
-    let worker = Worker::prepare(cfg, None).await.unwrap();
+    run_worker(Worker::prepare(cfg, None).await.unwrap()).await
+}
+
+/// What the fake backend reports as its engine's version (status shows it).
+pub const FAKE_ENGINE_VERSION: &str = "fake";
+
+/// Starts a worker on `fake` in this runtime (no Docker); as [`start_worker`].
+pub async fn start_fake_worker(
+    cfg: config::Config,
+    fake: &FakeBackend,
+) -> (CancellationToken, WorkerHandle, JoinHandle<()>) {
+    let facts = EngineFacts {
+        version: FAKE_ENGINE_VERSION.to_string(),
+        root_dir: None,
+    };
+    let worker = Worker::prepare_on(cfg, Arc::new(fake.clone()), facts)
+        .await
+        .unwrap();
+    run_worker(worker).await
+}
+
+async fn run_worker(worker: Worker) -> (CancellationToken, WorkerHandle, JoinHandle<()>) {
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let token = stop.clone();
@@ -464,8 +550,11 @@ impl Drop for Env {
             });
         }
         self.cp.shutdown();
-        for id in containers_of(&self.worker_id) {
-            docker(&["rm", "-f", "-v", &id]);
+        // The fake backend's sandboxes go with it.
+        if self.fake.is_none() {
+            for id in containers_of(&self.worker_id) {
+                docker(&["rm", "-f", "-v", &id]);
+            }
         }
         let _ = std::fs::remove_dir_all(
             std::env::temp_dir().join(format!("berth-test-{}", self.worker_id)),
