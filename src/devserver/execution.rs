@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::state::TaskState;
+use super::task_state::TaskState;
 
 /// One execution of a task.
 #[derive(Debug, Clone, Serialize, Deserialize)]

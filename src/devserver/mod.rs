@@ -9,6 +9,10 @@ mod http;
 pub use http::TranscriptLine;
 pub mod execution;
 pub mod state;
+mod stored_transcript;
+mod task;
+mod task_state;
+mod workers;
 mod ws;
 
 use std::collections::HashMap;
