@@ -1482,7 +1482,7 @@ proptest! {
             let id = fake.add_container(&Owner::new(WORKER, "capture"), "cap", "cap-e1", true, Vec::new(), None);
             // The attach connection drops after `cut` pieces (never, with `None`).
             fake.cut_attach_after(cut);
-            let live = fake.attach(&id).await.unwrap();
+            let live = berth::backend::Live::attach(&docker(&fake), &id).await.unwrap();
             for e in &log {
                 fake.print(&id, e.stream, &e.bytes);
             }
@@ -1519,7 +1519,7 @@ proptest! {
             let fake = FakeRuntime::new();
             let id = fake.add_container(&Owner::new(WORKER, "capture"), "cap", "cap-e1", true, Vec::new(), None);
             let secrets = if secret { vec![b"xx\no".to_vec(), b"xxxx".to_vec()] } else { vec![] };
-            let live = fake.attach(&id).await.unwrap();
+            let live = berth::backend::Live::attach(&docker(&fake), &id).await.unwrap();
             // The task prints entry by entry and, like a frozen cgroup, not while paused.
             let printed = std::sync::atomic::AtomicUsize::new(0);
             let printer = async {

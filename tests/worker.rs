@@ -532,6 +532,30 @@ async fn a_backend_that_cannot_provision_in_place_fails_setup_with_workspace_set
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_during_an_outage_of_an_engine_that_keeps_sandboxes_is_the_tasks_own() {
+    // The fake's outages do not stop its sandboxes (Caps::outage_stops_tasks is false), unlike
+    // a dockerd restart: an exit seen after one is the task's, not the engine's doing.
+    let env = Env::start_fake("outage-keeps", EnvOptions::default()).await;
+    let t = env.submit(&["sh", "-c", "echo started; sleep infinity"]);
+    env.until("running", || {
+        env.cp
+            .transcript(&t.id)
+            .is_some_and(|b| String::from_utf8_lossy(&b).contains("started"))
+    })
+    .await;
+    let fake = env.fake();
+    let id = fake.sandboxes_of_task(&t.id)[0].id.clone();
+    fake.set_reachable(false);
+    let waits = fake.count(Op::State);
+    fake.called(Op::State, waits + 1).await;
+    fake.exit(&id, 143);
+    fake.set_reachable(true);
+    let done = env.finished(&t.id).await;
+    assert_eq!(reason(&done), Some("container_exit"), "{done:?}");
+    assert_eq!(done.exit_code, Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shot_runs_one_task_and_exits_with_its_status() {
     let _images = Images::acquire();
     let cp = control_plane("proc-key", true, None).await;

@@ -289,7 +289,8 @@ impl Live {
         }
         if !engine.reachable {
             return Err(format!(
-                "Docker engine unreachable ({})",
+                "{} unreachable ({})",
+                self.backend.engine_name(),
                 engine.error.unwrap_or_default()
             ));
         }

@@ -369,7 +369,8 @@ pub const DEFAULT_CAPS: Caps = Caps {
 
 fn unreachable() -> BackendError {
     BackendError::Unreachable {
-        host: "fake://backend".into(),
+        engine: "fake engine",
+        at: "fake://backend".into(),
         reason: "the fake backend is down".into(),
     }
 }
@@ -759,6 +760,10 @@ impl Backend for FakeBackend {
         "fake"
     }
 
+    fn engine_name(&self) -> &'static str {
+        "fake engine"
+    }
+
     fn caps(&self) -> Caps {
         self.shared.state.lock().caps
     }
@@ -806,7 +811,6 @@ impl Backend for FakeBackend {
         self.enter(Op::PrepareSidecar, &name)?;
         if self.shared.state.lock().missing_images.contains(&name) {
             return Err(BackendError::Sidecar {
-                volume: String::new(),
                 reason: "the image is missing".into(),
                 image: name,
             });

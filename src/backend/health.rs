@@ -73,13 +73,14 @@ impl Engine {
 
     fn record(&self, result: Result<(), String>) {
         let now = chrono::Utc::now();
+        let engine = self.backend.engine_name();
         self.state.send_if_modified(|s| match (&result, s.reachable) {
             (Ok(()), true) => false,
             (Ok(()), false) => {
                 let down = (now - s.since).to_std().unwrap_or_default();
                 info!(
                     down_s = down.as_secs(),
-                    "Docker engine reachable again; accepting tasks"
+                    "{engine} reachable again; accepting tasks"
                 );
                 *s = EngineState {
                     reachable: true,
@@ -89,7 +90,7 @@ impl Engine {
                 true
             }
             (Err(e), true) => {
-                warn!(error = %e, "Docker engine unreachable: new tasks are rejected (the server requeues them) and running tasks wait for it");
+                warn!(error = %e, "{engine} unreachable: new tasks are rejected (the server requeues them) and running tasks wait for it");
                 *s = EngineState {
                     reachable: false,
                     error: Some(e.clone()),

@@ -22,9 +22,61 @@ use crate::spec::image::ImageRef;
 use crate::spec::owner::Owner;
 
 pub use crate::runtime::{
-    EgressNetwork, ExecRun, ExitStatus, ImageInfo, LogEntry, LogStream, OutputStream,
-    RuntimeError as BackendError, SealedNetwork, UsageSample,
+    EgressNetwork, ExitStatus, ImageInfo, LogEntry, SealedNetwork, UsageSample,
 };
+
+/// A backend failure, phrased for an operator. An engine's own failures keep the engine's words
+/// and fix ([`BackendError::Docker`]); the other variants say the same in engine-neutral terms
+/// (other backends, the fake).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The Docker engine's own failure (names the socket, the daemon, the fix).
+    #[error(transparent)]
+    Docker(#[from] crate::runtime::RuntimeError),
+    /// The engine cannot be reached.
+    #[error("cannot reach the {engine} at {at}: {reason}")]
+    Unreachable {
+        /// What the operator calls it (`Backend::engine_name`).
+        engine: &'static str,
+        /// Where berth looked for it.
+        at: String,
+        reason: String,
+    },
+    /// The image is missing and the pull policy forbids pulling.
+    #[error(
+        "image {image} is not present and pull_policy is never (make it present, or change the pull policy)"
+    )]
+    ImageMissing { image: String },
+    /// A pull failed.
+    #[error("pulling image {image} failed: {reason}")]
+    Pull { image: String, reason: String },
+    /// A sidecar could not be prepared.
+    #[error("preparing sidecar {image} failed: {reason}")]
+    Sidecar { image: String, reason: String },
+    /// Any other call failed.
+    #[error("{op} failed: {reason}")]
+    Api { op: &'static str, reason: String },
+}
+
+/// stdout/stderr pieces of a command or sandbox, in the order the engine delivered them.
+pub type OutputStream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<(crate::protocol::Stream, bytes::Bytes), BackendError>,
+            > + Send,
+    >,
+>;
+
+/// A sandbox's output log from a cursor, in the engine's order.
+pub type LogStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<LogEntry, BackendError>> + Send>>;
+
+/// A command started inside a running sandbox, with its output.
+pub struct ExecRun {
+    /// The step's id (for its exit code).
+    pub id: String,
+    pub output: OutputStream,
+}
 
 /// What the engine can do beyond the seam's common ground.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +119,10 @@ pub struct ExecutionRef<'a> {
 pub trait Backend: Send + Sync {
     /// The backend's name as the protocol reports it (`worker_hello.backend`): never branched on.
     fn kind(&self) -> &'static str;
+    /// What an operator calls the engine, in transcripts and logs ("Docker engine").
+    fn engine_name(&self) -> &'static str {
+        "engine"
+    }
     /// What it can do beyond the common ground.
     fn caps(&self) -> Caps;
     /// Whether the engine takes a new connection and answers (bounded: a few seconds).

@@ -231,7 +231,10 @@ impl Supervisor {
     pub(super) fn fits(&self, want: crate::spec::policy::Resources) -> Result<(), String> {
         // A task started now could only fail: let the server requeue it instead.
         if let Some(e) = self.engine_down() {
-            return Err(format!("Docker engine unreachable ({e})"));
+            return Err(format!(
+                "{} unreachable ({e})",
+                self.env.backend.engine_name()
+            ));
         }
         let running: Vec<crate::spec::policy::Resources> =
             self.tasks.values().map(|t| t.reservation).collect();

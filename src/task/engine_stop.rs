@@ -37,7 +37,7 @@ pub fn by_signal(st: &ExitStatus) -> bool {
 
 /// The failure to report when the engine's stop ended the container (pure); `None` when the
 /// exit is the task's own (status 0, an OOM kill, or no sign of the engine going away).
-pub fn engine_failure(st: &ExitStatus, seen: &EngineSeen) -> Option<Failure> {
+pub fn engine_failure(engine: &str, st: &ExitStatus, seen: &EngineSeen) -> Option<Failure> {
     if st.code == 0 || st.oom_killed {
         return None;
     }
@@ -49,9 +49,9 @@ pub fn engine_failure(st: &ExitStatus, seen: &EngineSeen) -> Option<Failure> {
         EngineSeen::Up => return None,
         // A signal is what an engine's stop sends; any other status is only noted.
         EngineSeen::Stopping { .. } if signal_of(st.code).is_none() => return None,
-        EngineSeen::Stopping { at } => format!("the Docker engine stopped at {at}"),
+        EngineSeen::Stopping { at } => format!("the {engine} stopped at {at}"),
         EngineSeen::Outage { since, secs } => format!(
-            "the Docker engine was unreachable from {since} for {secs} s (an engine restart stops running containers)"
+            "the {engine} was unreachable from {since} for {secs} s (an engine restart stops running containers)"
         ),
     };
     Some(Failure {
@@ -76,7 +76,7 @@ mod tests {
         let stopping = EngineSeen::Stopping {
             at: "04:12:03 UTC".into(),
         };
-        let f = engine_failure(&st(143, false), &stopping).unwrap();
+        let f = engine_failure("Docker engine", &st(143, false), &stopping).unwrap();
         assert_eq!(f.reason, FailureReason::ContainerWait);
         assert_eq!(f.exit_code, Some(143));
         assert_eq!(
@@ -84,16 +84,28 @@ mod tests {
             "the Docker engine stopped at 04:12:03 UTC while the task ran, and the container received SIGTERM (exit status 143): the host's engine ended it, not the task itself; resubmit the task"
         );
         assert!(
-            engine_failure(&st(137, false), &stopping)
+            engine_failure("Docker engine", &st(137, false), &stopping)
                 .unwrap()
                 .detail
                 .contains("SIGKILL")
         );
         // The task's own exit status, an OOM kill, success: not the engine's.
-        assert_eq!(engine_failure(&st(1, false), &stopping), None);
-        assert_eq!(engine_failure(&st(137, true), &stopping), None);
-        assert_eq!(engine_failure(&st(0, false), &stopping), None);
-        assert_eq!(engine_failure(&st(143, false), &EngineSeen::Up), None);
+        assert_eq!(
+            engine_failure("Docker engine", &st(1, false), &stopping),
+            None
+        );
+        assert_eq!(
+            engine_failure("Docker engine", &st(137, true), &stopping),
+            None
+        );
+        assert_eq!(
+            engine_failure("Docker engine", &st(0, false), &stopping),
+            None
+        );
+        assert_eq!(
+            engine_failure("Docker engine", &st(143, false), &EngineSeen::Up),
+            None
+        );
     }
 
     #[test]
@@ -102,7 +114,7 @@ mod tests {
             since: "04:12:03 UTC".into(),
             secs: 7,
         };
-        let f = engine_failure(&st(3, false), &outage).unwrap();
+        let f = engine_failure("Docker engine", &st(3, false), &outage).unwrap();
         assert!(
             f.detail
                 .starts_with("the Docker engine was unreachable from 04:12:03 UTC for 7 s"),
@@ -110,7 +122,10 @@ mod tests {
             f.detail
         );
         assert!(f.detail.contains("exited with status 3"), "{}", f.detail);
-        assert_eq!(engine_failure(&st(0, false), &outage), None);
+        assert_eq!(
+            engine_failure("Docker engine", &st(0, false), &outage),
+            None
+        );
     }
 
     #[test]

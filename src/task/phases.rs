@@ -46,10 +46,11 @@ async fn outlast_outage(
         return false;
     }
     env.engine.suspect();
-    warn!(phase = what, "Docker engine unreachable; waiting for it");
+    let engine = env.backend.engine_name();
+    warn!(phase = what, "{engine} unreachable; waiting for it");
     system_line(
         &exec.spool,
-        &format!("Docker engine unreachable while {what}; waiting for it"),
+        &format!("{engine} unreachable while {what}; waiting for it"),
     )
     .await;
     let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
@@ -61,7 +62,7 @@ async fn outlast_outage(
             _ = env.detach.cancelled() => return false,
         }
         if env.backend.ping().await.is_ok() {
-            system_line(&exec.spool, "Docker engine reachable again; retrying").await;
+            system_line(&exec.spool, &format!("{engine} reachable again; retrying")).await;
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

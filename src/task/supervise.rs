@@ -232,8 +232,9 @@ async fn wait_through_outages(env: &TaskEnv, id: &str, own: bool) -> Outcome {
             Ok(None) => {
                 let detail = match outage {
                     Some(_) => format!(
-                        "the task's container {} disappeared while the Docker engine was unreachable (the engine restarted, or the container was removed); resubmit the task",
-                        short(id)
+                        "the task's container {} disappeared while the {} was unreachable (the engine restarted, or the container was removed); resubmit the task",
+                        short(id),
+                        env.backend.engine_name()
                     ),
                     None => format!(
                         "the task's container {} was removed by someone else while the task ran",
@@ -244,7 +245,7 @@ async fn wait_through_outages(env: &TaskEnv, id: &str, own: bool) -> Outcome {
             }
             Err(e) => {
                 if outage.is_none() {
-                    warn!(container = %id, error = %e, "Docker engine unreachable while the task runs; waiting for it");
+                    warn!(container = %id, error = %e, "engine unreachable while the task runs; waiting for it");
                     outage = Some(Outage::now());
                 }
                 env.engine.suspect();
@@ -282,7 +283,8 @@ fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
 /// engine ended it (see [`crate::task::engine_stop`]).
 async fn exited(env: &TaskEnv, st: ExitStatus, outage: Option<&Outage>, own: bool) -> Outcome {
     use crate::task::engine_stop::{EngineSeen, by_signal, engine_failure};
-    if !own || st.code == 0 {
+    // Only an engine whose outages stop its sandboxes can be what ended one.
+    if !own || st.code == 0 || !env.backend.caps().outage_stops_tasks {
         return Outcome::Exited(st);
     }
     let seen = match outage {
@@ -300,9 +302,9 @@ async fn exited(env: &TaskEnv, st: ExitStatus, outage: Option<&Outage>, own: boo
         }
         None => EngineSeen::Up,
     };
-    match engine_failure(&st, &seen) {
+    match engine_failure(env.backend.engine_name(), &st, &seen) {
         Some(f) => {
-            warn!(code = st.code, detail = %f.detail, "the Docker engine's stop ended the task's container");
+            warn!(code = st.code, detail = %f.detail, "the engine's stop ended the task's sandbox");
             Outcome::Failure(f)
         }
         None => Outcome::Exited(st),

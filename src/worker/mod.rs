@@ -174,14 +174,15 @@ impl Worker {
     ) -> Result<Self, WorkerError> {
         let home = std::env::var("HOME").ok();
         let docker_config = std::env::var("DOCKER_CONFIG").ok();
-        let docker = Docker::connect(config.docker.host.as_deref(), docker_host_env)?
+        let docker = Docker::connect(config.docker.host.as_deref(), docker_host_env)
+            .map_err(BackendError::from)?
             .with_auth_config(config.docker.auth_config.clone().or_else(|| {
                 crate::runtime::docker::credentials::default_path(
                     docker_config.as_deref(),
                     home.as_deref(),
                 )
             }));
-        let engine = docker.check().await?;
+        let engine = docker.check().await.map_err(BackendError::from)?;
         info!(version = %engine.version, api = %engine.api_version, platform = %engine.platform, "Docker engine reachable");
         let facts = EngineFacts {
             version: engine.version,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 
 use super::{
     Backend, BackendError, Caps, EgressNetwork, ExecRun, ExecutionRef, ExitStatus, ImageInfo,
@@ -20,6 +21,16 @@ use crate::spec::SandboxSpec;
 use crate::spec::holder::RELEASE_SIGNAL;
 use crate::spec::image::ImageRef;
 use crate::spec::owner::{Owner, Ownership};
+
+/// The engine's log stream with the seam's error type.
+fn log_stream(s: crate::runtime::LogStream) -> LogStream {
+    Box::pin(s.map(|r| r.map_err(BackendError::from)))
+}
+
+/// The engine's output stream with the seam's error type.
+fn output_stream(s: crate::runtime::OutputStream) -> OutputStream {
+    Box::pin(s.map(|r| r.map_err(BackendError::from)))
+}
 
 /// The Docker backend over an engine.
 pub struct DockerBackend {
@@ -43,6 +54,10 @@ impl Backend for DockerBackend {
         "docker"
     }
 
+    fn engine_name(&self) -> &'static str {
+        "Docker engine"
+    }
+
     fn caps(&self) -> Caps {
         Caps {
             live: true,
@@ -53,11 +68,11 @@ impl Backend for DockerBackend {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        self.engine.ping().await
+        Ok(self.engine.ping().await?)
     }
 
     async fn runtimes(&self) -> Result<Vec<String>, BackendError> {
-        self.engine.runtimes().await
+        Ok(self.engine.runtimes().await?)
     }
 
     async fn prepare_image(
@@ -66,7 +81,7 @@ impl Backend for DockerBackend {
         policy: PullPolicy,
         progress: Option<&tokio::sync::mpsc::Sender<String>>,
     ) -> Result<ImageInfo, BackendError> {
-        self.engine.ensure_image(image, policy, progress).await
+        Ok(self.engine.ensure_image(image, policy, progress).await?)
     }
 
     async fn prepare_sidecar(
@@ -74,11 +89,11 @@ impl Backend for DockerBackend {
         image: &ImageRef,
         policy: PullPolicy,
     ) -> Result<String, BackendError> {
-        self.engine.ensure_sidecar(image, policy).await
+        Ok(self.engine.ensure_sidecar(image, policy).await?)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String, BackendError> {
-        self.engine.create(&translate::container_spec(spec)).await
+        Ok(self.engine.create(&translate::container_spec(spec)).await?)
     }
 
     async fn find(
@@ -99,7 +114,7 @@ impl Backend for DockerBackend {
     }
 
     async fn start(&self, id: &str) -> Result<(), BackendError> {
-        self.engine.start(id).await
+        Ok(self.engine.start(id).await?)
     }
 
     async fn address(
@@ -107,23 +122,23 @@ impl Backend for DockerBackend {
         id: &str,
         network: &str,
     ) -> Result<Option<std::net::IpAddr>, BackendError> {
-        self.engine.container_address(id, network).await
+        Ok(self.engine.container_address(id, network).await?)
     }
 
     async fn wait(&self, id: &str) -> Result<ExitStatus, BackendError> {
-        self.engine.wait(id).await
+        Ok(self.engine.wait(id).await?)
     }
 
     async fn state(&self, id: &str) -> Result<Option<(bool, ExitStatus)>, BackendError> {
-        self.engine.inspect_state(id).await
+        Ok(self.engine.inspect_state(id).await?)
     }
 
     fn output(&self, id: &str, follow: bool, since: i64) -> LogStream {
-        self.engine.logs(id, follow, since)
+        log_stream(self.engine.logs(id, follow, since))
     }
 
     async fn usage(&self, id: &str) -> Result<Option<UsageSample>, BackendError> {
-        self.engine.usage(id).await
+        Ok(self.engine.usage(id).await?)
     }
 
     async fn quick_usage(&self, id: &str) -> Option<UsageSample> {
@@ -131,11 +146,11 @@ impl Backend for DockerBackend {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), BackendError> {
-        self.engine.stop(id, grace).await
+        Ok(self.engine.stop(id, grace).await?)
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
-        self.engine.remove(id).await
+        Ok(self.engine.remove(id).await?)
     }
 
     async fn gone(
@@ -197,19 +212,19 @@ impl Backend for DockerBackend {
 #[async_trait]
 impl Live for DockerBackend {
     async fn attach(&self, id: &str) -> Result<OutputStream, BackendError> {
-        self.engine.attach(id).await
+        Ok(output_stream(self.engine.attach(id).await?))
     }
 
     async fn freeze(&self, id: &str) -> Result<(), BackendError> {
-        self.engine.pause(id).await
+        Ok(self.engine.pause(id).await?)
     }
 
     async fn thaw(&self, id: &str) -> Result<(), BackendError> {
-        self.engine.unpause(id).await
+        Ok(self.engine.unpause(id).await?)
     }
 
     fn tail(&self, id: &str, entries: u32) -> LogStream {
-        self.engine.log_tail(id, entries)
+        log_stream(self.engine.log_tail(id, entries))
     }
 }
 
@@ -222,15 +237,19 @@ impl InPlace for DockerBackend {
         working_dir: Option<&str>,
         env: Vec<String>,
     ) -> Result<ExecRun, BackendError> {
-        self.engine.exec(id, cmd, working_dir, env).await
+        let run = self.engine.exec(id, cmd, working_dir, env).await?;
+        Ok(ExecRun {
+            id: run.id,
+            output: output_stream(run.output),
+        })
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, BackendError> {
-        self.engine.exec_exit_code(exec_id).await
+        Ok(self.engine.exec_exit_code(exec_id).await?)
     }
 
     async fn release(&self, id: &str) -> Result<(), BackendError> {
-        self.engine.signal(id, RELEASE_SIGNAL).await
+        Ok(self.engine.signal(id, RELEASE_SIGNAL).await?)
     }
 }
 
@@ -242,14 +261,17 @@ impl Sealing for DockerBackend {
         bridge: &str,
         owner: &Owner,
     ) -> Result<EgressNetwork, BackendError> {
-        self.engine.ensure_egress_network(name, bridge, owner).await
+        Ok(self
+            .engine
+            .ensure_egress_network(name, bridge, owner)
+            .await?)
     }
 
     async fn networks(&self, worker_id: Option<&str>) -> Result<Vec<SealedNetwork>, BackendError> {
-        self.engine.sealed_networks(worker_id).await
+        Ok(self.engine.sealed_networks(worker_id).await?)
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), BackendError> {
-        self.engine.remove_network(name).await
+        Ok(self.engine.remove_network(name).await?)
     }
 }
