@@ -136,6 +136,7 @@ impl Images {
     pub fn acquire() -> Images {
         let mut users = USERS.lock().unwrap_or_else(|p| p.into_inner());
         if *users == 0 {
+            remove_untagged_test_images();
             import(BUSYBOX, &[]);
             import(
                 SIDECAR,
@@ -205,6 +206,25 @@ pub fn remove_test_artifacts() {
     docker(&["rmi", "-f", BUSYBOX, SIDECAR]);
     if GIT_READY.swap(false, Ordering::SeqCst) {
         docker(&["rmi", "-f", GIT]);
+    }
+    remove_untagged_test_images();
+}
+
+/// Removes earlier generations of the test images that lost their tag while a container still
+/// used them (`rmi -f` refuses an image a running container uses; a worker killed mid-create
+/// can leave one that appears after the sweep): they keep the `berth.test` label and would
+/// outlive the run. Images still in use are left alone and swept by the next generation.
+fn remove_untagged_test_images() {
+    let out = docker(&[
+        "images",
+        "-q",
+        "--filter",
+        "dangling=true",
+        "--filter",
+        "label=berth.test=true",
+    ]);
+    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        docker(&["rmi", id]);
     }
 }
 
