@@ -3,7 +3,6 @@
 //! The run returns exactly one terminal message; turning an [`Outcome`] into that message is a
 //! pure function ([`terminal_message`]) so every classification rule is unit-tested.
 
-mod anchor;
 pub mod capture;
 pub mod engine_stop;
 mod phases;
@@ -354,7 +353,7 @@ pub async fn resume(
         // A worker killed while it held the container frozen for a resume anchor left it
         // paused: thaw it, or the task would never go on.
         if let Some(live) = env.backend.live() {
-            anchor::thaw(live, &container_id).await;
+            capture::thaw(live, &container_id).await;
         }
         let timeout = task_timeout(&env, &exec).map(|t| {
             let elapsed = (chrono::Utc::now() - exec.claimed_at)

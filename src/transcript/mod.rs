@@ -2,7 +2,9 @@
 //! cuts that never split a UTF-8 sequence, the spool's record format, and the cursor into the
 //! engine's log that lets a restarted worker resume with no byte lost or doubled.
 
+pub mod log_end;
 pub mod redaction;
+pub mod replay;
 pub mod spool;
 
 use crate::protocol::Stream;

@@ -1,4 +1,6 @@
-//! Capturing a container's output into its spool, resumable to the byte.
+//! The pure half of output capture: engine log entries (or live bytes) into redacted
+//! transcript runs, each tagged with the point a restarted reader resumes from, and the same
+//! replay counting instead of storing ([`Tally`]).
 //!
 //! The engine's on-disk log is the source (it outlives berth); each entry carries a timestamp,
 //! and the spool records where to resume: the last point where no redactor held anything back
@@ -7,29 +9,18 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use tracing::{debug, info, warn};
-
-use crate::backend::{Backend, BackendError, OutputStream};
+use super::spool::{SharedSpool, append_retrying, lock};
+use super::{Cursor, Mark, Redactor, Resume, slot};
 use crate::protocol::Stream;
-use crate::transcript::spool::{SharedSpool, append_retrying, lock};
-use crate::transcript::{Cursor, Mark, Redactor, Resume, slot};
 
 /// Largest batch written as one spool record run.
-const BATCH: usize = 64 << 10;
+pub const BATCH: usize = 64 << 10;
 /// Longest time output waits in a batch before it is spooled (and so can be sent).
-const FLUSH_AFTER: Duration = Duration::from_millis(20);
-/// The engine's log buffer: a longer line is stored as pieces of exactly this size, then a
-/// shorter last piece.
-pub(super) const ENGINE_PIECE: usize = 16 << 10;
-
-/// Why capture stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    /// The engine failed and the container is gone.
-    #[error(transparent)]
-    Engine(#[from] BackendError),
-}
+pub const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// The container log's line buffer: a longer line is stored as pieces of exactly this size,
+/// then a shorter last piece (Docker's log drivers and the CRI's container logs both split at
+/// 16 KiB).
+pub const ENGINE_PIECE: usize = 16 << 10;
 
 /// The pure half of capture: turns engine log entries, in the engine's order, into redacted
 /// transcript bytes, each run tagged with the point a restarted reader resumes from.
@@ -292,7 +283,7 @@ impl Replay {
         runs
     }
 
-    async fn flush(&mut self, spool: &SharedSpool) {
+    pub async fn flush(&mut self, spool: &SharedSpool) {
         for (stream, bytes, resume) in self.take() {
             append_retrying(spool, stream, &bytes, resume).await;
         }
@@ -301,349 +292,12 @@ impl Replay {
 
     /// Spools the batch without waiting for disk space; false when a write failed (what was
     /// not written is then read again from the engine's log).
-    fn flush_now(&mut self, spool: &SharedSpool) -> bool {
+    pub fn flush_now(&mut self, spool: &SharedSpool) -> bool {
         let runs = self.take();
         let mut sp = lock(spool);
         runs.iter()
             .all(|(stream, bytes, resume)| sp.append(*stream, bytes, *resume).is_ok())
     }
-}
-
-/// Whether the end of the engine's log (`entries`, both streams, in the log's order) is also
-/// the end of what the attach stream delivered: per stream, its last raw bytes and whether
-/// they are all of that stream's output (`true`) or only its end.
-///
-/// Each stream's entries are matched backwards against its bytes; an entry without a newline
-/// may stand for a line whose newline the log driver dropped. Where the kept end runs out,
-/// the entry reaching past it must end with what is left.
-pub fn log_end_matches(tails: [(&[u8], bool); 2], entries: &[(Stream, &[u8])]) -> bool {
-    for (slot, (tail, whole)) in tails.into_iter().enumerate() {
-        let mut rest: &[u8] = tail;
-        let mine = entries
-            .iter()
-            .rev()
-            .filter(|(s, _)| crate::transcript::slot(*s) == slot);
-        for (_, payload) in mine {
-            let dropped_newline = !payload.ends_with(b"\n") && rest.ends_with(b"\n");
-            let without = |r: &[u8]| -> usize {
-                if dropped_newline {
-                    r.len() - 1
-                } else {
-                    r.len()
-                }
-            };
-            if rest.ends_with(payload) {
-                rest = &rest[..rest.len() - payload.len()];
-            } else if dropped_newline && rest[..without(rest)].ends_with(payload) {
-                rest = &rest[..without(rest) - payload.len()];
-            } else if !whole
-                && (payload.ends_with(rest)
-                    || (dropped_newline && payload.ends_with(&rest[..without(rest)])))
-            {
-                // The entry reaches back before the kept bytes: nothing more to compare.
-                break;
-            } else {
-                return false;
-            }
-            if rest.is_empty() && !whole {
-                break;
-            }
-        }
-    }
-    true
-}
-
-/// The log's last [`TAIL_ENTRIES`] entries (both streams, in the engine's order).
-pub(super) async fn read_log_end(
-    live: &dyn crate::backend::Live,
-    container_id: &str,
-) -> Result<Vec<crate::backend::LogEntry>, BackendError> {
-    let mut entries = Vec::new();
-    let mut tail = live.tail(container_id, TAIL_ENTRIES);
-    while let Some(e) = tail.next().await {
-        entries.push(e?);
-    }
-    Ok(entries)
-}
-
-/// How many of the log's last entries confirm that the attach stream saw the end.
-pub(super) const TAIL_ENTRIES: u32 = 64;
-/// Raw bytes of each stream kept to compare with the log's last entries.
-const TAIL_KEEP: usize = 128 << 10;
-/// How long a closed attach stream may precede the container's stop before berth stops
-/// trusting it.
-const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(5);
-
-/// The last raw bytes of one stream (bounded), and whether they are all of it.
-#[derive(Default)]
-pub(super) struct Tail {
-    bytes: Vec<u8>,
-    trimmed: bool,
-}
-
-impl Tail {
-    pub(super) fn push(&mut self, bytes: &[u8]) {
-        if bytes.len() >= TAIL_KEEP {
-            self.bytes.clear();
-            self.bytes
-                .extend_from_slice(&bytes[bytes.len() - TAIL_KEEP..]);
-            self.trimmed = true;
-            return;
-        }
-        // Trim in large steps so this stays amortised O(1) per byte.
-        if self.bytes.len() + bytes.len() > 2 * TAIL_KEEP {
-            let cut = self.bytes.len() + bytes.len() - TAIL_KEEP;
-            self.bytes.drain(..cut.min(self.bytes.len()));
-            self.trimmed = true;
-        }
-        self.bytes.extend_from_slice(bytes);
-    }
-
-    pub(super) fn view(&self) -> (&[u8], bool) {
-        (&self.bytes, !self.trimmed)
-    }
-}
-
-/// Why live capture handed over to the engine's log.
-#[derive(Debug, PartialEq, Eq)]
-enum Handover {
-    /// Every byte was delivered live and spooled.
-    Complete,
-    /// The rest must come from the log (why, for the operator's debug log).
-    Incomplete(String),
-}
-
-/// Live capture of a container started under berth's eyes.
-pub struct Live<'a> {
-    /// The attach stream, opened before the command started.
-    pub stream: OutputStream,
-    /// The backend's live capability (freezing, the log's last entries).
-    pub ops: &'a dyn crate::backend::Live,
-    /// Live bytes between resume anchors (0: never freeze the container to anchor).
-    pub anchor_every: u64,
-    /// Where anchors are counted.
-    pub metrics: &'a crate::metrics::Metrics,
-}
-
-/// Captures the attach stream into the spool. Any doubt (a broken stream, a spool write that
-/// failed, a log that ends differently) hands over to the log reader, which resumes exactly
-/// where the spooled live bytes end.
-async fn capture_live(
-    runtime: &dyn Backend,
-    container_id: &str,
-    spool: &SharedSpool,
-    secrets: Vec<Vec<u8>>,
-    live: Live<'_>,
-) -> Handover {
-    let Live {
-        stream: mut live,
-        ops,
-        anchor_every,
-        metrics,
-    } = live;
-    let mut st = Replay::new(lock(spool).last_resume(), secrets);
-    let mut tails = [Tail::default(), Tail::default()];
-    let mut due: Option<tokio::time::Instant> = None;
-    let mut schedule = super::anchor::Schedule::new(anchor_every);
-    loop {
-        let next = match due {
-            None => live.next().await,
-            Some(at) => match tokio::time::timeout_at(at, live.next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    if !st.flush_now(spool) {
-                        return Handover::Incomplete("the spool could not be written".into());
-                    }
-                    due = None;
-                    continue;
-                }
-            },
-        };
-        match next {
-            None => break,
-            Some(Err(e)) => return Handover::Incomplete(format!("the attach stream failed: {e}")),
-            Some(Ok((stream, bytes))) => {
-                tails[slot(stream)].push(&bytes);
-                st.live(stream, &bytes);
-                if schedule.count(bytes.len()) {
-                    if !st.flush_now(spool) {
-                        return Handover::Incomplete("the spool could not be written".into());
-                    }
-                    due = None;
-                    let attempt = super::anchor::attempt(
-                        ops,
-                        container_id,
-                        &mut live,
-                        &mut st,
-                        &mut tails,
-                        spool,
-                        &mut schedule,
-                    )
-                    .await;
-                    match attempt {
-                        super::anchor::Attempt::Done(0) => {}
-                        super::anchor::Attempt::Done(_) => metrics.anchor_placed(),
-                        super::anchor::Attempt::StreamEnded(None) => break,
-                        super::anchor::Attempt::StreamEnded(Some(e)) => {
-                            return Handover::Incomplete(format!("the attach stream failed: {e}"));
-                        }
-                    }
-                    if st.pending() > 0 && !st.flush_now(spool) {
-                        return Handover::Incomplete("the spool could not be written".into());
-                    }
-                    continue;
-                }
-                if st.pending() >= BATCH {
-                    if !st.flush_now(spool) {
-                        return Handover::Incomplete("the spool could not be written".into());
-                    }
-                    due = None;
-                } else if due.is_none() {
-                    due = Some(tokio::time::Instant::now() + FLUSH_AFTER);
-                }
-            }
-        }
-    }
-    if !st.flush_now(spool) {
-        return Handover::Incomplete("the spool could not be written".into());
-    }
-    drop(live);
-    // The stream closed: trusted only if the container has really ended (not a dropped
-    // connection) and the log ends with what was delivered.
-    let stopped = async {
-        loop {
-            match runtime.state(container_id).await {
-                Ok(Some((false, _))) => return Ok(()),
-                Ok(Some((true, _))) => tokio::time::sleep(Duration::from_millis(50)).await,
-                Ok(None) => return Err("the container disappeared".to_string()),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    };
-    match tokio::time::timeout(EXIT_AFTER_CLOSE, stopped).await {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => return Handover::Incomplete(why),
-        Err(_) => {
-            return Handover::Incomplete(
-                "the attach stream closed while the container still runs".into(),
-            );
-        }
-    }
-    let entries = match read_log_end(ops, container_id).await {
-        Ok(entries) => entries,
-        Err(e) => return Handover::Incomplete(format!("reading the log's end failed: {e}")),
-    };
-    let entries: Vec<(Stream, &[u8])> = entries.iter().map(|e| (e.stream, &e.bytes[..])).collect();
-    if !log_end_matches([tails[0].view(), tails[1].view()], &entries) {
-        return Handover::Incomplete(
-            "the engine's log holds output the attach stream did not deliver".into(),
-        );
-    }
-    st.finish();
-    if !st.flush_now(spool) {
-        return Handover::Incomplete("the spool could not be written".into());
-    }
-    Handover::Complete
-}
-
-/// Reads the container's output into the spool until the container has stopped and its output
-/// is drained. With `live` (the attach stream, opened before the command started) output is
-/// taken as the engine hands it out; otherwise, and wherever the live stream cannot be
-/// trusted to the byte, from the engine's log. Safe to call again after a restart: it resumes
-/// from what the spool recorded.
-pub async fn capture(
-    runtime: &dyn Backend,
-    container_id: &str,
-    spool: &SharedSpool,
-    secrets: Vec<Vec<u8>>,
-    live: Option<Live<'_>>,
-) -> Result<(), CaptureError> {
-    if let Some(live) = live {
-        match capture_live(runtime, container_id, spool, secrets.clone(), live).await {
-            Handover::Complete => {
-                debug!(container = container_id, "output captured live");
-                return Ok(());
-            }
-            Handover::Incomplete(why) => {
-                info!(container = container_id, why = %why, "reading the rest of the output from the engine's log");
-            }
-        }
-    }
-    capture_log(runtime, container_id, spool, secrets).await
-}
-
-/// Reads the container's output from the engine's log, from the spool's resume point.
-async fn capture_log(
-    runtime: &dyn Backend,
-    container_id: &str,
-    spool: &SharedSpool,
-    secrets: Vec<Vec<u8>>,
-) -> Result<(), CaptureError> {
-    let resume = lock(spool).last_resume();
-    let mut st = Replay::new(resume, secrets);
-    let mut failures = 0u32;
-    // Follow until the engine ends the stream (container stopped), then one plain read from
-    // the cursor: `follow` can lose a final fragment without a newline (moby#43860).
-    for follow in [true, false] {
-        loop {
-            st.start_read();
-            let mut logs = Box::pin(runtime.output(container_id, follow, st.since_secs()));
-            let mut failed = None;
-            let mut due: Option<tokio::time::Instant> = None;
-            loop {
-                // Batch entries into few large records: flush at BATCH bytes, or FLUSH_AFTER
-                // after the first unflushed entry (output reaches the sender quickly, and a
-                // chatty task does not turn every line into a record and a write).
-                let next = match due {
-                    None => logs.next().await,
-                    Some(at) => match tokio::time::timeout_at(at, logs.next()).await {
-                        Ok(n) => n,
-                        Err(_) => {
-                            st.flush(spool).await;
-                            due = None;
-                            continue;
-                        }
-                    },
-                };
-                match next {
-                    None => break,
-                    Some(Err(e)) => {
-                        failed = Some(e);
-                        break;
-                    }
-                    Some(Ok(e)) => {
-                        st.entry(e.stream, e.ts, &e.bytes);
-                        if st.pending() >= BATCH {
-                            st.flush(spool).await;
-                            due = None;
-                        } else if due.is_none() {
-                            due = Some(tokio::time::Instant::now() + FLUSH_AFTER);
-                        }
-                    }
-                }
-            }
-            st.flush(spool).await;
-            match failed {
-                None => break,
-                Some(e) => {
-                    failures += 1;
-                    // The engine may be away or restarting: retry while the container exists
-                    // or the engine does not answer (the supervisor decides when to stop).
-                    let gone = matches!(runtime.state(container_id).await, Ok(None));
-                    if gone && failures > 3 {
-                        return Err(e.into());
-                    }
-                    warn!(container = container_id, error = %e, "reading the container log failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.min(10))))
-                        .await;
-                }
-            }
-        }
-    }
-    st.finish();
-    st.flush(spool).await;
-    debug!(container = container_id, "output captured");
-    Ok(())
 }
 
 /// The count of what capture did not read: the transcript bytes the engine's log holds after
@@ -705,40 +359,6 @@ impl Tally {
             self.bytes += bytes.len() as u64;
             self.resume = resume;
         }
-    }
-}
-
-/// Reads the engine's log from where `tally` stands to its end, counting instead of storing
-/// (the container has stopped: plain reads, retried a few times while the container exists).
-/// Unbounded in time: the caller sets the deadline and keeps what was counted by then.
-pub async fn count_rest(
-    runtime: &dyn Backend,
-    container_id: &str,
-    tally: &mut Tally,
-) -> Result<(), CaptureError> {
-    let mut failures = 0u32;
-    loop {
-        tally.start_read();
-        let mut logs = runtime.output(container_id, false, tally.since_secs());
-        let failed = loop {
-            match logs.next().await {
-                None => break None,
-                Some(Ok(e)) => tally.entry(e.stream, e.ts, &e.bytes),
-                Some(Err(e)) => break Some(e),
-            }
-        };
-        let Some(e) = failed else {
-            tally.finish();
-            return Ok(());
-        };
-        failures += 1;
-        // Gone with its container, the log cannot be counted any further.
-        let gone = matches!(runtime.state(container_id).await, Ok(None));
-        if gone || failures > 3 {
-            return Err(e.into());
-        }
-        warn!(container = container_id, error = %e, "counting the container log failed; retrying");
-        tokio::time::sleep(Duration::from_millis(500 * u64::from(failures))).await;
     }
 }
 
@@ -1067,39 +687,6 @@ mod tests {
                 prop_assert_eq!(mine, want);
             }
         }
-    }
-
-    #[test]
-    fn the_log_end_must_be_the_end_of_the_live_bytes() {
-        let out = Stream::Stdout;
-        let err = Stream::Stderr;
-        let whole = |b: &'static [u8]| (b, true);
-        // Everything delivered: matches, whatever the interleaving.
-        let log: &[(Stream, &[u8])] = &[(out, b"a\n"), (err, b"e\n"), (out, b"b\n")];
-        assert!(log_end_matches([whole(b"a\nb\n"), whole(b"e\n")], log));
-        // The live stream missed the last line of one stream, or a stream entirely.
-        assert!(!log_end_matches([whole(b"a\n"), whole(b"e\n")], log));
-        assert!(!log_end_matches([whole(b"a\nb\n"), whole(b"")], log));
-        // The same last line again is caught when the stream is kept whole.
-        let twice: &[(Stream, &[u8])] = &[(out, b"x\n"), (out, b"x\n")];
-        assert!(!log_end_matches([whole(b"x\n"), whole(b"")], twice));
-        // A split line whose newline the log driver dropped.
-        let piece = vec![b'p'; ENGINE_PIECE];
-        let mut raw = piece.clone();
-        raw.extend_from_slice(b"qq\n");
-        let split: Vec<(Stream, &[u8])> = vec![(out, &piece), (out, b"qq")];
-        assert!(log_end_matches([(&raw, true), whole(b"")], &split));
-        // Only the end kept: an entry reaching before it must end with what is left.
-        assert!(log_end_matches(
-            [(b"ne\nz\n", false), whole(b"")],
-            &[(out, b"long line\n"), (out, b"z\n")]
-        ));
-        assert!(!log_end_matches(
-            [(b"XX\nz\n", false), whole(b"")],
-            &[(out, b"long line\n"), (out, b"z\n")]
-        ));
-        // Nothing printed, nothing logged.
-        assert!(log_end_matches([whole(b""), whole(b"")], &[]));
     }
 
     #[test]

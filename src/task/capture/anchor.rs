@@ -14,9 +14,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tracing::{debug, warn};
 
-use super::capture::{ENGINE_PIECE, Replay, TAIL_ENTRIES, Tail, log_end_matches, read_log_end};
+use super::log_end::{TAIL_ENTRIES, read_log_end};
 use crate::backend::{Live, LogEntry, OutputStream};
 use crate::protocol::Stream;
+use crate::transcript::log_end::{Tail, log_end_matches};
+use crate::transcript::replay::{ENGINE_PIECE, Replay};
 use crate::transcript::spool::{SharedSpool, lock};
 use crate::transcript::{Mark, Redactor, slot};
 
@@ -228,7 +230,7 @@ fn same_end(a: &[LogEntry], b: &[LogEntry]) -> bool {
 }
 
 /// Thaws the container, retrying a few times: a task must never stay frozen because of berth.
-pub(super) async fn thaw(runtime: &dyn Live, container_id: &str) {
+pub(crate) async fn thaw(runtime: &dyn Live, container_id: &str) {
     for attempt in 1..=5u64 {
         match runtime.thaw(container_id).await {
             Ok(()) => return,
