@@ -8,6 +8,7 @@
 //! backend's name. The Docker backend ([`docker::DockerBackend`]) keeps its own narrower engine
 //! trait ([`crate::runtime::Runtime`]: bollard, and a recording fake for its tests).
 
+pub mod disposal;
 pub mod docker;
 pub mod fake;
 pub mod health;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use crate::backend::disposal::{Ended, disposal, dispose};
 use crate::backend::{Backend, BackendError, Owned};
 use crate::journal::{ExecRecord, ExecState, Journal, JournalError};
 use crate::spec::owner::{Owner, Ownership};
@@ -79,18 +80,15 @@ pub async fn reconcile(
                 found.insert(c.execution_id.clone(), Found::Container(c.id.clone()));
             }
             Verdict::Finished => {
-                if cleanup && let Err(e) = runtime.remove(&c.id).await {
+                let d = disposal(Ended::Finished, cleanup, c.running);
+                if let Err(e) = dispose(runtime, &c.id, d, grace).await {
                     warn!(container = %c.id, error = %e, "cannot remove container");
                 }
             }
             Verdict::Orphan => {
                 warn!(container = %c.id, task_id = %c.task_id, running = c.running, "removing orphaned container (no journal record)");
-                if c.running
-                    && let Err(e) = runtime.stop(&c.id, grace).await
-                {
-                    warn!(container = %c.id, error = %e, "cannot stop orphan");
-                }
-                if let Err(e) = runtime.remove(&c.id).await {
+                let d = disposal(Ended::Orphan, cleanup, c.running);
+                if let Err(e) = dispose(runtime, &c.id, d, grace).await {
                     warn!(container = %c.id, error = %e, "cannot remove orphan");
                 }
             }

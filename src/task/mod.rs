@@ -5,10 +5,14 @@
 
 pub mod capture;
 pub mod engine_stop;
+mod outcome;
 mod phases;
 pub mod provision;
+mod run;
 mod supervise;
 pub mod usage;
+
+pub use outcome::{Outcome, RunEnd, terminal_message};
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -17,17 +21,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span};
 
+use outcome::summary_line;
+use run::Run;
 use supervise::{Supervised, cleanup};
 
-use crate::backend::{Backend, ExitStatus};
+use crate::backend::Backend;
 use crate::config::PullPolicy;
 use crate::control::shipper::Outbound;
 use crate::failure::FailureReason;
 use crate::journal::Journal;
-use crate::protocol::{
-    MSG_CANCELLED, MSG_COMPLETED, MSG_INTERRUPTED, MSG_TIMEOUT, Stream, TASK_STATE_CANCELLED,
-    TaskAssignment, TerminalExt, WorkerMessage,
-};
+use crate::protocol::{Stream, TaskAssignment, TerminalExt, WorkerMessage};
 use crate::secret::Secret;
 use crate::spec::AgentSettings;
 use crate::transcript;
@@ -109,133 +112,6 @@ impl TaskControl {
     }
 }
 
-/// How an execution ended, before it is phrased for the wire.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The container ran and exited.
-    Exited(ExitStatus),
-    /// A phase failed.
-    Failed {
-        /// The phase's reason.
-        reason: FailureReason,
-        /// What went wrong, for a user.
-        detail: String,
-    },
-    /// Stopped before the container ran.
-    Interrupted,
-    /// A failure with an exit status or a detail of its own (a provisioning step, a container
-    /// lost to an engine outage).
-    Failure(crate::failure::Failure),
-}
-
-fn failed(
-    task_id: &str,
-    message: String,
-    reason: FailureReason,
-    code: Option<i64>,
-) -> WorkerMessage {
-    WorkerMessage::TaskFailed {
-        task_id: task_id.to_string(),
-        message,
-        task_state: None,
-        failure_reason: Some(reason),
-        exit_code: code,
-        ext: None,
-    }
-}
-
-fn stopped(task_id: &str, why: StopReason, code: Option<i64>) -> WorkerMessage {
-    match why {
-        StopReason::User => WorkerMessage::TaskCompleted {
-            task_id: task_id.to_string(),
-            message: MSG_CANCELLED.to_string(),
-            task_state: Some(TASK_STATE_CANCELLED.to_string()),
-            ext: None,
-        },
-        StopReason::Shutdown => failed(
-            task_id,
-            MSG_INTERRUPTED.to_string(),
-            FailureReason::GracefulShutdown,
-            code,
-        ),
-        StopReason::Timeout => failed(
-            task_id,
-            MSG_TIMEOUT.to_string(),
-            FailureReason::TaskTimeout,
-            code,
-        ),
-    }
-}
-
-/// The one terminal message for an outcome (PROTOCOL.md §3 classification order: time limit,
-/// then cancellation whatever the phase, then the phase's own reason).
-pub fn terminal_message(
-    task_id: &str,
-    outcome: &Outcome,
-    stop: Option<StopReason>,
-) -> WorkerMessage {
-    match (outcome, stop) {
-        // Exit 0 is success even when a stop was requested.
-        (Outcome::Exited(st), _) if st.code == 0 => WorkerMessage::TaskCompleted {
-            task_id: task_id.to_string(),
-            message: MSG_COMPLETED.to_string(),
-            task_state: None,
-            ext: None,
-        },
-        (Outcome::Exited(st), Some(why)) => stopped(task_id, why, Some(st.code)),
-        (Outcome::Exited(st), None) if st.oom_killed => failed(
-            task_id,
-            format!(
-                "Failed to execute task: container was killed by the out-of-memory killer (exit status {}); give the task more memory (instance_shape.memory_gb) or make it use less",
-                st.code
-            ),
-            FailureReason::ContainerOom,
-            Some(st.code),
-        ),
-        (Outcome::Exited(st), None) => failed(
-            task_id,
-            format!(
-                "Failed to execute task: container exited with non-zero status: {}",
-                st.code
-            ),
-            FailureReason::ContainerExit,
-            Some(st.code),
-        ),
-        (Outcome::Failed { .. } | Outcome::Interrupted | Outcome::Failure(_), Some(why)) => {
-            stopped(task_id, why, None)
-        }
-        (Outcome::Failure(f), None) => failed(
-            task_id,
-            format!("Failed to execute task: {}", f.detail),
-            f.reason,
-            f.exit_code,
-        ),
-        (Outcome::Failed { reason, detail }, None) => failed(
-            task_id,
-            format!("Failed to execute task: {detail}"),
-            *reason,
-            None,
-        ),
-        // Interrupted without a reason cannot happen; report it honestly rather than guess.
-        (Outcome::Interrupted, None) => failed(
-            task_id,
-            "Failed to execute task: the task was interrupted before its container started".into(),
-            FailureReason::TaskCancelled,
-            None,
-        ),
-    }
-}
-
-/// How a task run ended.
-#[derive(Debug)]
-pub enum RunEnd {
-    /// The terminal message, already recorded in the journal.
-    Finished(WorkerMessage),
-    /// The worker is shutting down in `preserve` mode: the container keeps running and a
-    /// restarted worker re-attaches to it.
-    Detached,
-}
-
 /// What every task run shares.
 pub struct TaskEnv {
     /// The engine.
@@ -309,14 +185,13 @@ pub async fn system_line(spool: &SharedSpool, text: &str) {
     append_retrying(spool, Stream::System, line.as_bytes(), resume).await;
 }
 
-fn secrets_of(env: &TaskEnv, a: &TaskAssignment) -> Vec<Vec<u8>> {
+fn secrets_of(settings: &TaskSettings, a: &TaskAssignment) -> Vec<Vec<u8>> {
     let values: Vec<&str> = a
         .env_vars
         .iter()
         .flatten()
         .map(|(_, v)| v.as_str())
         .collect();
-    let settings = env.settings();
     let op: Vec<&str> = settings.redact.iter().map(|s| s.expose()).collect();
     transcript::secrets(values, settings.api_key.expose(), op)
 }
@@ -329,8 +204,9 @@ pub async fn run(env: Arc<TaskEnv>, exec: Execution, control: Arc<TaskControl>) 
     async move {
         // Task env values never reach the log, whatever its level (bollard's debug output
         // carries the container body).
-        let _secrets = crate::transcript::redaction::register(secrets_of(&env, &exec.assignment));
-        let outcome = phases::execute(&env, &exec, &control).await;
+        let run = Run::new(&env, &exec, &control).with_setup_events();
+        let _secrets = crate::transcript::redaction::register(run.secrets());
+        let outcome = phases::execute(&run).await;
         finish(&env, &exec, &control, outcome).await
     }
     .instrument(span)
@@ -348,25 +224,25 @@ pub async fn resume(
     let span =
         info_span!("task", task_id = %exec.assignment.task_id, execution_id = %exec.execution_id);
     async move {
-        let _secrets = crate::transcript::redaction::register(secrets_of(&env, &exec.assignment));
+        let run = Run::new(&env, &exec, &control);
+        let _secrets = crate::transcript::redaction::register(run.secrets());
         info!(container = %container_id, "re-attaching to the task's container after a restart");
         // A worker killed while it held the container frozen for a resume anchor left it
         // paused: thaw it, or the task would never go on.
         if let Some(live) = env.backend.live() {
             capture::thaw(live, &container_id).await;
         }
-        let timeout = task_timeout(&env, &exec).map(|t| {
+        let timeout = run.timeout().map(|t| {
             let elapsed = (chrono::Utc::now() - exec.claimed_at)
                 .to_std()
                 .unwrap_or_default();
             t.saturating_sub(elapsed)
         });
-        let outcome =
-            supervise::supervise(&env, &exec, &container_id, &control, timeout, None).await;
+        let outcome = supervise::supervise(&run, &container_id, timeout, None).await;
         if matches!(outcome, Supervised::Detached) {
             return RunEnd::Detached;
         }
-        let outcome = cleanup(&env, &container_id, outcome).await;
+        let outcome = cleanup(&run, &container_id, outcome).await;
         finish(&env, &exec, &control, outcome).await
     }
     .instrument(span)
@@ -398,14 +274,9 @@ pub async fn abandon(
         detail: "berth restarted while the task's environment was being provisioned; the container was removed before the task's command ran. Resubmit the task".into(),
         exit_code: None,
     });
-    let outcome = cleanup(env, container_id, Supervised::Done(outcome)).await;
+    let run = Run::new(env, exec, control);
+    let outcome = cleanup(&run, container_id, Supervised::Done(outcome)).await;
     finish(env, exec, control, outcome).await
-}
-
-fn task_timeout(env: &TaskEnv, exec: &Execution) -> Option<Duration> {
-    env.settings()
-        .policy
-        .timeout(exec.assignment.timeout_secs, exec.berth)
 }
 
 /// Records the end: exit line, final transcript marker, terminal message in the journal.
@@ -420,16 +291,7 @@ async fn finish(
     };
     let task_id = &exec.assignment.task_id;
     let mut msg = terminal_message(task_id, &outcome, control.reason());
-    let summary = match (&outcome, &msg) {
-        (Outcome::Exited(st), _) => format!(
-            "container exited with status {}{}",
-            st.code,
-            if st.oom_killed { " (OOM killed)" } else { "" }
-        ),
-        (_, WorkerMessage::TaskFailed { message, .. }) => message.clone(),
-        (_, m) => m.kind().to_string(),
-    };
-    system_line(&exec.spool, &summary).await;
+    system_line(&exec.spool, &summary_line(&outcome, &msg)).await;
     // What it used is the transcript's last word (sampled while it ran).
     let usage = Some(control.usage()).filter(|u| u.samples > 0);
     if let Some(u) = &usage {
@@ -458,11 +320,7 @@ async fn finish(
         }
     }
     let lost = loss.bytes;
-    let exit_code = match &outcome {
-        Outcome::Exited(st) => Some(st.code),
-        Outcome::Failure(f) => f.exit_code,
-        _ => None,
-    };
+    let exit_code = outcome.exit_code();
     let ext = TerminalExt {
         execution_id: exec.execution_id.clone(),
         message_id: uuid::Uuid::new_v4().to_string(),
@@ -495,10 +353,6 @@ async fn sleep_or_forever(t: Option<Duration>) {
     }
 }
 
-fn phase(reason: FailureReason) -> impl Fn(String) -> Outcome {
-    move |detail| Outcome::Failed { reason, detail }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,124 +370,6 @@ mod tests {
         );
         assert!(stopping_line(Some(StopReason::Shutdown), g).contains("shutting down"));
         assert!(stopping_line(None, g).starts_with("stopping (stop requested)"));
-    }
-
-    fn exited(code: i64, oom: bool) -> Outcome {
-        Outcome::Exited(ExitStatus {
-            code,
-            oom_killed: oom,
-        })
-    }
-
-    fn reason(m: &WorkerMessage) -> Option<FailureReason> {
-        match m {
-            WorkerMessage::TaskFailed { failure_reason, .. } => *failure_reason,
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn exit_zero_is_success_even_after_a_stop_request() {
-        for stop in [
-            None,
-            Some(StopReason::User),
-            Some(StopReason::Shutdown),
-            Some(StopReason::Timeout),
-        ] {
-            let m = terminal_message("t", &exited(0, false), stop);
-            assert_eq!(
-                m,
-                WorkerMessage::TaskCompleted {
-                    task_id: "t".into(),
-                    message: MSG_COMPLETED.into(),
-                    task_state: None,
-                    ext: None,
-                },
-                "{stop:?}"
-            );
-        }
-        // OOMKilled with exit 0 (a child was killed) is still success.
-        assert_eq!(
-            terminal_message("t", &exited(0, true), None).kind(),
-            "task_completed"
-        );
-    }
-
-    #[test]
-    fn non_zero_exit_and_oom() {
-        let m = terminal_message("t", &exited(3, false), None);
-        assert_eq!(reason(&m), Some(FailureReason::ContainerExit));
-        assert!(
-            matches!(&m, WorkerMessage::TaskFailed { message, exit_code: Some(3), .. }
-            if message == "Failed to execute task: container exited with non-zero status: 3")
-        );
-        let m = terminal_message("t", &exited(137, true), None);
-        assert_eq!(reason(&m), Some(FailureReason::ContainerOom));
-    }
-
-    #[test]
-    fn stops_are_classified_before_phase_reasons() {
-        let pull = Outcome::Failed {
-            reason: FailureReason::ImagePull,
-            detail: "x".into(),
-        };
-        for outcome in [
-            exited(143, false),
-            exited(137, true),
-            pull,
-            Outcome::Interrupted,
-        ] {
-            let user = terminal_message("t", &outcome, Some(StopReason::User));
-            assert!(
-                matches!(&user, WorkerMessage::TaskCompleted { message, task_state: Some(s), .. }
-                if message == MSG_CANCELLED && s == "CANCELLED"),
-                "{outcome:?}"
-            );
-            let down = terminal_message("t", &outcome, Some(StopReason::Shutdown));
-            assert_eq!(
-                reason(&down),
-                Some(FailureReason::GracefulShutdown),
-                "{outcome:?}"
-            );
-            assert!(
-                matches!(&down, WorkerMessage::TaskFailed { message, .. } if message == MSG_INTERRUPTED)
-            );
-            let late = terminal_message("t", &outcome, Some(StopReason::Timeout));
-            assert_eq!(
-                reason(&late),
-                Some(FailureReason::TaskTimeout),
-                "{outcome:?}"
-            );
-            assert!(
-                matches!(&late, WorkerMessage::TaskFailed { message, .. } if message == MSG_TIMEOUT)
-            );
-        }
-    }
-
-    #[test]
-    fn phase_failures_keep_their_reason_and_say_what_went_wrong() {
-        for r in [
-            FailureReason::ImagePull,
-            FailureReason::SidecarPrep,
-            FailureReason::ContainerCreate,
-            FailureReason::ContainerStart,
-            FailureReason::ContainerWait,
-            FailureReason::InvalidImage,
-        ] {
-            let m = terminal_message(
-                "t",
-                &Outcome::Failed {
-                    reason: r,
-                    detail: "the detail".into(),
-                },
-                None,
-            );
-            assert_eq!(reason(&m), Some(r));
-            assert!(
-                matches!(&m, WorkerMessage::TaskFailed { message, exit_code: None, .. }
-                if message == "Failed to execute task: the detail")
-            );
-        }
     }
 
     #[test]

@@ -3,18 +3,16 @@
 //! needs, or the [`Outcome`] that ends the run; the first failure or stop wins.
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use std::time::Duration;
 
 use tracing::warn;
 
+use super::outcome::phase;
+use super::run::Run;
 use super::supervise::{Supervised, cleanup, short, supervise};
-use super::{
-    Execution, Outcome, StopReason, TaskControl, TaskEnv, TaskSettings, phase, secrets_of,
-    sleep_or_forever, system_line, task_timeout,
-};
+use super::{Outcome, StopReason, TaskSettings, sleep_or_forever, system_line};
 use crate::backend::ImageInfo;
 use crate::control::setup_events::{self, RunEvents, Timed};
 use crate::control::shipper::Outbound;
@@ -36,12 +34,8 @@ const OUTAGE_PATIENCE: Duration = Duration::from_secs(300);
 /// call), waits for it (announced in the transcript) and returns true so the caller retries;
 /// false when the engine answers (a real error), the task is stopped, or the outage outlasts
 /// [`OUTAGE_PATIENCE`].
-async fn outlast_outage(
-    env: &TaskEnv,
-    exec: &Execution,
-    token: &CancellationToken,
-    what: &str,
-) -> bool {
+async fn outlast_outage(run: &Run<'_>, what: &str) -> bool {
+    let (env, exec, token) = (run.env, run.exec, run.token());
     if env.backend.ping().await.is_ok() {
         return false;
     }
@@ -74,13 +68,11 @@ async fn outlast_outage(
 /// The task's environment: inline › configured by name › fetched from the control plane ›
 /// the operator's default. Announced as the transcript's first line.
 async fn choose_environment(
-    env: &TaskEnv,
-    exec: &Execution,
-    token: &CancellationToken,
+    run: &Run<'_>,
 ) -> Result<Option<crate::spec::environment::Environment>, Outcome> {
     use crate::control::catalog::Freshness;
     use crate::spec::environment::Choice;
-    let s = &env.settings();
+    let (env, exec, token, s) = (run.env, run.exec, run.token(), &run.settings);
     let choice = crate::spec::environment::choose(
         &exec.assignment,
         exec.berth,
@@ -201,28 +193,18 @@ fn report<T>(
 }
 
 /// Runs the phases; `None` means the worker detached (`preserve` shutdown).
-pub(super) async fn execute(
-    env: &TaskEnv,
-    exec: &Execution,
-    control: &TaskControl,
-) -> Option<Outcome> {
-    let s = env.settings();
-    let a = &exec.assignment;
-    let events = env
-        .setup_events
-        .as_ref()
-        .and_then(|p| p.for_run(&s.agent.server_root_url, &a.task_id, a.env_vars.as_ref()));
-    let events = events.as_ref();
-    let plan = match prepare(env, exec, &s, &control.token).await {
+pub(super) async fn execute(run: &Run<'_>) -> Option<Outcome> {
+    let (env, exec, events) = (run.env, run.exec, run.events());
+    let plan = match prepare(run).await {
         Ok(p) => p,
         Err(o) => return Some(o),
     };
-    let (info, sidecars) = match image(env, exec, &s, &control.token, &plan, events).await {
+    let (info, sidecars) = match image(run, &plan).await {
         Ok(r) => r,
         Err(o) => return Some(o),
     };
     let create_at = chrono::Utc::now();
-    let created = create(env, exec, &s, &control.token, &plan, &info, sidecars).await;
+    let created = create(run, &plan, &info, sidecars).await;
     // Create and start are one phase: reported here only when the create failed.
     if created.is_err() {
         report(events, setup_events::CONTAINER_START, create_at, &created);
@@ -245,18 +227,18 @@ pub(super) async fn execute(
         None => None,
     };
     let admitted = parking_lot::Mutex::new(None);
-    let run = async {
-        let started = start(env, exec, &control.token, &created, &info).await;
+    let setup = async {
+        let started = start(run, &created, &info).await;
         report(events, setup_events::CONTAINER_START, create_at, &started);
         started?;
-        *admitted.lock() = admit(env, exec, &created, &plan).await;
-        let timeout = task_timeout(env, exec);
+        *admitted.lock() = admit(run, &created, &plan).await;
+        let timeout = run.timeout();
         let started_at = tokio::time::Instant::now();
-        provision(env, exec, control, &id, &plan.steps, timeout, events).await?;
+        provision(run, &id, &plan.steps, timeout).await?;
         Ok(timeout.map(|t| t.saturating_sub(started_at.elapsed())))
     };
-    let outcome = match run.await {
-        Ok(remaining) => supervise(env, exec, &id, control, remaining, live).await,
+    let outcome = match setup.await {
+        Ok(remaining) => supervise(run, &id, remaining, live).await,
         Err(o) => Supervised::Done(o),
     };
     let admitted = admitted.lock().take();
@@ -269,20 +251,15 @@ pub(super) async fn execute(
     if matches!(outcome, Supervised::Detached) {
         return None;
     }
-    cleanup(env, &id, outcome).await
+    cleanup(run, &id, outcome).await
 }
 
 /// Environment, image, sidecars, policy and provisioning steps: everything decided before
 /// the engine is asked for anything (a refused task never pulls or creates).
-async fn prepare(
-    env: &TaskEnv,
-    exec: &Execution,
-    s: &TaskSettings,
-    token: &CancellationToken,
-) -> Phase<Plan> {
-    let a = &exec.assignment;
+async fn prepare(run: &Run<'_>) -> Phase<Plan> {
+    let (a, s) = (&run.exec.assignment, &*run.settings);
     let refused = |e: crate::spec::SpecError| phase(e.failure_reason())(e.to_string());
-    let environment = choose_environment(env, exec, token).await?;
+    let environment = choose_environment(run).await?;
     let image = resolve_image(
         a,
         environment.as_ref().and_then(|e| e.image.as_deref()),
@@ -336,16 +313,9 @@ async fn prepare(
 /// The image (pull progress into the transcript) and the sidecar volumes, waiting out engine
 /// outages, each reported as a setup event. A pull may be abandoned on a stop; a sidecar copy
 /// never is (it is shared).
-async fn image(
-    env: &TaskEnv,
-    exec: &Execution,
-    s: &TaskSettings,
-    token: &CancellationToken,
-    plan: &Plan,
-    events: Option<&RunEvents>,
-) -> Phase<(ImageInfo, Vec<Sidecar>)> {
+async fn image(run: &Run<'_>, plan: &Plan) -> Phase<(ImageInfo, Vec<Sidecar>)> {
+    let (env, exec, s, token) = (run.env, run.exec, &*run.settings, run.token());
     let runtime = env.backend.as_ref();
-    let stopped = || token.is_cancelled() || env.detach.is_cancelled();
     let pull_at = chrono::Utc::now();
     let t = tokio::time::Instant::now();
     let image = &plan.image;
@@ -369,7 +339,7 @@ async fn image(
             _ = env.detach.cancelled() => None,
         };
         match r {
-            Some(Err(_)) if outlast_outage(env, exec, token, "preparing the image").await => {}
+            Some(Err(_)) if outlast_outage(run, "preparing the image").await => {}
             r => break r,
         }
     };
@@ -378,11 +348,11 @@ async fn image(
     let _ = forward.await;
     let info = match pulled {
         Some(Ok(i)) => Ok(i),
-        Some(Err(_)) if stopped() => Err(Outcome::Interrupted),
+        Some(Err(_)) if run.stopped() => Err(Outcome::Interrupted),
         Some(Err(e)) => Err(phase(FailureReason::ImagePull)(e.to_string())),
         None => Err(Outcome::Interrupted),
     };
-    report(events, setup_events::IMAGE_PULL, pull_at, &info);
+    report(run.events(), setup_events::IMAGE_PULL, pull_at, &info);
     let info = info?;
     system_line(
         &exec.spool,
@@ -397,27 +367,21 @@ async fn image(
         return Ok((info, Vec::new()));
     }
     let prep_at = chrono::Utc::now();
-    let binds = sidecars(env, exec, s, token, plan).await;
-    report(events, setup_events::SIDECAR_PREP, prep_at, &binds);
+    let binds = sidecars(run, plan).await;
+    report(run.events(), setup_events::SIDECAR_PREP, prep_at, &binds);
     Ok((info, binds?))
 }
 
 /// The sidecar volumes, in order, waiting out engine outages.
-async fn sidecars(
-    env: &TaskEnv,
-    exec: &Execution,
-    s: &TaskSettings,
-    token: &CancellationToken,
-    plan: &Plan,
-) -> Phase<Vec<Sidecar>> {
-    let runtime = env.backend.as_ref();
-    let stopped = || token.is_cancelled() || env.detach.is_cancelled();
+async fn sidecars(run: &Run<'_>, plan: &Plan) -> Phase<Vec<Sidecar>> {
+    let (exec, s) = (run.exec, &*run.settings);
+    let runtime = run.env.backend.as_ref();
     let mut binds = Vec::new();
     for m in &plan.sidecars {
         let t = tokio::time::Instant::now();
         let prepared = loop {
             match runtime.prepare_sidecar(&m.image, s.pull_policy).await {
-                Err(_) if outlast_outage(env, exec, token, "preparing a sidecar").await => {}
+                Err(_) if outlast_outage(run, "preparing a sidecar").await => {}
                 r => break r,
             }
         };
@@ -437,10 +401,10 @@ async fn sidecars(
                     source: volume,
                 });
             }
-            Err(_) if stopped() => return Err(Outcome::Interrupted),
+            Err(_) if run.stopped() => return Err(Outcome::Interrupted),
             Err(e) => return Err(phase(FailureReason::SidecarPrep)(e.to_string())),
         }
-        if stopped() {
+        if run.stopped() {
             return Err(Outcome::Interrupted);
         }
     }
@@ -451,14 +415,12 @@ async fn sidecars(
 /// else happens to it. Never abandoned: a create cut short could leave a container nobody
 /// tracks, so a create retried after an outage first looks for the one the engine made.
 async fn create(
-    env: &TaskEnv,
-    exec: &Execution,
-    s: &TaskSettings,
-    token: &CancellationToken,
+    run: &Run<'_>,
     plan: &Plan,
     info: &ImageInfo,
     sidecars: Vec<Sidecar>,
 ) -> Phase<Created> {
+    let (env, exec, s) = (run.env, run.exec, &*run.settings);
     let runtime = env.backend.as_ref();
     // Allowlist: the container goes on the sealed network, the proxy is its only way out.
     // A door that cannot be opened fails the task: it never runs unrestricted.
@@ -527,8 +489,8 @@ async fn create(
         match runtime.create(&spec).await {
             Ok(id) => break id,
             Err(e) => {
-                if !outlast_outage(env, exec, token, "creating the container").await {
-                    if token.is_cancelled() || env.detach.is_cancelled() {
+                if !outlast_outage(run, "creating the container").await {
+                    if run.stopped() {
                         return Err(Outcome::Interrupted);
                     }
                     return Err(phase(FailureReason::ContainerCreate)(e.to_string()));
@@ -562,12 +524,8 @@ async fn create(
 
 /// Lets a container on the sealed network use the egress proxy, by its address there. Without
 /// an address nothing is admitted, and the proxy refuses the task everything.
-async fn admit(
-    env: &TaskEnv,
-    exec: &Execution,
-    created: &Created,
-    plan: &Plan,
-) -> Option<std::net::IpAddr> {
+async fn admit(run: &Run<'_>, created: &Created, plan: &Plan) -> Option<std::net::IpAddr> {
+    let (env, exec) = (run.env, run.exec);
     let network = created.sealed.as_deref()?;
     let gate = env.gate.as_ref()?;
     match env.backend.address(&created.id, network).await {
@@ -588,14 +546,9 @@ async fn admit(
 }
 
 /// Starts the container (announced, with `task_started` on berth/1).
-async fn start(
-    env: &TaskEnv,
-    exec: &Execution,
-    token: &CancellationToken,
-    created: &Created,
-    info: &ImageInfo,
-) -> Phase<()> {
-    if token.is_cancelled() {
+async fn start(run: &Run<'_>, created: &Created, info: &ImageInfo) -> Phase<()> {
+    let (env, exec) = (run.env, run.exec);
+    if run.token().is_cancelled() {
         return Err(Outcome::Interrupted);
     }
     let id = &created.id;
@@ -632,14 +585,12 @@ async fn start(
 /// Clones and setup commands inside the held container, then the release of the task's
 /// command. A held container cannot be resumed by the next worker, so a shutdown ends it.
 async fn provision(
-    env: &TaskEnv,
-    exec: &Execution,
-    control: &TaskControl,
+    run: &Run<'_>,
     id: &str,
     steps: &[Step],
     timeout: Option<std::time::Duration>,
-    events: Option<&RunEvents>,
 ) -> Phase<()> {
+    let (env, exec, control, events) = (run.env, run.exec, run.control, run.events());
     if steps.is_empty() {
         return Ok(());
     }
@@ -648,7 +599,7 @@ async fn provision(
             "this backend cannot provision inside the task's sandbox".to_string(),
         ));
     };
-    let secrets = secrets_of(env, &exec.assignment);
+    let secrets = run.secrets();
     // Each stage (the clones, the setup commands) is reported as it ends; one a stop cuts
     // short never ends, so it is never reported.
     let on_stage = |kind: StepKind, start, is_error| {

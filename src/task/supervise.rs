@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use super::{
-    Execution, Outcome, StopReason, TaskControl, TaskEnv, capture, phase, secrets_of,
-    sleep_or_forever, system_line,
-};
+use super::outcome::phase;
+use super::run::Run;
+use super::{Outcome, StopReason, TaskControl, TaskEnv, capture, sleep_or_forever, system_line};
 use crate::backend::ExitStatus;
+use crate::backend::disposal::{Ended, disposal, dispose};
 use crate::failure::FailureReason;
 use crate::transcript::spool::lock;
 
@@ -25,42 +25,40 @@ pub(super) enum Supervised {
     Detached,
 }
 
-/// Removes the container once its status and output are captured (stopping it first when it
-/// may still run), as cleanup settings say.
-pub(super) async fn cleanup(env: &TaskEnv, id: &str, outcome: Supervised) -> Option<Outcome> {
+/// Disposes of the container once its status and output are captured (see
+/// [`crate::backend::disposal`]).
+pub(super) async fn cleanup(run: &Run<'_>, id: &str, outcome: Supervised) -> Option<Outcome> {
     let Supervised::Done(outcome) = outcome else {
         return None;
     };
-    let s = &env.settings();
-    let exited = matches!(outcome, Outcome::Exited(_));
-    if s.cleanup || !exited {
-        if !exited && let Err(e) = env.backend.stop(id, s.stop_grace_period).await {
-            warn!(container = %id, error = %e, "cannot stop container");
-        }
-        if let Err(e) = env.backend.remove(id).await {
-            error!(container = %id, error = %e, "cannot remove container; it is labelled berth.managed and will be removed at the next start");
-        }
+    let ended = match outcome {
+        Outcome::Exited(_) => Ended::Exited,
+        _ => Ended::Cut,
+    };
+    let s = &run.settings;
+    let d = disposal(ended, s.cleanup, true);
+    if let Err(e) = dispose(run.env.backend.as_ref(), id, d, s.stop_grace_period).await {
+        error!(container = %id, error = %e, "cannot remove container; it is labelled berth.managed and will be removed at the next start");
     }
     Some(outcome)
 }
 
 pub(super) async fn supervise(
-    env: &TaskEnv,
-    exec: &Execution,
+    run: &Run<'_>,
     id: &str,
-    control: &TaskControl,
     timeout: Option<Duration>,
     live: Option<crate::backend::OutputStream>,
 ) -> Supervised {
-    let grace = env.settings().stop_grace_period;
-    let secrets = secrets_of(env, &exec.assignment);
+    let (env, exec, control) = (run.env, run.exec, run.control);
+    let grace = run.settings.stop_grace_period;
+    let secrets = run.secrets();
     // Capture runs alongside the wait in this task (not spawned): whatever ends the run also
     // ends the capture, and nothing is left running unowned.
     let live = match (live, env.backend.live()) {
         (Some(stream), Some(ops)) => Some(capture::Live {
             stream,
             ops,
-            anchor_every: env.settings().anchor_every,
+            anchor_every: run.settings.anchor_every,
             metrics: &env.metrics,
         }),
         _ => None,
@@ -109,7 +107,7 @@ pub(super) async fn supervise(
     // is waited for at most full_disk_patience before output is counted as lost. The engine
     // hands its log back at a rate per entry (some 100k entries a second), so a task printing
     // short lines faster than that can outlast any bound: what is then left is counted.
-    let patience = lock(&exec.spool).full_disk_patience() + env.settings().capture_drain;
+    let patience = lock(&exec.spool).full_disk_patience() + run.settings.capture_drain;
     let drained = async {
         match captured.take() {
             Some(r) => r,
@@ -127,7 +125,7 @@ pub(super) async fn supervise(
     if let Some(why) = incomplete {
         // Capture writes nothing more: everything after the spool's resume point is counted.
         drop(capture);
-        count_unread(env, exec, id, secrets, &why).await;
+        count_unread(run, id, secrets, &why).await;
     }
     Supervised::Done(waited)
 }
@@ -135,7 +133,8 @@ pub(super) async fn supervise(
 /// Counts what capture did not read (the engine's log after the spool's resume point) as lost,
 /// so the transcript's gap line, the result and the lost-bytes metric all include it; where
 /// counting cannot finish either, as a lower bound that says so.
-async fn count_unread(env: &TaskEnv, exec: &Execution, id: &str, secrets: Vec<Vec<u8>>, why: &str) {
+async fn count_unread(run: &Run<'_>, id: &str, secrets: Vec<Vec<u8>>, why: &str) {
+    let (env, exec) = (run.env, run.exec);
     let from = lock(&exec.spool).last_resume();
     let mut tally = capture::Tally::new(from, secrets);
     let counting = capture::count_rest(env.backend.as_ref(), id, &mut tally);
