@@ -1,11 +1,15 @@
 //! The man pages: one per verb from the CLI definition (clap_mangen), `berth(1)` with EXIT
-//! STATUS, ENVIRONMENT, FILES and SIGNALS added, and `berth.yaml(5)` rendered from README's
-//! configuration reference — the same table, so the two cannot disagree.
+//! STATUS, ENVIRONMENT, FILES and SIGNALS added, and `berth.yaml(5)` rendered from
+//! `docs/configuration.md` — the same table, so the two cannot disagree.
 
 use std::path::Path;
 
-/// README, compiled in: its "Configuration reference" section is berth.yaml(5)'s source.
-const README: &str = include_str!("../../README.md");
+/// `docs/configuration.md`, compiled in: berth.yaml(5)'s source.
+const CONFIG_REFERENCE: &str = include_str!("../../docs/configuration.md");
+
+/// The title line `docs/configuration.md` starts with; what follows it, up to the next `## `
+/// heading (its "See also"), is the page.
+const CONFIG_TITLE: &str = "# Configuration reference\n";
 
 const EXIT_STATUS: &str = "\
 0|success: a clean shutdown (run), a valid configuration (check-config), every check passed (verify), an applied reload (reload)
@@ -56,7 +60,7 @@ pub(super) fn write(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
     }
     main.push_str(".SH \"SEE ALSO\"\nberth.yaml(5), systemd.exec(5), docker(1)\n");
     std::fs::write(dir.join("berth.1"), main)?;
-    std::fs::write(dir.join("berth.yaml.5"), config_page(README))
+    std::fs::write(dir.join("berth.yaml.5"), config_page(CONFIG_REFERENCE))
 }
 
 /// A `.SH` section of tagged paragraphs from `term|text` lines.
@@ -69,14 +73,10 @@ fn section(title: &str, rows: &str) -> String {
     out
 }
 
-/// berth.yaml(5) from the README's configuration reference: its prose, then one entry per
-/// row of its key table (key, default, flag or env, meaning).
-pub(super) fn config_page(readme: &str) -> String {
-    let body = readme
-        .split("\n## Configuration reference\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n## ").next())
-        .unwrap_or_default();
+/// berth.yaml(5) from the configuration reference (`docs/configuration.md`): its prose, then
+/// one entry per row of its key table (key, default, flag or env, meaning).
+pub(super) fn config_page(reference: &str) -> String {
+    let body = reference_body(reference);
     let mut out = format!(
         ".TH BERTH.YAML 5 \"\" \"berth {}\" \"File Formats\"\n.SH NAME\nberth.yaml \\- configuration of the berth worker daemon\n.SH SYNOPSIS\n/etc/berth/config.yaml\n.SH DESCRIPTION\n",
         env!("CARGO_PKG_VERSION")
@@ -126,16 +126,26 @@ pub(super) fn config_page(readme: &str) -> String {
     out
 }
 
+/// The part of the configuration reference the man page renders: after its title, up to its
+/// first `## ` section. Empty when the title is not the document's first line.
+fn reference_body(reference: &str) -> &str {
+    reference
+        .strip_prefix(CONFIG_TITLE)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap_or_default()
+}
+
 /// Markdown inline to plain text: `code` and **bold** lose their marks, [text](link) keeps
-/// the text.
+/// the text. A `[` whose `]` is not followed by `(` is kept as it is (`[ALL]`, `[{url}]`).
 fn plain(md: &str) -> String {
     let mut out = String::with_capacity(md.len());
     let mut rest = md;
     while let Some(i) = rest.find('[') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        match after.find("](").and_then(|j| {
-            let close = after[j + 2..].find(')')?;
+        match after.find(']').and_then(|j| {
+            let target = after[j + 1..].strip_prefix('(')?;
+            let close = target.find(')')?;
             Some((j, j + 2 + close))
         }) {
             Some((j, end)) => {
@@ -179,20 +189,46 @@ mod tests {
             "see x.yaml and a b"
         );
         assert_eq!(plain("[not a link"), "[not a link");
+        assert_eq!(
+            plain("`cap_drop: [ALL]`, `[{url}]` (see [Isolation](isolation.md#egress))"),
+            "cap_drop: [ALL], [{url}] (see Isolation)"
+        );
         assert_eq!(roff(".starts with a dot\\"), "\\&.starts with a dot\\e");
     }
 
     #[test]
-    fn the_config_page_has_every_key_of_the_readme_table() {
-        let page = config_page(README);
-        let body = README
-            .split("\n## Configuration reference\n")
-            .nth(1)
-            .unwrap();
-        let body = body.split("\n## ").next().unwrap();
-        let rows = body.lines().filter(|l| l.starts_with("| `")).count();
-        assert!(rows > 40, "{rows}");
-        assert_eq!(page.matches("\n.TP\n").count(), rows, "one entry per key");
+    fn the_config_page_has_every_key_of_the_reference_table() {
+        let page = config_page(CONFIG_REFERENCE);
+        // Every key row of the whole document, counted without `reference_body`: a row the
+        // section-finding loses, or a key the page leaves out, fails here.
+        let keys: Vec<String> = CONFIG_REFERENCE
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| plain(l.split('|').nth(1).unwrap().trim()))
+            .collect();
+        assert!(keys.len() > 40, "{}", keys.len());
+        assert_eq!(
+            page.matches("\n.TP\n").count(),
+            keys.len(),
+            "one entry per key"
+        );
+        for key in &keys {
+            assert!(
+                page.contains(&format!("\n.TP\n\\fB{}\\fR\n", roff(key))),
+                "berth.yaml(5) has no entry for {key}"
+            );
+        }
+        for key in ["worker_id", "policy.egress.allow", "log.format"] {
+            assert!(keys.iter().any(|k| k == key), "{key} is in the table");
+        }
+        assert!(
+            page.contains("The config file is YAML."),
+            "the prose before the table is the DESCRIPTION"
+        );
+        assert!(
+            !page.contains("See also") && !page.contains("manpages DIR"),
+            "the page stops at the reference's first ## section"
+        );
         assert!(page.contains(
             "\\fBworker_id\\fR\nDefault: — (required). Flag or environment: --worker-id."
         ));
@@ -201,6 +237,17 @@ mod tests {
             !page.contains('`') && !page.contains("]("),
             "no markdown left"
         );
+    }
+
+    #[test]
+    fn the_config_page_needs_the_reference_title() {
+        let doc = "# Configuration reference\n\nProse.\n\n| key | default | flag / env | meaning |\n|---|---|---|---|\n| `a` | `1` | | the a |\n\n## See also\n\n| `b` | `2` | | not a key |\n";
+        let page = config_page(doc);
+        assert_eq!(page.matches("\n.TP\n").count(), 1);
+        assert!(page.contains("\\fBa\\fR\nDefault: 1.\n.br\nthe a\n"));
+        assert!(page.contains("Prose."));
+        let untitled = config_page(&doc.replacen("# Configuration reference", "# Other", 1));
+        assert_eq!(untitled.matches("\n.TP\n").count(), 0);
     }
 
     #[test]
