@@ -92,7 +92,7 @@ fn check_config_of_the_example_prints_the_effective_config_without_secrets() {
 
 #[test]
 fn check_config_of_the_example_without_any_key_warns_and_exits_0() {
-    // The README's install sequence runs this in a root shell, before the unit's credential
+    // The install sequence of docs/operations.md runs this in a root shell, before the unit's credential
     // exists anywhere berth can see it.
     let out = berth(&["check-config", "config.example.yaml"])
         .output()

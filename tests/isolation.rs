@@ -492,7 +492,7 @@ fn chain_exists(bridge: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_one_shot_allowlisted_runs_leave_no_network_or_firewall_chain() {
-    // One unique worker id per job, as README recommends for --one-shot: each run must leave
+    // One unique worker id per job, as docs/commands.md recommends for --one-shot: each run must leave
     // nothing behind, or the engine's address pools run out after a few dozen.
     let _images = Images::acquire();
     let cp = control_plane("proc-key", true, None).await;

@@ -1,6 +1,6 @@
 //! The Prometheus text exposition as a table: one row per metric family, in the order a scrape
 //! shows them, each naming how its samples are read. A new metric is a new row here (and one in
-//! the README's metrics table); `Metrics::render` is the loop over the rows.
+//! the metrics table of docs/operations.md); `Metrics::render` is the loop over the rows.
 
 use std::fmt::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
