@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::outcome::phase;
 use super::run::Run;
-use super::supervise::{Supervised, cleanup, short, supervise};
+use super::supervise::{Supervised, cleanup, sample, short, supervise};
 use super::{Outcome, StopReason, TaskSettings, sleep_or_forever, system_line};
 use crate::backend::ImageInfo;
 use crate::control::setup_events::{self, RunEvents, Timed};
@@ -236,6 +236,14 @@ pub(super) async fn execute(run: &Run<'_>) -> Option<Outcome> {
         let started_at = tokio::time::Instant::now();
         provision(run, &id, &plan.steps, timeout).await?;
         Ok(timeout.map(|t| t.saturating_sub(started_at.elapsed())))
+    };
+    // Usage is sampled from the start call on: the cgroup is readable from then, and a short
+    // task can be over before the supervised wait begins.
+    let setup = async {
+        tokio::select! {
+            r = setup => r,
+            never = sample(env, &id, run.control) => match never {},
+        }
     };
     let outcome = match setup.await {
         Ok(remaining) => supervise(run, &id, remaining, live).await,

@@ -87,6 +87,10 @@ pub(super) async fn supervise(
     let Some(waited) = alongside(waiting, capture.as_mut(), &mut captured).await else {
         return Supervised::Detached;
     };
+    // A last reading as the wait ends, while the kernel may still keep the sandbox's counters.
+    if let Some(u) = env.backend.quick_usage(id).await {
+        control.record_usage(&u);
+    }
     let waited = match waited {
         Some(r) => r,
         None => {
@@ -159,15 +163,23 @@ async fn count_unread(run: &Run<'_>, id: &str, secrets: Vec<Vec<u8>>, why: &str)
 }
 
 /// Samples the running container's usage into `control` until dropped, starting at once: the
-/// kernel's counters every [`QUICK_SAMPLE_EVERY`] where readable, the engine's statistics
-/// (which add disk bytes) every [`SAMPLE_EVERY`]. A failed read is skipped: usage is best
-/// effort, the task is not.
+/// kernel's counters every [`FIRST_SAMPLES_EVERY`] during the first second (a short task is
+/// over before a slower cadence sees it), then every [`QUICK_SAMPLE_EVERY`] where readable;
+/// the engine's statistics (which add disk bytes) every [`SAMPLE_EVERY`]. A failed read is
+/// skipped: usage is best effort, the task is not.
 ///
+/// [`FIRST_SAMPLES_EVERY`]: crate::task::usage::FIRST_SAMPLES_EVERY
 /// [`QUICK_SAMPLE_EVERY`]: crate::task::usage::QUICK_SAMPLE_EVERY
 /// [`SAMPLE_EVERY`]: crate::task::usage::SAMPLE_EVERY
-async fn sample(env: &TaskEnv, id: &str, control: &TaskControl) -> std::convert::Infallible {
-    use crate::task::usage::{QUICK_SAMPLE_EVERY, SAMPLE_EVERY};
-    let mut engine_due = tokio::time::Instant::now();
+pub(super) async fn sample(
+    env: &TaskEnv,
+    id: &str,
+    control: &TaskControl,
+) -> std::convert::Infallible {
+    use crate::task::usage::{FIRST_SAMPLES_EVERY, QUICK_SAMPLE_EVERY, SAMPLE_EVERY};
+    let began = tokio::time::Instant::now();
+    // The engine's statistics wait a little: a container still starting has none.
+    let mut engine_due = began + QUICK_SAMPLE_EVERY;
     loop {
         if let Some(s) = env.backend.quick_usage(id).await {
             control.record_usage(&s);
@@ -178,7 +190,12 @@ async fn sample(env: &TaskEnv, id: &str, control: &TaskControl) -> std::convert:
             }
             engine_due = tokio::time::Instant::now() + SAMPLE_EVERY;
         }
-        tokio::time::sleep(QUICK_SAMPLE_EVERY).await;
+        let every = if began.elapsed() < Duration::from_secs(1) {
+            FIRST_SAMPLES_EVERY
+        } else {
+            QUICK_SAMPLE_EVERY
+        };
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -5,6 +5,9 @@
 use crate::backend::UsageSample;
 use crate::protocol::Usage;
 
+/// How often the kernel's counters are read during a task's first second.
+pub const FIRST_SAMPLES_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// How often a running task's statistics are read through the engine (all counters).
 pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the cheap kernel reading (CPU, memory, network) is taken where it is available:

@@ -19,7 +19,8 @@ pub(super) enum Files {
     V2 { dir: PathBuf },
 }
 
-/// A located container: its cgroup files and its PID (for the network namespace's counters).
+/// A located container: its cgroup files and its PID (for the network namespace's counters;
+/// 0: the cgroup's first process at each reading).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Located {
     pub files: Files,
@@ -98,6 +99,58 @@ pub(super) fn locate(proc_cgroup: &str, mountinfo: &str) -> Option<Files> {
     Some(Files::V2 { dir })
 }
 
+/// Where the engine puts a container's cgroup within each hierarchy: the cgroupfs driver's
+/// default parent, then the systemd driver's scope.
+fn container_paths(id: &str) -> [String; 2] {
+    [
+        format!("/docker/{id}"),
+        format!("/system.slice/docker-{id}.scope"),
+    ]
+}
+
+/// The files of the cgroup at `path` (the same path in every hierarchy, as the engine makes
+/// them), seen through the mounts (pure).
+pub(super) fn locate_at(path: &str, mountinfo: &str) -> Option<Files> {
+    let v1_dir = |controller: &str| {
+        cgroup_mounts(mountinfo)
+            .filter(|m| !m.v2 && m.options.contains(&controller))
+            .find_map(|m| under(&m, path))
+    };
+    if let (Some(cpuacct), Some(memory)) = (v1_dir("cpuacct"), v1_dir("memory")) {
+        return Some(Files::V1 { cpuacct, memory });
+    }
+    let dir = cgroup_mounts(mountinfo)
+        .filter(|m| m.v2)
+        .find_map(|m| under(&m, path))?;
+    Some(Files::V2 { dir })
+}
+
+/// Locates a container's cgroup by its id alone: no engine call and no process needed, so it
+/// can be read from the moment the engine makes the cgroup (during the start call) to the
+/// moment it removes it. None where the engine puts cgroups elsewhere (a `cgroup-parent`).
+pub(super) fn locate_id(id: &str) -> Option<Located> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    container_paths(id).iter().find_map(|path| {
+        let located = Located {
+            files: locate_at(path, &mountinfo)?,
+            pid: 0,
+        };
+        read(&located).ok().map(|_| located)
+    })
+}
+
+/// The first process of a cgroup (for its network namespace's counters), 0 when it has none.
+fn first_pid(files: &Files) -> i64 {
+    let dir = match files {
+        Files::V1 { memory, .. } => memory,
+        Files::V2 { dir } => dir,
+    };
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
 /// A number file (`cpuacct.usage`, `memory.peak`, …).
 fn number(path: &Path) -> std::io::Result<u64> {
     let text = std::fs::read_to_string(path)?;
@@ -155,7 +208,14 @@ pub(super) fn read(at: &Located) -> std::io::Result<UsageSample> {
             )
         }
     };
-    let (rx_bytes, tx_bytes) = std::fs::read_to_string(format!("/proc/{}/net/dev", at.pid))
+    let pid = if at.pid > 0 {
+        at.pid
+    } else {
+        first_pid(&at.files)
+    };
+    let (rx_bytes, tx_bytes) = (pid > 0)
+        .then(|| std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok())
+        .flatten()
         .map(|t| net_dev_bytes(&t))
         .unwrap_or_default();
     Ok(UsageSample {
@@ -243,6 +303,35 @@ mod tests {
         assert_eq!(locate("0::/kubepods/pod10/x\n", mounts), None);
         assert_eq!(locate("", HYBRID_MOUNTS), None);
         assert_eq!(locate("0::/docker/abc\n", ""), None);
+    }
+
+    #[test]
+    fn a_container_is_located_by_its_engine_path_in_every_hierarchy() {
+        let files = locate_at("/docker/abc", HYBRID_MOUNTS).unwrap();
+        assert_eq!(
+            files,
+            Files::V1 {
+                cpuacct: "/sys/fs/cgroup/cpuacct/docker/abc".into(),
+                memory: "/sys/fs/cgroup/memory/docker/abc".into(),
+            }
+        );
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            locate_at("/system.slice/docker-abc.scope", v2).unwrap(),
+            Files::V2 {
+                dir: "/sys/fs/cgroup/system.slice/docker-abc.scope".into()
+            }
+        );
+        // berth in a cgroup namespace rooted elsewhere: the engine's path is outside it.
+        let nested = "30 23 0:26 /kubepods/x /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(locate_at("/docker/abc", nested), None);
+        assert_eq!(
+            container_paths("abc"),
+            [
+                "/docker/abc".to_string(),
+                "/system.slice/docker-abc.scope".into()
+            ]
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ use futures_util::StreamExt;
 use tracing::warn;
 
 use super::{Docker, api, engine_message, is_status};
+
+/// Least time between two lookups of one container's cgroup through its process.
+const PID_LOOKUP_EVERY: Duration = Duration::from_millis(100);
 use crate::protocol::Stream;
 use crate::runtime::ContainerSpec;
 use crate::runtime::{
@@ -140,24 +143,47 @@ impl Docker {
         }))
     }
 
-    /// A reading from the container's cgroup files, located once per container through its
-    /// main process (see [`super::cgroup`]).
+    /// A reading from the container's cgroup files, located once per container: by its id
+    /// where the engine puts cgroups in the usual place (readable from the start call on),
+    /// else through its main process (an engine call, at most every [`PID_LOOKUP_EVERY`]).
     pub(super) async fn quick_usage(&self, id: &str) -> Option<crate::runtime::UsageSample> {
         let known = self.cgroups.lock().get(id).cloned();
         let located = match known {
             Some(located) => located?,
-            None => {
-                let state = self.client.inspect_container(id, None).await.ok()?.state?;
-                let pid = state
-                    .pid
-                    .filter(|p| *p > 0 && state.running == Some(true))?;
-                let located = super::cgroup::locate_pid(pid);
-                self.cgroups.lock().insert(id.to_string(), located.clone());
-                located?
-            }
+            None => match super::cgroup::locate_id(id) {
+                Some(located) => {
+                    let mut cgroups = self.cgroups.lock();
+                    cgroups.insert(id.to_string(), Some(located.clone()));
+                    located
+                }
+                None => self.locate_by_pid(id).await?,
+            },
         };
         // Reading a few small files does not block for long: no blocking-pool hop needed.
         super::cgroup::read(&located).ok()
+    }
+
+    /// Locates a running container's cgroup through its main process; a failure on a running
+    /// container is remembered (the files are not readable from here).
+    async fn locate_by_pid(&self, id: &str) -> Option<super::cgroup::Located> {
+        let now = std::time::Instant::now();
+        {
+            let mut tried = self.pid_lookups.lock();
+            if tried
+                .get(id)
+                .is_some_and(|at| now.duration_since(*at) < PID_LOOKUP_EVERY)
+            {
+                return None;
+            }
+            tried.insert(id.to_string(), now);
+        }
+        let state = self.client.inspect_container(id, None).await.ok()?.state?;
+        let pid = state
+            .pid
+            .filter(|p| *p > 0 && state.running == Some(true))?;
+        let located = super::cgroup::locate_pid(pid);
+        self.cgroups.lock().insert(id.to_string(), located.clone());
+        located
     }
 
     /// Whether the engine accepts a new connection and answers (`/_ping`, at most 5 s).
@@ -426,6 +452,7 @@ impl Docker {
     /// Removes a container (forced, with its anonymous volumes); a missing one is fine.
     pub(super) async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.cgroups.lock().remove(id);
+        self.pid_lookups.lock().remove(id);
         let opts = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)

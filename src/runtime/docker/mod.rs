@@ -90,6 +90,8 @@ pub struct Docker {
     /// Per running container: where its usage is read from the kernel (`None`: it cannot be
     /// from here; not asked again). Dropped when the container is removed.
     cgroups: parking_lot::Mutex<HashMap<String, Option<cgroup::Located>>>,
+    /// When each container was last looked up through its process (rate-limited).
+    pid_lookups: parking_lot::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Docker {
@@ -116,6 +118,7 @@ impl Docker {
             pulls_ok: Default::default(),
             pulls_failed: Default::default(),
             cgroups: Default::default(),
+            pid_lookups: Default::default(),
         })
     }
 
