@@ -177,25 +177,35 @@ pub(super) async fn sample(
     control: &TaskControl,
 ) -> std::convert::Infallible {
     use crate::task::usage::{FIRST_SAMPLES_EVERY, QUICK_SAMPLE_EVERY, SAMPLE_EVERY};
-    let began = tokio::time::Instant::now();
-    // The engine's statistics wait a little: a container still starting has none.
-    let mut engine_due = began + QUICK_SAMPLE_EVERY;
-    loop {
-        if let Some(s) = env.backend.quick_usage(id).await {
-            control.record_usage(&s);
+    // Two loops: the engine's statistics call takes a second or more and must never hold up
+    // the kernel readings, which are what a short task is seen by.
+    let quick = async {
+        let began = tokio::time::Instant::now();
+        loop {
+            if let Some(s) = env.backend.quick_usage(id).await {
+                control.record_usage(&s);
+            }
+            let every = if began.elapsed() < Duration::from_secs(1) {
+                FIRST_SAMPLES_EVERY
+            } else {
+                QUICK_SAMPLE_EVERY
+            };
+            tokio::time::sleep(every).await;
         }
-        if tokio::time::Instant::now() >= engine_due {
+    };
+    let engine = async {
+        // A container still starting has no statistics yet.
+        tokio::time::sleep(QUICK_SAMPLE_EVERY).await;
+        loop {
             if let Ok(Some(s)) = env.backend.usage(id).await {
                 control.record_usage(&s);
             }
-            engine_due = tokio::time::Instant::now() + SAMPLE_EVERY;
+            tokio::time::sleep(SAMPLE_EVERY).await;
         }
-        let every = if began.elapsed() < Duration::from_secs(1) {
-            FIRST_SAMPLES_EVERY
-        } else {
-            QUICK_SAMPLE_EVERY
-        };
-        tokio::time::sleep(every).await;
+    };
+    tokio::select! {
+        never = quick => never,
+        never = engine => never,
     }
 }
 

@@ -19,6 +19,8 @@ use super::{Docker, api, engine_message, is_status};
 
 /// Least time between two lookups of one container's cgroup through its process.
 const PID_LOOKUP_EVERY: Duration = Duration::from_millis(100);
+/// How long a container's cgroup is looked for by its id alone before its process is asked.
+const PID_LOOKUP_AFTER: Duration = Duration::from_secs(1);
 use crate::protocol::Stream;
 use crate::runtime::ContainerSpec;
 use crate::runtime::{
@@ -145,7 +147,8 @@ impl Docker {
 
     /// A reading from the container's cgroup files, located once per container: by its id
     /// where the engine puts cgroups in the usual place (readable from the start call on),
-    /// else through its main process (an engine call, at most every [`PID_LOOKUP_EVERY`]).
+    /// else through its main process (an engine call: after [`PID_LOOKUP_AFTER`], then at most
+    /// every [`PID_LOOKUP_EVERY`]).
     pub(super) async fn quick_usage(&self, id: &str) -> Option<crate::runtime::UsageSample> {
         let known = self.cgroups.lock().get(id).cloned();
         let located = match known {
@@ -168,14 +171,14 @@ impl Docker {
     async fn locate_by_pid(&self, id: &str) -> Option<super::cgroup::Located> {
         let now = std::time::Instant::now();
         {
-            let mut tried = self.pid_lookups.lock();
-            if tried
-                .get(id)
-                .is_some_and(|at| now.duration_since(*at) < PID_LOOKUP_EVERY)
-            {
+            // Not before the id has had PID_LOOKUP_AFTER to work: an inspect during the start
+            // call waits for the whole start, and a sampler held up by it misses short tasks.
+            let mut due = self.pid_lookups.lock();
+            let next = *due.entry(id.to_string()).or_insert(now + PID_LOOKUP_AFTER);
+            if now < next {
                 return None;
             }
-            tried.insert(id.to_string(), now);
+            due.insert(id.to_string(), now + PID_LOOKUP_EVERY);
         }
         let state = self.client.inspect_container(id, None).await.ok()?.state?;
         let pid = state

@@ -90,7 +90,7 @@ pub struct Docker {
     /// Per running container: where its usage is read from the kernel (`None`: it cannot be
     /// from here; not asked again). Dropped when the container is removed.
     cgroups: parking_lot::Mutex<HashMap<String, Option<cgroup::Located>>>,
-    /// When each container was last looked up through its process (rate-limited).
+    /// When each container may next be looked up through its process (rate-limited).
     pid_lookups: parking_lot::Mutex<HashMap<String, std::time::Instant>>,
 }
 
