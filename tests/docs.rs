@@ -17,16 +17,23 @@ const REPO_DIRS: [&str; 8] = [
     ".ci/",
 ];
 
+/// A Markdown text's lines but the fence markers, each with whether it is inside a fenced block.
+fn lines_with_fences(text: &str) -> impl Iterator<Item = (&str, bool)> {
+    let mut fenced = false;
+    text.lines().filter_map(move |line| {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            return None;
+        }
+        Some((line, fenced))
+    })
+}
+
 /// Inline code spans (`…`) of a Markdown text, and the first word of each line of its fenced
 /// blocks (where commands are).
 fn code_spans(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
+    for (line, fenced) in lines_with_fences(text) {
         if fenced {
             // A command line of a block (examples of data are not paths to open).
             out.extend(line.split_whitespace().next().map(str::to_string));
@@ -55,12 +62,7 @@ fn links(text: &str) -> Vec<(String, Option<String>)> {
 /// character but letters, digits, `-` and `_` dropped (outside fenced blocks).
 fn anchors(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
+    for (line, fenced) in lines_with_fences(text) {
         if fenced || !line.starts_with('#') {
             continue;
         }
