@@ -36,11 +36,23 @@ pub enum FailureReason {
     InvalidImage,
     /// Removing the container failed.
     Cleanup,
+    /// Kubernetes: the pod found no node within `unschedulable_timeout`.
+    Unschedulable,
+    /// Kubernetes: the pod was evicted (node pressure, the eviction API, a drain).
+    Evicted,
+    /// Kubernetes: the scheduler preempted the pod for a higher-priority one.
+    PodPreempted,
+    /// Kubernetes: the Job's `activeDeadlineSeconds` ran out.
+    ActiveDeadline,
+    /// Kubernetes: a volume could not be mounted.
+    VolumeMount,
+    /// Kubernetes: the Job failed for a reason no more specific one covers.
+    JobFailed,
 }
 
 impl FailureReason {
     /// Every reason, in protocol order.
-    pub const ALL: [FailureReason; 15] = [
+    pub const ALL: [FailureReason; 21] = [
         FailureReason::Unknown,
         FailureReason::TaskTimeout,
         FailureReason::TaskCancelled,
@@ -56,6 +68,12 @@ impl FailureReason {
         FailureReason::SetupCommand,
         FailureReason::InvalidImage,
         FailureReason::Cleanup,
+        FailureReason::Unschedulable,
+        FailureReason::Evicted,
+        FailureReason::PodPreempted,
+        FailureReason::ActiveDeadline,
+        FailureReason::VolumeMount,
+        FailureReason::JobFailed,
     ];
 
     /// Wire spelling, also used as the metrics label value.
@@ -76,6 +94,12 @@ impl FailureReason {
             FailureReason::SetupCommand => "setup_command",
             FailureReason::InvalidImage => "invalid_image",
             FailureReason::Cleanup => "cleanup",
+            FailureReason::Unschedulable => "unschedulable",
+            FailureReason::Evicted => "evicted",
+            FailureReason::PodPreempted => "pod_preempted",
+            FailureReason::ActiveDeadline => "active_deadline",
+            FailureReason::VolumeMount => "volume_mount",
+            FailureReason::JobFailed => "job_failed",
         }
     }
 

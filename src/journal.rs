@@ -331,6 +331,13 @@ impl Journal {
         &self.path
     }
 
+    /// The same journal standing for another instance id (an owner the operator names, e.g.
+    /// `backend.kubernetes.owner`, stable across a lost `state_dir`).
+    pub fn with_instance(mut self, instance: String) -> Self {
+        self.instance = instance;
+        self
+    }
+
     /// The identity of the berth instance owning this `state_dir` ([`INSTANCE_FILE`]).
     pub fn instance(&self) -> &str {
         &self.instance

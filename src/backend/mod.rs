@@ -12,6 +12,7 @@ pub mod disposal;
 pub mod docker;
 pub mod fake;
 pub mod health;
+pub mod kubernetes;
 
 use std::time::Duration;
 
@@ -186,6 +187,13 @@ pub trait Backend: Send + Sync {
     ) -> Result<(), BackendError>;
     /// Sandboxes labelled with `worker_id` (every instance's: the caller tells them apart).
     async fn list(&self, worker_id: &str) -> Result<Vec<Owned>, BackendError>;
+    /// Why an ended sandbox ended, where the engine knows more than its exit status (a pod
+    /// that was evicted, never scheduled, or whose image could not be pulled; a provisioning
+    /// step that failed): the failure to report instead of the exit status. Read after
+    /// [`Backend::wait`] or [`Backend::state`] said it ended.
+    async fn end_cause(&self, _id: &str) -> Option<crate::failure::Failure> {
+        None
+    }
     /// Image pulls so far: (succeeded, failed).
     fn pull_counts(&self) -> (u64, u64) {
         (0, 0)

@@ -70,7 +70,10 @@ struct EffectiveControlPlane {
 
 #[derive(Debug, Serialize)]
 struct EffectiveBackend {
+    kind: super::kubernetes::BackendKind,
     docker: EffectiveDocker,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -158,6 +161,9 @@ impl Config {
                     .to_string(),
             },
             backend: EffectiveBackend {
+                kind: self.backend,
+                kubernetes: (self.backend == super::kubernetes::BackendKind::Kubernetes)
+                    .then(|| self.kubernetes.effective()),
                 docker: EffectiveDocker {
                     host: self
                         .docker

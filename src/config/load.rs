@@ -12,6 +12,7 @@ use super::collector::{Collector, ConfigError, ConfigErrors, yaml_problem};
 use super::control_plane::{ControlPlane, control_plane_section};
 use super::docker::{DockerBackend, docker_section};
 use super::environments::environments_section;
+use super::kubernetes::{BackendKind, KubernetesBackend, kind_of, kubernetes_section};
 use super::log::log_level_of;
 use super::overrides::Overrides;
 use super::policy::policy_section;
@@ -43,8 +44,12 @@ pub struct Config {
     /// Durable state directory.
     pub state_dir: PathBuf,
     pub control_plane: ControlPlane,
+    /// Which engine runs the sandboxes (`backend.kind`).
+    pub backend: BackendKind,
     /// Docker backend.
     pub docker: DockerBackend,
+    /// Kubernetes backend (its defaults when `backend.kind` is docker).
+    pub kubernetes: KubernetesBackend,
     /// What tasks may run and do, whatever the backend (`policy:`).
     pub policy: crate::spec::policy::Policy,
     /// Deprecations to tell the operator (`check-config` prints them, `berth run` logs them).
@@ -69,6 +74,16 @@ pub struct Config {
     pub default_environment: Option<String>,
     /// The local API.
     pub api: ApiSettings,
+}
+
+impl Config {
+    /// Time between the polite and the forced stop of a task, on the configured backend.
+    pub fn stop_grace_period(&self) -> Duration {
+        match self.backend {
+            BackendKind::Docker => self.docker.stop_grace_period,
+            BackendKind::Kubernetes => self.kubernetes.stop_grace_period,
+        }
+    }
 }
 
 /// Reads the YAML file (if any), applies overrides and validates. `host_env` looks up host
@@ -125,12 +140,22 @@ pub fn load_str(
         errors: Vec::new(),
     };
     let cp = raw.control_plane.take().unwrap_or_default();
-    let mut docker = raw
-        .backend
-        .take()
-        .unwrap_or_default()
-        .docker
-        .unwrap_or_default();
+    let raw_backend = raw.backend.take().unwrap_or_default();
+    let backend = kind_of(raw_backend.kind.as_ref(), &mut c);
+    let mut docker = raw_backend.docker.unwrap_or_default();
+    let kubernetes = match (backend, raw_backend.kubernetes) {
+        (BackendKind::Kubernetes, k) => kubernetes_section(k.unwrap_or_default(), host_env, &mut c),
+        (BackendKind::Docker, Some(_)) => {
+            c.at(
+                "backend.kubernetes",
+                raw_backend.kind.as_ref(),
+                "is set, but backend.kind is docker".to_string(),
+                "set backend.kind: kubernetes, or remove the backend.kubernetes section",
+            );
+            KubernetesBackend::default()
+        }
+        (BackendKind::Docker, None) => KubernetesBackend::default(),
+    };
     let raw_api = raw.api.take().unwrap_or_default();
     let api = api_section(raw_api, ov, &mut c);
     let log = raw.log.take().unwrap_or_default();
@@ -168,7 +193,9 @@ pub fn load_str(
         cleanup: !ov.no_cleanup && raw.cleanup.unwrap_or(true),
         state_dir,
         control_plane,
+        backend,
         docker,
+        kubernetes,
         policy,
         notes: policy_note.into_iter().collect(),
         labels: raw.labels.unwrap_or_default(),

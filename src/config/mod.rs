@@ -16,6 +16,7 @@ mod control_plane;
 mod docker;
 mod effective;
 mod environments;
+mod kubernetes;
 mod load;
 mod log;
 mod overrides;
@@ -32,6 +33,10 @@ pub use collector::{ConfigError, ConfigErrors};
 pub use control_plane::{ControlPlane, DEFAULT_SERVER_ROOT_URL, DEFAULT_URL};
 pub use docker::{DEFAULT_IMAGE, DockerBackend, parse_env_flag, validate_volume};
 pub use effective::Effective;
+pub use kubernetes::{
+    BackendKind, ImagePullPolicy, KubernetesBackend, check_pod_template, valid_dns_label,
+    valid_label_key, valid_label_value,
+};
 pub use load::{
     Config, DEFAULT_CONFIG_PATH, DEFAULT_MAX_CONCURRENT_TASKS, DEFAULT_SHUTDOWN_GRACE, load,
     load_str,

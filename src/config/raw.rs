@@ -120,7 +120,30 @@ pub(super) struct RawControlPlane {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackend {
+    /// `docker` (the default) or `kubernetes`.
+    pub(super) kind: Option<Spanned<String>>,
     pub(super) docker: Option<RawDocker>,
+    pub(super) kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKubernetes {
+    pub(super) namespace: Option<Spanned<String>>,
+    pub(super) kubeconfig: Option<Spanned<String>>,
+    pub(super) context: Option<Spanned<String>>,
+    pub(super) owner: Option<Spanned<String>>,
+    pub(super) default_image: Option<Spanned<String>>,
+    pub(super) image_pull_policy: Option<Spanned<String>>,
+    pub(super) pod_template: Option<Spanned<serde_json::Value>>,
+    pub(super) environment: Option<Vec<RawEnvEntry>>,
+    pub(super) stop_grace_period: Option<Spanned<String>>,
+    pub(super) active_deadline: Option<Spanned<String>>,
+    pub(super) ttl_after_finished: Option<Spanned<String>>,
+    pub(super) unschedulable_timeout: Option<Spanned<String>>,
+    pub(super) proxy_service: Option<Spanned<String>>,
+    pub(super) extra_labels: Option<BTreeMap<String, Spanned<String>>>,
+    pub(super) extra_annotations: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

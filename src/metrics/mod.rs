@@ -633,6 +633,12 @@ oz_worker_task_failures_total{phase="backend",reason="workspace_setup"} 0
 oz_worker_task_failures_total{phase="backend",reason="setup_command"} 0
 oz_worker_task_failures_total{phase="assignment",reason="invalid_image"} 1
 oz_worker_task_failures_total{phase="cleanup",reason="cleanup"} 1
+oz_worker_task_failures_total{phase="backend",reason="unschedulable"} 0
+oz_worker_task_failures_total{phase="backend",reason="evicted"} 0
+oz_worker_task_failures_total{phase="backend",reason="pod_preempted"} 0
+oz_worker_task_failures_total{phase="backend",reason="active_deadline"} 0
+oz_worker_task_failures_total{phase="backend",reason="volume_mount"} 0
+oz_worker_task_failures_total{phase="backend",reason="job_failed"} 0
 # HELP oz_worker_websocket_reconnects_total Control-plane redials, by reason.
 # TYPE oz_worker_websocket_reconnects_total counter
 oz_worker_websocket_reconnects_total{reason="dial_failed"} 3

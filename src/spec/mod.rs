@@ -467,6 +467,24 @@ pub struct SandboxSpec {
     pub security: crate::spec::policy::Security,
     /// Where its traffic may go.
     pub network: Network,
+    /// Provisioning run before the task's command, in its image and workdir, by a backend
+    /// that cannot provision inside the held sandbox (Kubernetes: init containers). Empty
+    /// where provisioning runs in place (Docker).
+    pub steps: Vec<InitStep>,
+}
+
+/// A provisioning step a backend runs before the task's command (an init container).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitStep {
+    /// Announced in the transcript, and named in the failure (secrets in URLs masked).
+    pub title: String,
+    /// argv, replacing the image's entrypoint.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+    /// What a failure of this step is reported as (`workspace_setup` for a clone,
+    /// `setup_command` for a setup command).
+    pub reason: crate::failure::FailureReason,
 }
 
 /// Inputs of [`sandbox_spec`] that are not in the assignment.
@@ -553,6 +571,7 @@ pub fn sandbox_spec(a: &TaskAssignment, ctx: &SpecContext<'_>) -> Result<Sandbox
         volumes: ctx.operator_volumes.to_vec(),
         security: ctx.security.clone(),
         network: ctx.network.clone(),
+        steps: Vec::new(),
     })
 }
 

@@ -460,6 +460,7 @@ async fn create(
         (None, _) => Network::Engine(s.policy.security.network.clone()),
     };
     let owner = env.owner();
+    let in_place = env.backend.in_place().is_some();
     let ctx = SpecContext {
         owner: &owner,
         backend: env.backend.kind(),
@@ -474,10 +475,24 @@ async fn create(
         security: &security,
         network,
         environment: plan.environment.as_ref(),
-        hold: (!plan.steps.is_empty()).then_some(info.entrypoint.as_slice()),
+        hold: (in_place && !plan.steps.is_empty()).then_some(info.entrypoint.as_slice()),
     };
     let mut spec = sandbox_spec(&exec.assignment, &ctx)
         .map_err(|e| phase(e.failure_reason())(e.to_string()))?;
+    if !in_place {
+        // The backend runs provisioning before the task's command (init containers).
+        spec.steps = plan.steps.iter().map(Step::as_init).collect();
+        if !spec.steps.is_empty() {
+            system_line(
+                &exec.spool,
+                &format!(
+                    "provisioning: {} step(s) run before the task's command, their output first",
+                    spec.steps.len()
+                ),
+            )
+            .await;
+        }
+    }
     // A non-root user without a writable home breaks git, pip and npm: /tmp is one.
     if s.policy.profile == crate::spec::policy::Profile::Strict
         && !spec.env.iter().any(|e| e.starts_with("HOME="))
@@ -515,9 +530,9 @@ async fn create(
         }
     };
     // Journal before acting: a restarted worker must know this container is ours.
-    if let Err(e) = env
-        .journal
-        .set_container(&exec.execution_id, &id, !plan.steps.is_empty())
+    if let Err(e) =
+        env.journal
+            .set_container(&exec.execution_id, &id, in_place && !plan.steps.is_empty())
     {
         error!(error = %e, "cannot record the container in the journal");
     }
@@ -599,13 +614,9 @@ async fn provision(
     timeout: Option<std::time::Duration>,
 ) -> Phase<()> {
     let (env, exec, control, events) = (run.env, run.exec, run.control, run.events());
-    if steps.is_empty() {
+    // Without in-place provisioning the steps are part of the sandbox (create put them there).
+    let Some(in_place) = env.backend.in_place().filter(|_| !steps.is_empty()) else {
         return Ok(());
-    }
-    let Some(in_place) = env.backend.in_place() else {
-        return Err(phase(FailureReason::WorkspaceSetup)(
-            "this backend cannot provision inside the task's sandbox".to_string(),
-        ));
     };
     let secrets = run.secrets();
     // Each stage (the clones, the setup commands) is reported as it ends; one a stop cuts

@@ -45,6 +45,21 @@ pub struct Step {
     pub workdir: String,
 }
 
+impl Step {
+    /// The step as a backend runs it before the task's command (an init container).
+    pub fn as_init(&self) -> crate::spec::InitStep {
+        crate::spec::InitStep {
+            title: self.title.clone(),
+            argv: self.argv.clone(),
+            workdir: self.workdir.clone(),
+            reason: match self.kind {
+                StepKind::Clone => FailureReason::WorkspaceSetup,
+                StepKind::Setup => FailureReason::SetupCommand,
+            },
+        }
+    }
+}
+
 /// Masks the password of a `scheme://user:password@host/…` URL for display.
 pub fn display_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

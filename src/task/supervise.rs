@@ -237,7 +237,7 @@ async fn wait_through_outages(env: &TaskEnv, id: &str, own: bool) -> Outcome {
     let mut errors_while_up = 0u32;
     loop {
         let err = match env.backend.wait(id).await {
-            Ok(st) => return exited(env, st, outage.as_ref(), own).await,
+            Ok(st) => return explained(env, id, st, outage.as_ref(), own).await,
             Err(e) => e,
         };
         let state = env.backend.state(id).await;
@@ -246,7 +246,7 @@ async fn wait_through_outages(env: &TaskEnv, id: &str, own: bool) -> Outcome {
             env.engine.suspect();
         }
         match state {
-            Ok(Some((false, st))) => return exited(env, st, outage.as_ref(), own).await,
+            Ok(Some((false, st))) => return explained(env, id, st, outage.as_ref(), own).await,
             Ok(Some((true, _))) => {
                 // The engine answers and the container runs: the wait itself failed.
                 errors_while_up += 1;
@@ -302,6 +302,21 @@ impl Outage {
 
 fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// The outcome of an end: what the engine says ended it where it knows more than the exit
+/// status (a pod evicted or never scheduled, a provisioning step that failed), else [`exited`].
+async fn explained(
+    env: &TaskEnv,
+    id: &str,
+    st: ExitStatus,
+    outage: Option<&Outage>,
+    own: bool,
+) -> Outcome {
+    match env.backend.end_cause(id).await {
+        Some(f) if st.code != 0 => Outcome::Failure(f),
+        _ => exited(env, st, outage, own).await,
+    }
 }
 
 /// The outcome of an exit: the container's status, or — when it ended in an engine outage, or

@@ -94,7 +94,7 @@ async fn reconcile_at_start(
             journal,
             &c.worker_id,
             c.cleanup,
-            c.docker.stop_grace_period,
+            c.stop_grace_period(),
         )
         .await
         {
@@ -172,6 +172,9 @@ impl Worker {
         config: Config,
         docker_host_env: Option<&str>,
     ) -> Result<Self, WorkerError> {
+        if config.backend == crate::config::BackendKind::Kubernetes {
+            return Self::prepare_kubernetes(config).await;
+        }
         let home = std::env::var("HOME").ok();
         let docker_config = std::env::var("DOCKER_CONFIG").ok();
         let docker = Docker::connect(config.docker.host.as_deref(), docker_host_env)
@@ -189,6 +192,45 @@ impl Worker {
             root_dir: engine.root_dir.map(PathBuf::from),
         };
         let backend = crate::backend::docker::DockerBackend::new(Arc::new(docker));
+        Self::prepare_on(config, Arc::new(backend), facts).await
+    }
+
+    /// Connects to the cluster's API server (checked) and prepares on it.
+    async fn prepare_kubernetes(config: Config) -> Result<Self, WorkerError> {
+        let backend =
+            crate::backend::kubernetes::KubernetesBackend::connect(config.kubernetes.clone())
+                .await?;
+        let version = match tokio::time::timeout(
+            Duration::from_secs(10),
+            backend.client().apiserver_version(),
+        )
+        .await
+        {
+            Ok(Ok(v)) => v.git_version,
+            Ok(Err(e)) => {
+                return Err(BackendError::Unreachable {
+                    engine: crate::backend::kubernetes::client::ENGINE,
+                    at: backend.url().to_string(),
+                    reason: format!(
+                        "{e}; check backend.kubernetes.kubeconfig and that the cluster is up"
+                    ),
+                }
+                .into());
+            }
+            Err(_) => {
+                return Err(BackendError::Unreachable {
+                    engine: crate::backend::kubernetes::client::ENGINE,
+                    at: backend.url().to_string(),
+                    reason: "no answer within 10 s".into(),
+                }
+                .into());
+            }
+        };
+        info!(version = %version, url = %backend.url(), namespace = %backend.namespace(), "Kubernetes API server reachable");
+        let facts = EngineFacts {
+            version,
+            root_dir: None,
+        };
         Self::prepare_on(config, Arc::new(backend), facts).await
     }
 
@@ -212,7 +254,13 @@ impl Worker {
         {
             warn!(state_dir = %config.state_dir.display(), error = %e, "cannot make everything under state_dir private (0700/0600)");
         }
-        let journal = Journal::open(&config.state_dir)?;
+        let mut journal = Journal::open(&config.state_dir)?;
+        if config.backend == crate::config::BackendKind::Kubernetes
+            && let Some(owner) = &config.kubernetes.owner
+        {
+            // The owner label the operator chose stands for this instance on the cluster.
+            journal = journal.with_instance(owner.clone());
+        }
         let catalog = match &cp.environments_url {
             Some(t) => Some(Arc::new(
                 crate::control::catalog::Catalog::new(
@@ -374,7 +422,7 @@ impl Worker {
             self.journal.clone(),
             c.worker_id.clone(),
             c.cleanup,
-            c.docker.stop_grace_period,
+            c.stop_grace_period(),
             shutdown.clone(),
         ));
         tracker.spawn(janitor(
@@ -481,6 +529,8 @@ pub fn supervisor_config(c: &Config, engine_root: Option<PathBuf>) -> Supervisor
     }
 }
 
+use crate::config::BackendKind;
+
 /// The operator settings every task run reads (rebuilt on reload).
 pub fn task_settings(c: &Config) -> TaskSettings {
     TaskSettings {
@@ -490,11 +540,21 @@ pub fn task_settings(c: &Config) -> TaskSettings {
             idle_on_complete: c.idle_on_complete.clone(),
             session_sharing_server_url: c.control_plane.session_sharing_server_url.clone(),
         },
-        default_image: c.docker.default_image.clone(),
+        default_image: match c.backend {
+            BackendKind::Docker => c.docker.default_image.clone(),
+            BackendKind::Kubernetes => c.kubernetes.default_image.clone(),
+        },
         pull_policy: c.docker.pull_policy,
-        operator_env: c.docker.environment.clone(),
-        operator_volumes: c.docker.volumes.clone(),
-        stop_grace_period: c.docker.stop_grace_period,
+        operator_env: match c.backend {
+            BackendKind::Docker => c.docker.environment.clone(),
+            BackendKind::Kubernetes => c.kubernetes.environment.clone(),
+        },
+        // The operator's mounts on Kubernetes are the pod template's.
+        operator_volumes: match c.backend {
+            BackendKind::Docker => c.docker.volumes.clone(),
+            BackendKind::Kubernetes => Vec::new(),
+        },
+        stop_grace_period: c.stop_grace_period(),
         cleanup: c.cleanup,
         api_key: c.control_plane.api_key.clone(),
         redact: c.transcript.redact.clone(),

@@ -25,6 +25,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     check("shutdown_grace", old.shutdown_grace != new.shutdown_grace);
     check("control_plane", old.control_plane != new.control_plane);
     check("backend.docker.host", old.docker.host != new.docker.host);
+    check("backend.kind", old.backend != new.backend);
+    // The Kubernetes backend is built with its section (client, Job shape) at start-up.
+    check("backend.kubernetes", old.kubernetes != new.kubernetes);
     check("api", old.api != new.api);
     check(
         "transcript.max_bytes/tail_bytes",
@@ -69,6 +72,8 @@ pub(super) async fn apply_reloads(
         new.shutdown_grace = current.shutdown_grace;
         new.control_plane = current.control_plane.clone();
         new.docker.host = current.docker.host.clone();
+        new.backend = current.backend;
+        new.kubernetes = current.kubernetes.clone();
         new.api = current.api.clone();
         new.transcript.max_bytes = current.transcript.max_bytes;
         new.transcript.tail_bytes = current.transcript.tail_bytes;

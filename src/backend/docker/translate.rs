@@ -89,6 +89,7 @@ mod tests {
             volumes: strs(&["/host:/data:ro"]),
             security: Security::default(),
             network: Network::Engine("bridge".into()),
+            steps: Vec::new(),
         }
     }
 

@@ -34,6 +34,7 @@ pub(super) fn spec(command: Vec<String>, execution: &str) -> SandboxSpec {
         volumes: Vec::new(),
         security: crate::spec::policy::Security::default(),
         network: crate::spec::Network::Engine("bridge".into()),
+        steps: Vec::new(),
     }
 }
 
