@@ -132,7 +132,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::faults::{Fault, RequestRecord};
 pub use self::kubelet::Kubelet;
-pub use self::logs::LogStream;
+pub use self::logs::{LogStream, format_ts};
 pub use self::state::FollowEnd;
 pub use self::status::ApiError;
 
