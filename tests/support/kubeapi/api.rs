@@ -98,7 +98,7 @@ pub fn target(
     let Some(res) = lookup(group, version, plural) else {
         return Err(status::no_route());
     };
-    if res.namespaced == false && ns.is_some() {
+    if !res.namespaced && ns.is_some() {
         return Err(status::no_route());
     }
     let watch = query

@@ -141,7 +141,7 @@ pub fn log_write(st: &mut State, uid: &str, container: &str, stream: LogStream, 
         };
         st.logs
             .entry((uid.to_string(), container.to_string()))
-            .or_insert_with(ContainerLog::default)
+            .or_default()
             .write(stream, bytes, piece, rot, &mut clock);
     }
     st.clock_ns = c;
@@ -158,7 +158,7 @@ fn log_close(st: &mut State, uid: &str, container: &str) {
         };
         st.logs
             .entry((uid.to_string(), container.to_string()))
-            .or_insert_with(ContainerLog::default)
+            .or_default()
             .close(rot, &mut clock);
     }
     st.clock_ns = c;
@@ -725,9 +725,7 @@ async fn run_container(
             cs["ready"] = json!(true);
             container_started(p);
         }
-        st.logs
-            .entry((s.uid.clone(), s.name.clone()))
-            .or_insert_with(ContainerLog::default);
+        st.logs.entry((s.uid.clone(), s.name.clone())).or_default();
     });
     if !ok {
         return Outcome::NotStarted;

@@ -104,17 +104,16 @@ fn validate_pod_spec(causes: &mut Vec<Cause>, spec: &Value, path: &str, job: boo
             &["OnFailure", "Never"],
         ));
     }
-    if let Some(ads) = spec.get("activeDeadlineSeconds") {
-        if ads
+    if let Some(ads) = spec.get("activeDeadlineSeconds")
+        && ads
             .as_i64()
             .is_none_or(|v| !(1..=4_294_967_295).contains(&v))
-        {
-            causes.push(Cause::invalid(
-                &format!("{path}.activeDeadlineSeconds"),
-                ads,
-                "must be between 1 and 4294967295, inclusive",
-            ));
-        }
+    {
+        causes.push(Cause::invalid(
+            &format!("{path}.activeDeadlineSeconds"),
+            ads,
+            "must be between 1 and 4294967295, inclusive",
+        ));
     }
 }
 

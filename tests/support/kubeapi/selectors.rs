@@ -95,9 +95,7 @@ impl LabelSelector {
                     .filter(|v| !v.is_empty())
                     .collect();
                 if values.is_empty() {
-                    return Err(format!(
-                        "unable to parse requirement: for 'in', 'notin' operators, values set can't be empty"
-                    ));
+                    return Err("unable to parse requirement: for 'in', 'notin' operators, values set can't be empty".to_string());
                 }
                 Requirement {
                     key: head[0].to_string(),

@@ -51,10 +51,10 @@ impl ApiError {
         if let Some(d) = details {
             s["details"] = d;
         }
-        if self.reason.is_empty() {
-            if let Some(o) = s.as_object_mut() {
-                o.remove("reason");
-            }
+        if self.reason.is_empty()
+            && let Some(o) = s.as_object_mut()
+        {
+            o.remove("reason");
         }
         s
     }
