@@ -948,3 +948,75 @@ async fn faults_answer_as_the_real_server_and_are_recorded() {
             .any(|r| r.verb == "list" && r.resource == "jobs" && r.status == 503)
     );
 }
+
+#[tokio::test]
+async fn a_job_deadline_deletes_its_pod_and_logs_while_evictions_and_split_streams_behave() {
+    let fake = FakeApiserver::start().await;
+    let c = Client::new(&fake);
+    // The Job's own deadline: the controller deletes the pod, and its logs go with it.
+    let mut j = job("jdl", "echo hi; sleep 30", false);
+    j["spec"]["activeDeadlineSeconds"] = json!(1);
+    c.post(JOBS, j).await;
+    let pod = pod_in_phase(&fake, "jdl", "Running").await;
+    let failed = fake
+        .wait_for(Duration::from_secs(5), |f| {
+            f.object("jobs", NS, "jdl")
+                .filter(|j| condition(j, "Failed").is_some())
+        })
+        .await
+        .expect("the Job fails");
+    assert_eq!(
+        condition(&failed, "Failed").unwrap()["reason"],
+        "DeadlineExceeded"
+    );
+    assert!(
+        fake.object("pods", NS, &name(&pod)).is_none(),
+        "its pod is gone"
+    );
+    let (code, _) = c.get(&format!("{PODS}/{}/log", name(&pod))).await;
+    assert_eq!(code, 404, "and its logs");
+
+    // Eviction: a DisruptionTarget condition, then a graceful delete.
+    fake.kubelet().split_streams(true);
+    let mut j = job("ev", "echo out; echo err >&2; sleep 30", false);
+    j["spec"]["template"]["spec"]["initContainers"] =
+        json!([{"name": "init", "image": "busybox:1.36", "command": ["true"]}]);
+    j["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "side", "image": "busybox:1.36", "command": ["sleep", "30"]}));
+    c.post(JOBS, j).await;
+    let pod = pod_in_phase(&fake, "ev", "Running").await;
+    let path = format!("{PODS}/{}/log", name(&pod));
+    let (code, v) = c.get(&path).await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        v["message"],
+        format!(
+            "a container name must be specified for pod {}, choose one of: [task side] or one of the init containers: [init]",
+            name(&pod)
+        )
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, err) = c
+        .text(&format!("{path}?container=task&stream=Stderr"))
+        .await;
+    assert_eq!(err, "err\n");
+    let (code, v) = c
+        .get(&format!("{path}?container=task&stream=Stdout&tailLines=1"))
+        .await;
+    assert_eq!((code, v["reason"].as_str()), (422, Some("Invalid")));
+    fake.evict(&name(&pod)).unwrap();
+    let evicted = fake.object("pods", NS, &name(&pod)).unwrap();
+    assert_eq!(
+        condition(&evicted, "DisruptionTarget").unwrap()["reason"],
+        "EvictionByEvictionAPI"
+    );
+    assert!(evicted["metadata"]["deletionTimestamp"].is_string());
+    let gone = fake
+        .wait_for(Duration::from_secs(3), |f| {
+            f.object("pods", NS, &name(&pod)).is_none().then_some(())
+        })
+        .await;
+    assert!(gone.is_some(), "removed once the kubelet stopped it");
+}

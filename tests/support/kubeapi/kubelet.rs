@@ -840,7 +840,7 @@ async fn stop(shared: &Arc<Shared>, s: &Slot, image: &str, kill: Kill) -> (i64, 
             st.kubelet.term_delay,
         )
     };
-    if ignores {
+    if ignores || kill.grace.is_zero() {
         tokio::time::sleep(kill.grace).await;
         (137, false)
     } else {

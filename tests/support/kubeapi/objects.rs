@@ -659,7 +659,8 @@ pub fn delete(
     };
     let kubelet_busy =
         res.kind == Kind::Pod && st.runtimes.get(meta(&obj, "uid")).is_some_and(|r| !r.done);
-    if finalizers.is_empty() && (grace == 0 && !kubelet_busy) {
+    // A grace period of 0 asked for is a force delete: gone at once, whatever still runs.
+    if finalizers.is_empty() && grace == 0 && (!kubelet_busy || opts.grace == Some(0)) {
         if let Some(r) = st.runtimes.get(meta(&obj, "uid")) {
             let _ = r.kill.send(Some(super::state::Kill {
                 grace: std::time::Duration::ZERO,
