@@ -66,8 +66,7 @@ impl State {
             // The legacy recorder's aggregation: same source, object, reason, message, type.
             let same = self
                 .store
-                .list(Kind::Event, Some(&ns))
-                .into_iter()
+                .iter(Kind::Event, Some(&ns))
                 .find(|e| {
                     e["source"]["component"] == by.component()
                         && e["involvedObject"]["uid"] == inv["uid"]
@@ -75,7 +74,8 @@ impl State {
                         && e["reason"] == reason
                         && e["message"] == message
                         && e["type"] == etype
-                });
+                })
+                .cloned();
             if let Some(mut e) = same {
                 let n = e["count"].as_i64().unwrap_or(1);
                 e["count"] = json!(n + 1);

@@ -71,19 +71,23 @@ impl Store {
     }
 
     /// Objects of `kind` (in `ns` when given), ordered by namespace and name.
-    pub fn list(&self, kind: Kind, ns: Option<&str>) -> Vec<Value> {
+    pub fn iter<'a>(&'a self, kind: Kind, ns: Option<&'a str>) -> impl Iterator<Item = &'a Value> {
         self.objects
             .range((kind, String::new(), String::new())..)
-            .take_while(|((k, _, _), _)| *k == kind)
-            .filter(|((_, n, _), _)| ns.is_none_or(|ns| n == ns))
-            .map(|(_, v)| v.clone())
-            .collect()
+            .take_while(move |((k, _, _), _)| *k == kind)
+            .filter(move |((_, n, _), _)| ns.is_none_or(|ns| n == ns))
+            .map(|(_, v)| v)
+    }
+
+    /// Copies of the objects of `kind` (in `ns` when given), ordered by namespace and name.
+    pub fn list(&self, kind: Kind, ns: Option<&str>) -> Vec<Value> {
+        self.iter(kind, ns).cloned().collect()
     }
 
     pub fn find_uid(&self, kind: Kind, uid: &str) -> Option<Value> {
-        self.list(kind, None)
-            .into_iter()
+        self.iter(kind, None)
             .find(|o| meta(o, "uid") == uid)
+            .cloned()
     }
 
     fn stamp(&mut self, kind: Kind, obj: &mut Value) -> u64 {
@@ -181,10 +185,12 @@ impl Store {
         if rv < self.floor {
             return Err(self.floor);
         }
+        // The history is ordered by resourceVersion.
+        let from = self.history.partition_point(|c| c.rv <= rv);
         Ok(self
             .history
-            .iter()
-            .filter(|c| c.rv > rv && c.kind == kind)
+            .range(from..)
+            .filter(|c| c.kind == kind)
             .cloned()
             .collect())
     }
