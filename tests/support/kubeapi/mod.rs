@@ -46,7 +46,8 @@
 //!   finalizer `foregroundDeletion`) until its pods are gone; `Background` removes it and
 //!   then its pods. Pods are deleted gracefully (`deletionTimestamp` = now + grace) unless
 //!   unscheduled or terminal, and removed once the kubelet has stopped them and their
-//!   finalizers are gone. The garbage collector only follows Job → Pod ownership.
+//!   finalizers are gone; `gracePeriodSeconds: 0` removes a pod at once (force) and its
+//!   containers get SIGKILL (137). The garbage collector only follows Job → Pod ownership.
 //! * **Watches and lists:** every change of every kind is kept (100 000 changes) until
 //!   [`FakeApiserver::compact`]; a watch from an older resourceVersion gets one ERROR event
 //!   (410 Expired) and ends. A watch without a resourceVersion (or "0") starts with synthetic
@@ -89,7 +90,9 @@
 //! * **Events:** the kubelet's and the Job controller's are legacy core/v1 events (counted and
 //!   aggregated; `eventTime` null); the scheduler's have `eventTime`/`action`/
 //!   `reportingComponent` and null first/last timestamps, as events.k8s.io events read
-//!   through core/v1 do; no event series or rate limiting.
+//!   through core/v1 do; no event series, no rate limiting, and no "combined from similar
+//!   events" aggregation (each `FailedCreate` names another generated pod, so each is an event
+//!   of its own).
 //! * **Auth:** one bearer token ([`FakeApiserver::token`]), user
 //!   `system:serviceaccount:berth:berth`; RBAC is "everything allowed" minus
 //!   [`FakeApiserver::deny`] rules, which both SelfSubjectAccessReviews and real requests
@@ -385,7 +388,7 @@ impl FakeApiserver {
         self.shared.with(|st| st.bookmark_every = every);
     }
 
-    /// A RuntimeClass `name` (handler `name`), optionally pinning pods to nodes.
+    /// A RuntimeClass `name` (handler `name`, no scheduling or overhead).
     pub fn add_runtime_class(&self, name: &str) {
         self.shared.with(|st| {
             st.store.put(
