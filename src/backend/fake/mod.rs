@@ -25,7 +25,7 @@ mod sandbox;
 mod script;
 
 pub use self::sandbox::SandboxInfo;
-pub use self::script::Script;
+pub use self::script::{Script, ScriptStep};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;

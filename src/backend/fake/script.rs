@@ -8,14 +8,22 @@ use super::{NOT_FOUND, status};
 use crate::backend::ExitStatus;
 use crate::protocol::Stream;
 
+/// One step of a [`Script`], public so that other simulated runtimes (the fake Kubernetes
+/// kubelet of the integration tests) can execute scripts themselves.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Step {
+pub enum ScriptStep {
+    /// Writes the bytes on the stream (one write).
     Print(Stream, Vec<u8>),
+    /// Pauses (in real time).
     Sleep(Duration),
+    /// Ends with this status.
     Exit(ExitStatus),
     /// Runs until stopped, removed or told to exit.
     Hang,
 }
+
+/// The name this module's users know the steps by.
+pub(super) use ScriptStep as Step;
 
 /// What a sandbox (or an in-place step) does once its command runs, step by step. Steps after
 /// an exit are never reached; a script that runs out of steps exits 0.
@@ -28,6 +36,11 @@ impl Script {
     /// Does nothing and exits 0.
     pub fn new() -> Self {
         Script::default()
+    }
+
+    /// The steps, in order.
+    pub fn steps(&self) -> &[ScriptStep] {
+        &self.steps
     }
 
     /// Writes `bytes` on `stream` (one log entry).
