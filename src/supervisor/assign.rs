@@ -238,7 +238,9 @@ impl Supervisor {
         }
         let running: Vec<crate::spec::policy::Resources> =
             self.tasks.values().map(|t| t.reservation).collect();
-        crate::supervisor::capacity::fits(want, &running, self.cfg.host, self.cfg.reserve)?;
+        if let Some(host) = self.cfg.host {
+            crate::supervisor::capacity::fits(want, &running, host, self.cfg.reserve)?;
+        }
         if self.cfg.min_free_disk > 0 {
             let free: Vec<(String, Option<u64>)> = self
                 .cfg

@@ -90,8 +90,9 @@ pub struct SupervisorConfig {
     pub full_disk_patience: std::time::Duration,
     /// Hello fields.
     pub labels: std::collections::BTreeMap<String, String>,
-    /// What the host has.
-    pub host: crate::supervisor::capacity::Host,
+    /// What the host has, when tasks run on it (`None`: a cluster's scheduler places them,
+    /// and only the slots bound what this berth takes).
+    pub host: Option<crate::supervisor::capacity::Host>,
     /// Held back for the host.
     pub reserve: crate::spec::policy::Resources,
     /// Minimum free disk under `disk_paths`.

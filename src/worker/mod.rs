@@ -518,7 +518,10 @@ pub fn supervisor_config(c: &Config, engine_root: Option<PathBuf>) -> Supervisor
         tail_bytes: c.transcript.tail_bytes,
         full_disk_patience: c.transcript.full_disk_patience,
         labels: c.labels.clone(),
-        host: crate::supervisor::capacity::Host::read(),
+        host: match c.backend {
+            BackendKind::Docker => Some(crate::supervisor::capacity::Host::read()),
+            BackendKind::Kubernetes => None,
+        },
         reserve: c.admission.reserve,
         min_free_disk: c.admission.min_free_disk,
         disk_paths: std::iter::once(c.state_dir.clone())

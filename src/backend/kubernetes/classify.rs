@@ -356,6 +356,16 @@ pub fn progress(seen: &Seen<'_>) -> Progress {
         if job_condition(job, "Complete").is_some() && seen.pod.is_none() {
             return ended(0, None);
         }
+        if seen.pod.is_none() && job.spec.as_ref().and_then(|s| s.parallelism) == Some(0) {
+            return ended(
+                NEVER_RAN,
+                Some(failure(
+                    FailureReason::JobFailed,
+                    "the Job was stopped before its pod ran".to_string(),
+                    None,
+                )),
+            );
+        }
     }
     Progress::Going
 }
@@ -639,6 +649,13 @@ mod tests {
         let complete = job(json!({"metadata": {"name": "j"}, "status": {"conditions": [
             {"type": "Complete", "status": "True"}]}}));
         assert_eq!(see(Some(&complete), None, &[], 0), ended(0, None));
+        let stopped = job(
+            json!({"metadata": {"name": "j"}, "spec": {"parallelism": 0, "template": {}}, "status": {}}),
+        );
+        assert_eq!(
+            reason_of(&see(Some(&stopped), None, &[], 0)),
+            Some((FailureReason::JobFailed, None))
+        );
         let pod_deadline = pod(
             json!({"status": {"phase": "Failed", "reason": "DeadlineExceeded",
             "message": "Pod was active on the node longer than the specified deadline"}}),

@@ -129,6 +129,11 @@ fn finished(job: &Job) -> bool {
         })
 }
 
+/// Told to make no pod (berth's stop of a Job whose pod never ran).
+fn stopped(job: &Job) -> bool {
+    job.spec.as_ref().and_then(|s| s.parallelism) == Some(0)
+}
+
 impl Inner {
     /// The Job (only with the expected UID) and its newest pod.
     async fn look(&self, name: &str, uid: Option<&str>) -> Result<Look, BackendError> {

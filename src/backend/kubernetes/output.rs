@@ -139,8 +139,14 @@ async fn read(
     let mut done: Vec<String> = Vec::new();
     loop {
         let look = inner.look(name, uid).await?;
+        // Ended without ever running (refused, unschedulable, stopped early): nothing to wait for.
+        let over = inner.ends.lock().contains_key(id)
+            || look
+                .job
+                .as_ref()
+                .is_none_or(|j| super::finished(j) || super::stopped(j));
         let Some(pod) = look.pod else {
-            if !follow || look.job.is_none() || look.job.as_ref().is_some_and(super::finished) {
+            if !follow || over {
                 return Ok(());
             }
             tokio::time::sleep(START_POLL).await;
@@ -153,7 +159,7 @@ async fn read(
             return Ok(());
         };
         match st {
-            Stage::Waiting if pod_over(&pod) || !follow => {
+            Stage::Waiting if pod_over(&pod) || !follow || over => {
                 // Never ran (or not yet, for a plain read): nothing to read there.
                 if !follow {
                     return Ok(());

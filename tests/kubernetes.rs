@@ -1,0 +1,466 @@
+//! The Kubernetes backend end to end: the real berth binary, its real kube client over HTTPS,
+//! against the fake apiserver of the test support (`support::kubeapi`: Jobs, pods, a
+//! simulated kubelet with pods/log's quirks, watches, deletes with preconditions, outages) and
+//! the embedded control plane. No Docker involved.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::Child;
+use std::time::Duration;
+
+use berth::backend::fake::Script;
+use berth::devserver::ControlPlane;
+use berth::devserver::execution::ExecutionRecord;
+use berth::devserver::state::{SubmitRequest, TaskRecord, TaskState};
+use berth::protocol::Stream;
+use serde_json::Value;
+use support::kubeapi::FakeApiserver;
+use support::{control_plane, until, worker_id, worker_process_with};
+
+const IMAGE: &str = "registry.example/busybox:test";
+
+/// A control plane, a fake cluster, and the config that points berth at it.
+struct Cluster {
+    cp: ControlPlane,
+    api: FakeApiserver,
+    state: tempfile::TempDir,
+    id: String,
+    yaml: String,
+}
+
+impl Cluster {
+    async fn start(name: &str, extra: &str) -> Cluster {
+        berth::control::tls::install_default_provider();
+        let api = FakeApiserver::start().await;
+        let state = tempfile::tempdir().unwrap();
+        let kubeconfig = state.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig, "berth").unwrap();
+        let yaml = format!(
+            "backend:\n  kind: kubernetes\n  kubernetes:\n    kubeconfig: {}\n    default_image: {IMAGE}\n    stop_grace_period: 2s\n{extra}",
+            kubeconfig.display()
+        );
+        Cluster {
+            cp: control_plane("proc-key", true, None).await,
+            api,
+            id: worker_id(name),
+            state,
+            yaml,
+        }
+    }
+
+    fn state_dir(&self) -> std::path::PathBuf {
+        self.state.path().join("state")
+    }
+
+    fn berth(&self) -> Child {
+        worker_process_with(&self.cp, &self.id, &self.state_dir(), &[], &self.yaml)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir().with_extension("log")).unwrap_or_default()
+    }
+
+    fn submit(&self, script: &str) -> TaskRecord {
+        self.cp.submit(SubmitRequest {
+            image: Some(IMAGE.into()),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..SubmitRequest::default()
+        })
+    }
+
+    async fn finished(&self, t: &TaskRecord) -> ExecutionRecord {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.execution(t).state.is_terminal() {
+            if std::time::Instant::now() > deadline {
+                let log = self.log();
+                panic!(
+                    "no result: {:?}\nevents: {:?}\nberth's log:\n{}",
+                    self.execution(t),
+                    self.api
+                        .events()
+                        .iter()
+                        .find(|e| e["reason"] == "FailedCreate")
+                        .map(|e| (
+                            e.to_string(),
+                            serde_json::from_value::<k8s_openapi::api::core::v1::Event>(e.clone())
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        )),
+                    &log[log.len().saturating_sub(6000)..]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.execution(t)
+    }
+
+    fn execution(&self, t: &TaskRecord) -> ExecutionRecord {
+        self.cp
+            .task(&t.id)
+            .and_then(|r| r.execution(&t.execution_id).cloned())
+            .unwrap()
+    }
+
+    fn transcript(&self, t: &TaskRecord) -> String {
+        String::from_utf8_lossy(
+            &self
+                .cp
+                .execution_transcript(&t.execution_id)
+                .unwrap_or_default(),
+        )
+        .into_owned()
+    }
+
+    /// The execution's Jobs and pods the cluster still has.
+    fn left(&self, t: &TaskRecord) -> (usize, usize) {
+        let hash = berth::backend::kubernetes::names::hash(&t.execution_id);
+        let of_it = |objs: Vec<Value>| {
+            objs.into_iter()
+                .filter(|o| o["metadata"]["labels"]["oz-execution-hash"] == hash.as_str())
+                .count()
+        };
+        (of_it(self.api.jobs()), of_it(self.api.pods()))
+    }
+
+    /// Waits until the cluster has nothing of the execution left (removed once its output
+    /// was captured).
+    async fn removed(&self, t: &TaskRecord) {
+        until("the Job and its pod removed", || self.left(t) == (0, 0)).await;
+    }
+
+    /// Waits for `execution_closed` of a cancelled execution, and checks the cluster then had
+    /// no Job and no pod of it.
+    async fn closed(&self, t: &TaskRecord) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.execution(t).closed == 0 {
+            if std::time::Instant::now() > deadline {
+                let log = self.log();
+                panic!(
+                    "no execution_closed; left {:?}\nberth's log:\n{}",
+                    self.left(t),
+                    &log[log.len().saturating_sub(6000)..]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            self.left(t),
+            (0, 0),
+            "execution_closed while the cluster still has the execution's Job or pods"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(self.execution(t).closed, 1, "execution_closed exactly once");
+    }
+}
+
+fn stop(mut w: Child) {
+    let _ = w.kill();
+    let _ = w.wait();
+}
+
+/// The task's own output in a transcript: everything but berth's `[berth]` lines.
+fn output_of(transcript: &str) -> String {
+    transcript
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("[berth]"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_as_a_job_and_its_output_arrives_byte_for_byte() {
+    let c = Cluster::start("k8s-bytes", "").await;
+    let w = c.berth();
+    let long = "x".repeat(40_000);
+    let t = c.submit(&format!(
+        "echo first; echo to stderr >&2; echo {long}; echo; echo -n 'last, no newline'"
+    ));
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Succeeded, "{x:?}\n{}", c.log());
+    let out = output_of(&c.transcript(&t));
+    assert!(
+        out.contains(&format!("first\nto stderr\n{long}\n\nlast, no newline")),
+        "the task's output, merged, pieces joined, final fragment kept:\n{}",
+        &out[..out.len().min(600)]
+    );
+    assert_eq!(out.matches("first").count(), 1, "nothing doubled");
+    c.removed(&t).await;
+    // The Job berth made: suspended at create, Oz's labels, the owner label, raw ids.
+    let created: Vec<_> = c
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "jobs" && r.verb == "create")
+        .collect();
+    assert_eq!(created.len(), 1, "one Job per execution");
+    stop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_task_reports_its_exit_status_and_an_oom_its_reason() {
+    let c = Cluster::start("k8s-exit", "").await;
+    c.api.kubelet().image(
+        "registry.example/oom:1",
+        Script::new().prints(Stream::Stdout, "allocating\n").oom(),
+    );
+    let w = c.berth();
+    let t = c.submit("echo failing; exit 3");
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Failed, "{x:?}");
+    assert_eq!(x.exit_code, Some(3), "{x:?}");
+    let oom = c.cp.submit(SubmitRequest {
+        image: Some("registry.example/oom:1".into()),
+        command: vec!["run".into()],
+        ..SubmitRequest::default()
+    });
+    let x = c.finished(&oom).await;
+    assert_eq!(x.failure_reason.as_deref(), Some("container_oom"), "{x:?}");
+    assert!(c.transcript(&oom).contains("allocating\n"));
+    c.removed(&t).await;
+    c.removed(&oom).await;
+    stop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_the_cluster_causes_are_classified_from_its_fields() {
+    let c = Cluster::start("k8s-classes", "    unschedulable_timeout: 2s\n").await;
+    c.api.kubelet().missing_image("registry.example/missing:1");
+    let w = c.berth();
+    let pull = c.cp.submit(SubmitRequest {
+        image: Some("registry.example/missing:1".into()),
+        command: vec!["true".into()],
+        ..SubmitRequest::default()
+    });
+    let x = c.finished(&pull).await;
+    assert_eq!(x.failure_reason.as_deref(), Some("image_pull"), "{x:?}");
+    assert!(
+        x.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("registry.example/missing:1"),
+        "the registry's words: {x:?}"
+    );
+    c.removed(&pull).await;
+
+    // More memory than the node has: unschedulable, past the (short) timeout.
+    let big = c.cp.submit(SubmitRequest {
+        image: Some(IMAGE.into()),
+        command: vec!["true".into()],
+        instance_shape: Some(berth::protocol::InstanceShape {
+            vcpus: None,
+            memory_gb: Some(4096),
+        }),
+        ..SubmitRequest::default()
+    });
+    let x = c.finished(&big).await;
+    assert_eq!(x.failure_reason.as_deref(), Some("unschedulable"), "{x:?}");
+    assert!(
+        x.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Insufficient memory"),
+        "{x:?}"
+    );
+    c.removed(&big).await;
+    stop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_the_cluster_refuses_fails_the_task_in_seconds() {
+    // The template names a RuntimeClass the cluster does not have: the Job controller cannot
+    // create the pod, and says so only in FailedCreate events on the Job.
+    let c = Cluster::start(
+        "k8s-refused",
+        "    pod_template:\n      runtimeClassName: gvisor\n",
+    )
+    .await;
+    let w = c.berth();
+    let t = c.submit("echo never");
+    let began = std::time::Instant::now();
+    let x = c.finished(&t).await;
+    assert_eq!(
+        x.failure_reason.as_deref(),
+        Some("container_create"),
+        "{x:?}"
+    );
+    assert!(
+        x.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("RuntimeClass"),
+        "{x:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "failed at once, not at the Job's deadline ({:?})",
+        began.elapsed()
+    );
+    c.removed(&t).await;
+    stop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_pod_keeps_its_output_and_closes_the_execution() {
+    let c = Cluster::start("k8s-cancel", "").await;
+    let w = c.berth();
+    let t = c.submit("echo started; sleep infinity");
+    until("running", || c.transcript(&t).contains("started\n")).await;
+    c.cp.cancel(&t.id).unwrap();
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Cancelled, "{x:?}");
+    c.closed(&t).await;
+    // Stopped through the pod's deadline (its log kept), not by deleting it first.
+    let patched_pod = c
+        .api
+        .requests()
+        .iter()
+        .any(|r| r.resource == "pods" && r.verb == "patch");
+    assert!(
+        patched_pod,
+        "the stop lowers the pod's activeDeadlineSeconds"
+    );
+    stop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_killed_mid_task_reattaches_and_loses_or_doubles_nothing() {
+    let c = Cluster::start("k8s-reattach", "").await;
+    let w = c.berth();
+    let t = c.submit("echo one; sleep 2; echo two; sleep 2; echo three");
+    until("first line", || c.transcript(&t).contains("one\n")).await;
+    stop(w);
+    // The pod runs on without berth.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let w = c.berth();
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Succeeded, "{x:?}\n{}", c.log());
+    let out = output_of(&c.transcript(&t));
+    assert!(out.contains("one\ntwo\nthree\n"), "{out}");
+    for word in ["one", "two", "three"] {
+        assert_eq!(out.matches(word).count(), 1, "{word} exactly once: {out}");
+    }
+    assert_eq!(x.terminal_distinct, 1, "one result across the kill");
+    c.removed(&t).await;
+    stop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_outage_loses_no_output_and_fails_no_task() {
+    let c = Cluster::start("k8s-outage", "").await;
+    let w = c.berth();
+    let t = c.submit("echo before; sleep 3; echo during; sleep 3; echo after");
+    until("running", || c.transcript(&t).contains("before\n")).await;
+    c.api.down().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.api.up().await;
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Succeeded, "{x:?}\n{}", c.log());
+    let out = output_of(&c.transcript(&t));
+    assert!(out.contains("before\nduring\nafter\n"), "{out}");
+    assert_eq!(out.matches("during").count(), 1, "{out}");
+    c.removed(&t).await;
+    stop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_steps_run_as_init_containers_with_their_output_first() {
+    let env_yaml = "environments:\n  build:\n    setup:\n      - echo setting up\n      - exit 4\n";
+    let c = Cluster::start("k8s-steps", "").await;
+    let mut c = c;
+    c.yaml = format!("{}{env_yaml}default_environment: build\n", c.yaml);
+    let w = c.berth();
+    let t = c.submit("echo task ran");
+    let x = c.finished(&t).await;
+    assert_eq!(
+        x.failure_reason.as_deref(),
+        Some("setup_command"),
+        "{x:?}\n{}",
+        c.log()
+    );
+    assert_eq!(x.exit_code, Some(4), "{x:?}");
+    assert!(
+        x.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("setup 2/2"),
+        "{x:?}"
+    );
+    let out = c.transcript(&t);
+    assert!(out.contains("setting up\n"), "{out}");
+    assert!(!out.contains("task ran"), "{out}");
+    c.removed(&t).await;
+    stop(w);
+}
+
+/// The backend on its own against the fake (component tier): what the binary's tests above
+/// cannot look inside.
+mod component {
+    use super::*;
+    use berth::backend::Backend;
+    use berth::backend::kubernetes::KubernetesBackend;
+    use berth::config::KubernetesBackend as Settings;
+    use berth::spec::owner::Owner;
+    use berth::spec::{LABEL_EXECUTION, LABEL_TASK, Network, SandboxSpec};
+
+    pub(super) async fn backend(
+        api: &FakeApiserver,
+        dir: &std::path::Path,
+        settings: Settings,
+    ) -> KubernetesBackend {
+        berth::control::tls::install_default_provider();
+        let kubeconfig = dir.join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig, "berth").unwrap();
+        KubernetesBackend::connect(Settings {
+            kubeconfig: Some(kubeconfig),
+            ..settings
+        })
+        .await
+        .unwrap()
+    }
+
+    pub(super) fn spec(command: &[&str], execution: &str) -> SandboxSpec {
+        let mut labels = Owner::new("w1", "i1").labels();
+        labels.insert(LABEL_TASK.into(), format!("task-{execution}"));
+        labels.insert(LABEL_EXECUTION.into(), execution.into());
+        SandboxSpec {
+            image: IMAGE.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            hold: None,
+            env: Vec::new(),
+            workdir: "/workspace".into(),
+            labels,
+            limits: Default::default(),
+            sidecars: Vec::new(),
+            volumes: Vec::new(),
+            security: Default::default(),
+            network: Network::Engine("bridge".into()),
+            steps: Vec::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_pod_ends_the_wait_with_the_clusters_words() {
+        let api = FakeApiserver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            pod_template: Some(serde_json::json!({"runtimeClassName": "gvisor"})),
+            ..Settings::default()
+        };
+        let b = backend(&api, dir.path(), settings).await;
+        let id = b.create(&spec(&["true"], "e1")).await.unwrap();
+        b.start(&id).await.unwrap();
+        let st = tokio::time::timeout(Duration::from_secs(20), b.wait(&id))
+            .await
+            .expect("the wait ends in seconds")
+            .unwrap();
+        assert_eq!(st.code, berth::backend::kubernetes::classify::NEVER_RAN);
+        let f = b.end_cause(&id).await.expect("a cause");
+        assert_eq!(f.reason, berth::failure::FailureReason::ContainerCreate);
+        assert!(
+            f.detail.contains("RuntimeClass \"gvisor\" not found"),
+            "{}",
+            f.detail
+        );
+    }
+}
