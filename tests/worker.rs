@@ -504,7 +504,9 @@ async fn without_live_output_both_streams_are_captured_from_the_backends_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_that_cannot_provision_in_place_fails_setup_with_workspace_setup() {
+async fn a_backend_without_in_place_provisioning_runs_the_steps_before_the_task() {
+    // The fake backend provisions as Kubernetes does: the steps are part of the sandbox (init
+    // containers), run before the task's command, their output first.
     let env = Env::start_fake("no-in-place", EnvOptions::default()).await;
     let inline = serde_json::json!({"image": BUSYBOX, "setup": ["echo preparing"]});
     let (done, text) = env
@@ -515,20 +517,32 @@ async fn a_backend_that_cannot_provision_in_place_fails_setup_with_workspace_set
             ..SubmitRequest::default()
         })
         .await;
-    assert_eq!(done.state, TaskState::Failed, "{done:?}");
-    assert_eq!(reason(&done), Some("workspace_setup"), "{done:?}");
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    let (setup, task) = (text.find("preparing\n"), text.find("TASK-RAN\n"));
+    assert!(
+        setup.is_some() && task.is_some() && setup < task,
+        "the step's output, then the task's: {text}"
+    );
+    // A failing step ends the sandbox with the step's reason; the task never runs.
+    let inline = serde_json::json!({"image": BUSYBOX, "setup": ["echo preparing", "exit 5"]});
+    let (done, text) = env
+        .run(SubmitRequest {
+            image: Some(BUSYBOX.into()),
+            command: vec!["sh".into(), "-c".into(), "echo TASK-RAN".into()],
+            environment: Some(inline),
+            ..SubmitRequest::default()
+        })
+        .await;
+    assert_eq!(reason(&done), Some("setup_command"), "{done:?}");
+    assert_eq!(done.exit_code, Some(5), "{done:?}");
     assert!(
         done.message
             .as_deref()
             .unwrap_or_default()
-            .contains("this backend cannot provision inside the task's sandbox"),
+            .contains("setup 2/2"),
         "{done:?}"
     );
-    assert!(
-        !text.contains("TASK-RAN") && !text.lines().any(|l| l == "preparing"),
-        "neither the setup command nor the task ran: {text}"
-    );
-    assert!(env.fake().sandboxes().is_empty(), "sandbox left behind");
+    assert!(!text.contains("TASK-RAN"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,6 +107,8 @@ impl Backend for FakeBackend {
                 log: Vec::new(),
                 frozen: false,
                 end: CancellationToken::new(),
+                steps: spec.steps.clone(),
+                cause: None,
             },
         );
         drop(s);
@@ -283,6 +285,15 @@ impl Backend for FakeBackend {
         drop(s);
         self.changed();
         Ok(())
+    }
+
+    async fn end_cause(&self, id: &str) -> Option<crate::failure::Failure> {
+        self.shared
+            .state
+            .lock()
+            .sandboxes
+            .get(id)
+            .and_then(|b| b.cause.clone())
     }
 
     async fn list(&self, worker_id: &str) -> Result<Vec<Owned>, BackendError> {

@@ -30,6 +30,10 @@ pub(super) struct Sandbox {
     pub(super) frozen: bool,
     /// Ends whatever runs in it (its script, its in-place steps).
     pub(super) end: CancellationToken,
+    /// Provisioning run before the command (a backend without in-place provisioning).
+    pub(super) steps: Vec<crate::spec::InitStep>,
+    /// Why it ended, when a step failed.
+    pub(super) cause: Option<crate::failure::Failure>,
 }
 
 impl Sandbox {
@@ -116,12 +120,13 @@ impl FakeBackend {
         }
     }
 
-    /// Runs the sandbox's command (its script) in the background; the sandbox ends with it.
+    /// Runs the sandbox's steps, then its command (its script), in the background; the
+    /// sandbox ends with the first step that fails, or with the command.
     pub(super) fn launch(&self, id: &str) {
-        let (command, end) = {
+        let (command, steps, end) = {
             let s = self.shared.state.lock();
             match s.sandboxes.get(id) {
-                Some(b) => (b.command.clone(), b.end.clone()),
+                Some(b) => (b.command.clone(), b.steps.clone(), b.end.clone()),
                 None => return,
             }
         };
@@ -129,32 +134,56 @@ impl FakeBackend {
         let fake = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            for step in script.steps {
-                if !fake.thawed(&id, &end).await {
+            for step in steps {
+                let Some(st) = fake.run(&id, &end, fake.script_for(&step.argv)).await else {
+                    return;
+                };
+                if st.code != 0 {
+                    let failure = crate::failure::Failure {
+                        reason: step.reason,
+                        detail: format!(
+                            "{} exited with status {}; its output is in the transcript",
+                            step.title, st.code
+                        ),
+                        exit_code: Some(st.code),
+                    };
+                    if let Some(b) = fake.shared.state.lock().sandboxes.get_mut(&id) {
+                        b.cause = Some(failure);
+                    }
+                    fake.end(&id, st);
                     return;
                 }
-                match step {
-                    Step::Print(stream, bytes) => {
-                        if !fake.append(&id, stream, &bytes) {
-                            return;
-                        }
-                    }
-                    Step::Sleep(d) => tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = end.cancelled() => return,
-                    },
-                    Step::Exit(st) => {
-                        fake.end(&id, st);
-                        return;
-                    }
-                    Step::Hang => {
-                        end.cancelled().await;
-                        return;
+            }
+            if let Some(st) = fake.run(&id, &end, script).await {
+                fake.end(&id, st);
+            }
+        });
+    }
+
+    /// Runs one script in the sandbox: its exit status, or `None` when the sandbox ended first.
+    async fn run(&self, id: &str, end: &CancellationToken, script: Script) -> Option<ExitStatus> {
+        for step in script.steps {
+            if !self.thawed(id, end).await {
+                return None;
+            }
+            match step {
+                Step::Print(stream, bytes) => {
+                    if !self.append(id, stream, &bytes) {
+                        return None;
                     }
                 }
+                Step::Sleep(d) => tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = end.cancelled() => return None,
+                },
+                Step::Exit(st) => return Some(st),
+                Step::Hang => {
+                    end.cancelled().await;
+                    return None;
+                }
             }
-            fake.end(&id, status(0));
-        });
+        }
+        Some(status(0))
     }
 }
 
