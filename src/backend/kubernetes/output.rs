@@ -101,18 +101,6 @@ struct Delivered {
 }
 
 impl Delivered {
-    /// Whether a re-read's entry was delivered before (entries come in log order).
-    fn again(&self, ts: i64, seen_at_ts: &mut u32) -> bool {
-        match self.ts {
-            Some(last) if ts < last => true,
-            Some(last) if ts == last => {
-                *seen_at_ts += 1;
-                *seen_at_ts <= self.at_ts
-            }
-            _ => false,
-        }
-    }
-
     fn note(&mut self, ts: i64) {
         if self.ts == Some(ts) {
             self.at_ts += 1;
@@ -125,6 +113,43 @@ impl Delivered {
     /// The whole second to read from.
     fn since(&self, since: i64) -> i64 {
         self.ts.map_or(since, |ts| ts.div_euclid(1_000_000_000))
+    }
+}
+
+/// One read against what earlier reads delivered: entries up to that point are dropped, and
+/// once an entry is new every later one is (the log is append-only; pieces of one line, and
+/// lines written together, can share a timestamp).
+#[derive(Debug, Clone, Copy)]
+struct Reread {
+    before: Delivered,
+    seen_at_ts: u32,
+    passed: bool,
+}
+
+impl Reread {
+    fn new(before: Delivered) -> Reread {
+        Reread {
+            before,
+            seen_at_ts: 0,
+            passed: false,
+        }
+    }
+
+    /// Whether this entry of the read was delivered before.
+    fn again(&mut self, ts: i64) -> bool {
+        if self.passed {
+            return false;
+        }
+        let again = match self.before.ts {
+            Some(last) if ts < last => true,
+            Some(last) if ts == last => {
+                self.seen_at_ts += 1;
+                self.seen_at_ts <= self.before.at_ts
+            }
+            _ => false,
+        };
+        self.passed = !again;
+        again
     }
 }
 
@@ -250,12 +275,12 @@ async fn once(
         .await
         .map_err(|e| super::client::api_error("reading the pod's log", e))?;
     let mut parser = KubeletLog::new(ENGINE_PIECE);
-    let mut seen_at_ts = 0u32;
+    let mut reread = Reread::new(*delivered);
     let mut buf = vec![0u8; 64 << 10];
     let mut send = |entries: Vec<LogEntry>, delivered: &mut Delivered| {
         let mut out = Vec::new();
         for e in entries {
-            if delivered.again(e.ts, &mut seen_at_ts) {
+            if reread.again(e.ts) {
                 continue;
             }
             delivered.note(e.ts);
@@ -299,7 +324,7 @@ mod tests {
             d.note(ts);
         }
         assert_eq!(d.since(0), 2, "re-read from the last entry's second");
-        let mut seen = 0;
+        let mut r = Reread::new(d);
         let again: Vec<bool> = [
             2_000_000_000i64,
             2_000_000_000,
@@ -307,17 +332,29 @@ mod tests {
             3_000_000_000,
         ]
         .iter()
-        .map(|ts| d.again(*ts, &mut seen))
+        .map(|ts| r.again(*ts))
         .collect();
         assert_eq!(
             again,
             [true, true, false, false],
             "the third entry at 2 s is new"
         );
-        let mut seen = 0;
-        assert!(
-            d.again(1_500_000_000, &mut seen),
-            "before the last: delivered"
-        );
+        let mut r = Reread::new(d);
+        assert!(r.again(1_500_000_000), "before the last: delivered");
+    }
+
+    #[test]
+    fn a_first_read_keeps_entries_that_share_a_timestamp() {
+        // Docker's json-file log gives every piece of a long line the line's timestamp.
+        let mut d = Delivered::default();
+        let mut r = Reread::new(d);
+        for _ in 0..3 {
+            assert!(!r.again(5_000_000_000));
+            d.note(5_000_000_000);
+        }
+        // A re-read drops exactly those three, then keeps the fourth at that time.
+        let mut r = Reread::new(d);
+        let again: Vec<bool> = (0..4).map(|_| r.again(5_000_000_000)).collect();
+        assert_eq!(again, [true, true, true, false]);
     }
 }
