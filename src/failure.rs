@@ -125,6 +125,9 @@ pub struct Failure {
     pub detail: String,
     /// The failing command's exit status, when it ran.
     pub exit_code: Option<i64>,
+    /// The engine's structured account, where it has one (`task_failed.failure_details`:
+    /// the Kubernetes backend's Job, pod, container and events, PROTOCOL.md §8.1).
+    pub details: Option<Box<serde_json::Value>>,
 }
 
 #[cfg(test)]

@@ -627,6 +627,7 @@ mod tests {
                 transcript_bytes: 10,
                 transcript_lost_bytes: 0,
                 usage: None,
+                failure_details: None,
             }),
         };
         j.finish("e1", &term).unwrap();

@@ -262,6 +262,17 @@ async fn failures_the_cluster_causes_are_classified_from_its_fields() {
             .contains("Insufficient memory"),
         "{x:?}"
     );
+    // The Go worker's structured account, with the pod's PodScheduled condition.
+    let k = &x.failure_details.as_ref().expect("failure_details")["kubernetes"];
+    assert_eq!(k["schema_version"], 1, "{k}");
+    let scheduled = k["pod"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled").cloned());
+    assert_eq!(
+        scheduled.map(|c| c["reason"].clone()),
+        Some("Unschedulable".into()),
+        "{k}"
+    );
     c.removed(&big).await;
     stop(w);
 }

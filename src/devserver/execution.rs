@@ -39,6 +39,9 @@ pub struct ExecutionRecord {
     /// What the execution used, from its terminal message (berth/1).
     #[serde(default)]
     pub usage: Option<crate::protocol::Usage>,
+    /// The worker's structured account of a failure (`failure_details`), when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_details: Option<serde_json::Value>,
     /// Terminal frames received, duplicates included.
     pub terminal_received: u32,
     /// Distinct terminal messages (by `message_id`; oz/1 messages count once each).
@@ -71,6 +74,7 @@ impl ExecutionRecord {
             transcript_bytes: 0,
             expected_transcript_bytes: None,
             usage: None,
+            failure_details: None,
             terminal_received: 0,
             terminal_distinct: 0,
             closed: 0,

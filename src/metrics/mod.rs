@@ -435,6 +435,7 @@ mod tests {
             transcript_bytes: 7,
             transcript_lost_bytes: 5,
             usage: None,
+            failure_details: None,
         };
         let ok = WorkerMessage::TaskCompleted {
             task_id: "t".into(),

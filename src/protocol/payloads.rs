@@ -68,6 +68,10 @@ pub struct TerminalExt {
     /// What the execution used (berth/1; absent when no sample was taken).
     #[serde(default)]
     pub usage: Option<Box<Usage>>,
+    /// The engine's structured account of a failure (`failure_details`, sent on oz/1 and
+    /// berth/1 alike: PROTOCOL.md §8.1); only the Kubernetes backend has one.
+    #[serde(default)]
+    pub failure_details: Option<Box<serde_json::Value>>,
 }
 
 /// A task's resource use so far (berth/1 terminal `usage`, the local API, metrics).

@@ -94,6 +94,9 @@ struct TerminalData<'a> {
     failure_reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i64>,
+    /// oz/1 and berth/1 alike (the Go worker sends it on its Kubernetes backend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_details: Option<&'a serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     ext: Option<ExtData<'a>>,
 }
@@ -208,6 +211,7 @@ impl WorkerMessage {
                 task_state: task_state.as_deref(),
                 failure_reason: None,
                 exit_code: ext.as_ref().filter(|_| berth).and_then(|e| e.exit_code),
+                failure_details: None,
                 ext: ext.as_ref().filter(|_| berth).map(ext_data),
             })
             .unwrap_or_default(),
@@ -230,6 +234,7 @@ impl WorkerMessage {
                         Some(e) => e.exit_code,
                         None => exit_code.filter(|c| *c != 0),
                     },
+                    failure_details: ext.as_ref().and_then(|e| e.failure_details.as_deref()),
                     ext: berth_ext.map(ext_data),
                 })
                 .unwrap_or_default()
@@ -289,6 +294,8 @@ impl WorkerMessage {
             #[serde(default)]
             usage: Option<Usage>,
             #[serde(default)]
+            failure_details: Option<serde_json::Value>,
+            #[serde(default)]
             offset: u64,
             #[serde(default)]
             stream: Option<Stream>,
@@ -332,6 +339,7 @@ impl WorkerMessage {
                 transcript_bytes: d.transcript_bytes.unwrap_or(0),
                 transcript_lost_bytes: d.transcript_lost_bytes,
                 usage: d.usage.map(Box::new),
+                failure_details: d.failure_details.map(Box::new),
             }),
             _ => None,
         };
@@ -585,7 +593,48 @@ mod tests {
             transcript_bytes: 34,
             transcript_lost_bytes: 0,
             usage: None,
+            failure_details: None,
         }
+    }
+
+    #[test]
+    fn failure_details_go_out_on_oz1_and_berth1_and_only_when_present() {
+        let details = json!({"kubernetes": {"schema_version": 1, "observed_at": "t"}});
+        let failed = |d: Option<serde_json::Value>| WorkerMessage::TaskFailed {
+            task_id: "t".into(),
+            message: "Failed to execute task: x".into(),
+            task_state: None,
+            failure_reason: Some(FailureReason::Unschedulable),
+            exit_code: None,
+            ext: Some(TerminalExt {
+                failure_details: d.map(Box::new),
+                ..ext()
+            }),
+        };
+        for berth in [false, true] {
+            let with = parse(
+                &failed(Some(details.clone()))
+                    .encode_for(berth)
+                    .unwrap_or_default(),
+            );
+            assert_eq!(with["data"]["failure_details"], details, "berth/1: {berth}");
+            assert_eq!(with["data"]["failure_reason"], "unschedulable");
+            let without = parse(&failed(None).encode_for(berth).unwrap_or_default());
+            assert!(
+                without["data"].get("failure_details").is_none(),
+                "omitted when absent"
+            );
+        }
+        // Round trip (the embedded control plane decodes what berth sends).
+        let text = failed(Some(details.clone()))
+            .encode_for(true)
+            .unwrap_or_default();
+        let back = WorkerMessage::decode(&text).ok();
+        let got = back
+            .as_ref()
+            .and_then(|m| m.ext())
+            .and_then(|e| e.failure_details.as_deref());
+        assert_eq!(got, Some(&details));
     }
 
     #[test]

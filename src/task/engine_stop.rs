@@ -60,6 +60,7 @@ pub fn engine_failure(engine: &str, st: &ExitStatus, seen: &EngineSeen) -> Optio
             "{when} while the task ran, and {how}: the host's engine ended it, not the task itself; resubmit the task"
         ),
         exit_code: Some(st.code),
+        details: None,
     })
 }
 

@@ -273,6 +273,7 @@ pub async fn abandon(
         reason: FailureReason::WorkspaceSetup,
         detail: "berth restarted while the task's environment was being provisioned; the container was removed before the task's command ran. Resubmit the task".into(),
         exit_code: None,
+        details: None,
     });
     let run = Run::new(env, exec, control);
     let outcome = cleanup(&run, container_id, Supervised::Done(outcome)).await;
@@ -331,6 +332,10 @@ async fn finish(
         transcript_bytes: len,
         transcript_lost_bytes: lost,
         usage: usage.map(Box::new),
+        failure_details: match &outcome {
+            Outcome::Failure(f) => f.details.clone(),
+            _ => None,
+        },
     };
     match &mut msg {
         WorkerMessage::TaskCompleted { ext: e, .. } | WorkerMessage::TaskFailed { ext: e, .. } => {

@@ -149,6 +149,7 @@ pub fn step_failed(step: &Step, code: i64) -> Failure {
                 step.title
             ),
             exit_code: Some(code),
+            details: None,
         },
         StepKind::Setup => Failure {
             reason: FailureReason::SetupCommand,
@@ -157,6 +158,7 @@ pub fn step_failed(step: &Step, code: i64) -> Failure {
                 step.title
             ),
             exit_code: Some(code),
+            details: None,
         },
     }
 }
@@ -250,6 +252,7 @@ pub async fn provision(
                 },
                 detail: format!("{} could not be run: {e}", step.title),
                 exit_code: None,
+                details: None,
             }),
         };
         if let Err(f) = ran {
@@ -279,6 +282,7 @@ pub async fn provision(
         reason: FailureReason::ContainerStart,
         detail: format!("cannot start the task's command after provisioning: {e}"),
         exit_code: None,
+        details: None,
     })
 }
 

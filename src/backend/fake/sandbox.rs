@@ -146,6 +146,7 @@ impl FakeBackend {
                             step.title, st.code
                         ),
                         exit_code: Some(st.code),
+                        details: None,
                     };
                     if let Some(b) = fake.shared.state.lock().sandboxes.get_mut(&id) {
                         b.cause = Some(failure);

@@ -54,6 +54,7 @@ fn failure(reason: FailureReason, detail: String, exit_code: Option<i64>) -> Fai
         reason,
         detail,
         exit_code,
+        details: None,
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod classify;
 pub mod client;
+pub mod details;
 pub mod job;
 pub mod log;
 pub mod names;
@@ -198,14 +199,32 @@ impl Inner {
                 Duration::from_secs(u64::try_from(now - born).unwrap_or(0))
             })
             .unwrap_or_default();
-        classify::progress(&classify::Seen {
+        let mut p = classify::progress(&classify::Seen {
             job: look.job.as_ref(),
             pod: look.pod.as_ref(),
             events: &events,
             steps: &steps,
             pod_age,
             unschedulable_timeout: self.settings.unschedulable_timeout,
-        })
+        });
+        if let Progress::Ended {
+            failure: Some(f), ..
+        } = &mut p
+        {
+            let source = if look.pod.is_some() {
+                "pod_watch"
+            } else {
+                "job_watch"
+            };
+            f.details = Some(Box::new(details::details(
+                look.job.as_ref(),
+                look.pod.as_ref(),
+                &events,
+                source,
+                chrono::Utc::now(),
+            )));
+        }
+        p
     }
 
     /// Deletes a Job in the foreground (its pods first), only if it still has `uid`.

@@ -93,6 +93,9 @@ impl State {
             if e.usage.is_none() {
                 e.usage = x.usage.as_deref().copied();
             }
+            if e.failure_details.is_none() {
+                e.failure_details = x.failure_details.as_deref().cloned();
+            }
         } else if matches!(
             msg,
             WorkerMessage::TaskCompleted { .. } | WorkerMessage::TaskFailed { .. }

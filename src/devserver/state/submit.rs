@@ -180,6 +180,7 @@ mod tests {
             transcript_bytes: 3,
             transcript_lost_bytes: 0,
             usage: None,
+            failure_details: None,
         };
         s.on_message(
             "w",
