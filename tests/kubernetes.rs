@@ -475,3 +475,56 @@ mod component {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_asks_the_api_server_for_every_permission_berth_uses() {
+    let c = Cluster::start("k8s-verify", "").await;
+    let config = c.state.path().join("verify.yaml");
+    std::fs::write(
+        &config,
+        format!("worker_id: {}\napi:\n  listen: off\n{}", c.id, c.yaml),
+    )
+    .unwrap();
+    let verify = || {
+        std::process::Command::new(support::BIN)
+            .args(["verify", "--config", config.to_str().unwrap()])
+            .args([
+                "--control-plane-url",
+                &c.cp.ws_url(),
+                "--api-key",
+                "proc-key",
+            ])
+            .args(["--state-dir", c.state_dir().to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let good = verify();
+    let text = String::from_utf8_lossy(&good.stdout).into_owned();
+    assert_eq!(good.status.code(), Some(0), "{text}");
+    for check in ["kubernetes", "permissions", "policy"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(check)),
+            "{check} in:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("docker"),
+        "no Docker check on a cluster:\n{text}"
+    );
+    c.api.deny("delete", "batch", "jobs");
+    c.api.deny("get", "", "pods/log");
+    let bad = verify();
+    let text = String::from_utf8_lossy(&bad.stdout).into_owned();
+    assert_ne!(bad.status.code(), Some(0), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("permissions"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("delete batch/jobs")
+            && line.contains("get pods/log")
+            && line.contains("role.yaml"),
+        "{line}"
+    );
+}

@@ -71,6 +71,19 @@ pub async fn run(
         )
     });
     checks.push(control_plane(config, key, running).await);
+    let (engine, policy_check) = match config.backend {
+        crate::config::BackendKind::Docker => docker(config, docker_host_env).await,
+        crate::config::BackendKind::Kubernetes => kubernetes(config).await,
+    };
+    checks.extend(engine);
+    checks.push(state_dir(&config.state_dir, config.admission.min_free_disk));
+    checks.push(policy_check);
+    checks
+}
+
+/// The Docker engine's checks (the engine, DNS mitigation, sealed networks) and the policy
+/// against its runtimes.
+async fn docker(config: &Config, docker_host_env: Option<&str>) -> (Vec<Check>, Check) {
     let docker = Docker::connect(config.docker.host.as_deref(), docker_host_env);
     // Checks that need the engine's answer, listed after it.
     let mut extra = Vec::new();
@@ -109,11 +122,69 @@ pub async fn run(
             }
         },
     };
-    checks.push(docker_check);
-    checks.extend(extra);
-    checks.push(state_dir(&config.state_dir, config.admission.min_free_disk));
-    checks.push(policy_check);
-    checks
+    let mut engine = vec![docker_check];
+    engine.extend(extra);
+    (engine, policy_check)
+}
+
+/// The cluster's checks: the API server, every permission berth uses (asked of the API server
+/// itself), and the policy against the cluster's RuntimeClasses.
+async fn kubernetes(config: &Config) -> (Vec<Check>, Check) {
+    use crate::backend::kubernetes::{KubernetesBackend, access};
+    let unreachable = |e: String| {
+        (
+            vec![Check::fail("kubernetes", e)],
+            policy(
+                config,
+                Err("the Kubernetes API server is unreachable".into()),
+            ),
+        )
+    };
+    let backend = match KubernetesBackend::connect(config.kubernetes.clone()).await {
+        Ok(b) => b,
+        Err(e) => return unreachable(e.to_string()),
+    };
+    let version = match tokio::time::timeout(
+        Duration::from_secs(10),
+        backend.client().apiserver_version(),
+    )
+    .await
+    {
+        Ok(Ok(v)) => v.git_version,
+        Ok(Err(e)) => return unreachable(format!("{} does not answer: {e}", backend.url())),
+        Err(_) => return unreachable(format!("{} does not answer within 10 s", backend.url())),
+    };
+    let ns = backend.namespace().to_string();
+    let mut checks = vec![Check::ok(
+        "kubernetes",
+        format!(
+            "API server {version} at {} answers; Jobs run in namespace {ns}",
+            backend.url()
+        ),
+    )];
+    checks.push(match access::review(&backend.client(), &ns).await {
+        Ok(answers) => {
+            let denied: Vec<String> = answers.into_iter().filter(|a| !a.allowed).map(|a| a.what).collect();
+            if denied.is_empty() {
+                Check::ok("permissions", format!("every verb berth uses is allowed in {ns}"))
+            } else {
+                Check::fail(
+                    "permissions",
+                    format!(
+                        "not allowed in {ns}: {}; apply packaging/kubernetes/role.yaml (its RoleBinding names berth's service account)",
+                        denied.join(", ")
+                    ),
+                )
+            }
+        }
+        Err(e) => Check::fail("permissions", format!("cannot ask the API server: {e}")),
+    });
+    let runtimes = super::check_runtimes(&backend, &config.policy)
+        .await
+        .map_err(|e| {
+            format!("{e} (listing RuntimeClasses needs packaging/kubernetes/clusterrole.yaml)")
+        });
+    (checks, policy(config, runtimes))
 }
 
 async fn control_plane(config: &Config, key: bool, running: Option<Running>) -> Check {

@@ -8,6 +8,7 @@
 //! pod's `activeDeadlineSeconds` so the kubelet ends it and keeps its log; removal deletes the
 //! Job in the foreground once capture has drained. See docs/kubernetes.md.
 
+pub mod access;
 pub mod classify;
 pub mod client;
 pub mod details;

@@ -550,8 +550,12 @@ fn access_review(shared: &Shared, req: &Req) -> Answer {
     let a = &body["spec"]["resourceAttributes"];
     let verb = a["verb"].as_str().unwrap_or_default();
     let group = a["group"].as_str().unwrap_or_default();
-    let resource = a["resource"].as_str().unwrap_or_default();
-    let allowed = !shared.state.lock().denies(verb, group, resource);
+    // RBAC names a subresource as `resource/subresource` (pods/log).
+    let resource = match a["subresource"].as_str().filter(|s| !s.is_empty()) {
+        Some(sub) => format!("{}/{sub}", a["resource"].as_str().unwrap_or_default()),
+        None => a["resource"].as_str().unwrap_or_default().to_string(),
+    };
+    let allowed = !shared.state.lock().denies(verb, group, &resource);
     body["status"] = json!({"allowed": allowed});
     body["kind"] = json!("SelfSubjectAccessReview");
     body["apiVersion"] = json!("authorization.k8s.io/v1");
