@@ -528,3 +528,39 @@ async fn verify_asks_the_api_server_for_every_permission_berth_uses() {
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_rotated_away_while_berth_was_down_is_announced_not_silent() {
+    let c = Cluster::start("k8s-rotated", "").await;
+    // The kubelet keeps only the current log file: rotation at 4 KiB.
+    c.api.kubelet().rotate_at(4096);
+    let w = c.berth();
+    let burst: String = (0..12)
+        .map(|i| format!("echo line-{i}-{}; ", "x".repeat(1000)))
+        .collect();
+    let t = c.submit(&format!("echo first; sleep 3; {burst} sleep 1; echo last"));
+    until("first line", || c.transcript(&t).contains("first\n")).await;
+    stop(w);
+    // The burst is written and rotated away while no berth reads.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let w = c.berth();
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Succeeded, "{x:?}");
+    let text = c.transcript(&t);
+    assert!(
+        text.contains("first\n") && text.contains("last\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("first\n").count(), 1, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("[berth]") && l.contains("may be missing")),
+        "the gap is announced in the transcript:\n{}",
+        text.lines()
+            .filter(|l| l.starts_with("[berth]"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    c.removed(&t).await;
+    stop(w);
+}

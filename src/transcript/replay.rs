@@ -57,6 +57,11 @@ pub struct Replay {
     passed: [bool; 2],
     batch: Vec<(Stream, Vec<u8>, Resume)>,
     batch_len: usize,
+    /// Per stream, within the current read: its first entry was seen.
+    read_begun: [bool; 2],
+    /// Stretches the log no longer holds: (last consumed entry's time, the time the log now
+    /// resumes at), both nanoseconds.
+    gaps: Vec<(i64, i64)>,
 }
 
 impl Replay {
@@ -76,6 +81,8 @@ impl Replay {
             passed: [false; 2],
             batch: Vec::new(),
             batch_len: 0,
+            read_begun: [false; 2],
+            gaps: Vec::new(),
         }
     }
 
@@ -83,6 +90,14 @@ impl Replay {
     pub fn start_read(&mut self) {
         self.run = [(i64::MIN, 0); 2];
         self.passed = [false; 2];
+        self.read_begun = [false; 2];
+    }
+
+    /// Stretches found missing since the last call: a read's first entry of a stream came
+    /// after the last entry consumed from it, so the log no longer holds that entry (and
+    /// may have lost what followed it: a kubelet serves only a container's current log file).
+    pub fn take_gaps(&mut self) -> Vec<(i64, i64)> {
+        std::mem::take(&mut self.gaps)
     }
 
     /// The `since` of the next read (whole seconds, inclusive).
@@ -113,6 +128,15 @@ impl Replay {
             "log entries after live output need a new Replay"
         );
         let slot = slot(stream);
+        let mark = self.cursor.marks[slot];
+        if !self.read_begun[slot] {
+            self.read_begun[slot] = true;
+            // A read starts at or before the last consumed entry: one that begins after it
+            // means the log lost it.
+            if mark.seen > 0 && mark.ts > 0 && ts > mark.ts {
+                self.gaps.push((mark.ts, ts));
+            }
+        }
         // Index of this entry among its stream's entries sharing its timestamp.
         let (run_ts, run_index) = &mut self.run[slot];
         if ts == *run_ts {
@@ -710,5 +734,29 @@ mod tests {
         let runs = r.take();
         let all: Vec<u8> = runs.iter().flat_map(|(_, b, _)| b.clone()).collect();
         assert_eq!(all, b"out 836\nerr 835\nout 837\n");
+    }
+
+    #[test]
+    fn a_read_that_begins_after_the_last_consumed_entry_reports_a_gap() {
+        let mut r = Replay::new(Resume::default(), Vec::new());
+        r.start_read();
+        r.entry(Stream::Stdout, 10 * SEC, b"a\n");
+        r.entry(Stream::Stdout, 11 * SEC, b"b\n");
+        assert!(r.take_gaps().is_empty());
+        // The log still holds the last consumed entry: a re-read is no gap.
+        r.start_read();
+        r.entry(Stream::Stdout, 11 * SEC, b"b\n");
+        r.entry(Stream::Stdout, 12 * SEC, b"c\n");
+        assert!(r.take_gaps().is_empty());
+        // Rotated away: the re-read starts after it.
+        r.start_read();
+        r.entry(Stream::Stdout, 30 * SEC, b"z\n");
+        assert_eq!(r.take_gaps(), vec![(12 * SEC, 30 * SEC)]);
+        assert!(r.take_gaps().is_empty(), "reported once");
+        // A first read (nothing consumed yet) is never a gap.
+        let mut fresh = Replay::new(Resume::default(), Vec::new());
+        fresh.start_read();
+        fresh.entry(Stream::Stdout, 50 * SEC, b"x\n");
+        assert!(fresh.take_gaps().is_empty());
     }
 }

@@ -104,6 +104,9 @@ async fn capture_log(
                 }
             }
             st.flush(spool).await;
+            for (from, to) in st.take_gaps() {
+                announce_gap(container_id, spool, from, to).await;
+            }
             match failed {
                 None => break,
                 Some(e) => {
@@ -125,6 +128,25 @@ async fn capture_log(
     st.flush(spool).await;
     debug!(container = container_id, "output captured");
     Ok(())
+}
+
+/// Says in the transcript that the engine's log no longer holds where capture left off: what
+/// the task wrote between `from` and `to` (nanoseconds) may be missing, in a size the engine
+/// cannot tell (a kubelet serves only a container's current log file).
+async fn announce_gap(container_id: &str, spool: &SharedSpool, from: i64, to: i64) {
+    let at = |ns: i64| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let (from, to) = (at(from), at(to));
+    warn!(container = container_id, %from, %to, "the engine's log no longer holds where capture left off: output may be missing");
+    crate::task::system_line(
+        spool,
+        &format!(
+            "output written between {from} and {to} may be missing: the engine's log no longer holds where capture left off (a kubelet serves only a container's current log file and rotated the rest away while berth was not reading); the engine cannot tell how many bytes"
+        ),
+    )
+    .await;
 }
 
 /// Reads the engine's log from where `tally` stands to its end, counting instead of storing
