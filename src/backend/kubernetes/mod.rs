@@ -180,16 +180,6 @@ impl Inner {
 
     /// Where the execution stands (events read only while they can matter).
     async fn progress(&self, look: &Look) -> Progress {
-        let pending = look
-            .pod
-            .as_ref()
-            .is_none_or(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"));
-        let events = if pending {
-            self.events_of(look).await
-        } else {
-            Vec::new()
-        };
-        let steps = Self::steps_of(look.job.as_ref());
         let pod_age = look
             .pod
             .as_ref()
@@ -200,6 +190,18 @@ impl Inner {
                 Duration::from_secs(u64::try_from(now - born).unwrap_or(0))
             })
             .unwrap_or_default();
+        // Events say what no field does only for a pod the cluster has not created
+        // (FailedCreate) or one stuck mounting past its patience (FailedMount).
+        let pending = look
+            .pod
+            .as_ref()
+            .map(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"));
+        let events = match pending {
+            None => self.events_of(look).await,
+            Some(true) if pod_age >= classify::MOUNT_PATIENCE => self.events_of(look).await,
+            Some(_) => Vec::new(),
+        };
+        let steps = Self::steps_of(look.job.as_ref());
         let mut p = classify::progress(&classify::Seen {
             job: look.job.as_ref(),
             pod: look.pod.as_ref(),

@@ -22,8 +22,10 @@ use crate::backend::{BackendError, LogStream};
 use crate::runtime::LogEntry;
 use crate::transcript::replay::ENGINE_PIECE;
 
-/// How often a reader looks again for a container that has not started.
-const START_POLL: Duration = Duration::from_millis(500);
+/// Longest wait for a Job's pod to be made before looking again.
+const NO_POD_BOUND: Duration = Duration::from_secs(2);
+/// Longest wait for a change of a pod whose container has not started.
+const WAIT_BOUND: Duration = Duration::from_secs(10);
 
 type Tx = mpsc::Sender<Result<LogEntry, BackendError>>;
 
@@ -174,7 +176,8 @@ async fn read(
             if !follow || over {
                 return Ok(());
             }
-            tokio::time::sleep(START_POLL).await;
+            // Until a pod is made (a watch, bounded: a refused pod only shows in events).
+            super::watch::changed(inner, name, &look.version, NO_POD_BOUND).await;
             continue;
         };
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
@@ -191,7 +194,9 @@ async fn read(
                 }
                 done.push(container);
             }
-            Stage::Waiting => tokio::time::sleep(START_POLL).await,
+            // Until the pod changes (a container starts), not a poll: a pod can wait minutes
+            // for a node or an image.
+            Stage::Waiting => super::watch::changed(inner, name, &look.version, WAIT_BOUND).await,
             Stage::Running | Stage::Done => {
                 let finished =
                     container_log(inner, name, uid, &pod_name, &container, follow, since, tx)

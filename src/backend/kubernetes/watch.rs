@@ -14,8 +14,11 @@ use super::classify::Progress;
 use super::names::parse_sandbox_id;
 use crate::backend::{BackendError, ExitStatus};
 
-/// Re-read while no pod runs yet (how soon a refused pod fails the task).
-const NOT_RUNNING_EVERY: Duration = Duration::from_secs(2);
+/// Re-read while the Job has no pod (how soon a pod the cluster refuses fails the task: only
+/// its events say so).
+const NO_POD_EVERY: Duration = Duration::from_secs(2);
+/// Re-read while the pod is pending, whatever the watch says (the unschedulable timeout).
+const PENDING_EVERY: Duration = Duration::from_secs(10);
 /// Re-read while the pod runs, whatever the watch says.
 const SAFETY_EVERY: Duration = Duration::from_secs(30);
 
@@ -35,22 +38,21 @@ pub(super) async fn wait(inner: &Inner, id: &str) -> Result<ExitStatus, BackendE
             }
             return Ok(status);
         }
-        let running = look
+        let phase = look
             .pod
             .as_ref()
-            .and_then(|p| p.status.as_ref()?.phase.as_deref())
-            == Some("Running");
-        let bound = if running {
-            SAFETY_EVERY
-        } else {
-            NOT_RUNNING_EVERY
+            .map(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()));
+        let bound = match phase {
+            None => NO_POD_EVERY,
+            Some(Some("Running")) => SAFETY_EVERY,
+            Some(_) => PENDING_EVERY,
         };
         changed(inner, name, &look.version, bound).await;
     }
 }
 
 /// Returns at the first change of the Job's pods after `version`, or after `bound`.
-async fn changed(inner: &Inner, name: &str, version: &str, bound: Duration) {
+pub(super) async fn changed(inner: &Inner, name: &str, version: &str, bound: Duration) {
     let secs = u32::try_from(bound.as_secs()).unwrap_or(30).max(1);
     let wp = WatchParams::default()
         .labels(&format!("job-name={name}"))
