@@ -564,3 +564,54 @@ async fn output_rotated_away_while_berth_was_down_is_announced_not_silent() {
     c.removed(&t).await;
     stop(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_berths_with_one_worker_id_never_touch_each_others_jobs() {
+    let c = Cluster::start("k8s-two", "").await;
+    let a = c.berth();
+    let t = c.submit("echo a; sleep 4; echo b");
+    until("running on the first berth", || {
+        c.transcript(&t).contains("a\n")
+    })
+    .await;
+    // A second berth with the same worker id and its own state_dir (its own instance id)
+    // reconciles at start: the first berth's Job is not its to touch.
+    let other = c.state.path().join("other");
+    let b = worker_process_with(&c.cp, &c.id, &other, &[], &c.yaml);
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Succeeded, "{x:?}\n{}", c.log());
+    assert!(output_of(&c.transcript(&t)).contains("a\nb\n"));
+    let deletes_before_removal = c
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "jobs" && r.verb == "delete")
+        .count();
+    assert!(
+        deletes_before_removal <= 1,
+        "only the owner removes its Job, once"
+    );
+    c.removed(&t).await;
+    stop(a);
+    stop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_this_berth_its_journal_does_not_know_is_reaped_at_start() {
+    let c = Cluster::start("k8s-orphan", "").await;
+    let w = c.berth();
+    let t = c.submit("echo started; sleep infinity");
+    until("running", || c.transcript(&t).contains("started\n")).await;
+    stop(w);
+    // The journal is lost (the instance id stays): the Job is this berth's, unknown to it.
+    let state = c.state_dir();
+    for f in std::fs::read_dir(&state).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("journal") {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    assert_eq!(c.left(&t).0, 1);
+    let w = c.berth();
+    c.removed(&t).await;
+    stop(w);
+}
