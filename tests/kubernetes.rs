@@ -615,3 +615,36 @@ async fn a_job_of_this_berth_its_journal_does_not_know_is_reaped_at_start() {
     c.removed(&t).await;
     stop(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempted_or_evicted_pod_is_the_clusters_doing() {
+    let c = Cluster::start("k8s-disrupt", "").await;
+    let w = c.berth();
+    for (how, reason) in [("preempt", "pod_preempted"), ("evict", "evicted")] {
+        let t = c.submit("echo running; sleep infinity");
+        until("running", || c.transcript(&t).contains("running\n")).await;
+        let pod = c
+            .api
+            .pods()
+            .into_iter()
+            .find(|p| {
+                p["metadata"]["labels"]["oz-execution-hash"]
+                    == berth::backend::kubernetes::names::hash(&t.execution_id).as_str()
+            })
+            .and_then(|p| p["metadata"]["name"].as_str().map(String::from))
+            .unwrap();
+        match how {
+            "preempt" => c.api.preempt(&pod).unwrap(),
+            _ => c.api.evict(&pod).unwrap(),
+        }
+        let x = c.finished(&t).await;
+        assert_eq!(x.failure_reason.as_deref(), Some(reason), "{how}: {x:?}");
+        let k = &x.failure_details.as_ref().expect("failure_details")["kubernetes"];
+        let target = k["pod"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "DisruptionTarget").cloned());
+        assert!(target.is_some(), "{how}: {k}");
+        c.removed(&t).await;
+    }
+    stop(w);
+}

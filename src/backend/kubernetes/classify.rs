@@ -85,6 +85,21 @@ fn condition<'a>(pod: &'a Pod, kind: &str) -> Option<&'a k8s_openapi::api::core:
         .find(|c| c.type_ == kind && c.status == "True")
 }
 
+/// Whether the pod carries a `DisruptionTarget` condition (it is being evicted, preempted or
+/// deleted with its node).
+pub fn disrupted(pod: &Pod) -> bool {
+    condition(pod, "DisruptionTarget").is_some()
+}
+
+/// A disrupted pod that has since been deleted, as terminal (`Failed`), so it is classified
+/// by what it said last.
+pub fn vanished(mut pod: Pod) -> Pod {
+    if let Some(s) = pod.status.as_mut() {
+        s.phase = Some("Failed".into());
+    }
+    pod
+}
+
 /// The pod was disrupted (preempted, evicted, its node lost): the cluster's doing, not the
 /// task's.
 fn disruption(pod: &Pod) -> Option<Failure> {

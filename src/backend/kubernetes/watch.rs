@@ -24,8 +24,18 @@ const SAFETY_EVERY: Duration = Duration::from_secs(30);
 
 pub(super) async fn wait(inner: &Inner, id: &str) -> Result<ExitStatus, BackendError> {
     let (name, uid) = parse_sandbox_id(id);
+    // The pod as last seen: a pod disrupted (evicted, preempted) is deleted, and may be gone
+    // before the next read; what it said then is still why the task ended.
+    let mut last_pod: Option<k8s_openapi::api::core::v1::Pod> = None;
     loop {
-        let look = inner.look(name, uid).await?;
+        let mut look = inner.look(name, uid).await?;
+        match (&look.pod, last_pod.take()) {
+            (Some(p), _) => last_pod = Some(p.clone()),
+            (None, Some(gone)) if super::classify::disrupted(&gone) => {
+                look.pod = Some(super::classify::vanished(gone));
+            }
+            (None, _) => {}
+        }
         if look.job.is_none() && look.pod.is_none() {
             return Err(BackendError::Api {
                 op: "waiting for the Job",
