@@ -648,3 +648,31 @@ async fn a_preempted_or_evicted_pod_is_the_clusters_doing() {
     }
     stop(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_comes_from_the_metrics_api_where_the_cluster_has_one() {
+    let c = Cluster::start("k8s-usage", "").await;
+    // Half a core and 64 MiB, as metrics-server would report them.
+    c.api.kubelet().metrics(true);
+    c.api.kubelet().usage(500_000_000, 64 << 20);
+    let w = c.berth();
+    let t = c.submit("echo busy; sleep 3");
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Succeeded, "{x:?}");
+    let u = x.usage.expect("usage reported");
+    assert_eq!(u.peak_memory_bytes, 64 << 20, "{u:?}");
+    // One reading: the rate over one metrics window (an estimate, at that resolution).
+    assert!(u.cpu_ms > 0, "{u:?}");
+    let reads = c
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.group == "metrics.k8s.io")
+        .count();
+    assert!(
+        reads <= 2,
+        "at most a reading a window, not one a second: {reads}"
+    );
+    c.removed(&t).await;
+    stop(w);
+}

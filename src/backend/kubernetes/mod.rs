@@ -16,6 +16,7 @@ pub mod job;
 pub mod log;
 pub mod names;
 mod output;
+pub mod usage;
 mod watch;
 
 use std::collections::HashMap;
@@ -63,6 +64,12 @@ struct Inner {
     ends: parking_lot::Mutex<HashMap<String, Failure>>,
     /// The cluster ignored `suspend` once (Kubernetes < 1.21): said once in the log.
     no_suspend_said: std::sync::atomic::AtomicBool,
+    /// Each running sandbox's pod, as the wait last saw it (for usage readings).
+    pods_seen: parking_lot::Mutex<HashMap<String, String>>,
+    /// Each sandbox's usage so far, from the metrics API.
+    used: parking_lot::Mutex<HashMap<String, usage::Integral>>,
+    /// When each sandbox's metrics were last asked for.
+    tried: parking_lot::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl KubernetesBackend {
@@ -80,6 +87,9 @@ impl KubernetesBackend {
                 settings,
                 ends: parking_lot::Mutex::new(HashMap::new()),
                 no_suspend_said: std::sync::atomic::AtomicBool::new(false),
+                pods_seen: parking_lot::Mutex::new(HashMap::new()),
+                used: parking_lot::Mutex::new(HashMap::new()),
+                tried: parking_lot::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -490,9 +500,61 @@ impl Backend for KubernetesBackend {
         output::stream(self.inner.clone(), id.to_string(), follow, since)
     }
 
-    async fn usage(&self, _id: &str) -> Result<Option<UsageSample>, BackendError> {
-        // metrics.k8s.io gives rates, not totals: not read yet (docs/kubernetes.md).
-        Ok(None)
+    async fn usage(&self, id: &str) -> Result<Option<UsageSample>, BackendError> {
+        let inner = &self.inner;
+        let Some(pod) = inner.pods_seen.lock().get(id).cloned() else {
+            return Ok(None);
+        };
+        let sample = |i: usage::Integral| UsageSample {
+            cpu_ns: i.cpu_ns as u64,
+            memory: i.memory as u64,
+            memory_max: Some(i.peak as u64),
+            read_bytes: 0,
+            write_bytes: 0,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        };
+        let before = inner.used.lock().get(id).copied();
+        // At most one reading a window, whether or not the last one found metrics.
+        let last_try = inner.tried.lock().get(id).copied();
+        if last_try.is_some_and(|t| t.elapsed() < usage::READ_EVERY) {
+            return Ok(before.map(sample));
+        }
+        let now = std::time::Instant::now();
+        inner.tried.lock().insert(id.to_string(), now);
+        let path = format!(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{}/pods/{pod}",
+            inner.cluster.namespace
+        );
+        let req = http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| BackendError::Api {
+                op: "reading pod metrics",
+                reason: e.to_string(),
+            })?;
+        // No metrics API (no metrics-server) or no reading yet: no usage, not an error.
+        let Some(metrics) = bounded_opt(
+            "reading pod metrics",
+            inner.cluster.client.request::<serde_json::Value>(req),
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
+        let Some((cpu, memory)) = usage::pod_usage(&metrics) else {
+            return Ok(None);
+        };
+        let window = metrics
+            .get("window")
+            .and_then(|w| w.as_str())
+            .and_then(|w| humantime::parse_duration(w).ok())
+            .unwrap_or(usage::READ_EVERY);
+        let i = match before {
+            Some(b) => b.next(now, cpu, memory),
+            None => usage::Integral::first(now, cpu, memory, window),
+        };
+        inner.used.lock().insert(id.to_string(), i);
+        Ok(Some(sample(i)))
     }
 
     async fn stop(&self, id: &str, _grace: Duration) -> Result<(), BackendError> {
@@ -555,6 +617,9 @@ impl Backend for KubernetesBackend {
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
         let (name, uid) = parse_sandbox_id(id);
         self.inner.ends.lock().remove(id);
+        self.inner.pods_seen.lock().remove(id);
+        self.inner.used.lock().remove(id);
+        self.inner.tried.lock().remove(id);
         self.inner.delete_job(name, uid).await
     }
 

@@ -30,7 +30,12 @@ pub(super) async fn wait(inner: &Inner, id: &str) -> Result<ExitStatus, BackendE
     loop {
         let mut look = inner.look(name, uid).await?;
         match (&look.pod, last_pod.take()) {
-            (Some(p), _) => last_pod = Some(p.clone()),
+            (Some(p), _) => {
+                if let Some(n) = &p.metadata.name {
+                    inner.pods_seen.lock().insert(id.to_string(), n.clone());
+                }
+                last_pod = Some(p.clone());
+            }
             (None, Some(gone)) if super::classify::disrupted(&gone) => {
                 look.pod = Some(super::classify::vanished(gone));
             }
