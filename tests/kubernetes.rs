@@ -54,8 +54,14 @@ impl Cluster {
         self.state.path().join("state")
     }
 
-    fn berth(&self) -> Child {
-        worker_process_with(&self.cp, &self.id, &self.state_dir(), &[], &self.yaml)
+    fn berth(&self) -> Berth {
+        Berth(worker_process_with(
+            &self.cp,
+            &self.id,
+            &self.state_dir(),
+            &[],
+            &self.yaml,
+        ))
     }
 
     fn log(&self) -> String {
@@ -155,9 +161,18 @@ impl Cluster {
     }
 }
 
-fn stop(mut w: Child) {
-    let _ = w.kill();
-    let _ = w.wait();
+/// A berth process, killed when dropped (a failing test leaves none running).
+struct Berth(Child);
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stop(w: Berth) {
+    drop(w);
 }
 
 /// The task's own output in a transcript: everything but berth's `[berth]` lines.
@@ -577,7 +592,7 @@ async fn two_berths_with_one_worker_id_never_touch_each_others_jobs() {
     // A second berth with the same worker id and its own state_dir (its own instance id)
     // reconciles at start: the first berth's Job is not its to touch.
     let other = c.state.path().join("other");
-    let b = worker_process_with(&c.cp, &c.id, &other, &[], &c.yaml);
+    let b = Berth(worker_process_with(&c.cp, &c.id, &other, &[], &c.yaml));
     let x = c.finished(&t).await;
     assert_eq!(x.state, TaskState::Succeeded, "{x:?}\n{}", c.log());
     assert!(output_of(&c.transcript(&t)).contains("a\nb\n"));

@@ -77,9 +77,15 @@ impl Real {
         )
     }
 
-    fn berth(&self) -> Child {
+    fn berth(&self) -> Berth {
         let state = self.state.path().join("state");
-        worker_process_with(&self.cp, &self.id, &state, &[], &self.yaml())
+        Berth(worker_process_with(
+            &self.cp,
+            &self.id,
+            &state,
+            &[],
+            &self.yaml(),
+        ))
     }
 
     fn log(&self) -> String {
@@ -159,7 +165,7 @@ impl Real {
         }
     }
 
-    async fn finish(self, w: Child) {
+    async fn finish(self, w: Berth) {
         stop(w);
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
@@ -168,9 +174,18 @@ impl Real {
     }
 }
 
-fn stop(mut w: Child) {
-    let _ = w.kill();
-    let _ = w.wait();
+/// A berth process, killed when dropped (a failing test leaves none running).
+struct Berth(Child);
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stop(w: Berth) {
+    drop(w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
