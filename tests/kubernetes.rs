@@ -691,3 +691,25 @@ async fn usage_comes_from_the_metrics_api_where_the_cluster_has_one() {
     c.removed(&t).await;
     stop(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_of_a_long_line_sharing_its_timestamp_are_all_kept() {
+    // Docker's json-file log (a kubelet with dockershim) gives every 16 KiB piece of a line the
+    // line's time: the reader once took pieces 2..n for re-reads (found on a real cluster).
+    let c = Cluster::start("k8s-shared-ts", "").await;
+    c.api.kubelet().pieces_share_timestamp(true);
+    let w = c.berth();
+    let long = "z".repeat(50_000);
+    let t = c.submit(&format!("echo before; echo {long}; echo after"));
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Succeeded, "{x:?}");
+    let out = output_of(&c.transcript(&t));
+    assert!(
+        out.contains(&format!("before\n{long}\nafter\n")),
+        "all {} bytes of the line: got {} bytes of output",
+        long.len(),
+        out.len()
+    );
+    c.removed(&t).await;
+    stop(w);
+}

@@ -68,6 +68,14 @@ impl Kubelet {
         self.shared.with(|st| st.kubelet.split_streams = on);
     }
 
+    /// Every piece of a long line carries the line's timestamp, as Docker's json-file log
+    /// (under dockershim) hands them to the kubelet; by default each piece has its own, as
+    /// containerd writes them.
+    pub fn pieces_share_timestamp(&self, on: bool) {
+        self.shared
+            .with(|st| st.kubelet.pieces_share_timestamp = on);
+    }
+
     /// Timestamps of pods/log in Go's trimmed RFC3339Nano instead of the kubelet's fixed
     /// nine digits.
     pub fn trimmed_timestamps(&self, on: bool) {
@@ -131,6 +139,7 @@ impl Kubelet {
 /// Appends a container's write to its log.
 pub fn log_write(st: &mut State, uid: &str, container: &str, stream: LogStream, bytes: &[u8]) {
     let piece = st.kubelet.piece_size;
+    let share = st.kubelet.pieces_share_timestamp;
     let rot = st.kubelet.rotate_at;
     let mut c = st.clock_ns;
     {
@@ -142,7 +151,7 @@ pub fn log_write(st: &mut State, uid: &str, container: &str, stream: LogStream, 
         st.logs
             .entry((uid.to_string(), container.to_string()))
             .or_default()
-            .write(stream, bytes, piece, rot, &mut clock);
+            .write(stream, bytes, piece, share, rot, &mut clock);
     }
     st.clock_ns = c;
 }

@@ -107,6 +107,7 @@ impl ContainerLog {
         stream: LogStream,
         bytes: &[u8],
         piece: usize,
+        share: bool,
         rotate_at: Option<usize>,
         clock: &mut impl FnMut() -> i64,
     ) {
@@ -114,12 +115,19 @@ impl ContainerLog {
         let mut buf = std::mem::take(&mut self.pending[idx(stream)]);
         buf.extend_from_slice(bytes);
         let mut rest: &[u8] = &buf;
+        // Docker's json-file log stamps every piece of a line with the line's time.
+        let mut line_ts: Option<i64> = None;
+        let mut stamp = |line_ts: &mut Option<i64>| match (share, *line_ts) {
+            (true, Some(t)) => t,
+            (true, None) => *line_ts.insert(clock()),
+            (false, _) => clock(),
+        };
         loop {
             let nl = rest.iter().position(|b| *b == b'\n');
             match nl {
                 Some(n) if n <= piece => {
                     let e = Entry {
-                        ts_ns: clock(),
+                        ts_ns: stamp(&mut line_ts),
                         stream,
                         partial: false,
                         fragment: false,
@@ -127,10 +135,11 @@ impl ContainerLog {
                     };
                     self.push(e, rotate_at);
                     rest = &rest[n + 1..];
+                    line_ts = None;
                 }
                 _ if rest.len() > piece => {
                     let e = Entry {
-                        ts_ns: clock(),
+                        ts_ns: stamp(&mut line_ts),
                         stream,
                         partial: true,
                         fragment: false,

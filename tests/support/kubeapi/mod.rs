@@ -72,7 +72,9 @@
 //!   Initialized, ContainersReady, Ready, DisruptionTarget. Evicted-by-kubelet pods stay with
 //!   their logs.
 //! * **Logs** (`pods/log`, see `logs.rs`): the CRI runtime buffers each stream up to a newline
-//!   or the piece size ([`Kubelet::piece_size`], 16 KiB), so output without a newline shows up
+//!   or the piece size ([`Kubelet::piece_size`], 16 KiB; each piece stamped apart as
+//!   containerd does, or all with the line's time as Docker's json-file log does:
+//!   [`Kubelet::pieces_share_timestamp`]), so output without a newline shows up
 //!   only when the line completes, fills a piece, or the container ends. A stream's last
 //!   unfinished line is written when the container ends and is returned by plain reads but
 //!   **never by follow streams** (the kubelet's seek-back over an incomplete file line;

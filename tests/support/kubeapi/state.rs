@@ -32,6 +32,8 @@ pub struct KubeletConfig {
     pub follow_end: Option<FollowEnd>,
     pub split_streams: bool,
     pub trimmed_timestamps: bool,
+    /// Pieces of a long line share its timestamp (Docker's json-file log).
+    pub pieces_share_timestamp: bool,
     pub metrics: bool,
     /// (nanocores, bytes) reported by PodMetrics for every container.
     pub usage: (u64, u64),
@@ -64,6 +66,7 @@ impl Default for KubeletConfig {
             follow_end: None,
             split_streams: false,
             trimmed_timestamps: false,
+            pieces_share_timestamp: false,
             metrics: false,
             usage: (12_345_000, 1_234 * 1024),
             cpu: 4.0,
