@@ -294,7 +294,12 @@ async fn once(
         out
     };
     loop {
-        let n = match body.read(&mut buf).await {
+        // A silent task's follow can wait long for bytes: a reader gone away ends it at once.
+        let read = tokio::select! {
+            r = body.read(&mut buf) => r,
+            _ = tx.closed() => return Ok(false),
+        };
+        let n = match read {
             Ok(0) => break,
             Ok(n) => n,
             // A cut stream is re-opened from the cursor by the caller.
