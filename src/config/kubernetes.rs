@@ -297,9 +297,11 @@ fn label_map(
     out
 }
 
+/// `backend.kubernetes.environment`, then the `-e` flags (which win), as for Docker.
 fn environment(
     c: &mut Collector<'_>,
     entries: Option<Vec<RawEnvEntry>>,
+    ov: &super::overrides::Overrides,
     host_env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -319,6 +321,20 @@ fn environment(
             .clone()
             .unwrap_or_else(|| host_env(&name).unwrap_or_default());
         out.push((name, value));
+    }
+    for flag in &ov.env {
+        match super::parse_env_flag(flag, host_env) {
+            Ok(kv) => out.push(kv),
+            Err(p) => c.at::<String>("--env", None, p, "use -e KEY=VALUE or -e KEY"),
+        }
+    }
+    for v in &ov.volumes {
+        c.at::<String>(
+            "--volume",
+            None,
+            format!("{v:?}: host binds are the Docker backend's"),
+            "on Kubernetes, give the task's pod volumes in backend.kubernetes.pod_template (volumes, and a `task` container's volumeMounts)",
+        );
     }
     out
 }
@@ -343,6 +359,7 @@ pub(super) fn kind_of(sp: Option<&Spanned<String>>, c: &mut Collector<'_>) -> Ba
 /// `backend.kubernetes.*`.
 pub(super) fn kubernetes_section(
     raw: RawKubernetes,
+    ov: &super::overrides::Overrides,
     host_env: &dyn Fn(&str) -> Option<String>,
     c: &mut Collector<'_>,
 ) -> KubernetesBackend {
@@ -407,7 +424,7 @@ pub(super) fn kubernetes_section(
             .unwrap_or(d.default_image),
         image_pull_policy: pull_policy(c, raw.image_pull_policy.as_ref()),
         pod_template,
-        environment: environment(c, raw.environment, host_env),
+        environment: environment(c, raw.environment, ov, host_env),
         stop_grace_period: duration(
             c,
             "stop_grace_period",
@@ -473,6 +490,36 @@ mod tests {
         assert!(e.fix.contains("docker or kubernetes"), "{e}");
         let e = one_error("worker_id: w\nbackend:\n  kubernetes:\n    namespace: x\n");
         assert_eq!(e.key, "backend.kubernetes", "{e}");
+    }
+
+    #[test]
+    fn env_flags_reach_the_kubernetes_backend_and_host_binds_are_refused() {
+        use super::super::overrides::Overrides;
+        use crate::secret::Secret;
+        let yaml = "worker_id: w\nbackend:\n  kind: kubernetes\n  kubernetes:\n    environment:\n      - { name: A, value: file }\n";
+        let ov = Overrides {
+            api_key: Some(Secret::new("k")),
+            env: vec!["A=flag".into(), "B=2".into()],
+            ..Overrides::default()
+        };
+        let c = load_yaml(yaml, &ov).unwrap();
+        assert_eq!(
+            c.kubernetes.environment,
+            [("A", "file"), ("A", "flag"), ("B", "2")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .to_vec(),
+            "the flags after the file, so they win"
+        );
+        let ov = Overrides {
+            volumes: vec!["/srv:/srv".into()],
+            ..ov
+        };
+        let e = errors(yaml, &ov);
+        assert!(
+            e.iter()
+                .any(|e| e.key == "--volume" && e.fix.contains("pod_template")),
+            "{e:?}"
+        );
     }
 
     #[test]

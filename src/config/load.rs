@@ -144,7 +144,9 @@ pub fn load_str(
     let backend = kind_of(raw_backend.kind.as_ref(), &mut c);
     let mut docker = raw_backend.docker.unwrap_or_default();
     let kubernetes = match (backend, raw_backend.kubernetes) {
-        (BackendKind::Kubernetes, k) => kubernetes_section(k.unwrap_or_default(), host_env, &mut c),
+        (BackendKind::Kubernetes, k) => {
+            kubernetes_section(k.unwrap_or_default(), ov, host_env, &mut c)
+        }
         (BackendKind::Docker, Some(_)) => {
             c.at(
                 "backend.kubernetes",
