@@ -466,6 +466,47 @@ mod component {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closure_waits_for_this_berths_objects_only() {
+        let api = FakeApiserver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let b = backend(&api, dir.path(), Settings::default()).await;
+        let id = b.create(&spec(&["sleep", "30"], "e1")).await.unwrap();
+        b.start(&id).await.unwrap();
+        // Another instance's Job carrying the same execution (it should never exist, and must
+        // neither be deleted nor block the closure).
+        let mut theirs = spec(&["sleep", "30"], "e1");
+        theirs
+            .labels
+            .insert("berth.instance".into(), "other-instance".into());
+        theirs
+            .labels
+            .insert(berth::spec::LABEL_TASK.into(), "another-task".into());
+        let other = b.create(&theirs).await.unwrap();
+        b.start(&other).await.unwrap();
+        let owner = Owner::new("w1", "i1");
+        let execution = berth::backend::ExecutionRef {
+            task_id: "task-e1",
+            execution_id: "e1",
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while let Err(e) = b.gone(&owner, execution, Some(&id)).await {
+            assert!(std::time::Instant::now() < deadline, "never closed: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let names: Vec<String> = api
+            .jobs()
+            .iter()
+            .filter_map(|j| j["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        let (other_name, _) = berth::backend::kubernetes::names::parse_sandbox_id(&other);
+        assert_eq!(
+            names,
+            [other_name.to_string()],
+            "the other instance's Job is left alone"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_pod_ends_the_wait_with_the_clusters_words() {
         let api = FakeApiserver::start().await;
         let dir = tempfile::tempdir().unwrap();
@@ -711,5 +752,36 @@ async fn pieces_of_a_long_line_sharing_its_timestamp_are_all_kept() {
         out.len()
     );
     c.removed(&t).await;
+    stop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_task_whose_pod_waits_for_a_node_ends_it_and_no_pod_replaces_it() {
+    let c = Cluster::start("k8s-cancel-pending", "").await;
+    let w = c.berth();
+    // More memory than the node has: the pod waits, unbound, for the (10 min) timeout.
+    let t = c.cp.submit(SubmitRequest {
+        image: Some(IMAGE.into()),
+        command: vec!["true".into()],
+        instance_shape: Some(berth::protocol::InstanceShape {
+            vcpus: None,
+            memory_gb: Some(4096),
+        }),
+        ..SubmitRequest::default()
+    });
+    until("its pod exists", || c.left(&t).1 == 1).await;
+    c.cp.cancel(&t.id).unwrap();
+    let x = c.finished(&t).await;
+    assert_eq!(x.state, TaskState::Cancelled, "{x:?}");
+    c.closed(&t).await;
+    // The Job controller says each pod it makes (SuccessfulCreate on the Job).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pods_made = c
+        .api
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == "SuccessfulCreate")
+        .count();
+    assert_eq!(pods_made, 1, "no pod replaced the deleted one");
     stop(w);
 }

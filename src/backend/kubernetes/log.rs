@@ -3,7 +3,8 @@
 //! What the kubelet hands out, and what this parser makes of it:
 //! * every entry starts with its RFC 3339 timestamp (nanoseconds, trailing zeros trimmed) and
 //!   a space: that is the entry's `ts`, the cursor `Replay` resumes from;
-//! * stdout and stderr are merged with no marker: every entry is reported as stdout;
+//! * stdout and stderr are merged with no marker: every entry is reported as stdout, and
+//!   as each stream is stamped apart, a time that runs backwards takes the one before it;
 //! * a line longer than the runtime's piece size (16 KiB) is stored as pieces, and the kubelet
 //!   prints each piece's timestamp right after the previous piece, with no line break between
 //!   (kubernetes#77603): a timestamp found exactly a piece's length into a line's content
@@ -124,6 +125,11 @@ impl KubeletLog {
                 },
             },
         };
+        // stdout and stderr are stamped apart and merged in write order, so a time can run
+        // backwards; entries take the running maximum, which makes a read's times
+        // non-decreasing (the cursor's premise) and is the same in any read that includes the
+        // entry (what a re-read skips, by the kubelet's sinceTime, is older than it).
+        let ts = ts.max(self.last_ts);
         self.last_ts = ts;
         let entry = (end > 0).then(|| LogEntry {
             stream: Stream::Stdout,
@@ -237,6 +243,15 @@ mod tests {
             got,
             vec![(ns(T1), b"\n".to_vec()), (ns(T2), vec![0, 255, 10])]
         );
+    }
+
+    #[test]
+    fn times_never_run_backwards_within_a_read() {
+        // stderr stamped a moment before the stdout line written ahead of it.
+        let body = format!("{T2} out\n{T1} err\n{T3} next\n");
+        let got = all(&mut KubeletLog::new(16 << 10), body.as_bytes(), 5);
+        let times: Vec<i64> = got.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, [ns(T2), ns(T2), ns(T3)]);
     }
 
     #[test]

@@ -581,8 +581,24 @@ impl Backend for KubernetesBackend {
             return Ok(());
         }
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        if status.and_then(|s| s.start_time.as_ref()).is_none() {
-            // Not on a node yet: nothing has run, so nothing is lost by deleting it.
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some();
+        if !bound {
+            // Not on a node yet: nothing has run, so nothing is lost by deleting it; and no
+            // other pod may be made in its place (a cluster before 1.26 replaces a deleted one).
+            if look.job.as_ref().is_some_and(|j| !finished(j)) {
+                let patch = serde_json::json!({ "spec": { "parallelism": 0 } });
+                bounded(
+                    "stopping the Job",
+                    inner
+                        .jobs
+                        .patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+                )
+                .await?;
+            }
             let dp = DeleteParams {
                 preconditions: pod.metadata.uid.clone().map(|u| Preconditions {
                     uid: Some(u),
@@ -634,30 +650,34 @@ impl Backend for KubernetesBackend {
         let lp = ListParams::default().labels(&sel);
         let jobs = bounded("listing the execution's Jobs", inner.jobs.list(&lp)).await?;
         let known = known.map(parse_sandbox_id);
+        let ours = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+            labels.and_then(|l| l.get(LABEL_INSTANCE)) == Some(&owner.instance)
+        };
+        // Only this berth's: another instance's objects of the execution (which should not
+        // exist) are neither deleted nor waited for.
         let mut left = 0;
         for j in &jobs.items {
             let name = j.metadata.name.as_deref().unwrap_or_default();
-            let mine = j
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_INSTANCE))
-                == Some(&owner.instance)
+            let mine = ours(j.metadata.labels.as_ref())
                 || known.is_some_and(|(n, u)| n == name && u.is_none_or(|u| uid_of(j) == Some(u)));
             if mine {
                 inner.delete_job(name, uid_of(j)).await?;
+                left += 1;
             }
-            left += 1;
         }
         let pods = bounded("listing the execution's pods", inner.pods.list(&lp)).await?;
-        if left == 0 && pods.items.is_empty() {
+        let pods_left = pods
+            .items
+            .iter()
+            .filter(|p| ours(p.metadata.labels.as_ref()))
+            .count();
+        if left == 0 && pods_left == 0 {
             return Ok(());
         }
         Err(BackendError::Api {
             op: "closing the execution",
             reason: format!(
-                "{left} Job(s) and {} pod(s) of the execution still exist (deletion is under way)",
-                pods.items.len()
+                "{left} Job(s) and {pods_left} pod(s) of the execution still exist (deletion is under way)"
             ),
         })
     }

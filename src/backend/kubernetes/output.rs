@@ -96,7 +96,7 @@ fn pod_over(pod: &Pod) -> bool {
 
 /// What a reader already delivered of one container: the last entry's timestamp and how many
 /// entries with that timestamp it delivered.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Delivered {
     ts: Option<i64>,
     at_ts: u32,
@@ -112,9 +112,15 @@ impl Delivered {
         }
     }
 
-    /// The whole second to read from.
+    /// The whole second to read from: early enough for an entry written after the last one
+    /// delivered but stamped before it (the streams are stamped apart), as the transcript's
+    /// own cursor does.
     fn since(&self, since: i64) -> i64 {
-        self.ts.map_or(since, |ts| ts.div_euclid(1_000_000_000))
+        self.ts.map_or(since, |ts| {
+            (ts - crate::transcript::INVERSION_MARGIN_NS)
+                .max(0)
+                .div_euclid(1_000_000_000)
+        })
     }
 }
 
@@ -225,6 +231,10 @@ async fn container_log(
     let mut delivered = Delivered::default();
     let mut following = follow;
     let mut failures = 0u32;
+    // Follows that ended with nothing new while the pod still says the container runs (its
+    // status lags the exit, or the kubelet keeps ending them): re-opened after a growing pause,
+    // never in a tight loop.
+    let mut idle = 0u32;
     loop {
         let lp = LogParams {
             container: Some(container.to_string()),
@@ -233,9 +243,12 @@ async fn container_log(
             since_time: since_time(delivered.since(since)),
             ..LogParams::default()
         };
+        let before = delivered;
         match once(inner, pod, &lp, &mut delivered, tx).await {
             Ok(false) => return Ok(false),
             Ok(true) => failures = 0,
+            // A cut body is a failed read, never the log's end: its partial line is not kept,
+            // and the read is made again from the cursor.
             Err(e) => {
                 failures += 1;
                 if failures > 5 {
@@ -262,6 +275,11 @@ async fn container_log(
         if ended {
             // One plain read for a last fragment the follow never sends.
             following = false;
+        } else if delivered == before {
+            idle += 1;
+            tokio::time::sleep(Duration::from_millis(250 * u64::from(idle.min(20)))).await;
+        } else {
+            idle = 0;
         }
     }
 }
@@ -302,8 +320,13 @@ async fn once(
         let n = match read {
             Ok(0) => break,
             Ok(n) => n,
-            // A cut stream is re-opened from the cursor by the caller.
-            Err(_) => break,
+            // Re-read from the cursor by the caller; nothing of the cut line is delivered.
+            Err(e) => {
+                return Err(BackendError::Api {
+                    op: "reading the pod's log",
+                    reason: format!("the stream was cut: {e}"),
+                });
+            }
         };
         for e in send(parser.push(&buf[..n]), delivered) {
             if tx.send(Ok(e)).await.is_err() {
@@ -333,7 +356,14 @@ mod tests {
         for ts in [1_000_000_000, 2_000_000_000, 2_000_000_000] {
             d.note(ts);
         }
-        assert_eq!(d.since(0), 2, "re-read from the last entry's second");
+        assert_eq!(
+            d.since(0),
+            0,
+            "re-read from a margin before the last entry's second"
+        );
+        let mut late = Delivered::default();
+        late.note(100 * 1_000_000_000);
+        assert_eq!(late.since(0), 40);
         let mut r = Reread::new(d);
         let again: Vec<bool> = [
             2_000_000_000i64,
@@ -351,6 +381,26 @@ mod tests {
         );
         let mut r = Reread::new(d);
         assert!(r.again(1_500_000_000), "before the last: delivered");
+    }
+
+    #[test]
+    fn a_reread_after_times_ran_backwards_doubles_nothing() {
+        // The parser's running maximum: Z 5.0015, A 5.002, B (stamped 5.001) 5.002.
+        let (z, a, f) = (5_001_500_000i64, 5_002_000_000, 5_003_000_000);
+        let mut d = Delivered::default();
+        for ts in [4_000_000_000, z, a, a] {
+            d.note(ts);
+        }
+        let mut r = Reread::new(d);
+        let again: Vec<bool> = [4_000_000_000, z, a, a, f]
+            .iter()
+            .map(|ts| r.again(*ts))
+            .collect();
+        assert_eq!(
+            again,
+            [true, true, true, true, false],
+            "only the fragment is new"
+        );
     }
 
     #[test]
