@@ -27,14 +27,17 @@ pub enum RejectKind {
     InsufficientResources,
     /// The worker is shutting down.
     ShuttingDown,
+    /// A one-shot worker already took its task.
+    OneShotComplete,
 }
 
 impl RejectKind {
-    const ALL: [RejectKind; 4] = [
+    const ALL: [RejectKind; 5] = [
         RejectKind::AtCapacity,
         RejectKind::Draining,
         RejectKind::InsufficientResources,
         RejectKind::ShuttingDown,
+        RejectKind::OneShotComplete,
     ];
 
     fn label(self) -> &'static str {
@@ -43,6 +46,7 @@ impl RejectKind {
             RejectKind::Draining => "draining",
             RejectKind::InsufficientResources => "insufficient_resources",
             RejectKind::ShuttingDown => "shutting_down",
+            RejectKind::OneShotComplete => "one_shot_complete",
         }
     }
 }
@@ -526,6 +530,7 @@ oz_worker_tasks_rejected_total{reason="at_capacity"} 1
 oz_worker_tasks_rejected_total{reason="draining"} 2
 oz_worker_tasks_rejected_total{reason="insufficient_resources"} 1
 oz_worker_tasks_rejected_total{reason="shutting_down"} 1
+oz_worker_tasks_rejected_total{reason="one_shot_complete"} 1
 # HELP oz_worker_tasks_completed_total Tasks ended, by result.
 # TYPE oz_worker_tasks_completed_total counter
 oz_worker_tasks_completed_total{result="succeeded"} 1

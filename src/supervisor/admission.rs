@@ -4,8 +4,10 @@
 use crate::metrics::RejectKind;
 use crate::protocol::{REJECT_AT_CAPACITY, TaskAssignment};
 
-/// Wire text of a rejection while the worker shuts down.
-pub const REJECT_SHUTTING_DOWN: &str = "worker shutting down";
+/// Wire text of a rejection while the worker shuts down (the Go worker's, PROTOCOL.md §8.2).
+pub const REJECT_SHUTTING_DOWN: &str = "worker is shutting down";
+/// Wire text of a rejection by a one-shot worker that took its task (PROTOCOL.md §8.2).
+pub const REJECT_ONE_SHOT: &str = "one-shot worker has already accepted a task";
 /// Wire text of a rejection while draining.
 pub const REJECT_DRAINING: &str = "draining";
 
@@ -18,6 +20,8 @@ pub enum RejectReason {
     Draining,
     /// The worker is shutting down.
     ShuttingDown,
+    /// A one-shot worker already took its one task.
+    OneShotTaken,
     /// It does not fit now (memory, CPU, disk, the engine, state_dir); says what.
     InsufficientResources(String),
 }
@@ -30,6 +34,7 @@ impl RejectReason {
             RejectReason::AtCapacity => REJECT_AT_CAPACITY.to_string(),
             RejectReason::Draining => REJECT_DRAINING.to_string(),
             RejectReason::ShuttingDown => REJECT_SHUTTING_DOWN.to_string(),
+            RejectReason::OneShotTaken => REJECT_ONE_SHOT.to_string(),
             RejectReason::InsufficientResources(why) if berth => {
                 format!("insufficient resources: {why}")
             }
@@ -43,6 +48,7 @@ impl RejectReason {
             RejectReason::AtCapacity => RejectKind::AtCapacity,
             RejectReason::Draining => RejectKind::Draining,
             RejectReason::ShuttingDown => RejectKind::ShuttingDown,
+            RejectReason::OneShotTaken => RejectKind::OneShotComplete,
             RejectReason::InsufficientResources(_) => RejectKind::InsufficientResources,
         }
     }
@@ -78,6 +84,7 @@ pub fn admit(
     running: usize,
     max: u32,
     stopping: bool,
+    one_shot_taken: bool,
     draining: bool,
 ) -> Admission {
     if held == Held::ThisExecution {
@@ -85,6 +92,9 @@ pub fn admit(
     }
     if stopping {
         return Admission::Reject(RejectReason::ShuttingDown);
+    }
+    if one_shot_taken {
+        return Admission::Reject(RejectReason::OneShotTaken);
     }
     if draining {
         return Admission::Reject(RejectReason::Draining);
@@ -143,11 +153,23 @@ mod tests {
             } else {
                 Held::Nothing
             };
-            assert_eq!(admit(&a(), held, running, max, stopping, draining), want);
+            assert_eq!(
+                admit(&a(), held, running, max, stopping, false, draining),
+                want
+            );
         }
+        // A one-shot worker that took its task: after a shutdown, before anything else.
+        assert_eq!(
+            admit(&a(), Held::Nothing, 0, 1, false, true, true),
+            Admission::Reject(RejectReason::OneShotTaken)
+        );
+        assert_eq!(
+            admit(&a(), Held::Nothing, 0, 1, true, true, false),
+            Admission::Reject(RejectReason::ShuttingDown)
+        );
         let no_task = TaskAssignment { task: None, ..a() };
         assert!(matches!(
-            admit(&no_task, Held::Nothing, 0, 1, false, false),
+            admit(&no_task, Held::Nothing, 0, 1, false, false, false),
             Admission::Fail(_)
         ));
         assert_eq!(REJECT_AT_CAPACITY, "worker at maximum concurrency");
@@ -175,8 +197,13 @@ mod tests {
             (RejectReason::Draining, "draining", RejectKind::Draining),
             (
                 RejectReason::ShuttingDown,
-                "worker shutting down",
+                "worker is shutting down",
                 RejectKind::ShuttingDown,
+            ),
+            (
+                RejectReason::OneShotTaken,
+                "one-shot worker has already accepted a task",
+                RejectKind::OneShotComplete,
             ),
         ] {
             assert_eq!(r.wire(true), text);

@@ -93,8 +93,9 @@ impl Supervisor {
             held,
             self.tasks.len(),
             self.cfg.max,
+            self.stopping,
             // A one-shot worker whose task is taken is on its way out.
-            self.stopping || self.one_shot.refuses(),
+            self.one_shot.refuses(),
             self.draining,
         );
         match decision {
