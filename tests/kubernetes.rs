@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::process::Child;
 use std::time::Duration;
 
 use berth::backend::fake::Script;
@@ -17,7 +16,7 @@ use berth::devserver::state::{SubmitRequest, TaskRecord, TaskState};
 use berth::protocol::Stream;
 use serde_json::Value;
 use support::kubeapi::FakeApiserver;
-use support::{control_plane, until, worker_id, worker_process_with};
+use support::{Berth, control_plane, stop, until, worker_id, worker_process_with};
 
 const IMAGE: &str = "registry.example/busybox:test";
 
@@ -159,20 +158,6 @@ impl Cluster {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(self.execution(t).closed, 1, "execution_closed exactly once");
     }
-}
-
-/// A berth process, killed when dropped (a failing test leaves none running).
-struct Berth(Child);
-
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn stop(w: Berth) {
-    drop(w);
 }
 
 /// The task's own output in a transcript: everything but berth's `[berth]` lines.

@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::process::Child;
 use std::time::Duration;
 
 use berth::devserver::ControlPlane;
@@ -22,7 +21,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use support::{control_plane, worker_id, worker_process_with};
+use support::{Berth, control_plane, stop, worker_id, worker_process_with};
 
 /// The image the tests' pods run (present on the nodes; never pulled).
 const IMAGE: &str = "berth-kube-busybox:test";
@@ -172,20 +171,6 @@ impl Real {
             .await;
         self.cp.shutdown();
     }
-}
-
-/// A berth process, killed when dropped (a failing test leaves none running).
-struct Berth(Child);
-
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn stop(w: Berth) {
-    drop(w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

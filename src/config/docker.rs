@@ -100,6 +100,42 @@ pub fn parse_env_flag(
     Ok((k, v))
 }
 
+/// The operator env of a backend section (`key`: its `environment` list), then the `-e`
+/// flags, which win; an entry without `value` copies the host's.
+pub(super) fn operator_env(
+    key: &str,
+    entries: Option<&[super::raw::RawEnvEntry]>,
+    ov: &Overrides,
+    host_env: &dyn Fn(&str) -> Option<String>,
+    c: &mut Collector<'_>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in entries.into_iter().flatten() {
+        let name = e.name.value.clone();
+        if name.is_empty() || name.contains('=') {
+            c.at(
+                &format!("{key}.name"),
+                Some(&e.name),
+                format!("{name:?} is not a variable name"),
+                "use a name without '='; put the value under `value:`",
+            );
+            continue;
+        }
+        let value = e
+            .value
+            .clone()
+            .unwrap_or_else(|| host_env(&name).unwrap_or_default());
+        out.push((name, value));
+    }
+    for flag in &ov.env {
+        match parse_env_flag(flag, host_env) {
+            Ok(kv) => out.push(kv),
+            Err(p) => c.at::<String>("--env", None, p, "use -e KEY=VALUE or -e KEY"),
+        }
+    }
+    out
+}
+
 /// `backend.docker.*` with `-v` and `-e`.
 pub(super) fn docker_section(
     docker: RawDocker,
@@ -160,30 +196,13 @@ pub(super) fn docker_section(
         volumes.push(v.clone());
     }
 
-    let mut environment = Vec::new();
-    for e in docker.environment.iter().flatten() {
-        let name = e.name.value.clone();
-        if name.is_empty() || name.contains('=') {
-            c.at(
-                "backend.docker.environment.name",
-                Some(&e.name),
-                format!("{name:?} is not a variable name"),
-                "use a name without '='; put the value under `value:`",
-            );
-            continue;
-        }
-        let value = e
-            .value
-            .clone()
-            .unwrap_or_else(|| host_env(&name).unwrap_or_default());
-        environment.push((name, value));
-    }
-    for flag in &ov.env {
-        match parse_env_flag(flag, host_env) {
-            Ok(kv) => environment.push(kv),
-            Err(p) => c.at::<String>("--env", None, p, "use -e KEY=VALUE or -e KEY"),
-        }
-    }
+    let environment = operator_env(
+        "backend.docker.environment",
+        docker.environment.as_deref(),
+        ov,
+        host_env,
+        c,
+    );
     let auth_config = docker.auth_config.as_ref().map(|sp| {
         match std::fs::read_to_string(&sp.value) {
             Ok(text) if serde_json::from_str::<serde_json::Value>(&text).is_ok() => {}

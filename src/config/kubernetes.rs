@@ -297,37 +297,21 @@ fn label_map(
     out
 }
 
-/// `backend.kubernetes.environment`, then the `-e` flags (which win), as for Docker.
+/// `backend.kubernetes.environment` with the `-e` flags (as for Docker); `-v` host binds
+/// have no place on a cluster.
 fn environment(
     c: &mut Collector<'_>,
     entries: Option<Vec<RawEnvEntry>>,
     ov: &super::overrides::Overrides,
     host_env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for e in entries.into_iter().flatten() {
-        let name = e.name.value.clone();
-        if name.is_empty() || name.contains('=') {
-            c.at(
-                "backend.kubernetes.environment.name",
-                Some(&e.name),
-                format!("{name:?} is not a variable name"),
-                "use a name without '='; put the value under `value:`",
-            );
-            continue;
-        }
-        let value = e
-            .value
-            .clone()
-            .unwrap_or_else(|| host_env(&name).unwrap_or_default());
-        out.push((name, value));
-    }
-    for flag in &ov.env {
-        match super::parse_env_flag(flag, host_env) {
-            Ok(kv) => out.push(kv),
-            Err(p) => c.at::<String>("--env", None, p, "use -e KEY=VALUE or -e KEY"),
-        }
-    }
+    let out = super::docker::operator_env(
+        "backend.kubernetes.environment",
+        entries.as_deref(),
+        ov,
+        host_env,
+        c,
+    );
     for v in &ov.volumes {
         c.at::<String>(
             "--volume",

@@ -631,6 +631,21 @@ pub fn worker_process_with(
         .unwrap()
 }
 
+/// A berth process, killed when dropped (a failing test leaves none running).
+pub struct Berth(pub Child);
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stops a berth process now.
+pub fn stop(w: Berth) {
+    drop(w);
+}
+
 /// Removes a worker's containers when dropped.
 pub struct Cleanup(pub String);
 impl Drop for Cleanup {

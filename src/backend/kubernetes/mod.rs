@@ -612,22 +612,15 @@ impl Backend for KubernetesBackend {
         // The kubelet ends a pod past its deadline (SIGTERM, the grace period, SIGKILL) and
         // keeps it, with its log: the field may only be lowered, and 1 s is long past.
         let patch = serde_json::json!({ "spec": { "activeDeadlineSeconds": 1 } });
-        match tokio::time::timeout(
-            client::CALL_TIMEOUT,
+        // A pod gone already is stopped.
+        bounded_opt(
+            "stopping the pod",
             inner
                 .pods
                 .patch(&pod_name, &PatchParams::default(), &Patch::Merge(&patch)),
         )
         .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if code(&e) == Some(404) => Ok(()),
-            Ok(Err(e)) => Err(client::api_error("stopping the pod", e)),
-            Err(_) => Err(BackendError::Api {
-                op: "stopping the pod",
-                reason: "no answer".into(),
-            }),
-        }
+        .map(|_| ())
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
