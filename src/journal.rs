@@ -223,6 +223,20 @@ fn classify(path: &Path, e: rusqlite::Error) -> JournalError {
     }
 }
 
+/// A stored result names its execution as the server did: `assigned` is not a wire field, so it
+/// comes back from the stored assignment (oz/1 echoes only a server-given `execution_id`).
+fn assigned_from(mut terminal: WorkerMessage, assignment: &TaskAssignment) -> WorkerMessage {
+    if let WorkerMessage::TaskCompleted { ext: Some(e), .. }
+    | WorkerMessage::TaskFailed { ext: Some(e), .. } = &mut terminal
+    {
+        e.assigned = assignment
+            .execution_id
+            .as_deref()
+            .is_some_and(|x| !x.is_empty());
+    }
+    terminal
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -520,10 +534,11 @@ impl Journal {
                     .ok_or_else(|| bad(format!("unknown closure state {:?}", r.11)))?;
                 let terminal = match &r.7 {
                     None => None,
-                    Some(t) => Some(
+                    Some(t) => Some(assigned_from(
                         WorkerMessage::decode(t)
                             .map_err(|e| bad(format!("its result does not decode: {e}")))?,
-                    ),
+                        &assignment,
+                    )),
                 };
                 Ok(ExecRecord {
                     execution_id: r.0.clone(),
@@ -601,6 +616,45 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_result_echoes_the_servers_execution_id_on_oz1_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        for (id, assigned) in [("e1", Some("e1")), ("e2", None)] {
+            let j = Journal::open(dir.path()).unwrap();
+            let mut asg = a("t1");
+            asg.execution_id = assigned.map(str::to_string);
+            j.claim(id, &asg, false).unwrap();
+            let ext = TerminalExt {
+                execution_id: id.into(),
+                message_id: "m".into(),
+                exit_code: Some(0),
+                duration_ms: 1,
+                transcript_bytes: 0,
+                transcript_lost_bytes: 0,
+                usage: None,
+                failure_details: None,
+                assigned: assigned.is_some(),
+            };
+            let term = WorkerMessage::TaskCompleted {
+                task_id: "t1".into(),
+                message: "Task completed successfully".into(),
+                task_state: None,
+                ext: Some(ext),
+            };
+            j.finish(id, &term).unwrap();
+            drop(j);
+            let j = Journal::open(dir.path()).unwrap();
+            let back = j.get(id).ok().flatten().and_then(|r| r.terminal);
+            assert_eq!(back.as_ref(), Some(&term), "{id}");
+            let wire = back.map(|t| t.encode()).unwrap_or_default();
+            assert_eq!(
+                wire.contains(&format!(r#""execution_id":"{id}""#)),
+                assigned.is_some(),
+                "{wire}"
+            );
+        }
+    }
+
+    #[test]
     fn records_every_transition_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
@@ -628,6 +682,7 @@ mod tests {
                 transcript_lost_bytes: 0,
                 usage: None,
                 failure_details: None,
+                assigned: false,
             }),
         };
         j.finish("e1", &term).unwrap();

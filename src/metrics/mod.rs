@@ -29,15 +29,18 @@ pub enum RejectKind {
     ShuttingDown,
     /// A one-shot worker already took its task.
     OneShotComplete,
+    /// The task needs what this worker cannot honour (a refused lifecycle-hook context).
+    IncompatibleTask,
 }
 
 impl RejectKind {
-    const ALL: [RejectKind; 5] = [
+    const ALL: [RejectKind; 6] = [
         RejectKind::AtCapacity,
         RejectKind::Draining,
         RejectKind::InsufficientResources,
         RejectKind::ShuttingDown,
         RejectKind::OneShotComplete,
+        RejectKind::IncompatibleTask,
     ];
 
     fn label(self) -> &'static str {
@@ -47,6 +50,7 @@ impl RejectKind {
             RejectKind::InsufficientResources => "insufficient_resources",
             RejectKind::ShuttingDown => "shutting_down",
             RejectKind::OneShotComplete => "one_shot_complete",
+            RejectKind::IncompatibleTask => "incompatible_task",
         }
     }
 }
@@ -440,6 +444,7 @@ mod tests {
             transcript_lost_bytes: 5,
             usage: None,
             failure_details: None,
+            assigned: false,
         };
         let ok = WorkerMessage::TaskCompleted {
             task_id: "t".into(),
@@ -531,6 +536,7 @@ oz_worker_tasks_rejected_total{reason="draining"} 2
 oz_worker_tasks_rejected_total{reason="insufficient_resources"} 1
 oz_worker_tasks_rejected_total{reason="shutting_down"} 1
 oz_worker_tasks_rejected_total{reason="one_shot_complete"} 1
+oz_worker_tasks_rejected_total{reason="incompatible_task"} 1
 # HELP oz_worker_tasks_completed_total Tasks ended, by result.
 # TYPE oz_worker_tasks_completed_total counter
 oz_worker_tasks_completed_total{result="succeeded"} 1

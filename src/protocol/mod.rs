@@ -16,8 +16,9 @@ mod server;
 mod worker;
 
 pub use assignment::{
-    AdditionalSidecar, AgentConfigSnapshot, AwsInference, Harness, InferenceProviders,
-    InstanceShape, Owner, RawJson, SessionSharing, Task, TaskAssignment, TaskDefinition,
+    AdditionalSidecar, AgentConfigSnapshot, AwsInference, CloneFrom, Harness, InferenceProviders,
+    InstanceShape, Owner, RawJson, RepositoryHead, RepositoryHeadOverride, SessionSharing, Task,
+    TaskAssignment, TaskDefinition,
 };
 pub(crate) use envelope::frame;
 pub use envelope::{DecodeError, Envelope};

@@ -268,7 +268,7 @@ impl Supervisor {
                                 .map(|e| (e.duration_ms as f64 / 1000.0, e.transcript_bytes))
                                 .unwrap_or_default();
                             self.env.metrics.finished(&msg, secs, bytes);
-                            self.deliveries.result(&execution_id, msg);
+                            self.deliveries.result(&execution_id, *msg);
                         }
                         RunEnd::Detached => info!(%task_id, "detached; the container keeps running"),
                     }

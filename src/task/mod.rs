@@ -336,6 +336,11 @@ async fn finish(
             Outcome::Failure(f) => f.details.clone(),
             _ => None,
         },
+        assigned: exec
+            .assignment
+            .execution_id
+            .as_deref()
+            .is_some_and(|e| !e.is_empty()),
     };
     match &mut msg {
         WorkerMessage::TaskCompleted { ext: e, .. } | WorkerMessage::TaskFailed { ext: e, .. } => {
@@ -347,7 +352,7 @@ async fn finish(
     if let Err(e) = env.journal.finish(&exec.execution_id, &msg) {
         error!(error = %e, "cannot record the task result in the journal");
     }
-    RunEnd::Finished(msg)
+    RunEnd::Finished(Box::new(msg))
 }
 
 /// Sleeps for `t`, or forever when there is no limit.

@@ -117,11 +117,12 @@ impl State {
                     w.in_flight = None;
                 }
             }
-            WorkerMessage::TaskRejected { .. } => {
+            WorkerMessage::TaskRejected { reason, .. } => {
                 if e.state == TaskState::Assigned {
                     e.state = TaskState::Queued;
                     e.worker = None;
                     t.rejections += 1;
+                    t.last_rejection = Some(reason.clone());
                     self.queue.push_front(task_id.clone());
                 }
                 if let Some(w) = self.workers.get_mut(worker_id) {

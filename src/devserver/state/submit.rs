@@ -48,6 +48,7 @@ impl State {
             command: (!req.command.is_empty()).then(|| req.command.clone()),
             environment: req.environment.clone(),
             timeout_secs: req.timeout_secs,
+            oz_lifecycle_hooks: req.oz_lifecycle_hooks.clone(),
         };
         let rec = TaskRecord {
             id: id.clone(),
@@ -55,6 +56,7 @@ impl State {
             command: req.command,
             assignments: 0,
             rejections: 0,
+            last_rejection: None,
             created_at: now,
             current: ExecutionRecord::queued(execution_id),
             earlier: Vec::new(),
@@ -102,6 +104,7 @@ fn unreachable_record(id: &str) -> TaskRecord {
         command: Vec::new(),
         assignments: 0,
         rejections: 0,
+        last_rejection: None,
         created_at: Utc::now(),
         current: ExecutionRecord::queued(String::new()),
         earlier: Vec::new(),
@@ -181,6 +184,7 @@ mod tests {
             transcript_lost_bytes: 0,
             usage: None,
             failure_details: None,
+            assigned: false,
         };
         s.on_message(
             "w",
