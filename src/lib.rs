@@ -8,6 +8,7 @@
 //! `secret`, `backoff`, `private`, `config`) import none of those. DESIGN.md has the picture.
 
 pub mod admin;
+pub mod archive;
 pub mod backend;
 pub mod backoff;
 pub mod config;
