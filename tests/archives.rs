@@ -14,7 +14,7 @@ use berth::devserver::state::{SubmitRequest, TaskRecord};
 use berth::devserver::{ArchiveOptions, ControlPlane};
 use berth::protocol::ArchiveAck;
 use serde_json::{Value, json};
-use support::upload::{Answer, UploadTarget, multipart_parts};
+use support::upload::{Answer, UploadTarget, ack_of, multipart_parts, request, silent};
 use support::*;
 
 /// What the task prints: one line on each stream, then 300 numbered lines.
@@ -31,48 +31,9 @@ fn submit(cp: &ControlPlane) -> TaskRecord {
     })
 }
 
-/// A request frame; `data` fields override the defaults.
-fn request(t: &TaskRecord, archive_id: &str, target: Value, over: Value) -> String {
-    let expires = chrono::Utc::now() + chrono::Duration::minutes(5);
-    let mut data = json!({
-        "protocol_version": 1, "request_id": format!("req-{archive_id}"), "archive_id": archive_id,
-        "collection_id": "col", "run_id": t.id, "execution_id": t.execution_id,
-        "requested_format": "application/x-ndjson",
-        "expires_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "max_bytes": 1 << 20,
-        "content_transformer": {"kind": "noop", "version": 1},
-        "upload_target": target,
-    });
-    for (k, v) in over.as_object().unwrap() {
-        data[k] = v.clone();
-    }
-    json!({"type": "debug_archive_logs_requested", "data": data}).to_string()
-}
-
 fn put_to(target: &UploadTarget, path: &str) -> Value {
     json!({"url": target.url(&format!("{path}?{URL_SECRET}")), "method": "PUT",
            "headers": {"x-amz-meta-b": HEADER_SECRET, "x-amz-meta-a": "1"}})
-}
-
-/// The acknowledgement of an archive, once the control plane has it.
-async fn ack_of(cp: &ControlPlane, archive_id: &str) -> ArchiveAck {
-    let find = || {
-        cp.archives()
-            .into_iter()
-            .find(|r| r.archive_id == archive_id)
-            .and_then(|r| r.ack)
-    };
-    until("the archive is acknowledged", || find().is_some()).await;
-    find().unwrap()
-}
-
-/// No acknowledgement for `archive_id` within a few seconds.
-async fn silent(cp: &ControlPlane, archive_id: &str) {
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        cp.archives().iter().all(|r| r.archive_id != archive_id),
-        "the worker answered a request it does not own"
-    );
 }
 
 fn lines(object: &[u8]) -> Vec<Value> {

@@ -36,8 +36,10 @@ pub struct ArchiveRecord {
     pub execution_id: String,
     pub worker_id: String,
     pub requested_at: DateTime<Utc>,
-    /// The worker's acknowledgement, once received.
+    /// The worker's acknowledgement, once received (the latest, when replayed).
     pub ack: Option<ArchiveAck>,
+    /// Acknowledgements received (a replayed duplicate counts again).
+    pub acks: u32,
     /// Bytes the upload target received.
     pub received_bytes: Option<u64>,
     /// Where the object was written (when the server keeps archives on disk).
@@ -119,6 +121,7 @@ impl ControlPlane {
             worker_id,
             requested_at: now,
             ack: None,
+            acks: 0,
             received_bytes: None,
             path: None,
         };
@@ -155,7 +158,10 @@ impl ControlPlane {
         {
             let mut a = self.shared.archives.lock();
             match a.records.get_mut(&ack.archive_id) {
-                Some(r) => r.ack = Some(ack.clone()),
+                Some(r) => {
+                    r.ack = Some(ack.clone());
+                    r.acks += 1;
+                }
                 None => a.insert(ArchiveRecord {
                     archive_id: ack.archive_id.clone(),
                     request_id: ack.request_id.clone(),
@@ -164,6 +170,7 @@ impl ControlPlane {
                     worker_id: worker_id.to_string(),
                     requested_at: Utc::now(),
                     ack: Some(ack.clone()),
+                    acks: 1,
                     received_bytes: None,
                     path: None,
                 }),
@@ -208,6 +215,7 @@ impl ControlPlane {
                 worker_id: String::new(),
                 requested_at: Utc::now(),
                 ack: None,
+                acks: 0,
                 received_bytes: Some(body.len() as u64),
                 path,
             });

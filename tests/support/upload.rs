@@ -3,6 +3,11 @@
 //! answers from a script (statuses, a `Location`, a delay), then 200.
 
 use std::collections::VecDeque;
+
+use berth::devserver::ControlPlane;
+use berth::devserver::state::TaskRecord;
+use berth::protocol::ArchiveAck;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -191,4 +196,43 @@ fn attr(head: &str, key: &str) -> Option<String> {
     let at = head.find(&pat)? + pat.len();
     let end = head[at..].find('"')? + at;
     Some(head[at..end].to_string())
+}
+
+/// A request frame; `data` fields override the defaults.
+pub fn request(t: &TaskRecord, archive_id: &str, target: Value, over: Value) -> String {
+    let expires = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let mut data = json!({
+        "protocol_version": 1, "request_id": format!("req-{archive_id}"), "archive_id": archive_id,
+        "collection_id": "col", "run_id": t.id, "execution_id": t.execution_id,
+        "requested_format": "application/x-ndjson",
+        "expires_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "max_bytes": 1 << 20,
+        "content_transformer": {"kind": "noop", "version": 1},
+        "upload_target": target,
+    });
+    for (k, v) in over.as_object().unwrap() {
+        data[k] = v.clone();
+    }
+    json!({"type": "debug_archive_logs_requested", "data": data}).to_string()
+}
+
+/// The acknowledgement of an archive, once the control plane has it.
+pub async fn ack_of(cp: &ControlPlane, archive_id: &str) -> ArchiveAck {
+    let find = || {
+        cp.archives()
+            .into_iter()
+            .find(|r| r.archive_id == archive_id)
+            .and_then(|r| r.ack)
+    };
+    super::until("the archive is acknowledged", || find().is_some()).await;
+    find().unwrap()
+}
+
+/// No acknowledgement for `archive_id` within a few seconds.
+pub async fn silent(cp: &ControlPlane, archive_id: &str) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        cp.archives().iter().all(|r| r.archive_id != archive_id),
+        "the worker answered a request it does not own"
+    );
 }
