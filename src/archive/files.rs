@@ -10,15 +10,19 @@ use std::path::{Path, PathBuf};
 pub const SUBDIR: [&str; 2] = ["oz-agent-worker", "debug-logs"];
 
 /// Why the capture directory cannot be used (archive capture is then off; tasks are not).
+/// The messages never name the path (a local capture path is never logged); the operator
+/// knows it from `debug_log_capture.directory`.
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
-    #[error("debug archive directory {path}: {source}")]
+    #[error(
+        "the debug archive directory (debug_log_capture.directory, or the system temp dir, under oz-agent-worker/debug-logs): {source}"
+    )]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error(
-        "debug archive directory {path} is a symlink or is not owned by berth's user; remove it or set debug_log_capture.directory"
+        "the debug archive directory (debug_log_capture.directory, or the system temp dir, under oz-agent-worker/debug-logs) is a symlink or is not owned by berth's user; remove it or set debug_log_capture.directory"
     )]
     Unsafe { path: PathBuf },
 }
@@ -145,10 +149,12 @@ mod tests {
     }
 
     #[test]
-    fn an_unwritable_base_is_an_error() {
+    fn an_unwritable_base_is_an_error_that_does_not_name_the_path() {
         let base = tempfile::tempdir().unwrap();
         let file = base.path().join("plain-file");
         std::fs::write(&file, b"x").unwrap();
-        assert!(CaptureDir::prepare(Some(&file)).is_err());
+        let e = CaptureDir::prepare(Some(&file)).unwrap_err().to_string();
+        assert!(!e.contains(&base.path().display().to_string()), "{e}");
+        assert!(e.contains("debug_log_capture.directory"), "{e}");
     }
 }

@@ -315,13 +315,12 @@ impl Shared {
             .ok()
             .flatten()
             .ok_or(Reason::CleanupGraceExpired)?;
+        if owner.active && !owner.started {
+            return Err(Reason::ResourceNotReady);
+        }
         let spool = Spool::path_for(&self.settings.spool_dir, &v.ids.execution_id);
         if !spool.exists() {
-            return Err(if owner.active && !owner.started {
-                Reason::ResourceNotReady
-            } else {
-                Reason::ResourceNotFound
-            });
+            return Err(Reason::ResourceNotFound);
         }
         let bound = v.max_bytes.min(self.settings.max_execution_bytes);
         let _reservation = self.reserve(bound.saturating_mul(2))?;

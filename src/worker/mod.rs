@@ -674,6 +674,11 @@ async fn janitor(
                 }
             }
             Spool::remove(&dir, &r.execution_id);
+            // The record goes only once the spool is gone: a failed deletion is retried.
+            if Spool::path_for(&dir, &r.execution_id).exists() {
+                warn!(task_id = %r.task_id, execution_id = %r.execution_id, "cannot remove an expired transcript; retrying");
+                continue;
+            }
             if let Err(e) = journal.remove(&r.execution_id) {
                 warn!(error = %e, "cannot remove an expired journal record");
             }
