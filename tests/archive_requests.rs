@@ -155,3 +155,36 @@ async fn a_shutdown_during_the_upload_answers_worker_shutting_down() {
         .collect();
     assert!(left.is_empty(), "the snapshot file goes with the request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_outlives_its_retention_until_the_grace_ends() {
+    let capture = tempfile::tempdir().unwrap();
+    let env = env(
+        "arch-keep",
+        capture.path(),
+        "transcript:\n  retention: 1s\nidle_on_complete: 8s\n",
+    )
+    .await;
+    let target = UploadTarget::start().await;
+    let t = ran(&env).await;
+    let spool = std::env::temp_dir()
+        .join(format!("berth-test-{}", env.worker_id))
+        .join("transcripts")
+        .join(format!("{}.spool", t.execution_id));
+    env.until("the result is delivered", || {
+        env.cp.task(&t.id).is_some_and(|t| t.complete())
+    })
+    .await;
+    // Retention (1 s) has passed a few times over; the grace (8 s) has not.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(spool.exists(), "the spool is the capture during the grace");
+    env.cp.send_raw(
+        &env.worker_id,
+        &request(&t, "k1", put(&target, "/k1"), json!({})),
+    );
+    let a = ack_of(&env.cp, "k1").await;
+    assert_eq!(a.outcome, "uploaded", "{a:?}");
+    assert!(String::from_utf8_lossy(&target.received_at("/k1")[0].body).contains("one"));
+    env.until("the spool goes once the grace is over", || !spool.exists())
+        .await;
+}
