@@ -141,7 +141,12 @@ impl Uploader {
                     .body(reqwest::Body::wrap_stream(body))
             }
         };
-        let mut resp = req.send().await.map_err(|_| ())?;
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            // A request that cannot even be built will not build next time either.
+            Err(e) if e.is_builder() => return Ok(Verdict::Rejected),
+            Err(_) => return Err(()),
+        };
         let v = verdict(resp.status().as_u16());
         // Read a little of the answer so the connection can be reused; never kept or logged.
         let mut drained = 0usize;

@@ -233,7 +233,15 @@ fn upload_target(v: &Value) -> Result<Target, Reason> {
     let (headers, fields) = (headers?, fields?);
     let clean =
         |m: &BTreeMap<String, String>| m.iter().all(|(k, v)| !has_control(k) && !has_control(v));
-    check(clean(&headers) && clean(&fields), InvalidRequest)?;
+    // A header name HTTP cannot carry could never be sent: the same answer as a control
+    // character, at once, rather than retries until expiry.
+    let sendable = headers
+        .keys()
+        .all(|k| reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_ok());
+    check(
+        clean(&headers) && clean(&fields) && sendable,
+        InvalidRequest,
+    )?;
     Ok(Target {
         url,
         method,

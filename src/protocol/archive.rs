@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// `debug_archive_logs_requested`: the two ids that say who owns it, peeked, and the payload
 /// as received (unknown fields are ignored by the owner's validation, never by decoding).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ArchiveRequest {
     /// `run_id` when it is a string, else empty (no process owns an empty id).
     pub run_id: String,
@@ -14,6 +14,16 @@ pub struct ArchiveRequest {
     pub execution_id: String,
     /// The whole `data` object (`Null` when it is not JSON).
     pub data: serde_json::Value,
+}
+
+/// The payload holds the upload URL, headers and fields (credentials): never printed.
+impl std::fmt::Debug for ArchiveRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveRequest")
+            .field("run_id", &self.run_id)
+            .field("execution_id", &self.execution_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ArchiveRequest {
@@ -93,6 +103,10 @@ mod tests {
         };
         assert_eq!((r.run_id.as_str(), r.execution_id.as_str()), ("t", "e"));
         assert_eq!(r.data["new"], 1, "the payload is kept whole for the owner");
+        let secret = ArchiveRequest::peek(
+            r#"{"run_id":"t","upload_target":{"url":"https://x/?sig=S3CR3T"}}"#,
+        );
+        assert!(!format!("{secret:?}").contains("S3CR3T"));
         for f in [
             r#"{"type":"debug_archive_logs_requested","data":{"run_id":7,"execution_id":"e"}}"#,
             r#"{"type":"debug_archive_logs_requested","data":"nonsense"}"#,
