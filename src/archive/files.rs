@@ -6,6 +6,10 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Older than any request can live (`expires_at` is at most 30 minutes after receipt): a
+/// file this old is a left-over of a process that stopped mid-request.
+pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(31 * 60);
+
 /// The directory under the configured (or temp) one.
 pub const SUBDIR: [&str; 2] = ["oz-agent-worker", "debug-logs"];
 
@@ -94,16 +98,27 @@ impl CaptureDir {
         Ok((path, f))
     }
 
-    /// Deletes what an earlier process left. Snapshot files live only for one request, so the
-    /// journal owns none of them (captures of executions in their grace are the transcript
-    /// spools under `state_dir`, which this never touches). Returns how many were removed.
-    pub fn sweep(&self) -> usize {
+    /// Deletes files last written more than `age` ago. Snapshot files live only for one
+    /// request, so the journal owns none of them (captures of executions in their grace are the
+    /// transcript spools under `state_dir`, which this never touches); a file younger than a
+    /// request can live may be another berth's on the same host (the default directory is the
+    /// shared temp dir), so callers pass [`LEFTOVER_AGE`]. Returns how many were removed.
+    pub fn sweep(&self, age: std::time::Duration) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.path) else {
             return 0;
+        };
+        let old = |e: &std::fs::DirEntry| {
+            e.path()
+                .symlink_metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|a| a >= age)
         };
         entries
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+            .filter(old)
             .filter(|e| std::fs::remove_file(e.path()).is_ok())
             .count()
     }
@@ -128,7 +143,12 @@ mod tests {
         let (b, _) = d.create().unwrap();
         assert_ne!(a, b);
         assert_eq!(mode(&a), 0o600);
-        assert_eq!(d.sweep(), 2);
+        assert_eq!(
+            d.sweep(LEFTOVER_AGE),
+            0,
+            "young files may be another berth's"
+        );
+        assert_eq!(d.sweep(std::time::Duration::ZERO), 2);
         assert!(!a.exists() && !b.exists());
     }
 

@@ -113,15 +113,6 @@ impl Service {
     pub async fn run(self, mut requests: mpsc::Receiver<ArchiveRequest>) {
         let tracker = TaskTracker::new();
         let stop = self.shared.stop.clone();
-        if let Some(dir) = &self.shared.settings.dir {
-            let swept = dir.sweep();
-            if swept > 0 {
-                info!(
-                    files = swept,
-                    "removed debug-archive snapshots left by an earlier run"
-                );
-            }
-        }
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
             tokio::select! {
@@ -138,9 +129,19 @@ impl Service {
     }
 
     /// Ends the graces that are over: the executions are no longer owned (their spools then
-    /// follow `transcript.retention`). A failed write is retried at the next sweep.
+    /// follow `transcript.retention`). A failed write is retried at the next sweep. Also
+    /// removes snapshot files left by a process that stopped mid-request.
     fn release_graces(&self) {
         let s = &self.shared;
+        if let Some(dir) = &s.settings.dir {
+            let swept = dir.sweep(super::files::LEFTOVER_AGE);
+            if swept > 0 {
+                info!(
+                    files = swept,
+                    "removed debug-archive snapshots left by a stopped process"
+                );
+            }
+        }
         let now = Utc::now().timestamp_millis();
         if let Ok(over) = s.journal.graces_over(now) {
             for execution_id in over {

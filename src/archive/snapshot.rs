@@ -332,7 +332,11 @@ mod tests {
             build(&tmp.path().join("none.spool"), &SRC, 10, &dir, false),
             Err(SnapshotError::Unreadable)
         ));
-        assert_eq!(dir.sweep(), 0, "no file is left behind");
+        assert_eq!(
+            dir.sweep(std::time::Duration::ZERO),
+            0,
+            "no file is left behind"
+        );
     }
 
     #[test]
