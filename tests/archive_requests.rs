@@ -188,3 +188,36 @@ async fn a_spool_outlives_its_retention_until_the_grace_ends() {
     env.until("the spool goes once the grace is over", || !spool.exists())
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_during_the_run_snapshots_the_output_so_far_and_leaves_the_task_running() {
+    let capture = tempfile::tempdir().unwrap();
+    let env = env("arch-live", capture.path(), "").await;
+    let target = UploadTarget::start().await;
+    let t = env.submit(&["sh", "-c", "echo early; sleep 30; echo late"]);
+    env.until("the first line is in", || {
+        env.cp
+            .transcript(&t.id)
+            .is_some_and(|b| String::from_utf8_lossy(&b).contains("early"))
+    })
+    .await;
+    env.cp.send_raw(
+        &env.worker_id,
+        &request(&t, "l1", put(&target, "/l1"), json!({})),
+    );
+    let a = ack_of(&env.cp, "l1").await;
+    assert_eq!(a.outcome, "uploaded", "{a:?}");
+    let body = String::from_utf8_lossy(&target.received_at("/l1")[0].body).into_owned();
+    assert!(body.contains("early") && !body.contains("late"), "{body}");
+    assert!(
+        !env.cp.task(&t.id).unwrap().state.is_terminal(),
+        "the task is not touched"
+    );
+    let m = env.metrics().await;
+    assert!(
+        m.contains("ownership=\"active\",outcome=\"uploaded\""),
+        "{m}"
+    );
+    env.cp.cancel(&t.id).unwrap();
+    env.finished(&t.id).await;
+}
