@@ -26,6 +26,18 @@ pub struct Effective {
     shutdown_grace: String,
     transcript: EffectiveTranscript,
     admission: EffectiveAdmission,
+    debug_log_capture: EffectiveDebugLogCapture,
+}
+
+#[derive(Debug, Serialize)]
+struct EffectiveDebugLogCapture {
+    /// "" = the system temp dir.
+    directory: String,
+    max_total_bytes: u64,
+    max_execution_bytes: u64,
+    max_concurrent_uploads: u32,
+    /// Why archive capture is off, when it is.
+    disabled: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -248,6 +260,18 @@ impl Config {
                 full_disk_patience: humantime::format_duration(self.transcript.full_disk_patience)
                     .to_string(),
                 anchor_every: self.transcript.anchor_every,
+            },
+            debug_log_capture: EffectiveDebugLogCapture {
+                directory: self
+                    .debug_log_capture
+                    .directory
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                max_total_bytes: self.debug_log_capture.max_total_bytes,
+                max_execution_bytes: self.debug_log_capture.max_execution_bytes,
+                max_concurrent_uploads: self.debug_log_capture.max_concurrent_uploads,
+                disabled: self.debug_log_capture.disabled.clone(),
             },
         }
     }

@@ -74,6 +74,8 @@ pub struct Config {
     pub default_environment: Option<String>,
     /// The local API.
     pub api: ApiSettings,
+    /// Debug-archive snapshots (PROTOCOL §8.4).
+    pub debug_log_capture: super::debug_log_capture::DebugLogCapture,
 }
 
 impl Config {
@@ -171,6 +173,8 @@ pub fn load_str(
     let admission = admission_section(raw.admission.take(), &mut c);
     let (environments, default_environment) = environments_section(&mut raw, &mut c);
     let transcript = transcript_section(raw.transcript.take(), &mut c);
+    let debug_log_capture =
+        super::debug_log_capture::debug_log_capture_section(raw.debug_log_capture.take(), &mut c);
     let shutdown_grace = c.duration(
         "shutdown_grace",
         raw.shutdown_grace.as_ref(),
@@ -213,6 +217,7 @@ pub fn load_str(
         environments,
         default_environment,
         api,
+        debug_log_capture,
     })
 }
 

@@ -2,6 +2,8 @@
 //! PROTOCOL.md (WebSocket endpoint for workers, in-memory queue, requeue on rejection) plus a
 //! small JSON HTTP API. The CLI, the integration tests and the benchmarks all use this one.
 
+mod archives;
+pub use archives::{ArchiveOptions, ArchiveRecord};
 mod encode;
 mod environments;
 mod events;
@@ -46,6 +48,8 @@ pub struct ServerOptions {
     pub max_message_size: usize,
     /// Serve `wss://`/`https://` with this TLS configuration (may require client certificates).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where uploaded debug archives are written (`None`: kept in memory only).
+    pub archive_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -55,6 +59,7 @@ impl Default for ServerOptions {
             accept_berth: true,
             max_message_size: 16 << 20,
             tls: None,
+            archive_dir: None,
         }
     }
 }
@@ -129,6 +134,7 @@ struct Shared {
     changed: watch::Sender<u64>,
     next_conn: std::sync::atomic::AtomicU64,
     environments: Mutex<environments::Store>,
+    archives: Mutex<archives::Archives>,
 }
 
 /// A handle on the running control plane (cheap to clone).
@@ -159,6 +165,7 @@ impl ControlPlane {
             changed,
             next_conn: std::sync::atomic::AtomicU64::new(0),
             environments: Mutex::new(environments::Store::default()),
+            archives: Mutex::new(archives::Archives::default()),
         });
         Self::listen(addr, shared).await
     }
@@ -332,6 +339,16 @@ impl ControlPlane {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock()
+    }
+
+    /// Wakes waiters on [`ControlPlane::changes`] after a change outside the state.
+    fn bump(&self) {
+        let v = {
+            let mut s = self.state();
+            s.version += 1;
+            s.version
+        };
+        self.shared.changed.send_replace(v);
     }
 
     /// Applies a change to the state and delivers the frames it produced.

@@ -82,6 +82,8 @@ pub enum WorkerMessage {
         task_id: String,
         execution_id: String,
     },
+    /// `debug_archive_logs_uploaded` (PROTOCOL §8.4), on oz/1 and berth/1 alike.
+    DebugArchiveLogsUploaded(Box<super::ArchiveAck>),
 }
 
 #[derive(Serialize)]
@@ -133,6 +135,7 @@ impl WorkerMessage {
             WorkerMessage::TaskStarted(_) => "task_started",
             WorkerMessage::TaskOutput { .. } => "task_output",
             WorkerMessage::ExecutionClosed { .. } => "execution_closed",
+            WorkerMessage::DebugArchiveLogsUploaded(_) => "debug_archive_logs_uploaded",
         }
     }
 
@@ -146,6 +149,7 @@ impl WorkerMessage {
             | WorkerMessage::TaskOutput { task_id, .. }
             | WorkerMessage::ExecutionClosed { task_id, .. } => task_id,
             WorkerMessage::TaskStarted(s) => &s.task_id,
+            WorkerMessage::DebugArchiveLogsUploaded(a) => &a.run_id,
             WorkerMessage::WorkerHello(_) | WorkerMessage::WorkerStatus(_) => "",
         }
     }
@@ -157,6 +161,7 @@ impl WorkerMessage {
             WorkerMessage::TaskOutput { execution_id, .. }
             | WorkerMessage::ExecutionClosed { execution_id, .. } => Some(execution_id),
             WorkerMessage::TaskStarted(s) => Some(&s.execution_id),
+            WorkerMessage::DebugArchiveLogsUploaded(a) => Some(&a.execution_id),
             m => m.ext().map(|e| e.execution_id.as_str()),
         }
     }
@@ -258,6 +263,9 @@ impl WorkerMessage {
                 task_id,
                 execution_id,
             } => serde_json::json!({ "task_id": task_id, "execution_id": execution_id }),
+            WorkerMessage::DebugArchiveLogsUploaded(a) => {
+                serde_json::to_value(a).unwrap_or_default()
+            }
         };
         Some(frame(self.kind(), Some(data)))
     }
@@ -329,6 +337,11 @@ impl WorkerMessage {
             }
             "worker_status" => {
                 return Ok(WorkerMessage::WorkerStatus(Box::new(
+                    serde_json::from_str(raw).map_err(bad)?,
+                )));
+            }
+            "debug_archive_logs_uploaded" => {
+                return Ok(WorkerMessage::DebugArchiveLogsUploaded(Box::new(
                     serde_json::from_str(raw).map_err(bad)?,
                 )));
             }

@@ -10,6 +10,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kubeapi;
+pub mod upload;
 
 use std::io::Write;
 use std::net::SocketAddr;

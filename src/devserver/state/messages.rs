@@ -38,6 +38,10 @@ impl State {
             self.version += 1;
             return Vec::new();
         }
+        // Debug archives are the server's own records (`devserver/archives.rs`).
+        if let WorkerMessage::DebugArchiveLogsUploaded(_) = msg {
+            return Vec::new();
+        }
         let task_id = msg.task_id().to_string();
         let Some(t) = self.tasks.get_mut(&task_id) else {
             // Kept (bounded) so operators and tests can see what workers said about tasks this
@@ -189,7 +193,9 @@ impl State {
                 e.closed += 1;
                 e.closed_at.get_or_insert(now);
             }
-            WorkerMessage::WorkerHello(_) | WorkerMessage::WorkerStatus(_) => {}
+            WorkerMessage::WorkerHello(_)
+            | WorkerMessage::WorkerStatus(_)
+            | WorkerMessage::DebugArchiveLogsUploaded(_) => {}
         }
         let running = self.running_on(worker_id);
         if let Some(w) = self.workers.get_mut(worker_id) {
