@@ -221,3 +221,84 @@ async fn a_request_during_the_run_snapshots_the_output_so_far_and_leaves_the_tas
     env.cp.cancel(&t.id).unwrap();
     env.finished(&t.id).await;
 }
+
+/// A request queued behind another of its own execution holds no upload slot: with the default
+/// two slots, one slow upload and a second request for the same execution leave room for
+/// another execution's archive (before the fix the queued request sat on the second slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_executions_turn_holds_no_slot() {
+    let capture = tempfile::tempdir().unwrap();
+    let env = env("arch-turn", capture.path(), "").await;
+    let target = UploadTarget::start().await;
+    let a = ran(&env).await;
+    let b = ran(&env).await;
+    target.script(vec![Answer {
+        status: 200,
+        location: None,
+        delay: Duration::from_secs(120),
+    }]);
+    env.cp.send_raw(
+        &env.worker_id,
+        &request(&a, "t1", put(&target, "/t1"), json!({})),
+    );
+    env.until("the slow upload is under way", || {
+        !target.received_at("/t1").is_empty()
+    })
+    .await;
+    env.cp.send_raw(
+        &env.worker_id,
+        &request(&a, "t2", put(&target, "/t2"), json!({})),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.cp.send_raw(
+        &env.worker_id,
+        &request(&b, "t3", put(&target, "/t3"), json!({})),
+    );
+    let other = tokio::time::timeout(Duration::from_secs(20), ack_of(&env.cp, "t3"))
+        .await
+        .expect("another execution's archive waited for a slot held by a queued request");
+    assert_eq!(other.outcome, "uploaded", "{other:?}");
+    assert!(
+        target.received_at("/t2").is_empty(),
+        "t2 still waits its turn"
+    );
+}
+
+/// A target that answers 2xx and then stalls its body has stored the object: the answer is
+/// `uploaded`, not an expiry (before the fix the 4 KiB drain ran under the request's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_whose_body_stalls_is_uploaded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let capture = tempfile::tempdir().unwrap();
+    let env = env("arch-stall", capture.path(), "").await;
+    let t = ran(&env).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 64 << 10];
+            // Read the head and body (small), answer 200 with a body that never comes.
+            let _ = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+                .await;
+            held.push(s);
+        }
+    });
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(8);
+    let frame = request(
+        &t,
+        "st1",
+        json!({"url": format!("http://{addr}/o"), "method": "PUT"}),
+        json!({"expires_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}),
+    );
+    env.cp.send_raw(&env.worker_id, &frame);
+    let a = ack_of(&env.cp, "st1").await;
+    assert_eq!(
+        (a.outcome.as_str(), a.reason_code.as_str()),
+        ("uploaded", ""),
+        "{a:?}"
+    );
+    server.abort();
+}

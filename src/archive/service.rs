@@ -294,15 +294,18 @@ impl Shared {
         self.send(a).await;
     }
 
-    /// Waits for a slot and the execution's turn (never past `expires_at`), checks again,
+    /// Waits for the execution's turn and a slot (never past `expires_at`), checks again,
     /// snapshots and uploads.
     async fn work(&self, v: &Valid) -> Result<Uploaded, Reason> {
         let left = (v.expires_at - Utc::now()).to_std().unwrap_or_default();
         let turn = self.execution_turn(&v.ids.execution_id);
-        let (_slot, _turn) = tokio::time::timeout(left, async {
-            let slot = self.slots.clone().acquire_owned().await;
+        // The execution's turn first: a request queued behind another of the same execution
+        // must not hold one of the slots other executions' requests need (§8.4 counts only
+        // requests snapshotting or uploading).
+        let (_turn, _slot) = tokio::time::timeout(left, async {
             let turn = turn.lock_owned().await;
-            (slot, turn)
+            let slot = self.slots.clone().acquire_owned().await;
+            (turn, slot)
         })
         .await
         .map_err(|_| Reason::UploadExpired)?;

@@ -21,6 +21,8 @@ const FIRST_DELAY: Duration = Duration::from_millis(500);
 const MAX_DELAY: Duration = Duration::from_secs(15);
 /// Most response bytes read (then discarded).
 const DRAIN: usize = 4 << 10;
+/// How long the (discarded) answer body may take once the status decided the result.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// Bytes read from the object file per body chunk.
 const CHUNK: usize = 64 << 10;
 
@@ -60,6 +62,9 @@ impl Uploader {
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls.clone())
             .redirect(reqwest::redirect::Policy::none())
+            // The object goes to the exact target only (§8.4), never through a proxy from the
+            // environment (which would also see a loopback target's credentials in clear).
+            .no_proxy()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -113,8 +118,8 @@ impl Uploader {
             Method::Post => reqwest::Method::POST,
         };
         let mut req = self.client.request(method, target.url.clone());
-        for (k, v) in &target.headers {
-            req = req.header(k.as_str(), v.as_str());
+        for (k, v) in sent_headers(target) {
+            req = req.header(k, v);
         }
         let has_type = target
             .headers
@@ -147,17 +152,36 @@ impl Uploader {
             Err(e) if e.is_builder() => return Ok(Verdict::Rejected),
             Err(_) => return Err(()),
         };
+        // The status decides; a body that stalls afterwards cannot turn a stored object
+        // into an expiry.
         let v = verdict(resp.status().as_u16());
-        // Read a little of the answer so the connection can be reused; never kept or logged.
-        let mut drained = 0usize;
-        while drained < DRAIN {
-            match resp.chunk().await {
-                Ok(Some(c)) => drained += c.len(),
-                _ => break,
+        let drain = async {
+            let mut drained = 0usize;
+            while drained < DRAIN {
+                match resp.chunk().await {
+                    Ok(Some(c)) => drained += c.len(),
+                    _ => break,
+                }
             }
-        }
+        };
+        // Read a little of the answer so the connection can be reused; never kept or logged.
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
         Ok(v)
     }
+}
+
+/// The target's headers as sent, in key order, without the framing berth owns: the length
+/// always, and on POST the multipart type (a second one would break the body's framing).
+fn sent_headers(target: &Target) -> impl Iterator<Item = (&str, &str)> {
+    let post = target.method == Method::Post;
+    target
+        .headers
+        .iter()
+        .filter(move |(k, _)| {
+            !(k.eq_ignore_ascii_case("content-length")
+                || (post && k.eq_ignore_ascii_case("content-type")))
+        })
+        .map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
 /// The file as a body stream, a chunk at a time.
@@ -178,6 +202,41 @@ fn file_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(method: Method, headers: &[(&str, &str)]) -> Target {
+        Target {
+            url: url::Url::parse("http://127.0.0.1/o").unwrap_or_else(|e| panic!("{e}")),
+            method,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            fields: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_targets_headers_never_duplicate_the_framing_berth_sets() {
+        let h = [
+            ("Content-Length", "1"),
+            ("content-type", "text/plain"),
+            ("x-amz-meta-a", "1"),
+            ("x-amz-meta-b", "2"),
+        ];
+        let tp = target(Method::Put, &h);
+        let put: Vec<_> = sent_headers(&tp).collect();
+        assert_eq!(
+            put,
+            [
+                ("content-type", "text/plain"),
+                ("x-amz-meta-a", "1"),
+                ("x-amz-meta-b", "2")
+            ]
+        );
+        let tq = target(Method::Post, &h);
+        let post: Vec<_> = sent_headers(&tq).collect();
+        assert_eq!(post, [("x-amz-meta-a", "1"), ("x-amz-meta-b", "2")]);
+    }
 
     #[test]
     fn delays_double_from_half_a_second_up_to_fifteen() {
