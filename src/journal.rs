@@ -9,7 +9,7 @@
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::protocol::{TaskAssignment, WorkerMessage};
 
@@ -290,6 +290,20 @@ impl Journal {
             conn.execute_batch("ALTER TABLE executions ADD COLUMN closure TEXT")
                 .map_err(corrupt)?;
         }
+        // Task-log export (PROTOCOL §8.3): how far into the spool the exporter got, so a
+        // restarted worker resumes there (NULL = never exported).
+        let has_exported: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('executions') WHERE name = 'exported_offset'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(corrupt)?;
+        if !has_exported {
+            conn.execute_batch("ALTER TABLE executions ADD COLUMN exported_offset INTEGER")
+                .map_err(corrupt)?;
+        }
         for side in ["-wal", "-shm"] {
             let mut p = path.clone().into_os_string();
             p.push(side);
@@ -420,6 +434,30 @@ impl Journal {
                 params![execution_id, offset as i64],
             )
             .map(|_| ())
+        })
+    }
+
+    /// Task-log export went through transcript bytes `[0, offset)` (never moves back).
+    pub fn set_exported(&self, execution_id: &str, offset: u64) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE executions SET exported_offset = MAX(COALESCE(exported_offset, 0), ?2) WHERE execution_id = ?1",
+                params![execution_id, offset as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Where task-log export of an execution resumes (0 when it never exported).
+    pub fn exported(&self, execution_id: &str) -> Result<u64, JournalError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COALESCE(exported_offset, 0) FROM executions WHERE execution_id = ?1",
+                params![execution_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.unwrap_or(0).max(0) as u64)
         })
     }
 
@@ -695,9 +733,16 @@ mod tests {
             .flatten()
             .unwrap_or_else(|| panic!("record kept"));
         assert_eq!((r.state, r.closure), (ExecState::Running, Closure::None));
+        // It gains the export offset too: none yet, then only forward.
+        assert_eq!(j.exported("e0").unwrap(), 0);
+        j.set_exported("e0", 120).unwrap();
+        j.set_exported("e0", 80).unwrap();
+        assert_eq!(j.exported("e0").unwrap(), 120);
+        assert_eq!(j.exported("unknown").unwrap(), 0);
         j.want_closure("e0").unwrap();
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.exported("e0").unwrap(), 120, "survives a restart");
         assert_eq!(
             j.get("e0").ok().flatten().map(|r| r.closure),
             Some(Closure::Wanted)

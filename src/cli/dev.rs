@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use berth::config::{self, Overrides};
 use berth::devserver::state::SubmitRequest;
-use berth::devserver::{ControlPlane, ServerOptions};
+use berth::devserver::{ControlPlane, ServerOptions, TaskLogs};
 use berth::secret::Secret;
 use berth::worker::Worker;
 use clap::Args;
@@ -61,6 +61,15 @@ pub(super) struct DevArgs {
     /// Log level.
     #[arg(long, default_value = "info")]
     pub(super) log_level: String,
+    /// Ask for task-log export over OTLP (PROTOCOL §8.3) in every task without its own: the
+    /// server answers the identity request and receives the records itself (GET
+    /// /v1/tasks/{id}/logs shows them).
+    #[arg(long)]
+    pub(super) task_logs: bool,
+    /// Like --task-logs, but to this OTLP/HTTP collector base URL (records go to
+    /// URL/v1/logs); implies --task-logs.
+    #[arg(long, value_name = "URL")]
+    pub(super) task_logs_endpoint: Option<String>,
 }
 
 pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
@@ -84,6 +93,11 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         ServerOptions {
             api_key: api_key.clone(),
             accept_berth: !a.oz_only,
+            task_logs: match (&a.task_logs_endpoint, a.task_logs) {
+                (Some(e), _) => TaskLogs::Endpoint(e.clone()),
+                (None, true) => TaskLogs::Own,
+                (None, false) => TaskLogs::Off,
+            },
             ..ServerOptions::default()
         },
         super::devdir::load_control_plane(&cp_file),
@@ -93,6 +107,14 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     out!("berth dev: embedded control plane");
     out!("  worker endpoint  {}", cp.ws_url());
     out!("  HTTP API         {}/v1/tasks", cp.http_url());
+    match (&a.task_logs_endpoint, a.task_logs) {
+        (Some(e), _) => out!("  task logs        exported to {e}/v1/logs"),
+        (None, true) => out!(
+            "  task logs        exported to {}/otlp/v1/logs (GET /v1/tasks/{{id}}/logs)",
+            cp.http_url()
+        ),
+        (None, false) => {}
+    }
     out!(
         "  state            {} (kept across runs; --state-dir to change)",
         root.display()

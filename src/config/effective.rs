@@ -25,7 +25,14 @@ pub struct Effective {
     shutdown_mode: ShutdownMode,
     shutdown_grace: String,
     transcript: EffectiveTranscript,
+    task_logs: EffectiveTaskLogs,
     admission: EffectiveAdmission,
+}
+
+#[derive(Debug, Serialize)]
+struct EffectiveTaskLogs {
+    enabled: bool,
+    allow_insecure: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -248,6 +255,10 @@ impl Config {
                 full_disk_patience: humantime::format_duration(self.transcript.full_disk_patience)
                     .to_string(),
                 anchor_every: self.transcript.anchor_every,
+            },
+            task_logs: EffectiveTaskLogs {
+                enabled: self.task_logs.enabled,
+                allow_insecure: self.task_logs.allow_insecure,
             },
         }
     }

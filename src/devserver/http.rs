@@ -25,6 +25,12 @@ pub(super) fn router(cp: ControlPlane) -> Router {
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/retry", post(retry))
         .route(super::events::API_PATH, post(super::events::post))
+        .route(
+            super::task_logs::IDENTITY_PATH,
+            post(super::task_logs::identity),
+        )
+        .route(super::task_logs::LOGS_PATH, post(super::task_logs::logs))
+        .route("/v1/tasks/{id}/logs", get(super::task_logs::list))
         .route("/v1/workers", get(workers))
         .route("/v1/workers/{id}/drain", post(drain))
         .route("/v1/workers/{id}/resume", post(resume))

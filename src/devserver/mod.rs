@@ -8,10 +8,13 @@ mod events;
 mod http;
 pub use http::TranscriptLine;
 pub mod execution;
+pub mod otlp;
 pub mod state;
 mod stored_transcript;
 mod task;
+mod task_logs;
 mod task_state;
+pub use task_logs::TaskLogs;
 mod workers;
 mod ws;
 
@@ -46,6 +49,8 @@ pub struct ServerOptions {
     pub max_message_size: usize,
     /// Serve `wss://`/`https://` with this TLS configuration (may require client certificates).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Ask workers to export task logs (PROTOCOL §8.3), and where.
+    pub task_logs: TaskLogs,
 }
 
 impl Default for ServerOptions {
@@ -55,6 +60,7 @@ impl Default for ServerOptions {
             accept_berth: true,
             max_message_size: 16 << 20,
             tls: None,
+            task_logs: TaskLogs::Off,
         }
     }
 }
@@ -129,7 +135,13 @@ struct Shared {
     changed: watch::Sender<u64>,
     next_conn: std::sync::atomic::AtomicU64,
     environments: Mutex<environments::Store>,
+    /// The last [`FRAMES_KEPT`] text frames workers sent, as received: `(worker id, frame)`.
+    frames: Mutex<std::collections::VecDeque<(String, String)>>,
+    task_logs: Mutex<task_logs::Store>,
 }
+
+/// Worker frames kept for [`ControlPlane::frames_from`].
+pub const FRAMES_KEPT: usize = 4096;
 
 /// A handle on the running control plane (cheap to clone).
 #[derive(Clone)]
@@ -159,6 +171,8 @@ impl ControlPlane {
             changed,
             next_conn: std::sync::atomic::AtomicU64::new(0),
             environments: Mutex::new(environments::Store::default()),
+            frames: Mutex::new(std::collections::VecDeque::new()),
+            task_logs: Mutex::new(task_logs::Store::default()),
         });
         Self::listen(addr, shared).await
     }
@@ -379,7 +393,8 @@ impl ControlPlane {
     }
 
     /// Queues a task.
-    pub fn submit(&self, req: SubmitRequest) -> TaskRecord {
+    pub fn submit(&self, mut req: SubmitRequest) -> TaskRecord {
+        task_logs::fill(&self.shared.opts.task_logs, &self.http_url(), &mut req);
         self.apply(|s| s.submit(req, chrono::Utc::now()))
     }
 
@@ -391,6 +406,26 @@ impl ControlPlane {
     /// All tasks.
     pub fn tasks(&self) -> Vec<TaskRecord> {
         self.state().tasks()
+    }
+
+    /// The text frames a worker sent, byte for byte, oldest first (the last [`FRAMES_KEPT`]
+    /// of all workers): what a server sees on the wire.
+    pub fn frames_from(&self, worker_id: &str) -> Vec<String> {
+        self.shared
+            .frames
+            .lock()
+            .iter()
+            .filter(|(w, _)| w == worker_id)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    fn record_frame(&self, worker_id: &str, frame: &str) {
+        let mut f = self.shared.frames.lock();
+        if f.len() >= FRAMES_KEPT {
+            f.pop_front();
+        }
+        f.push_back((worker_id.to_string(), frame.to_string()));
     }
 
     /// Connected workers.

@@ -16,8 +16,9 @@ mod server;
 mod worker;
 
 pub use assignment::{
-    AdditionalSidecar, AgentConfigSnapshot, AwsInference, Harness, InferenceProviders,
-    InstanceShape, Owner, RawJson, SessionSharing, Task, TaskAssignment, TaskDefinition,
+    AdditionalSidecar, AgentConfigSnapshot, AwsInference, BootstrapToken, Harness,
+    InferenceProviders, InstanceShape, Owner, RawJson, SessionSharing, Task, TaskAssignment,
+    TaskDefinition, TelemetryCollection,
 };
 pub(crate) use envelope::frame;
 pub use envelope::{DecodeError, Envelope};
