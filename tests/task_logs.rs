@@ -90,6 +90,7 @@ async fn records_arrive_redacted_with_their_attributes_before_the_terminal_messa
          printf '%s\\n' 'json={{\"k\":\"{SECRET_JSON}\"}}'; \
          echo 'short={SHORT} raw={SECRET}'; \
          echo 'multi: line-two-BBB'; \
+         echo \"key=$WARP_API_KEY\"; echo 'boot={BOOTSTRAP}'; \
          echo err-line >&2; \
          head -c 70000 /dev/zero | tr '\\0' x; echo; \
          echo after-long; \
@@ -110,6 +111,8 @@ async fn records_arrive_redacted_with_their_attributes_before_the_terminal_messa
         "json={\"k\":\"[REDACTED]\"}",
         "short=[REDACTED] raw=[REDACTED]",
         "multi: [REDACTED]",
+        "key=[REDACTED]",
+        "boot=[REDACTED]",
         "err-line",
         "after-long",
         "no-newline-at-end",
