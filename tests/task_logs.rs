@@ -490,3 +490,37 @@ async fn a_collector_outage_drops_the_refused_batch_and_nothing_else() {
     );
     assert_eq!(rx.refused(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_delays_the_result_by_the_bound_only() {
+    let rx = Receiver::start().await;
+    // Accepts connections and never answers: every export request runs into its 5 s timeout.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/otlp", hung.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = hung.accept().await {
+            conns.push(c);
+        }
+    });
+    let env = Env::start_fake("otlp-hung", options(&rx, "")).await;
+    // Eight full batches: flushed one after the other they would take 40 s.
+    let script: String = (0..1024).map(|i| format!("echo line-{i}; ")).collect();
+    let started = std::time::Instant::now();
+    let t = env.cp.submit(request(
+        &script,
+        env_vars(true),
+        Some(TelemetryCollection {
+            endpoint,
+            ..telemetry(&rx, true)
+        }),
+    ));
+    let done = env.finished(&t.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the result waited {:?} for task logs (bound: 5 s)",
+        started.elapsed()
+    );
+    held.abort();
+}

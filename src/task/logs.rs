@@ -35,6 +35,7 @@ pub(super) fn start(run: &Run<'_>, from: u64) -> Option<Handle> {
         plan,
         resource: Resource {
             worker_id: s.worker_id.clone(),
+            backend: run.env.backend.kind().to_string(),
             run_id: a.task_id.clone(),
             execution_id: run.exec.execution_id.clone(),
         },

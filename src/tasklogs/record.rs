@@ -202,6 +202,8 @@ fn seal(mut r: Record, red: &Redactor) -> Record {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
     pub worker_id: String,
+    /// `worker.backend`: the backend's protocol name (`docker`).
+    pub backend: String,
     pub run_id: String,
     pub execution_id: String,
 }
@@ -212,7 +214,7 @@ impl Resource {
         [
             ("service.name", SERVICE_NAME),
             ("worker.id", self.worker_id.as_str()),
-            ("worker.backend", "docker"),
+            ("worker.backend", self.backend.as_str()),
             ("run_id", self.run_id.as_str()),
             ("execution_id", self.execution_id.as_str()),
         ]
@@ -345,6 +347,7 @@ mod tests {
     fn the_resource_names_worker_run_and_execution() {
         let res = Resource {
             worker_id: "w".into(),
+            backend: "docker".into(),
             run_id: "t".into(),
             execution_id: "e".into(),
         };
