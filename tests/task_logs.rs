@@ -445,10 +445,10 @@ async fn a_cancelled_task_flushes_its_records_before_its_result() {
         env_vars(true),
         Some(telemetry(&rx, true)),
     ));
-    env.until("task running", || {
+    env.until("the line in the transcript", || {
         env.cp
-            .task(&t.id)
-            .is_some_and(|t| t.state == TaskState::Running)
+            .transcript(&t.id)
+            .is_some_and(|b| String::from_utf8_lossy(&b).contains("before-cancel"))
     })
     .await;
     // Well before the 5 s batch tick: only the flush at the end can send the line this soon.
