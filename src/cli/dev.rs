@@ -287,6 +287,19 @@ pub(super) async fn demo(cp: &ControlPlane, image: &str) -> anyhow::Result<ExitC
     for line in String::from_utf8_lossy(&cp.transcript(&rec.id).unwrap_or_default()).lines() {
         out!("  | {line}");
     }
+    // With --task-logs the records were all received before the result (PROTOCOL §8.3).
+    let logs = cp.task_logs(&rec.id);
+    if !logs.is_empty() {
+        out!("demo: {} task-log records received over OTLP:", logs.len());
+        for r in &logs {
+            let source = r
+                .attributes
+                .iter()
+                .find(|(k, _)| k == "log.source" || k == "event.name")
+                .map_or("", |(_, v)| v.as_str());
+            out!("  | {source:<24} {}", r.body);
+        }
+    }
     out!("demo: {}", outcome_line(&done));
     Ok(exit_code_of(&done))
 }
