@@ -135,13 +135,16 @@ struct Shared {
     changed: watch::Sender<u64>,
     next_conn: std::sync::atomic::AtomicU64,
     environments: Mutex<environments::Store>,
-    /// The last [`FRAMES_KEPT`] text frames workers sent, as received: `(worker id, frame)`.
-    frames: Mutex<std::collections::VecDeque<(String, String)>>,
+    /// The last text frames workers sent, as received: `(worker id, frame)`, at most
+    /// [`FRAMES_KEPT`] of them and [`FRAMES_BYTES`] in all.
+    frames: Mutex<(std::collections::VecDeque<(String, String)>, usize)>,
     task_logs: Mutex<task_logs::Store>,
 }
 
 /// Worker frames kept for [`ControlPlane::frames_from`].
 pub const FRAMES_KEPT: usize = 4096;
+/// Bytes of worker frames kept for [`ControlPlane::frames_from`] (transcript chunks are large).
+pub const FRAMES_BYTES: usize = 4 << 20;
 
 /// A handle on the running control plane (cheap to clone).
 #[derive(Clone)]
@@ -171,7 +174,7 @@ impl ControlPlane {
             changed,
             next_conn: std::sync::atomic::AtomicU64::new(0),
             environments: Mutex::new(environments::Store::default()),
-            frames: Mutex::new(std::collections::VecDeque::new()),
+            frames: Mutex::new((std::collections::VecDeque::new(), 0)),
             task_logs: Mutex::new(task_logs::Store::default()),
         });
         Self::listen(addr, shared).await
@@ -409,11 +412,12 @@ impl ControlPlane {
     }
 
     /// The text frames a worker sent, byte for byte, oldest first (the last [`FRAMES_KEPT`]
-    /// of all workers): what a server sees on the wire.
+    /// of all workers, at most [`FRAMES_BYTES`]): what a server sees on the wire.
     pub fn frames_from(&self, worker_id: &str) -> Vec<String> {
         self.shared
             .frames
             .lock()
+            .0
             .iter()
             .filter(|(w, _)| w == worker_id)
             .map(|(_, f)| f.clone())
@@ -421,11 +425,16 @@ impl ControlPlane {
     }
 
     fn record_frame(&self, worker_id: &str, frame: &str) {
-        let mut f = self.shared.frames.lock();
-        if f.len() >= FRAMES_KEPT {
-            f.pop_front();
+        let mut guard = self.shared.frames.lock();
+        let (frames, bytes) = &mut *guard;
+        frames.push_back((worker_id.to_string(), frame.to_string()));
+        *bytes += frame.len();
+        while frames.len() > FRAMES_KEPT || *bytes > FRAMES_BYTES {
+            match frames.pop_front() {
+                Some((_, f)) => *bytes -= f.len(),
+                None => break,
+            }
         }
-        f.push_back((worker_id.to_string(), frame.to_string()));
     }
 
     /// Connected workers.
