@@ -139,6 +139,17 @@ pub struct ExecRecord {
     pub closure: Closure,
 }
 
+/// What the journal knows of an execution this instance owns for debug archives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveOwner {
+    /// Not finished (`false`: in its cleanup grace).
+    pub active: bool,
+    /// Its sandbox was created.
+    pub started: bool,
+    /// Its container, once created.
+    pub container_id: Option<String>,
+}
+
 pub struct Journal {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -223,6 +234,20 @@ fn classify(path: &Path, e: rusqlite::Error) -> JournalError {
     }
 }
 
+/// A stored result names its execution as the server did: `assigned` is not a wire field, so it
+/// comes back from the stored assignment (oz/1 echoes only a server-given `execution_id`).
+fn assigned_from(mut terminal: WorkerMessage, assignment: &TaskAssignment) -> WorkerMessage {
+    if let WorkerMessage::TaskCompleted { ext: Some(e), .. }
+    | WorkerMessage::TaskFailed { ext: Some(e), .. } = &mut terminal
+    {
+        e.assigned = assignment
+            .execution_id
+            .as_deref()
+            .is_some_and(|x| !x.is_empty());
+    }
+    terminal
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -277,32 +302,30 @@ impl Journal {
              CREATE INDEX IF NOT EXISTS executions_task ON executions(task_id);",
         )
         .map_err(corrupt)?;
-        // Added by a later version: journals written before it gain the column (NULL = none).
-        let has_closure: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('executions') WHERE name = 'closure'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(corrupt)?;
-        if !has_closure {
-            conn.execute_batch("ALTER TABLE executions ADD COLUMN closure TEXT")
+        // Columns added by later versions: journals written before them gain each one
+        // (NULL = none). `closure`: a cancelled execution's proof of removal (PROTOCOL §7);
+        // `archive_grace_until`: the end of the cleanup grace in ms since the epoch (debug
+        // archives, §8.4; NULL before the end, or released); `exported_offset`: how far into
+        // the spool task-log export got, so a restarted worker resumes there (§8.3).
+        for (column, decl) in [
+            ("closure", "TEXT"),
+            ("archive_grace_until", "INTEGER"),
+            ("exported_offset", "INTEGER"),
+        ] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('executions') WHERE name = ?1",
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)
                 .map_err(corrupt)?;
-        }
-        // Task-log export (PROTOCOL §8.3): how far into the spool the exporter got, so a
-        // restarted worker resumes there (NULL = never exported).
-        let has_exported: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('executions') WHERE name = 'exported_offset'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(corrupt)?;
-        if !has_exported {
-            conn.execute_batch("ALTER TABLE executions ADD COLUMN exported_offset INTEGER")
+            if !has {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE executions ADD COLUMN {column} {decl}"
+                ))
                 .map_err(corrupt)?;
+            }
         }
         for side in ["-wal", "-shm"] {
             let mut p = path.clone().into_os_string();
@@ -416,11 +439,109 @@ impl Journal {
 
     /// Records the terminal message (the durable outbox); the slot may be freed after this.
     pub fn finish(&self, execution_id: &str, terminal: &WorkerMessage) -> Result<(), JournalError> {
+        self.finish_with_grace(execution_id, terminal, std::time::Duration::ZERO)
+    }
+
+    /// [`Journal::finish`], starting the execution's cleanup grace in the same write: the
+    /// execution stays owned for debug archives until `grace` from now (PROTOCOL §8.4: the
+    /// grace starts before the terminal message is queued).
+    pub fn finish_with_grace(
+        &self,
+        execution_id: &str,
+        terminal: &WorkerMessage,
+        grace: std::time::Duration,
+    ) -> Result<(), JournalError> {
         let frame = terminal.encode_for(true).unwrap_or_default();
+        let now = now_ms();
+        // No grace: nothing to release later.
+        let until = (!grace.is_zero())
+            .then(|| now.saturating_add(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX)));
         self.with(|c| {
             c.execute(
-                "UPDATE executions SET state = 'finished', terminal = ?2, finished_at = ?3 WHERE execution_id = ?1",
-                params![execution_id, frame, now_ms()],
+                "UPDATE executions SET state = 'finished', terminal = ?2, finished_at = ?3, archive_grace_until = ?4 WHERE execution_id = ?1",
+                params![execution_id, frame, now, until],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Whether this instance owns `(task_id, execution_id)` for debug archives at `now_ms`:
+    /// active (not finished), or finished with its cleanup grace not yet over.
+    pub fn archive_owner(
+        &self,
+        task_id: &str,
+        execution_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<ArchiveOwner>, JournalError> {
+        let row: Option<(String, Option<String>, Option<i64>)> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT state, container_id, archive_grace_until FROM executions WHERE execution_id = ?1 AND task_id = ?2",
+            )?;
+            let mut rows = stmt.query(params![execution_id, task_id])?;
+            match rows.next()? {
+                Some(r) => Ok(Some((r.get(0)?, r.get(1)?, r.get(2)?))),
+                None => Ok(None),
+            }
+        })?;
+        let Some((state, container_id, until)) = row else {
+            return Ok(None);
+        };
+        let active = match ExecState::parse(&state) {
+            Some(ExecState::Finished) => false,
+            Some(_) => true,
+            None => return Ok(None),
+        };
+        if !active && until.is_none_or(|u| u <= now_ms) {
+            return Ok(None);
+        }
+        Ok(Some(ArchiveOwner {
+            active,
+            started: container_id.is_some(),
+            container_id,
+        }))
+    }
+
+    /// Executions whose cleanup grace is over at `now_ms` and not yet released.
+    pub fn graces_over(&self, now_ms: i64) -> Result<Vec<String>, JournalError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT execution_id FROM executions WHERE archive_grace_until IS NOT NULL AND archive_grace_until <= ?1",
+            )?;
+            let rows = stmt.query_map(params![now_ms], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// How many executions are in their cleanup grace at `now_ms`.
+    pub fn graces_open(&self, now_ms: i64) -> Result<u64, JournalError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM executions WHERE state = 'finished' AND archive_grace_until > ?1",
+                params![now_ms],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n.max(0) as u64)
+    }
+
+    /// Whether the execution is in its cleanup grace at `now_ms` (its spool must stay).
+    pub fn in_grace(&self, execution_id: &str, now_ms: i64) -> Result<bool, JournalError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM executions WHERE execution_id = ?1 AND archive_grace_until > ?2",
+                params![execution_id, now_ms],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    /// Ends the execution's cleanup grace: it is no longer owned for archives.
+    pub fn release_grace(&self, execution_id: &str) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE executions SET archive_grace_until = NULL WHERE execution_id = ?1",
+                params![execution_id],
             )
             .map(|_| ())
         })
@@ -558,10 +679,11 @@ impl Journal {
                     .ok_or_else(|| bad(format!("unknown closure state {:?}", r.11)))?;
                 let terminal = match &r.7 {
                     None => None,
-                    Some(t) => Some(
+                    Some(t) => Some(assigned_from(
                         WorkerMessage::decode(t)
                             .map_err(|e| bad(format!("its result does not decode: {e}")))?,
-                    ),
+                        &assignment,
+                    )),
                 };
                 Ok(ExecRecord {
                     execution_id: r.0.clone(),
@@ -639,6 +761,87 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_result_echoes_the_servers_execution_id_on_oz1_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        for (id, assigned) in [("e1", Some("e1")), ("e2", None)] {
+            let j = Journal::open(dir.path()).unwrap();
+            let mut asg = a("t1");
+            asg.execution_id = assigned.map(str::to_string);
+            j.claim(id, &asg, false).unwrap();
+            let ext = TerminalExt {
+                execution_id: id.into(),
+                message_id: "m".into(),
+                exit_code: Some(0),
+                duration_ms: 1,
+                transcript_bytes: 0,
+                transcript_lost_bytes: 0,
+                usage: None,
+                failure_details: None,
+                assigned: assigned.is_some(),
+            };
+            let term = WorkerMessage::TaskCompleted {
+                task_id: "t1".into(),
+                message: "Task completed successfully".into(),
+                task_state: None,
+                ext: Some(ext),
+            };
+            j.finish(id, &term).unwrap();
+            drop(j);
+            let j = Journal::open(dir.path()).unwrap();
+            let back = j.get(id).ok().flatten().and_then(|r| r.terminal);
+            assert_eq!(back.as_ref(), Some(&term), "{id}");
+            let wire = back.map(|t| t.encode()).unwrap_or_default();
+            assert_eq!(
+                wire.contains(&format!(r#""execution_id":"{id}""#)),
+                assigned.is_some(),
+                "{wire}"
+            );
+        }
+    }
+
+    #[test]
+    fn archive_ownership_lasts_while_active_and_through_the_grace_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.claim("e1", &a("t1"), false).unwrap();
+        let now = now_ms();
+        let owner = j.archive_owner("t1", "e1", now).unwrap().unwrap();
+        assert!(owner.active && !owner.started);
+        // Another run's id, or another execution of the run: not owned.
+        assert_eq!(j.archive_owner("t2", "e1", now).unwrap(), None);
+        assert_eq!(j.archive_owner("t1", "e2", now).unwrap(), None);
+        j.set_container("e1", "c1", false).unwrap();
+        let term = WorkerMessage::TaskCompleted {
+            task_id: "t1".into(),
+            message: "ok".into(),
+            task_state: None,
+            ext: None,
+        };
+        j.finish_with_grace("e1", &term, std::time::Duration::from_secs(60))
+            .unwrap();
+        let owner = j.archive_owner("t1", "e1", now).unwrap().unwrap();
+        assert!(!owner.active);
+        assert_eq!(owner.container_id.as_deref(), Some("c1"));
+        assert!(j.in_grace("e1", now).unwrap());
+        assert_eq!(j.graces_open(now).unwrap(), 1);
+        assert!(j.graces_over(now).unwrap().is_empty());
+        // It survives a reopen (a restart), and ends with its grace.
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert!(j.archive_owner("t1", "e1", now).unwrap().is_some());
+        let later = now + 61_000;
+        assert_eq!(j.archive_owner("t1", "e1", later).unwrap(), None);
+        assert_eq!(j.graces_over(later).unwrap(), ["e1"]);
+        j.release_grace("e1").unwrap();
+        assert!(j.graces_over(later).unwrap().is_empty());
+        assert_eq!(j.archive_owner("t1", "e1", now).unwrap(), None);
+        // A plain finish (no grace) is not owned once finished.
+        j.claim("e3", &a("t3"), false).unwrap();
+        j.finish("e3", &term).unwrap();
+        assert_eq!(j.archive_owner("t3", "e3", now_ms()).unwrap(), None);
+    }
+
+    #[test]
     fn records_every_transition_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
@@ -666,6 +869,7 @@ mod tests {
                 transcript_lost_bytes: 0,
                 usage: None,
                 failure_details: None,
+                assigned: false,
             }),
         };
         j.finish("e1", &term).unwrap();

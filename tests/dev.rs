@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use support::{BIN, worker_id};
 
-/// A `berth dev` process and the lines of its banner.
+/// A `berth dev` process, the lines of its banner, and what it printed after it.
 struct Dev {
     child: Child,
     banner: Vec<String>,
+    later: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Dev {
@@ -44,7 +45,34 @@ impl Dev {
             banner.iter().any(|l| l.contains("worker API ")),
             "no worker API line in the banner: {banner:?}"
         );
-        Dev { child, banner }
+        // Keep reading (the pipe stays open) so later lines can be looked at.
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = later.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Dev {
+            child,
+            banner,
+            later,
+        }
+    }
+
+    /// The first line printed after the banner that contains `text` (waits up to 60 s).
+    fn printed(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(l) = self.later.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth dev never printed {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn line(&self, label: &str) -> String {
@@ -298,4 +326,66 @@ fn the_demo_tells_berths_story_only_and_exits_once_its_result_is_acknowledged() 
         "the demo exited with its result still owed:\n{stderr}"
     );
     assert!(!stderr.contains("next start"), "{stderr}");
+}
+
+#[test]
+fn dev_asks_for_a_debug_archive_and_prints_where_it_landed() {
+    if !Path::new(berth::runtime::docker::rootfs::DEFAULT_BUSYBOX).exists() {
+        panic!(
+            "this test builds berth dev's image from /bin/busybox: apt-get install busybox-static"
+        );
+    }
+    berth::control::tls::install_default_provider();
+    let xdg = tempfile::tempdir().unwrap();
+    let worker = worker_id("dev-archive");
+    let image = format!("berth-test-dev-archive-{}:latest", std::process::id());
+    let _cleanup = Cleanup {
+        worker: worker.clone(),
+        image: image.clone(),
+    };
+    let dev = Dev::start(xdg.path(), &worker, &image);
+    assert!(dev.line("debug archive").contains("/debug-archive"));
+    let server = dev.server();
+    let task = ok(
+        xdg.path(),
+        &[
+            "submit",
+            "--server",
+            &server,
+            "--image",
+            &image,
+            "--no-wait",
+            "--",
+            "sh",
+            "-c",
+            "echo archived-line; echo to-stderr >&2",
+        ],
+    )
+    .trim()
+    .to_string();
+    wait_for_state(xdg.path(), &task, "succeeded");
+    let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new()
+            .post(format!("{server}/v1/tasks/{task}/debug-archive"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status.as_u16(), 202);
+    let line = dev.printed("debug archive arc-");
+    assert!(
+        line.contains(&task) && line.contains(" bytes at "),
+        "{line}"
+    );
+    let path = line.rsplit(" bytes at ").next().unwrap();
+    let object = std::fs::read_to_string(path).unwrap();
+    let root = xdg.path().join("berth/dev/archives");
+    assert!(path.starts_with(&root.display().to_string()), "{path}");
+    assert!(
+        object.contains("archived-line\\n") && object.contains("to-stderr"),
+        "{object}"
+    );
+    assert!(object.lines().all(|l| l.contains("\"kind\":\"data\"")));
+    dev.interrupt();
 }

@@ -271,3 +271,93 @@ async fn a_sidecar_image_without_etc_passwd_is_copied() {
     let done = env.finished(&t.id).await;
     assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
 }
+
+/// PROTOCOL.md §8.2 and §8.5 end to end on an oz/1 server: the newer snapshot fields and a
+/// lifecycle-hook context reach the agent's argv in their places; a context that fails its
+/// checks is refused before any claim, with the refusal as the reason, and nothing starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_oz_fields_reach_the_argv_and_a_bad_hook_context_is_refused_before_a_claim() {
+    let out = tempfile::tempdir().unwrap();
+    let env = Env::start(
+        "oz-newer",
+        EnvOptions {
+            accept_berth: false,
+            overrides: Overrides {
+                volumes: vec![format!("{}:/out", out.path().display())],
+                ..Overrides::default()
+            },
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let digest = "ab".repeat(32);
+    let ctx = format!(
+        r#"{{"required": true, "supported_payload_schema_versions": ["warp.oz_hook.v1"],
+            "project_trust": [{{"git_root": "/workspace/r", "config_path": "/workspace/r/.warp/hooks.json", "sha256": "{digest}"}}]}}"#
+    );
+    let raw = |text: &str| -> RawJson { serde_json::from_str(text).unwrap() };
+    let overrides: Vec<berth::protocol::RepositoryHeadOverride> = serde_json::from_str(
+        r#"[{"code_forge": "GITHUB", "repo_owner": "o", "repo_name": "r",
+             "head": {"type": "COMMIT_SHA", "value": "abc123"}, "preserve_origin": false}]"#,
+    )
+    .unwrap();
+    let mut req = oz_request(&[]);
+    req.agent_config_snapshot = Some(AgentConfigSnapshot {
+        computer_use_model_id: Some("cu-model".into()),
+        repository_head_overrides: Some(overrides),
+        ..snapshot()
+    });
+    req.oz_lifecycle_hooks = Some(raw(&ctx));
+    let t = env.cp.submit(req.clone());
+    let t = env.finished(&t.id).await;
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let argv: Vec<String> = std::fs::read_to_string(out.path().join("argv"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let tail: Vec<&str> = argv.iter().skip(13).map(String::as_str).collect();
+    assert_eq!(
+        tail,
+        [
+            "--computer-use",
+            "--computer-use-model",
+            "cu-model",
+            "--environment",
+            "env-1",
+            "--repository-head-override-json",
+            r#"{"code_forge":"GITHUB","repo_owner":"o","repo_name":"r","head":{"type":"COMMIT_SHA","value":"abc123"}}"#,
+            "--remove-repository-origins",
+            "--extra-flag",
+            "--idle-on-complete",
+            "7m",
+            "--oz-lifecycle-hooks-context",
+            &format!(
+                r#"{{"required":true,"supported_payload_schema_versions":["warp.oz_hook.v1"],"project_trust":[{{"git_root":"/workspace/r","config_path":"/workspace/r/.warp/hooks.json","sha256":"{digest}"}}]}}"#
+            ),
+        ],
+        "{argv:?}"
+    );
+
+    // A context the CLI could not trust: refused, requeued, never claimed or started.
+    req.oz_lifecycle_hooks = Some(raw(&ctx.replace(&digest, "not-a-digest")));
+    let bad = env.cp.submit(req);
+    env.until("the refusal", || {
+        env.cp.task(&bad.id).is_some_and(|t| t.rejections > 0)
+    })
+    .await;
+    let t = env.cp.task(&bad.id).unwrap();
+    assert_eq!(
+        t.last_rejection.as_deref(),
+        Some("oz_lifecycle_hooks.project_trust[0].sha256 is not 64 hexadecimal characters")
+    );
+    assert_eq!(t.state, TaskState::Queued, "{t:?}");
+    assert!(t.claimed_at.is_none(), "never claimed: {t:?}");
+    assert!(containers_of_task(&bad.id).is_empty());
+    let m = env.metrics().await;
+    assert!(
+        m.contains(r#"oz_worker_tasks_rejected_total{reason="incompatible_task"}"#),
+        "{m}"
+    );
+    env.cp.cancel(&bad.id).ok();
+}

@@ -218,3 +218,78 @@ async fn a_result_produced_while_disconnected_is_delivered_after_reconnect() {
     .await;
     cp2.shutdown();
 }
+
+/// A raw oz/1 server (no berth/1 header, none of PROTOCOL.md §8's fields) sees exactly the
+/// frames the first contract specified, byte for byte: claim and result, nothing new. With an
+/// `execution_id` in the assignment the result echoes it (§8.2), and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oz1_server_that_sends_nothing_new_sees_todays_frames_byte_for_byte() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    berth::control::tls::install_default_provider();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frames = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let seen = frames.clone();
+    let server = tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+        for (task, exec) in [("run-1", ""), ("run-2", r#","execution_id":"exec-2""#)] {
+            let assign = format!(
+                r#"{{"type":"task_assignment","data":{{"task_id":"{task}"{exec},"task":{{"id":"{task}","title":"t","task_definition":{{"prompt":"p"}},"owner":{{"Type":"USER","Id":1}}}},"docker_image":"img"}}}}"#
+            );
+            ws.send(Message::text(assign)).await.unwrap();
+        }
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Text(t) = m {
+                seen.lock().push(t.to_string());
+            }
+        }
+    });
+    let fake = FakeBackend::new();
+    fake.script(
+        "/agent/entrypoint.sh",
+        berth::backend::fake::Script::new()
+            .prints(berth::protocol::Stream::Stdout, "agent ran\n")
+            .exits(0),
+    );
+    let id = worker_id("oz1-pin");
+    let state = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "worker_id: {id}\ncontrol_plane:\n  url: ws://{addr}/ws\nadmission:\n  min_free_disk: 0\n"
+    );
+    let ov = Overrides {
+        api_key: Some(Secret::new("k")),
+        api_listen: Some("127.0.0.1:0".into()),
+        state_dir: Some(state.path().to_path_buf()),
+        ..Overrides::default()
+    };
+    let cfg = config::load_str(Some(&yaml), None, &ov, &|_| None).unwrap();
+    let (stop, _h, join) = start_fake_worker(cfg, &fake).await;
+    until("both results", || {
+        frames
+            .lock()
+            .iter()
+            .filter(|f| f.contains("task_completed"))
+            .count()
+            == 2
+    })
+    .await;
+    // Anything else the worker would send unprompted has had time to arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = frames.lock().clone();
+    got.sort();
+    let mut want = vec![
+        format!(r#"{{"data":{{"task_id":"run-1","worker_id":"{id}"}},"type":"task_claimed"}}"#),
+        r#"{"data":{"message":"Task completed successfully","task_id":"run-1"},"type":"task_completed"}"#.to_string(),
+        format!(r#"{{"data":{{"execution_id":"exec-2","task_id":"run-2","worker_id":"{id}"}},"type":"task_claimed"}}"#),
+        r#"{"data":{"execution_id":"exec-2","message":"Task completed successfully","task_id":"run-2"},"type":"task_completed"}"#.to_string(),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    stop.cancel();
+    join.await.unwrap();
+    server.abort();
+}

@@ -336,7 +336,7 @@ async fn an_oz_server_sending_no_telemetry_collection_sees_exactly_todays_frames
     tokio::time::sleep(Duration::from_millis(300)).await;
     let want = vec![
         r#"{"data":{"execution_id":"<execution>","task_id":"<task>","worker_id":"<worker>"},"type":"task_claimed"}"#.to_string(),
-        r#"{"data":{"message":"Task completed successfully","task_id":"<task>"},"type":"task_completed"}"#.to_string(),
+        r#"{"data":{"execution_id":"<execution>","message":"Task completed successfully","task_id":"<task>"},"type":"task_completed"}"#.to_string(),
     ];
     assert_eq!(frames_of(&plain), want);
     assert_eq!(

@@ -320,7 +320,8 @@ async fn hundreds_of_short_tasks_each_report_once_and_leave_no_spool_after_reten
         "many",
         EnvOptions {
             max_concurrent_tasks: 8,
-            yaml: "transcript:\n  retention: 1s\n".into(),
+            // No cleanup grace (PROTOCOL §8.4 keeps a spool through it): retention alone.
+            yaml: "transcript:\n  retention: 1s\nidle_on_complete: 0s\n".into(),
             ..EnvOptions::default()
         },
     )

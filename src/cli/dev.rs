@@ -98,6 +98,7 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
                 (None, true) => TaskLogs::Own,
                 (None, false) => TaskLogs::Off,
             },
+            archive_dir: Some(root.join(super::devdir::ARCHIVES_DIR)),
             ..ServerOptions::default()
         },
         super::devdir::load_control_plane(&cp_file),
@@ -126,7 +127,13 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         ),
         Err(why) => out!("  submit a task    no demo image: {why}"),
     }
+    out!(
+        "  debug archive    curl -X POST {}/v1/tasks/<id>/debug-archive (objects land in {})",
+        cp.http_url(),
+        root.join(super::devdir::ARCHIVES_DIR).display()
+    );
     let shutdown = shutdown_on_signals();
+    tokio::spawn(print_archives(cp.clone(), shutdown.clone()));
     let saver = tokio::spawn(save_periodically(
         cp.clone(),
         cp_file.clone(),
@@ -200,6 +207,41 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     }
     cp.shutdown();
     Ok(code)
+}
+
+/// Prints each debug archive's answer once it arrives: where the object landed, or why
+/// there is none.
+async fn print_archives(cp: ControlPlane, stop: tokio_util::sync::CancellationToken) {
+    let mut seen = std::collections::HashSet::new();
+    let mut changes = cp.changes();
+    loop {
+        for r in cp.archives() {
+            let Some(ack) = &r.ack else { continue };
+            if !seen.insert(r.archive_id.clone()) {
+                continue;
+            }
+            match (&r.path, ack.outcome.as_str()) {
+                (Some(p), "uploaded") => out!(
+                    "berth dev: debug archive {} of task {}: {} bytes at {}",
+                    r.archive_id,
+                    r.task_id,
+                    ack.bytes.unwrap_or_default(),
+                    p.display()
+                ),
+                _ => out!(
+                    "berth dev: debug archive {} of task {}: {} ({})",
+                    r.archive_id,
+                    r.task_id,
+                    ack.outcome,
+                    ack.reason_code
+                ),
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Saves the control plane's state whenever it changed, until `stop`.

@@ -16,6 +16,8 @@ use tracing::warn;
 pub(super) const API_FILE: &str = "worker-api";
 /// The embedded control plane's saved state.
 pub(super) const CONTROL_PLANE_FILE: &str = "control-plane.json";
+/// Directory under the dev root where the control plane keeps debug archives it received.
+pub(super) const ARCHIVES_DIR: &str = "archives";
 
 /// The default directory (pure): `$XDG_STATE_HOME/berth/dev`, else `$HOME/.local/state/berth/dev`,
 /// else under the temporary directory.

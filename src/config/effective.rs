@@ -27,6 +27,18 @@ pub struct Effective {
     transcript: EffectiveTranscript,
     task_logs: EffectiveTaskLogs,
     admission: EffectiveAdmission,
+    debug_log_capture: EffectiveDebugLogCapture,
+}
+
+#[derive(Debug, Serialize)]
+struct EffectiveDebugLogCapture {
+    /// "" = the system temp dir.
+    directory: String,
+    max_total_bytes: u64,
+    max_execution_bytes: u64,
+    max_concurrent_uploads: u32,
+    /// Why archive capture is off, when it is.
+    disabled: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -259,6 +271,18 @@ impl Config {
             task_logs: EffectiveTaskLogs {
                 enabled: self.task_logs.enabled,
                 allow_insecure: self.task_logs.allow_insecure,
+            },
+            debug_log_capture: EffectiveDebugLogCapture {
+                directory: self
+                    .debug_log_capture
+                    .directory
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                max_total_bytes: self.debug_log_capture.max_total_bytes,
+                max_execution_bytes: self.debug_log_capture.max_execution_bytes,
+                max_concurrent_uploads: self.debug_log_capture.max_concurrent_uploads,
+                disabled: self.debug_log_capture.disabled.clone(),
             },
         }
     }

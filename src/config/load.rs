@@ -77,6 +77,8 @@ pub struct Config {
     pub default_environment: Option<String>,
     /// The local API.
     pub api: ApiSettings,
+    /// Debug-archive snapshots (PROTOCOL §8.4).
+    pub debug_log_capture: super::debug_log_capture::DebugLogCapture,
 }
 
 impl Config {
@@ -175,6 +177,8 @@ pub fn load_str(
     let (environments, default_environment) = environments_section(&mut raw, &mut c);
     let transcript = transcript_section(raw.transcript.take(), &mut c);
     let task_logs = task_logs_section(raw.task_logs.take());
+    let debug_log_capture =
+        super::debug_log_capture::debug_log_capture_section(raw.debug_log_capture.take(), &mut c);
     let shutdown_grace = c.duration(
         "shutdown_grace",
         raw.shutdown_grace.as_ref(),
@@ -218,6 +222,7 @@ pub fn load_str(
         environments,
         default_environment,
         api,
+        debug_log_capture,
     })
 }
 

@@ -13,6 +13,7 @@ mod api;
 mod api_key;
 mod collector;
 mod control_plane;
+mod debug_log_capture;
 mod docker;
 mod effective;
 mod environments;
@@ -32,6 +33,7 @@ pub use admission::AdmissionSettings;
 pub use api::{ApiSettings, DEFAULT_API_LISTEN, Listen, parse_listen};
 pub use collector::{ConfigError, ConfigErrors};
 pub use control_plane::{ControlPlane, DEFAULT_SERVER_ROOT_URL, DEFAULT_URL};
+pub use debug_log_capture::DebugLogCapture;
 pub use docker::{DEFAULT_IMAGE, DockerBackend, parse_env_flag, validate_volume};
 pub use effective::Effective;
 pub use kubernetes::{

@@ -60,6 +60,7 @@ pub(super) struct RawConfig {
     pub(super) admission: Option<RawAdmission>,
     pub(super) environments: Option<BTreeMap<String, RawEnvironment>>,
     pub(super) default_environment: Option<Spanned<String>>,
+    pub(super) debug_log_capture: Option<super::debug_log_capture::RawDebugLogCapture>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -33,6 +33,9 @@ impl ServerMessage {
             }
             ServerMessage::Drain => ("drain", None),
             ServerMessage::Resume => ("resume", None),
+            ServerMessage::DebugArchiveLogsRequested(r) => {
+                ("debug_archive_logs_requested", Some(r.data.clone()))
+            }
             ServerMessage::Unknown(kind) => (kind.as_str(), None),
         };
         frame(kind, data)

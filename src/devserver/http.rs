@@ -24,6 +24,17 @@ pub(super) fn router(cp: ControlPlane) -> Router {
         .route("/v1/tasks/{id}/transcript", get(transcript))
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/retry", post(retry))
+        .route(
+            "/v1/tasks/{id}/debug-archive",
+            post(super::archives::request),
+        )
+        .route("/v1/debug-archives", get(super::archives::list))
+        .route(
+            super::archives::UPLOAD_ROUTE,
+            axum::routing::put(super::archives::upload).layer(
+                axum::extract::DefaultBodyLimit::max(super::archives::MAX_UPLOAD),
+            ),
+        )
         .route(super::events::API_PATH, post(super::events::post))
         .route(
             super::task_logs::IDENTITY_PATH,
@@ -54,6 +65,7 @@ async fn index(State(cp): State<ControlPlane>) -> Json<serde_json::Value> {
             "POST /v1/tasks", "GET /v1/tasks", "GET /v1/tasks/{id}",
             "GET /v1/tasks/{id}/wait?timeout_secs=N", "GET /v1/tasks/{id}/transcript?follow=true&format=raw|jsonl",
             "POST /v1/tasks/{id}/cancel[?execution_id=E|?scope=run]", "POST /v1/tasks/{id}/retry",
+            "POST /v1/tasks/{id}/debug-archive[?execution_id=E&max_bytes=N&ttl_secs=S]", "GET /v1/debug-archives",
             "GET /v1/workers",
             "PUT /v1/environments/{id}", "GET /api/v1/environments/{id} (workers; bearer key)",
             "POST /api/v1/agent/runs/{id}/client-events (workers; the run's tokens)"

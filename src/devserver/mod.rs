@@ -2,6 +2,8 @@
 //! PROTOCOL.md (WebSocket endpoint for workers, in-memory queue, requeue on rejection) plus a
 //! small JSON HTTP API. The CLI, the integration tests and the benchmarks all use this one.
 
+mod archives;
+pub use archives::{ArchiveOptions, ArchiveRecord};
 mod encode;
 mod environments;
 mod events;
@@ -51,6 +53,8 @@ pub struct ServerOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Ask workers to export task logs (PROTOCOL §8.3), and where.
     pub task_logs: TaskLogs,
+    /// Where uploaded debug archives are written (`None`: kept in memory only).
+    pub archive_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +65,7 @@ impl Default for ServerOptions {
             max_message_size: 16 << 20,
             tls: None,
             task_logs: TaskLogs::Off,
+            archive_dir: None,
         }
     }
 }
@@ -139,6 +144,7 @@ struct Shared {
     /// [`FRAMES_KEPT`] of them and [`FRAMES_BYTES`] in all.
     frames: Mutex<(std::collections::VecDeque<(String, String)>, usize)>,
     task_logs: Mutex<task_logs::Store>,
+    archives: Mutex<archives::Archives>,
 }
 
 /// Worker frames kept for [`ControlPlane::frames_from`].
@@ -176,6 +182,7 @@ impl ControlPlane {
             environments: Mutex::new(environments::Store::default()),
             frames: Mutex::new((std::collections::VecDeque::new(), 0)),
             task_logs: Mutex::new(task_logs::Store::default()),
+            archives: Mutex::new(archives::Archives::default()),
         });
         Self::listen(addr, shared).await
     }
@@ -349,6 +356,16 @@ impl ControlPlane {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock()
+    }
+
+    /// Wakes waiters on [`ControlPlane::changes`] after a change outside the state.
+    fn bump(&self) {
+        let v = {
+            let mut s = self.state();
+            s.version += 1;
+            s.version
+        };
+        self.shared.changed.send_replace(v);
     }
 
     /// Applies a change to the state and delivers the frames it produced.

@@ -57,6 +57,9 @@ pub struct SubmitRequest {
     /// fills it in itself when it runs its own receiver; absent, the assignment has none.
     #[serde(default)]
     pub telemetry_collection: Option<TelemetryCollection>,
+    /// Lifecycle-hook context (PROTOCOL.md §8.5), passed on as given.
+    #[serde(default)]
+    pub oz_lifecycle_hooks: Option<crate::protocol::RawJson>,
 }
 
 /// A task as the HTTP API shows it: the run, its current (latest) execution's fields at the
@@ -73,6 +76,9 @@ pub struct TaskRecord {
     pub assignments: u32,
     /// How often a worker rejected it.
     pub rejections: u32,
+    /// The reason of the latest rejection (why a task stays queued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejection: Option<String>,
     /// Submission time.
     pub created_at: DateTime<Utc>,
     /// The current execution.

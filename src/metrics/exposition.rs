@@ -141,6 +141,16 @@ fn by<'s, N: Into<Num>>(
         .collect()
 }
 
+/// Histograms keyed by one label's value.
+fn labelled<'a>(
+    label: &str,
+    hs: &'a std::collections::BTreeMap<&'static str, Histogram>,
+) -> Vec<(String, &'a Histogram)> {
+    hs.iter()
+        .map(|(k, h)| (format!("{label}=\"{k}\""), h))
+        .collect()
+}
+
 /// Escapes a label value (backslash, quote, newline).
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -351,6 +361,91 @@ pub(super) static FAMILIES: &[Family] = &[
         kind: Gauge,
         help: "Cancelled executions whose execution_closed is still owed.",
         read: One(|v| Num::Int(v.g.closures_pending as u64)),
+    },
+    // Debug archives (PROTOCOL §8.4): the Go worker's names; labelled series appear once seen.
+    Family {
+        name: "oz_worker_debug_archive_requests_total",
+        kind: Counter,
+        help: "Debug-archive requests answered, by backend, ownership, outcome and reason.",
+        read: By(|v| {
+            let a = &v.l.archive;
+            a.requests
+                .iter()
+                .map(|((b, o, out, r), n)| {
+                    let labels = format!(
+                        "backend=\"{b}\",ownership=\"{o}\",outcome=\"{out}\",reason=\"{r}\""
+                    );
+                    (labels, Num::Int(*n))
+                })
+                .collect()
+        }),
+    },
+    Family {
+        name: "oz_worker_debug_archive_snapshot_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time to build a debug-archive snapshot.",
+        read: Histograms(|v| labelled("backend", &v.l.archive.snapshot_seconds)),
+    },
+    Family {
+        name: "oz_worker_debug_archive_snapshot_bytes",
+        kind: Kind::Histogram,
+        help: "Size of debug-archive snapshots.",
+        read: Histograms(|v| labelled("backend", &v.l.archive.snapshot_bytes)),
+    },
+    Family {
+        name: "oz_worker_debug_archive_uploads_total",
+        kind: Counter,
+        help: "Debug-archive uploads, by result.",
+        read: By(|v| {
+            let n = |r| v.l.archive.uploads.get(r).copied().unwrap_or(0);
+            by("result", ["uploaded", "failed"].map(|r| (r, n(r))))
+        }),
+    },
+    Family {
+        name: "oz_worker_debug_archive_upload_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time to upload a debug archive, by result.",
+        read: Histograms(|v| labelled("result", &v.l.archive.upload_seconds)),
+    },
+    Family {
+        name: "oz_worker_debug_archive_truncations_total",
+        kind: Counter,
+        help: "Debug-archive snapshots that dropped records (first/last truncation).",
+        read: By(|v| {
+            let t = &v.l.archive.truncations;
+            t.iter()
+                .map(|(b, n)| (format!("backend=\"{b}\""), Num::Int(*n)))
+                .collect()
+        }),
+    },
+    Family {
+        name: "oz_worker_debug_archive_requests_in_flight",
+        kind: Gauge,
+        help: "Debug-archive requests waiting, snapshotting or uploading.",
+        read: One(|v| count(&v.m.archive_in_flight)),
+    },
+    Family {
+        name: "oz_worker_debug_archive_capture_bytes",
+        kind: Gauge,
+        help: "Disk bytes reserved for debug-archive snapshots in flight.",
+        read: One(|v| count(&v.m.archive_capture_bytes)),
+    },
+    Family {
+        name: "oz_worker_cleanup_grace_entries",
+        kind: Gauge,
+        help: "Executions in their cleanup grace (still answering debug-archive requests).",
+        read: One(|v| count(&v.m.grace_entries)),
+    },
+    Family {
+        name: "oz_worker_cleanup_grace_results_total",
+        kind: Counter,
+        help: "Cleanup graces ended, by backend and result.",
+        read: By(|v| {
+            let g = &v.l.archive.grace_results;
+            g.iter()
+                .map(|((b, r), n)| (format!("backend=\"{b}\",result=\"{r}\""), Num::Int(*n)))
+                .collect()
+        }),
     },
     Family {
         name: "berth_spool_bytes",

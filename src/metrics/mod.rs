@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::failure::FailureReason;
 use crate::protocol::WorkerMessage;
 
+mod archive;
 mod exposition;
 mod histogram;
 
@@ -29,15 +30,18 @@ pub enum RejectKind {
     ShuttingDown,
     /// A one-shot worker already took its task.
     OneShotComplete,
+    /// The task needs what this worker cannot honour (a refused lifecycle-hook context).
+    IncompatibleTask,
 }
 
 impl RejectKind {
-    const ALL: [RejectKind; 5] = [
+    const ALL: [RejectKind; 6] = [
         RejectKind::AtCapacity,
         RejectKind::Draining,
         RejectKind::InsufficientResources,
         RejectKind::ShuttingDown,
         RejectKind::OneShotComplete,
+        RejectKind::IncompatibleTask,
     ];
 
     fn label(self) -> &'static str {
@@ -47,6 +51,7 @@ impl RejectKind {
             RejectKind::InsufficientResources => "insufficient_resources",
             RejectKind::ShuttingDown => "shutting_down",
             RejectKind::OneShotComplete => "one_shot_complete",
+            RejectKind::IncompatibleTask => "incompatible_task",
         }
     }
 }
@@ -106,6 +111,7 @@ struct Labelled {
     durations: BTreeMap<&'static str, Histogram>,
     failures: BTreeMap<(&'static str, String), u64>,
     usage: UsageTotals,
+    archive: archive::Tallies,
 }
 
 /// Counters updated by the worker.
@@ -121,6 +127,9 @@ pub struct Metrics {
     egress_denied: AtomicU64,
     api_shed_idle: AtomicU64,
     api_shed_busy: AtomicU64,
+    archive_in_flight: AtomicU64,
+    archive_capture_bytes: AtomicU64,
+    grace_entries: AtomicU64,
     labelled: Mutex<Labelled>,
 }
 
@@ -440,6 +449,7 @@ mod tests {
             transcript_lost_bytes: 5,
             usage: None,
             failure_details: None,
+            assigned: false,
         };
         let ok = WorkerMessage::TaskCompleted {
             task_id: "t".into(),
@@ -471,6 +481,19 @@ mod tests {
                 samples: 3,
             });
         }
+        m.archive_answered("docker", "active", "uploaded", "");
+        m.archive_answered("docker", "cleanup_grace", "failed", "upload_rejected");
+        m.archive_answered("docker", "cleanup_grace", "failed", "upload_rejected");
+        m.archive_snapshot("docker", 0.2, 5000, true);
+        m.archive_snapshot("docker", 2.0, 100, false);
+        m.archive_upload("uploaded", 0.7);
+        m.archive_upload("failed", 20.0);
+        m.archive_in_flight(1);
+        m.archive_in_flight(1);
+        m.archive_in_flight(-1);
+        m.archive_capture_bytes(2048);
+        m.grace_entries(3);
+        m.grace_result("docker", "released");
         let g = Gauges {
             worker_id: "w\\1\n\"x\"".into(),
             version: "0.9.1".into(),
@@ -531,6 +554,7 @@ oz_worker_tasks_rejected_total{reason="draining"} 2
 oz_worker_tasks_rejected_total{reason="insufficient_resources"} 1
 oz_worker_tasks_rejected_total{reason="shutting_down"} 1
 oz_worker_tasks_rejected_total{reason="one_shot_complete"} 1
+oz_worker_tasks_rejected_total{reason="incompatible_task"} 1
 # HELP oz_worker_tasks_completed_total Tasks ended, by result.
 # TYPE oz_worker_tasks_completed_total counter
 oz_worker_tasks_completed_total{result="succeeded"} 1
@@ -684,6 +708,78 @@ berth_execution_closure_retries_total 1
 # HELP berth_execution_closures_pending Cancelled executions whose execution_closed is still owed.
 # TYPE berth_execution_closures_pending gauge
 berth_execution_closures_pending 1
+# HELP oz_worker_debug_archive_requests_total Debug-archive requests answered, by backend, ownership, outcome and reason.
+# TYPE oz_worker_debug_archive_requests_total counter
+oz_worker_debug_archive_requests_total{backend="docker",ownership="active",outcome="uploaded",reason=""} 1
+oz_worker_debug_archive_requests_total{backend="docker",ownership="cleanup_grace",outcome="failed",reason="upload_rejected"} 2
+# HELP oz_worker_debug_archive_snapshot_duration_seconds Time to build a debug-archive snapshot.
+# TYPE oz_worker_debug_archive_snapshot_duration_seconds histogram
+oz_worker_debug_archive_snapshot_duration_seconds_bucket{backend="docker",le="0.05"} 0
+oz_worker_debug_archive_snapshot_duration_seconds_bucket{backend="docker",le="0.1"} 0
+oz_worker_debug_archive_snapshot_duration_seconds_bucket{backend="docker",le="0.5"} 1
+oz_worker_debug_archive_snapshot_duration_seconds_bucket{backend="docker",le="1"} 1
+oz_worker_debug_archive_snapshot_duration_seconds_bucket{backend="docker",le="5"} 2
+oz_worker_debug_archive_snapshot_duration_seconds_bucket{backend="docker",le="15"} 2
+oz_worker_debug_archive_snapshot_duration_seconds_bucket{backend="docker",le="60"} 2
+oz_worker_debug_archive_snapshot_duration_seconds_bucket{backend="docker",le="300"} 2
+oz_worker_debug_archive_snapshot_duration_seconds_bucket{backend="docker",le="+Inf"} 2
+oz_worker_debug_archive_snapshot_duration_seconds_sum{backend="docker"} 2.2
+oz_worker_debug_archive_snapshot_duration_seconds_count{backend="docker"} 2
+# HELP oz_worker_debug_archive_snapshot_bytes Size of debug-archive snapshots.
+# TYPE oz_worker_debug_archive_snapshot_bytes histogram
+oz_worker_debug_archive_snapshot_bytes_bucket{backend="docker",le="4096"} 1
+oz_worker_debug_archive_snapshot_bytes_bucket{backend="docker",le="65536"} 2
+oz_worker_debug_archive_snapshot_bytes_bucket{backend="docker",le="262144"} 2
+oz_worker_debug_archive_snapshot_bytes_bucket{backend="docker",le="1048576"} 2
+oz_worker_debug_archive_snapshot_bytes_bucket{backend="docker",le="4194304"} 2
+oz_worker_debug_archive_snapshot_bytes_bucket{backend="docker",le="16777216"} 2
+oz_worker_debug_archive_snapshot_bytes_bucket{backend="docker",le="67108864"} 2
+oz_worker_debug_archive_snapshot_bytes_bucket{backend="docker",le="+Inf"} 2
+oz_worker_debug_archive_snapshot_bytes_sum{backend="docker"} 5100
+oz_worker_debug_archive_snapshot_bytes_count{backend="docker"} 2
+# HELP oz_worker_debug_archive_uploads_total Debug-archive uploads, by result.
+# TYPE oz_worker_debug_archive_uploads_total counter
+oz_worker_debug_archive_uploads_total{result="uploaded"} 1
+oz_worker_debug_archive_uploads_total{result="failed"} 1
+# HELP oz_worker_debug_archive_upload_duration_seconds Time to upload a debug archive, by result.
+# TYPE oz_worker_debug_archive_upload_duration_seconds histogram
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="failed",le="0.05"} 0
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="failed",le="0.1"} 0
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="failed",le="0.5"} 0
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="failed",le="1"} 0
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="failed",le="5"} 0
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="failed",le="15"} 0
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="failed",le="60"} 1
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="failed",le="300"} 1
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="failed",le="+Inf"} 1
+oz_worker_debug_archive_upload_duration_seconds_sum{result="failed"} 20
+oz_worker_debug_archive_upload_duration_seconds_count{result="failed"} 1
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="uploaded",le="0.05"} 0
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="uploaded",le="0.1"} 0
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="uploaded",le="0.5"} 0
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="uploaded",le="1"} 1
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="uploaded",le="5"} 1
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="uploaded",le="15"} 1
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="uploaded",le="60"} 1
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="uploaded",le="300"} 1
+oz_worker_debug_archive_upload_duration_seconds_bucket{result="uploaded",le="+Inf"} 1
+oz_worker_debug_archive_upload_duration_seconds_sum{result="uploaded"} 0.7
+oz_worker_debug_archive_upload_duration_seconds_count{result="uploaded"} 1
+# HELP oz_worker_debug_archive_truncations_total Debug-archive snapshots that dropped records (first/last truncation).
+# TYPE oz_worker_debug_archive_truncations_total counter
+oz_worker_debug_archive_truncations_total{backend="docker"} 1
+# HELP oz_worker_debug_archive_requests_in_flight Debug-archive requests waiting, snapshotting or uploading.
+# TYPE oz_worker_debug_archive_requests_in_flight gauge
+oz_worker_debug_archive_requests_in_flight 1
+# HELP oz_worker_debug_archive_capture_bytes Disk bytes reserved for debug-archive snapshots in flight.
+# TYPE oz_worker_debug_archive_capture_bytes gauge
+oz_worker_debug_archive_capture_bytes 2048
+# HELP oz_worker_cleanup_grace_entries Executions in their cleanup grace (still answering debug-archive requests).
+# TYPE oz_worker_cleanup_grace_entries gauge
+oz_worker_cleanup_grace_entries 3
+# HELP oz_worker_cleanup_grace_results_total Cleanup graces ended, by backend and result.
+# TYPE oz_worker_cleanup_grace_results_total counter
+oz_worker_cleanup_grace_results_total{backend="docker",result="released"} 1
 # HELP berth_spool_bytes Bytes of transcript spools on disk under state_dir.
 # TYPE berth_spool_bytes gauge
 berth_spool_bytes 123456

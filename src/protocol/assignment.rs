@@ -60,6 +60,11 @@ pub struct TaskAssignment {
     /// and nothing about the run changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry_collection: Option<TelemetryCollection>,
+    /// Trust data for the Oz CLI's lifecycle hooks (PROTOCOL.md §8.5), kept as received: it is
+    /// decoded strictly at admission, where a bad one refuses the task instead of failing the
+    /// whole message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oz_lifecycle_hooks: Option<RawJson>,
 }
 
 /// `telemetry_collection` (PROTOCOL §8.3): where and whether to export the execution's logs.
@@ -191,6 +196,55 @@ pub struct AgentConfigSnapshot {
     /// Snapshot script timeout (s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_script_timeout_secs: Option<i64>,
+    /// The model computer use runs on (PROTOCOL.md §8.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computer_use_model_id: Option<String>,
+    /// Which head of which repository to check out (PROTOCOL.md §8.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_head_overrides: Option<Vec<RepositoryHeadOverride>>,
+}
+
+/// One `repository_head_overrides` entry; field order is the argv JSON's (PROTOCOL.md §8.2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepositoryHeadOverride {
+    #[serde(default)]
+    pub code_forge: String,
+    #[serde(default)]
+    pub repo_owner: String,
+    #[serde(default)]
+    pub repo_name: String,
+    #[serde(default)]
+    pub head: RepositoryHead,
+    /// Clone from another repository (a fork's upstream); omitted when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_from: Option<CloneFrom>,
+    /// Keep the `origin` remote; omitted when unset or false.
+    #[serde(default, skip_serializing_if = "not_true")]
+    pub preserve_origin: Option<bool>,
+}
+
+fn not_true(b: &Option<bool>) -> bool {
+    *b != Some(true)
+}
+
+/// `head`: `{type: COMMIT_SHA | BRANCH, value}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepositoryHead {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `clone_from`: `{code_forge, owner, repo}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CloneFrom {
+    #[serde(default)]
+    pub code_forge: String,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub repo: String,
 }
 
 /// A JSON value kept exactly as received (the agent argv re-emits it compacted, not re-ordered).

@@ -9,16 +9,18 @@
 //! `payloads.rs`); `envelope.rs` is the frame both share. Every type is re-exported here, so
 //! callers name `protocol::X` whatever file it lives in.
 
+mod archive;
 mod assignment;
 mod envelope;
 mod payloads;
 mod server;
 mod worker;
 
+pub use archive::{ArchiveAck, ArchiveRequest};
 pub use assignment::{
-    AdditionalSidecar, AgentConfigSnapshot, AwsInference, BootstrapToken, Harness,
-    InferenceProviders, InstanceShape, Owner, RawJson, SessionSharing, Task, TaskAssignment,
-    TaskDefinition, TelemetryCollection,
+    AdditionalSidecar, AgentConfigSnapshot, AwsInference, BootstrapToken, CloneFrom, Harness,
+    InferenceProviders, InstanceShape, Owner, RawJson, RepositoryHead, RepositoryHeadOverride,
+    SessionSharing, Task, TaskAssignment, TaskDefinition, TelemetryCollection,
 };
 pub(crate) use envelope::frame;
 pub use envelope::{DecodeError, Envelope};

@@ -72,6 +72,11 @@ pub struct TerminalExt {
     /// berth/1 alike: PROTOCOL.md §8.1); only the Kubernetes backend has one.
     #[serde(default)]
     pub failure_details: Option<Box<serde_json::Value>>,
+    /// The server named this execution in its assignment: only then does oz/1 echo
+    /// `execution_id` on the result (PROTOCOL.md §8.2); berth's own ids never reach an oz/1
+    /// server. Not a wire field: the journal restores it from the stored assignment.
+    #[serde(skip)]
+    pub assigned: bool,
 }
 
 /// A task's resource use so far (berth/1 terminal `usage`, the local API, metrics).

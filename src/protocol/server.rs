@@ -36,6 +36,9 @@ pub enum ServerMessage {
     Drain,
     /// `resume` (berth/1).
     Resume,
+    /// `debug_archive_logs_requested` (PROTOCOL §8.4): never fails to decode, so a malformed
+    /// request reaches its owner (who answers) and no one else (who stays silent).
+    DebugArchiveLogsRequested(Box<super::ArchiveRequest>),
     /// A type this worker does not know; logged and ignored.
     Unknown(String),
 }
@@ -101,6 +104,9 @@ impl ServerMessage {
                 ServerMessage::Ack {
                     message_id: d.message_id,
                 }
+            }
+            "debug_archive_logs_requested" => {
+                ServerMessage::DebugArchiveLogsRequested(Box::new(super::ArchiveRequest::peek(raw)))
             }
             "drain" => ServerMessage::Drain,
             "resume" => ServerMessage::Resume,

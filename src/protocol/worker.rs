@@ -82,11 +82,16 @@ pub enum WorkerMessage {
         task_id: String,
         execution_id: String,
     },
+    /// `debug_archive_logs_uploaded` (PROTOCOL §8.4), on oz/1 and berth/1 alike.
+    DebugArchiveLogsUploaded(Box<super::ArchiveAck>),
 }
 
 #[derive(Serialize)]
 struct TerminalData<'a> {
     task_id: &'a str,
+    /// oz/1 only (berth/1 carries it in the extension): the server's own execution id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    execution_id: Option<&'a str>,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     task_state: Option<&'a str>,
@@ -130,6 +135,7 @@ impl WorkerMessage {
             WorkerMessage::TaskStarted(_) => "task_started",
             WorkerMessage::TaskOutput { .. } => "task_output",
             WorkerMessage::ExecutionClosed { .. } => "execution_closed",
+            WorkerMessage::DebugArchiveLogsUploaded(_) => "debug_archive_logs_uploaded",
         }
     }
 
@@ -143,6 +149,7 @@ impl WorkerMessage {
             | WorkerMessage::TaskOutput { task_id, .. }
             | WorkerMessage::ExecutionClosed { task_id, .. } => task_id,
             WorkerMessage::TaskStarted(s) => &s.task_id,
+            WorkerMessage::DebugArchiveLogsUploaded(a) => &a.run_id,
             WorkerMessage::WorkerHello(_) | WorkerMessage::WorkerStatus(_) => "",
         }
     }
@@ -154,6 +161,7 @@ impl WorkerMessage {
             WorkerMessage::TaskOutput { execution_id, .. }
             | WorkerMessage::ExecutionClosed { execution_id, .. } => Some(execution_id),
             WorkerMessage::TaskStarted(s) => Some(&s.execution_id),
+            WorkerMessage::DebugArchiveLogsUploaded(a) => Some(&a.execution_id),
             m => m.ext().map(|e| e.execution_id.as_str()),
         }
     }
@@ -207,6 +215,7 @@ impl WorkerMessage {
                 ext,
             } => serde_json::to_value(TerminalData {
                 task_id,
+                execution_id: oz_execution_id(ext.as_ref(), berth),
                 message,
                 task_state: task_state.as_deref(),
                 failure_reason: None,
@@ -226,6 +235,7 @@ impl WorkerMessage {
                 let berth_ext = ext.as_ref().filter(|_| berth);
                 serde_json::to_value(TerminalData {
                     task_id,
+                    execution_id: oz_execution_id(ext.as_ref(), berth),
                     message,
                     task_state: task_state.as_deref(),
                     failure_reason: failure_reason.map(FailureReason::as_str),
@@ -253,6 +263,9 @@ impl WorkerMessage {
                 task_id,
                 execution_id,
             } => serde_json::json!({ "task_id": task_id, "execution_id": execution_id }),
+            WorkerMessage::DebugArchiveLogsUploaded(a) => {
+                serde_json::to_value(a).unwrap_or_default()
+            }
         };
         Some(frame(self.kind(), Some(data)))
     }
@@ -327,6 +340,11 @@ impl WorkerMessage {
                     serde_json::from_str(raw).map_err(bad)?,
                 )));
             }
+            "debug_archive_logs_uploaded" => {
+                return Ok(WorkerMessage::DebugArchiveLogsUploaded(Box::new(
+                    serde_json::from_str(raw).map_err(bad)?,
+                )));
+            }
             _ => {}
         }
         let d: Any = serde_json::from_str(raw).map_err(bad)?;
@@ -340,6 +358,7 @@ impl WorkerMessage {
                 transcript_lost_bytes: d.transcript_lost_bytes,
                 usage: d.usage.map(Box::new),
                 failure_details: d.failure_details.map(Box::new),
+                assigned: false,
             }),
             _ => None,
         };
@@ -403,6 +422,12 @@ impl WorkerMessage {
             }
         })
     }
+}
+
+/// The `execution_id` an oz/1 result carries: the server's, when its assignment named one.
+fn oz_execution_id(ext: Option<&TerminalExt>, berth: bool) -> Option<&str> {
+    ext.filter(|e| !berth && e.assigned && !e.execution_id.is_empty())
+        .map(|e| e.execution_id.as_str())
 }
 
 fn ext_data(e: &TerminalExt) -> ExtData<'_> {
@@ -594,6 +619,7 @@ mod tests {
             transcript_lost_bytes: 0,
             usage: None,
             failure_details: None,
+            assigned: false,
         }
     }
 
@@ -635,6 +661,45 @@ mod tests {
             .and_then(|m| m.ext())
             .and_then(|e| e.failure_details.as_deref());
         assert_eq!(got, Some(&details));
+    }
+
+    #[test]
+    fn oz1_results_echo_the_servers_execution_id_and_nothing_when_it_gave_none() {
+        let completed = |assigned: bool| WorkerMessage::TaskCompleted {
+            task_id: "t".into(),
+            message: MSG_COMPLETED.into(),
+            task_state: None,
+            ext: Some(TerminalExt { assigned, ..ext() }),
+        };
+        let failed = |assigned: bool| WorkerMessage::TaskFailed {
+            task_id: "t".into(),
+            message: "Failed to execute task: x".into(),
+            task_state: None,
+            failure_reason: Some(FailureReason::ContainerExit),
+            exit_code: Some(2),
+            ext: Some(TerminalExt { assigned, ..ext() }),
+        };
+        assert_eq!(
+            completed(true).encode(),
+            r#"{"data":{"execution_id":"e","message":"Task completed successfully","task_id":"t"},"type":"task_completed"}"#
+        );
+        assert_eq!(
+            parse(&failed(true).encode())["data"],
+            json!({"task_id": "t", "execution_id": "e", "message": "Failed to execute task: x",
+                   "failure_reason": "container_exit", "exit_code": 2})
+        );
+        // No execution from the server: today's bytes exactly (berth's own id never goes out).
+        assert_eq!(
+            completed(false).encode(),
+            r#"{"data":{"message":"Task completed successfully","task_id":"t"},"type":"task_completed"}"#
+        );
+        assert_eq!(
+            parse(&failed(false).encode())["data"].get("execution_id"),
+            None
+        );
+        // berth/1 carries it once, in the extension.
+        let b = completed(true).encode_for(true).unwrap_or_default();
+        assert_eq!(b.matches(r#""execution_id""#).count(), 1, "{b}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum RejectReason {
     OneShotTaken,
     /// It does not fit now (memory, CPU, disk, the engine, state_dir); says what.
     InsufficientResources(String),
+    /// This worker cannot honour what the task requires (a refused lifecycle-hook context,
+    /// PROTOCOL.md §8.5); the text is the refusal.
+    IncompatibleTask(String),
 }
 
 impl RejectReason {
@@ -39,6 +42,7 @@ impl RejectReason {
                 format!("insufficient resources: {why}")
             }
             RejectReason::InsufficientResources(_) => REJECT_AT_CAPACITY.to_string(),
+            RejectReason::IncompatibleTask(why) => why.clone(),
         }
     }
 
@@ -50,6 +54,7 @@ impl RejectReason {
             RejectReason::ShuttingDown => RejectKind::ShuttingDown,
             RejectReason::OneShotTaken => RejectKind::OneShotComplete,
             RejectReason::InsufficientResources(_) => RejectKind::InsufficientResources,
+            RejectReason::IncompatibleTask(_) => RejectKind::IncompatibleTask,
         }
     }
 }
@@ -204,6 +209,11 @@ mod tests {
                 RejectReason::OneShotTaken,
                 "one-shot worker has already accepted a task",
                 RejectKind::OneShotComplete,
+            ),
+            (
+                RejectReason::IncompatibleTask("oz_lifecycle_hooks.required must be true".into()),
+                "oz_lifecycle_hooks.required must be true",
+                RejectKind::IncompatibleTask,
             ),
         ] {
             assert_eq!(r.wire(true), text);

@@ -117,6 +117,14 @@ impl Supervisor {
                 .await;
             }
             Admission::Accept => {
+                // Before any claim, so the server requeues it for a worker that can honour it.
+                let own_command = crate::spec::berth_command(&a, self.berth).is_some();
+                if let Err(refusal) = crate::spec::lifecycle_hooks::check(&a, own_command) {
+                    let why = refusal.to_string();
+                    self.reject(task_id, RejectReason::IncompatibleTask(why))
+                        .await;
+                    return;
+                }
                 // Decided once: admission and the running-task table use the same figure.
                 let want = self.reservation(&a, self.berth);
                 if let Err(why) = self.fits(want) {

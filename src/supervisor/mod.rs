@@ -80,6 +80,8 @@ pub struct Supervisor {
     closures: HashMap<ExecKey, Closing>,
     proven_tx: mpsc::Sender<ExecKey>,
     proven_rx: mpsc::Receiver<ExecKey>,
+    /// Where debug-archive requests go (PROTOCOL §8.4); `None`: they are ignored.
+    archive: Option<mpsc::Sender<crate::protocol::ArchiveRequest>>,
 }
 
 impl Supervisor {
@@ -130,7 +132,13 @@ impl Supervisor {
             closures: HashMap::new(),
             proven_tx,
             proven_rx,
+            archive: None,
         }
+    }
+
+    /// Hands debug-archive requests to the archive service.
+    pub fn archive_to(&mut self, requests: mpsc::Sender<crate::protocol::ArchiveRequest>) {
+        self.archive = Some(requests);
     }
 
     /// Where a one-shot run leaves the exit status of its task (set once it was delivered).
@@ -268,7 +276,7 @@ impl Supervisor {
                                 .map(|e| (e.duration_ms as f64 / 1000.0, e.transcript_bytes))
                                 .unwrap_or_default();
                             self.env.metrics.finished(&msg, secs, bytes);
-                            self.deliveries.result(&execution_id, msg);
+                            self.deliveries.result(&execution_id, *msg);
                         }
                         RunEnd::Detached => info!(%task_id, "detached; the container keeps running"),
                     }
@@ -377,6 +385,13 @@ impl Supervisor {
                     ..
                 } => self.deliveries.output_ack(&execution_id, offset),
                 ServerMessage::Ack { message_id } => self.deliveries.ack(&message_id),
+                // Never waits: a full queue drops the request without a word (only its owner
+                // may speak, and the owner is decided by the service).
+                ServerMessage::DebugArchiveLogsRequested(r) => {
+                    if let Some(tx) = &self.archive {
+                        let _ = tx.try_send(*r);
+                    }
+                }
                 ServerMessage::Unknown(_) => {}
             },
         }

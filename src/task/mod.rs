@@ -363,6 +363,11 @@ async fn finish(
             Outcome::Failure(f) => f.details.clone(),
             _ => None,
         },
+        assigned: exec
+            .assignment
+            .execution_id
+            .as_deref()
+            .is_some_and(|e| !e.is_empty()),
     };
     match &mut msg {
         WorkerMessage::TaskCompleted { ext: e, .. } | WorkerMessage::TaskFailed { ext: e, .. } => {
@@ -375,11 +380,25 @@ async fn finish(
     if let Some(l) = task_logs {
         l.finish(bound).await;
     }
-    // The durable outbox: once this is written the result cannot be lost.
-    if let Err(e) = env.journal.finish(&exec.execution_id, &msg) {
+    // The durable outbox: once this is written the result cannot be lost. The cleanup grace
+    // (debug archives, PROTOCOL §8.4) starts in the same write, before the message is queued.
+    let idle_minutes = exec
+        .assignment
+        .task
+        .as_ref()
+        .and_then(|t| t.agent_config_snapshot.as_ref())
+        .and_then(|s| s.idle_timeout_minutes);
+    let grace = crate::archive::grace::grace(
+        idle_minutes,
+        env.settings().agent.idle_on_complete.as_deref(),
+    );
+    if let Err(e) = env
+        .journal
+        .finish_with_grace(&exec.execution_id, &msg, grace)
+    {
         error!(error = %e, "cannot record the task result in the journal");
     }
-    RunEnd::Finished(msg)
+    RunEnd::Finished(Box::new(msg))
 }
 
 /// Sleeps for `t`, or forever when there is no limit.

@@ -153,7 +153,7 @@ pub fn summary_line(outcome: &Outcome, msg: &WorkerMessage) -> String {
 #[derive(Debug)]
 pub enum RunEnd {
     /// The terminal message, already recorded in the journal.
-    Finished(WorkerMessage),
+    Finished(Box<WorkerMessage>),
     /// The worker is shutting down in `preserve` mode: the container keeps running and a
     /// restarted worker re-attaches to it.
     Detached,

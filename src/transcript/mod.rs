@@ -505,6 +505,17 @@ impl Record {
         v
     }
 
+    /// Header length of a record starting with byte `magic` (`None`: not a record), so a
+    /// reader can stream records without reading the whole file.
+    pub fn header_len(magic: u8) -> Option<usize> {
+        match magic {
+            MAGIC => Some(HEADER_LEN),
+            MAGIC_V2 => Some(HEADER_V2),
+            MAGIC_V1 => Some(HEADER_V1),
+            _ => None,
+        }
+    }
+
     /// Decodes the record at the start of `buf`: the record and the bytes it used (header and
     /// payload). `None` when it is incomplete or corrupt (a torn write at the end of the file).
     pub fn decode(buf: &[u8]) -> Option<(Record, usize)> {

@@ -720,6 +720,17 @@ impl Spool {
         })
     }
 
+    /// The records of a spool file one at a time, in order, holding one record in memory
+    /// (a debug-archive snapshot reads spools of up to `max_bytes` this way). Stops at the
+    /// first torn or corrupt record, as opening does.
+    pub fn records(path: &Path) -> Result<Records, SpoolError> {
+        let file = File::open(path).map_err(io(path))?;
+        Ok(Records {
+            reader: std::io::BufReader::with_capacity(64 << 10, file),
+            buf: Vec::new(),
+        })
+    }
+
     /// Removes an execution's files.
     pub fn remove(dir: &Path, execution_id: &str) {
         for ext in ["spool", "tail", "elided", "tail.tmp", "elided.tmp"] {
@@ -731,6 +742,38 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         let _ = self.file.flush();
+    }
+}
+
+/// The largest record payload a streaming reader accepts (a corrupt length must not make it
+/// allocate without bound; records are written a capture chunk at a time).
+const MAX_STREAMED_RECORD: usize = 64 << 20;
+
+/// Streaming reader of a spool's records ([`Spool::records`]).
+pub struct Records {
+    reader: std::io::BufReader<File>,
+    buf: Vec<u8>,
+}
+
+impl Iterator for Records {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        use std::io::Read;
+        let mut magic = [0u8; 1];
+        self.reader.read_exact(&mut magic).ok()?;
+        let header = Record::header_len(magic[0])?;
+        self.buf.clear();
+        self.buf.resize(header, 0);
+        self.buf[0] = magic[0];
+        self.reader.read_exact(&mut self.buf[1..]).ok()?;
+        let len = u32::from_le_bytes(self.buf.get(3..7)?.try_into().ok()?) as usize;
+        if len > MAX_STREAMED_RECORD {
+            return None;
+        }
+        self.buf.resize(header + len, 0);
+        self.reader.read_exact(&mut self.buf[header..]).ok()?;
+        Record::decode(&self.buf).map(|(r, _)| r)
     }
 }
 
@@ -794,6 +837,32 @@ mod tests {
             out.extend(b);
         }
         out
+    }
+
+    #[test]
+    fn records_stream_in_order_and_stop_at_a_torn_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), "e1", 1 << 20, 1 << 10).unwrap();
+        s.append(Stream::Stdout, b"one\n", r(1)).unwrap();
+        s.append(Stream::Stderr, b"two\n", r(2)).unwrap();
+        s.finish().unwrap();
+        let path = Spool::path_for(dir.path(), "e1");
+        let got: Vec<(Stream, Vec<u8>)> = Spool::records(&path)
+            .unwrap()
+            .filter(|r| !r.payload.is_empty())
+            .map(|r| (r.stream, r.payload))
+            .collect();
+        assert_eq!(
+            got,
+            Spool::read_all(&path).unwrap().pieces,
+            "the same records as read_all"
+        );
+        assert_eq!(got.len(), 2);
+        // A torn last record (crash mid-write) ends the stream, as it ends a scan.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert_eq!(Spool::records(&path).unwrap().count(), 2);
+        assert!(Spool::records(&dir.path().join("missing")).is_err());
     }
 
     #[test]

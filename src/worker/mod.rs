@@ -110,6 +110,7 @@ async fn reconcile_at_start(
     }
 }
 
+mod archive;
 pub mod preflight;
 mod reload;
 
@@ -393,6 +394,14 @@ impl Worker {
             task_logs: self.task_logs.clone(),
         });
         let env_for_reload = env.clone();
+        let (archive, archive_rx, archive_tx) = archive::service(
+            c,
+            self.backend.kind(),
+            self.journal.clone(),
+            out_tx.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         let mut supervisor = Supervisor::new(
             env,
             SupervisorConfig {
@@ -404,6 +413,7 @@ impl Worker {
         );
         let one_shot = supervisor.one_shot_outcome();
         supervisor.adopt(records, &found);
+        supervisor.archive_to(archive_tx);
         let session_settings = SessionSettings {
             url: c.control_plane.url.clone(),
             worker_id: c.worker_id.clone(),
@@ -437,6 +447,7 @@ impl Worker {
             c.stop_grace_period(),
             shutdown.clone(),
         ));
+        tracker.spawn(archive.run(archive_rx));
         tracker.spawn(janitor(
             self.journal.clone(),
             spool_dir(&c.state_dir),
@@ -655,6 +666,14 @@ async fn janitor(
             if !expired {
                 continue;
             }
+            // A debug archive may still be asked for during the cleanup grace (PROTOCOL
+            // §8.4): the spool is its capture. Unknown counts as in grace (kept, retried).
+            if journal
+                .in_grace(&r.execution_id, chrono::Utc::now().timestamp_millis())
+                .unwrap_or(true)
+            {
+                continue;
+            }
             if r.berth {
                 // Never delete bytes the server has not stored.
                 // An unreadable spool is kept: it is not known to be delivered.
@@ -668,6 +687,11 @@ async fn janitor(
                 }
             }
             Spool::remove(&dir, &r.execution_id);
+            // The record goes only once the spool is gone: a failed deletion is retried.
+            if Spool::path_for(&dir, &r.execution_id).exists() {
+                warn!(task_id = %r.task_id, execution_id = %r.execution_id, "cannot remove an expired transcript; retrying");
+                continue;
+            }
             if let Err(e) = journal.remove(&r.execution_id) {
                 warn!(error = %e, "cannot remove an expired journal record");
             }

@@ -29,6 +29,11 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     // The Kubernetes backend is built with its section (client, Job shape) at start-up.
     check("backend.kubernetes", old.kubernetes != new.kubernetes);
     check("api", old.api != new.api);
+    // The archive service is built once, with its directory, bounds and slots.
+    check(
+        "debug_log_capture",
+        old.debug_log_capture != new.debug_log_capture,
+    );
     check(
         "transcript.max_bytes/tail_bytes",
         (old.transcript.max_bytes, old.transcript.tail_bytes)
@@ -75,6 +80,7 @@ pub(super) async fn apply_reloads(
         new.backend = current.backend;
         new.kubernetes = current.kubernetes.clone();
         new.api = current.api.clone();
+        new.debug_log_capture = current.debug_log_capture.clone();
         new.transcript.max_bytes = current.transcript.max_bytes;
         new.transcript.tail_bytes = current.transcript.tail_bytes;
         env.set_settings(task_settings(&new));

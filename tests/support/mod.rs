@@ -12,6 +12,7 @@
 pub mod kubeapi;
 pub mod otlp;
 pub mod otlp_proto;
+pub mod upload;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -38,6 +38,10 @@ impl State {
             self.version += 1;
             return Vec::new();
         }
+        // Debug archives are the server's own records (`devserver/archives.rs`).
+        if let WorkerMessage::DebugArchiveLogsUploaded(_) = msg {
+            return Vec::new();
+        }
         let task_id = msg.task_id().to_string();
         let Some(t) = self.tasks.get_mut(&task_id) else {
             // Kept (bounded) so operators and tests can see what workers said about tasks this
@@ -117,11 +121,12 @@ impl State {
                     w.in_flight = None;
                 }
             }
-            WorkerMessage::TaskRejected { .. } => {
+            WorkerMessage::TaskRejected { reason, .. } => {
                 if e.state == TaskState::Assigned {
                     e.state = TaskState::Queued;
                     e.worker = None;
                     t.rejections += 1;
+                    t.last_rejection = Some(reason.clone());
                     self.queue.push_front(task_id.clone());
                 }
                 if let Some(w) = self.workers.get_mut(worker_id) {
@@ -188,7 +193,9 @@ impl State {
                 e.closed += 1;
                 e.closed_at.get_or_insert(now);
             }
-            WorkerMessage::WorkerHello(_) | WorkerMessage::WorkerStatus(_) => {}
+            WorkerMessage::WorkerHello(_)
+            | WorkerMessage::WorkerStatus(_)
+            | WorkerMessage::DebugArchiveLogsUploaded(_) => {}
         }
         let running = self.running_on(worker_id);
         if let Some(w) = self.workers.get_mut(worker_id) {

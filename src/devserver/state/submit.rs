@@ -49,6 +49,7 @@ impl State {
             environment: req.environment.clone(),
             timeout_secs: req.timeout_secs,
             telemetry_collection: req.telemetry_collection.clone(),
+            oz_lifecycle_hooks: req.oz_lifecycle_hooks.clone(),
         };
         let rec = TaskRecord {
             id: id.clone(),
@@ -56,6 +57,7 @@ impl State {
             command: req.command,
             assignments: 0,
             rejections: 0,
+            last_rejection: None,
             created_at: now,
             current: ExecutionRecord::queued(execution_id),
             earlier: Vec::new(),
@@ -103,6 +105,7 @@ fn unreachable_record(id: &str) -> TaskRecord {
         command: Vec::new(),
         assignments: 0,
         rejections: 0,
+        last_rejection: None,
         created_at: Utc::now(),
         current: ExecutionRecord::queued(String::new()),
         earlier: Vec::new(),
@@ -182,6 +185,7 @@ mod tests {
             transcript_lost_bytes: 0,
             usage: None,
             failure_details: None,
+            assigned: false,
         };
         s.on_message(
             "w",
