@@ -524,3 +524,50 @@ async fn a_collector_that_never_answers_delays_the_result_by_the_bound_only() {
     );
     held.abort();
 }
+
+/// A line cut by a hole in the output (here the spool's elision past `transcript.max_bytes`,
+/// which stops the stored head at an arbitrary byte) is never joined across the hole: the
+/// joined halves would hold parts of a secret no redaction recognises. Six tasks shift the
+/// output by one byte each, so in some of them the head stops inside the secret whatever
+/// berth's own lines before the output weigh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_line_is_joined_across_a_hole_in_the_output() {
+    let rx = Receiver::start().await;
+    let env = Env::start_fake(
+        "otlp-hole",
+        options(&rx, "transcript:\n  max_bytes: 65536\n  tail_bytes: 4101\n"),
+    )
+    .await;
+    let line = format!("k={SHORT}\n");
+    let mut leaked = Vec::new();
+    for pad in 0..6 {
+        let word = format!("burst{pad}");
+        env.fake().script(
+            &word,
+            berth::backend::fake::Script::new()
+                .prints(
+                    berth::protocol::Stream::Stdout,
+                    format!("{}\n{}", "x".repeat(pad), line.repeat(13_000)),
+                )
+                .exits(0),
+        );
+        let mut req = request("x", env_vars(true), Some(telemetry(&rx, true)));
+        req.command = vec![word];
+        let t = env.cp.submit(req);
+        assert_eq!(env.finished(&t.id).await.state, TaskState::Succeeded);
+        let bodies: Vec<String> = rx.records_of(&t.id).into_iter().map(|r| r.body).collect();
+        assert!(
+            bodies.iter().any(|b| b == "k=[REDACTED]"),
+            "whole lines are exported"
+        );
+        leaked.extend(
+            bodies
+                .into_iter()
+                .filter(|b| b.contains(&SHORT[..2]) || b.contains(&SHORT[1..])),
+        );
+    }
+    assert!(
+        leaked.is_empty(),
+        "parts of a secret were exported: {leaked:?}"
+    );
+}

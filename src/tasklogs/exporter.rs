@@ -243,7 +243,12 @@ impl Follower {
             }
             let room = self.queue.len() < QUEUE;
             tokio::select! {
-                r = state.changed() => if r.is_err() { self.drain().await; break },
+                r = state.changed() => if r.is_err() {
+                    // The spool's writer is gone: the streams ended too.
+                    self.flush_last_lines();
+                    self.drain().await;
+                    break
+                },
                 _ = tick.tick() => if !self.queue.is_empty() { self.export_batch().await },
                 Some(t) = self.events.recv(), if room => {
                     self.queue.push_back(record::setup_phase(&t, &self.redactor));
@@ -268,6 +273,17 @@ impl Follower {
                     return;
                 }
             };
+            // berth announces every hole in the output (elision, a full disk, rotation) with a
+            // system line, and the two sides of a hole may each hold part of a secret: no line
+            // is joined across one. (Other system lines, such as the exit status after an
+            // unterminated last line, cut nothing.)
+            if stream == Stream::System
+                && data
+                    .split(|b| *b == b'\n')
+                    .any(crate::transcript::announces_hole)
+            {
+                self.streams.discard_except(key(stream), self.read);
+            }
             let room = QUEUE - self.queue.len();
             let mut lines = Vec::new();
             let used = match self.streams.get(key(stream)) {

@@ -11,14 +11,15 @@ pub const MAX_LINE: usize = 64 << 10;
 pub const MAX_STREAMS: usize = 128;
 
 /// One complete line: its bytes without the `\n`, and the spool offset where it starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (Unredacted output: no `Debug` that would print it.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct Line {
     pub text: Vec<u8>,
     pub at: u64,
 }
 
 /// The line splitter of one stream.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Lines {
     buf: Vec<u8>,
     /// Where the line in `buf` starts (spool offset), while one is pending.
@@ -27,6 +28,12 @@ pub struct Lines {
     too_long: bool,
     /// Lines dropped for their length.
     dropped: u64,
+}
+
+impl std::fmt::Debug for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Line({} bytes at {})", self.text.len(), self.at)
+    }
 }
 
 impl Lines {
@@ -74,9 +81,18 @@ impl Lines {
         self.start
     }
 
-    /// Lines dropped so far for being longer than [`MAX_LINE`].
+    /// Lines dropped so far: longer than [`MAX_LINE`], or cut by a hole in the output.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// The output has a hole at spool offset `at` (elided, or lost to a full disk): the
+    /// pending line and everything up to the next `\n` are dropped, since the two sides of
+    /// a hole would join into a line holding parts of a secret no redaction can recognise.
+    pub fn discard(&mut self, at: u64) {
+        self.buf = Vec::new();
+        self.start.get_or_insert(at);
+        self.too_long = true;
     }
 
     fn take(&mut self, at: u64, part: &[u8]) {
@@ -104,7 +120,6 @@ impl Lines {
 }
 
 /// The splitters of an execution's streams, at most [`MAX_STREAMS`] of them.
-#[derive(Debug)]
 pub struct Streams<K> {
     map: BTreeMap<K, Lines>,
 }
@@ -137,6 +152,14 @@ impl<K: Ord + Copy> Streams<K> {
     /// The earliest spool offset a pending line starts at.
     pub fn earliest_pending(&self) -> Option<u64> {
         self.map.values().filter_map(Lines::pending_start).min()
+    }
+
+    /// A hole in the output at `at` (announced on the `except` stream): every other stream's
+    /// pending line is dropped up to its next `\n` ([`Lines::discard`]).
+    pub fn discard_except(&mut self, except: K, at: u64) {
+        for (_, l) in self.map.iter_mut().filter(|(k, _)| **k != except) {
+            l.discard(at);
+        }
     }
 
     /// Lines dropped for their length, over all streams.
@@ -190,6 +213,32 @@ mod tests {
         );
         assert_eq!(l.finish(), None);
         assert_eq!(l.pending_start(), None);
+    }
+
+    #[test]
+    fn a_hole_drops_both_sides_of_the_line_it_cuts() {
+        let mut l = Lines::default();
+        let mut out = Vec::new();
+        l.feed(0, b"ok\nTOKEN=s3c", &mut out);
+        l.discard(13);
+        l.feed(20, b"et!\nnext\n", &mut out);
+        let texts: Vec<&[u8]> = out.iter().map(|x| x.text.as_slice()).collect();
+        assert_eq!(texts, [&b"ok"[..], &b"next"[..]]);
+        // At a line start too: what follows a hole may begin mid-line.
+        let mut l = Lines::default();
+        let mut out = Vec::new();
+        l.feed(0, b"a\n", &mut out);
+        l.discard(2);
+        assert!(
+            l.pending_start().is_some(),
+            "no safe resume point inside the cut line"
+        );
+        l.feed(9, b"et!\nb\n", &mut out);
+        let texts: Vec<&[u8]> = out.iter().map(|x| x.text.as_slice()).collect();
+        assert_eq!(texts, [&b"a"[..], &b"b"[..]]);
+        // A hole with nothing after it exports nothing more.
+        l.discard(20);
+        assert_eq!(l.finish(), None);
     }
 
     #[test]

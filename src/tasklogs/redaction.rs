@@ -72,13 +72,23 @@ pub fn json_escape(s: &str) -> String {
     out
 }
 
-/// One execution's redaction state.
-#[derive(Debug, Default)]
+/// One execution's redaction state. Its `Debug` shows counts only: the strings are secrets.
+#[derive(Default)]
 pub struct Redactor {
     strings: BTreeSet<String>,
     total: usize,
     blanket: bool,
     finder: Option<AhoCorasick>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("strings", &self.strings.len())
+            .field("total", &self.total)
+            .field("blanket", &self.blanket)
+            .finish()
+    }
 }
 
 impl Redactor {
@@ -128,12 +138,12 @@ impl Redactor {
     }
 
     fn rebuild(&mut self) {
-        // LeftmostLongest: at each position the longest secret wins, and the search goes on
-        // after the match, so a replacement is never scanned again.
+        // Standard matching, so every match can be found, overlapping ones included: the
+        // spans they cover are merged and each merged span replaced once (see `redact`).
         // A contiguous NFA: memory linear in the registered bytes (up to 1 MiB), where a DFA
         // over long secrets would be large and slow to build.
         self.finder = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
+            .match_kind(MatchKind::Standard)
             .kind(Some(AhoCorasickKind::ContiguousNFA))
             .build(&self.strings)
             .ok();
@@ -166,11 +176,29 @@ impl Redactor {
         let Some(f) = &self.finder else {
             return text.to_vec();
         };
+        // Every match, overlapping ones too: with secrets `ab` and `bcdef`, leftmost matching
+        // alone would leave `cdef` of the second in `abcdef`. Covered spans are merged (as are
+        // touching ones) and each becomes one mark, in a single pass over `text`.
+        let mut spans: Vec<(usize, usize)> = f
+            .find_overlapping_iter(text)
+            .map(|m| (m.start(), m.end()))
+            .collect();
+        spans.sort_unstable();
         let mut out = Vec::with_capacity(text.len());
-        f.replace_all_with_bytes(text, &mut out, |_, _, dst| {
-            dst.extend_from_slice(MARK.as_bytes());
-            true
-        });
+        let mut at = 0;
+        let mut i = 0;
+        while i < spans.len() {
+            let (start, mut end) = spans[i];
+            while i + 1 < spans.len() && spans[i + 1].0 <= end {
+                i += 1;
+                end = end.max(spans[i].1);
+            }
+            out.extend_from_slice(&text[at.min(start)..start]);
+            out.extend_from_slice(MARK.as_bytes());
+            at = end;
+            i += 1;
+        }
+        out.extend_from_slice(&text[at.min(text.len())..]);
         out
     }
 
@@ -186,6 +214,22 @@ mod tests {
 
     fn r(secrets: &[&str], text: &str) -> String {
         Redactor::new(secrets.iter().copied()).redact_str(text)
+    }
+
+    #[test]
+    fn overlapping_and_touching_secrets_leave_no_byte_of_either() {
+        assert_eq!(r(&["ab", "bcdef"], "abcdef"), "[REDACTED]");
+        assert_eq!(r(&["ab", "bcdef"], "xabcdefy"), "x[REDACTED]y");
+        assert_eq!(r(&["bcdef", "ab"], "zab bcdef"), "z[REDACTED] [REDACTED]");
+        assert_eq!(r(&["ab", "cd"], "abcd!"), "[REDACTED]!");
+        assert_eq!(r(&["aa"], "aaa"), "[REDACTED]");
+        assert_eq!(r(&["s3cret"], "no secret here"), "no secret here");
+    }
+
+    #[test]
+    fn its_debug_shows_no_secret() {
+        let d = format!("{:?}", Redactor::new(["s3cr3t-value"]));
+        assert!(!d.contains("s3cr3t"), "{d}");
     }
 
     #[test]
@@ -234,7 +278,9 @@ mod tests {
         assert_eq!(r(&["ab", "abcd"], "xabcdx ab"), "x[REDACTED]x [REDACTED]");
         // The mark itself holds "RED": a secret "RED" or "D]" must not eat into marks.
         assert_eq!(r(&["s3", "RED"], "s3 RED"), "[REDACTED] [REDACTED]");
-        assert_eq!(r(&["x", "D]"], "xD]"), "[REDACTED][REDACTED]");
+        // Touching matches merge into one mark.
+        assert_eq!(r(&["x", "D]"], "xD]"), "[REDACTED]");
+        assert_eq!(r(&["x", "D]"], "x D]"), "[REDACTED] [REDACTED]");
     }
 
     #[test]
