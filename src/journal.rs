@@ -9,7 +9,7 @@
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::protocol::{TaskAssignment, WorkerMessage};
 
@@ -302,32 +302,30 @@ impl Journal {
              CREATE INDEX IF NOT EXISTS executions_task ON executions(task_id);",
         )
         .map_err(corrupt)?;
-        // Added by a later version: journals written before it gain the column (NULL = none).
-        let has_closure: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('executions') WHERE name = 'closure'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(corrupt)?;
-        if !has_closure {
-            conn.execute_batch("ALTER TABLE executions ADD COLUMN closure TEXT")
+        // Columns added by later versions: journals written before them gain each one
+        // (NULL = none). `closure`: a cancelled execution's proof of removal (PROTOCOL §7);
+        // `archive_grace_until`: the end of the cleanup grace in ms since the epoch (debug
+        // archives, §8.4; NULL before the end, or released); `exported_offset`: how far into
+        // the spool task-log export got, so a restarted worker resumes there (§8.3).
+        for (column, decl) in [
+            ("closure", "TEXT"),
+            ("archive_grace_until", "INTEGER"),
+            ("exported_offset", "INTEGER"),
+        ] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('executions') WHERE name = ?1",
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)
                 .map_err(corrupt)?;
-        }
-        // Added for debug archives (PROTOCOL §8.4): the end of the execution's cleanup grace,
-        // ms since the epoch; NULL = none (before the end, or released).
-        let has_grace: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('executions') WHERE name = 'archive_grace_until'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(corrupt)?;
-        if !has_grace {
-            conn.execute_batch("ALTER TABLE executions ADD COLUMN archive_grace_until INTEGER")
+            if !has {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE executions ADD COLUMN {column} {decl}"
+                ))
                 .map_err(corrupt)?;
+            }
         }
         for side in ["-wal", "-shm"] {
             let mut p = path.clone().into_os_string();
@@ -557,6 +555,30 @@ impl Journal {
                 params![execution_id, offset as i64],
             )
             .map(|_| ())
+        })
+    }
+
+    /// Task-log export went through transcript bytes `[0, offset)` (never moves back).
+    pub fn set_exported(&self, execution_id: &str, offset: u64) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE executions SET exported_offset = MAX(COALESCE(exported_offset, 0), ?2) WHERE execution_id = ?1",
+                params![execution_id, offset as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Where task-log export of an execution resumes (0 when it never exported).
+    pub fn exported(&self, execution_id: &str) -> Result<u64, JournalError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COALESCE(exported_offset, 0) FROM executions WHERE execution_id = ?1",
+                params![execution_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.unwrap_or(0).max(0) as u64)
         })
     }
 
@@ -915,9 +937,16 @@ mod tests {
             .flatten()
             .unwrap_or_else(|| panic!("record kept"));
         assert_eq!((r.state, r.closure), (ExecState::Running, Closure::None));
+        // It gains the export offset too: none yet, then only forward.
+        assert_eq!(j.exported("e0").unwrap(), 0);
+        j.set_exported("e0", 120).unwrap();
+        j.set_exported("e0", 80).unwrap();
+        assert_eq!(j.exported("e0").unwrap(), 120);
+        assert_eq!(j.exported("unknown").unwrap(), 0);
         j.want_closure("e0").unwrap();
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.exported("e0").unwrap(), 120, "survives a restart");
         assert_eq!(
             j.get("e0").ok().flatten().map(|r| r.closure),
             Some(Closure::Wanted)

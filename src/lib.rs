@@ -27,6 +27,7 @@ pub mod secret;
 pub mod spec;
 pub mod supervisor;
 pub mod task;
+pub mod tasklogs;
 pub mod transcript;
 pub mod units;
 pub mod worker;

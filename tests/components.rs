@@ -91,6 +91,7 @@ fn env_on(
         catalog: None,
         metrics: Arc::new(berth::metrics::Metrics::default()),
         setup_events: None,
+        task_logs: None,
         gate: None,
     });
     (env, out_rx)

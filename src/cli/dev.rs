@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use berth::config::{self, Overrides};
 use berth::devserver::state::SubmitRequest;
-use berth::devserver::{ControlPlane, ServerOptions};
+use berth::devserver::{ControlPlane, ServerOptions, TaskLogs};
 use berth::secret::Secret;
 use berth::worker::Worker;
 use clap::Args;
@@ -61,6 +61,15 @@ pub(super) struct DevArgs {
     /// Log level.
     #[arg(long, default_value = "info")]
     pub(super) log_level: String,
+    /// Ask for task-log export over OTLP (PROTOCOL §8.3) in every task without its own: the
+    /// server answers the identity request and receives the records itself (GET
+    /// /v1/tasks/{id}/logs shows them).
+    #[arg(long)]
+    pub(super) task_logs: bool,
+    /// Like --task-logs, but to this OTLP/HTTP collector base URL (records go to
+    /// URL/v1/logs); implies --task-logs.
+    #[arg(long, value_name = "URL")]
+    pub(super) task_logs_endpoint: Option<String>,
 }
 
 pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
@@ -84,6 +93,11 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         ServerOptions {
             api_key: api_key.clone(),
             accept_berth: !a.oz_only,
+            task_logs: match (&a.task_logs_endpoint, a.task_logs) {
+                (Some(e), _) => TaskLogs::Endpoint(e.clone()),
+                (None, true) => TaskLogs::Own,
+                (None, false) => TaskLogs::Off,
+            },
             archive_dir: Some(root.join(super::devdir::ARCHIVES_DIR)),
             ..ServerOptions::default()
         },
@@ -94,6 +108,14 @@ pub(super) async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     out!("berth dev: embedded control plane");
     out!("  worker endpoint  {}", cp.ws_url());
     out!("  HTTP API         {}/v1/tasks", cp.http_url());
+    match (&a.task_logs_endpoint, a.task_logs) {
+        (Some(e), _) => out!("  task logs        exported to {e}/v1/logs"),
+        (None, true) => out!(
+            "  task logs        exported to {}/otlp/v1/logs (GET /v1/tasks/{{id}}/logs)",
+            cp.http_url()
+        ),
+        (None, false) => {}
+    }
     out!(
         "  state            {} (kept across runs; --state-dir to change)",
         root.display()
@@ -306,6 +328,19 @@ pub(super) async fn demo(cp: &ControlPlane, image: &str) -> anyhow::Result<ExitC
     out!("demo: transcript as stored by the control plane:");
     for line in String::from_utf8_lossy(&cp.transcript(&rec.id).unwrap_or_default()).lines() {
         out!("  | {line}");
+    }
+    // With --task-logs the records were all received before the result (PROTOCOL §8.3).
+    let logs = cp.task_logs(&rec.id);
+    if !logs.is_empty() {
+        out!("demo: {} task-log records received over OTLP:", logs.len());
+        for r in &logs {
+            let source = r
+                .attributes
+                .iter()
+                .find(|(k, _)| k == "log.source" || k == "event.name")
+                .map_or("", |(_, v)| v.as_str());
+            out!("  | {source:<24} {}", r.body);
+        }
     }
     out!("demo: {}", outcome_line(&done));
     Ok(exit_code_of(&done))

@@ -25,6 +25,7 @@ pub struct Effective {
     shutdown_mode: ShutdownMode,
     shutdown_grace: String,
     transcript: EffectiveTranscript,
+    task_logs: EffectiveTaskLogs,
     admission: EffectiveAdmission,
     debug_log_capture: EffectiveDebugLogCapture,
 }
@@ -38,6 +39,12 @@ struct EffectiveDebugLogCapture {
     max_concurrent_uploads: u32,
     /// Why archive capture is off, when it is.
     disabled: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct EffectiveTaskLogs {
+    enabled: bool,
+    allow_insecure: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -260,6 +267,10 @@ impl Config {
                 full_disk_patience: humantime::format_duration(self.transcript.full_disk_patience)
                     .to_string(),
                 anchor_every: self.transcript.anchor_every,
+            },
+            task_logs: EffectiveTaskLogs {
+                enabled: self.task_logs.enabled,
+                allow_insecure: self.task_logs.allow_insecure,
             },
             debug_log_capture: EffectiveDebugLogCapture {
                 directory: self

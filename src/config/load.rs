@@ -17,6 +17,7 @@ use super::log::log_level_of;
 use super::overrides::Overrides;
 use super::policy::policy_section;
 use super::raw::{LogFormat, RawConfig, ShutdownMode};
+use super::task_logs::{TaskLogSettings, task_logs_section};
 use super::transcript::{TranscriptSettings, transcript_section};
 use super::worker::{idle_on_complete_of, state_dir_of, worker_id_of};
 
@@ -66,6 +67,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Transcript capture.
     pub transcript: TranscriptSettings,
+    /// Task-log export over OTLP (PROTOCOL §8.3).
+    pub task_logs: TaskLogSettings,
     /// Resource-aware admission.
     pub admission: AdmissionSettings,
     /// Named environments, selected by `agent_config_snapshot.environment_id`.
@@ -173,6 +176,7 @@ pub fn load_str(
     let admission = admission_section(raw.admission.take(), &mut c);
     let (environments, default_environment) = environments_section(&mut raw, &mut c);
     let transcript = transcript_section(raw.transcript.take(), &mut c);
+    let task_logs = task_logs_section(raw.task_logs.take());
     let debug_log_capture =
         super::debug_log_capture::debug_log_capture_section(raw.debug_log_capture.take(), &mut c);
     let shutdown_grace = c.duration(
@@ -213,6 +217,7 @@ pub fn load_str(
             .unwrap_or(ShutdownMode::Preserve),
         shutdown_grace,
         transcript,
+        task_logs,
         admission,
         environments,
         default_environment,

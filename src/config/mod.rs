@@ -23,6 +23,7 @@ mod log;
 mod overrides;
 mod policy;
 mod raw;
+mod task_logs;
 #[cfg(test)]
 mod test_support;
 mod transcript;
@@ -46,6 +47,7 @@ pub use load::{
 pub use log::valid_log_filter;
 pub use overrides::Overrides;
 pub use raw::{LogFormat, PullPolicy, ShutdownMode};
+pub use task_logs::TaskLogSettings;
 pub use transcript::{DEFAULT_ANCHOR_EVERY, DEFAULT_CAPTURE_DRAIN, TranscriptSettings};
 pub use worker::DEFAULT_STATE_DIR;
 

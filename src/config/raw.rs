@@ -56,6 +56,7 @@ pub(super) struct RawConfig {
     pub(super) shutdown_mode: Option<ShutdownMode>,
     pub(super) shutdown_grace: Option<Spanned<String>>,
     pub(super) transcript: Option<RawTranscript>,
+    pub(super) task_logs: Option<RawTaskLogs>,
     pub(super) admission: Option<RawAdmission>,
     pub(super) environments: Option<BTreeMap<String, RawEnvironment>>,
     pub(super) default_environment: Option<Spanned<String>>,
@@ -87,6 +88,13 @@ pub(super) struct RawApi {
 pub(super) struct RawAdmission {
     pub(super) reserve: Option<RawResources>,
     pub(super) min_free_disk: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTaskLogs {
+    pub(super) enabled: Option<bool>,
+    pub(super) allow_insecure: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

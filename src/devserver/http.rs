@@ -36,6 +36,12 @@ pub(super) fn router(cp: ControlPlane) -> Router {
             ),
         )
         .route(super::events::API_PATH, post(super::events::post))
+        .route(
+            super::task_logs::IDENTITY_PATH,
+            post(super::task_logs::identity),
+        )
+        .route(super::task_logs::LOGS_PATH, post(super::task_logs::logs))
+        .route("/v1/tasks/{id}/logs", get(super::task_logs::list))
         .route("/v1/workers", get(workers))
         .route("/v1/workers/{id}/drain", post(drain))
         .route("/v1/workers/{id}/resume", post(resume))

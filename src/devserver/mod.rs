@@ -10,10 +10,13 @@ mod events;
 mod http;
 pub use http::TranscriptLine;
 pub mod execution;
+pub mod otlp;
 pub mod state;
 mod stored_transcript;
 mod task;
+mod task_logs;
 mod task_state;
+pub use task_logs::TaskLogs;
 mod workers;
 mod ws;
 
@@ -48,6 +51,8 @@ pub struct ServerOptions {
     pub max_message_size: usize,
     /// Serve `wss://`/`https://` with this TLS configuration (may require client certificates).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Ask workers to export task logs (PROTOCOL §8.3), and where.
+    pub task_logs: TaskLogs,
     /// Where uploaded debug archives are written (`None`: kept in memory only).
     pub archive_dir: Option<std::path::PathBuf>,
 }
@@ -59,6 +64,7 @@ impl Default for ServerOptions {
             accept_berth: true,
             max_message_size: 16 << 20,
             tls: None,
+            task_logs: TaskLogs::Off,
             archive_dir: None,
         }
     }
@@ -134,8 +140,17 @@ struct Shared {
     changed: watch::Sender<u64>,
     next_conn: std::sync::atomic::AtomicU64,
     environments: Mutex<environments::Store>,
+    /// The last text frames workers sent, as received: `(worker id, frame)`, at most
+    /// [`FRAMES_KEPT`] of them and [`FRAMES_BYTES`] in all.
+    frames: Mutex<(std::collections::VecDeque<(String, String)>, usize)>,
+    task_logs: Mutex<task_logs::Store>,
     archives: Mutex<archives::Archives>,
 }
+
+/// Worker frames kept for [`ControlPlane::frames_from`].
+pub const FRAMES_KEPT: usize = 4096;
+/// Bytes of worker frames kept for [`ControlPlane::frames_from`] (transcript chunks are large).
+pub const FRAMES_BYTES: usize = 4 << 20;
 
 /// A handle on the running control plane (cheap to clone).
 #[derive(Clone)]
@@ -165,6 +180,8 @@ impl ControlPlane {
             changed,
             next_conn: std::sync::atomic::AtomicU64::new(0),
             environments: Mutex::new(environments::Store::default()),
+            frames: Mutex::new((std::collections::VecDeque::new(), 0)),
+            task_logs: Mutex::new(task_logs::Store::default()),
             archives: Mutex::new(archives::Archives::default()),
         });
         Self::listen(addr, shared).await
@@ -396,7 +413,8 @@ impl ControlPlane {
     }
 
     /// Queues a task.
-    pub fn submit(&self, req: SubmitRequest) -> TaskRecord {
+    pub fn submit(&self, mut req: SubmitRequest) -> TaskRecord {
+        task_logs::fill(&self.shared.opts.task_logs, &self.http_url(), &mut req);
         self.apply(|s| s.submit(req, chrono::Utc::now()))
     }
 
@@ -408,6 +426,32 @@ impl ControlPlane {
     /// All tasks.
     pub fn tasks(&self) -> Vec<TaskRecord> {
         self.state().tasks()
+    }
+
+    /// The text frames a worker sent, byte for byte, oldest first (the last [`FRAMES_KEPT`]
+    /// of all workers, at most [`FRAMES_BYTES`]): what a server sees on the wire.
+    pub fn frames_from(&self, worker_id: &str) -> Vec<String> {
+        self.shared
+            .frames
+            .lock()
+            .0
+            .iter()
+            .filter(|(w, _)| w == worker_id)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    fn record_frame(&self, worker_id: &str, frame: &str) {
+        let mut guard = self.shared.frames.lock();
+        let (frames, bytes) = &mut *guard;
+        frames.push_back((worker_id.to_string(), frame.to_string()));
+        *bytes += frame.len();
+        while frames.len() > FRAMES_KEPT || *bytes > FRAMES_BYTES {
+            match frames.pop_front() {
+                Some((_, f)) => *bytes -= f.len(),
+                None => break,
+            }
+        }
     }
 
     /// Connected workers.

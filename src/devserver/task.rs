@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::execution::ExecutionRecord;
 use crate::protocol::{
     AdditionalSidecar, AgentConfigSnapshot, InstanceShape, Owner, TaskAssignment,
+    TelemetryCollection,
 };
 
 /// `POST /v1/tasks` body: the common fields, plus Oz assignment fields for compatibility tests.
@@ -52,6 +53,10 @@ pub struct SubmitRequest {
     /// berth/1 inline environment (`{image, env, workdir}`).
     #[serde(default)]
     pub environment: Option<serde_json::Value>,
+    /// PROTOCOL §8.3: ask the worker to export the execution's logs over OTLP. `berth dev`
+    /// fills it in itself when it runs its own receiver; absent, the assignment has none.
+    #[serde(default)]
+    pub telemetry_collection: Option<TelemetryCollection>,
     /// Lifecycle-hook context (PROTOCOL.md §8.5), passed on as given.
     #[serde(default)]
     pub oz_lifecycle_hooks: Option<crate::protocol::RawJson>,

@@ -101,11 +101,14 @@ async fn serve(
                 None => break,
             },
             msg = stream.next() => match msg {
-                Some(Ok(Message::Text(t))) => match WorkerMessage::decode(t.as_str()) {
-                    Ok(WorkerMessage::DebugArchiveLogsUploaded(a)) => cp.archive_acked(&worker_id, *a),
-                    Ok(m) => cp.apply(|s| ((), s.on_message(&worker_id, m, chrono::Utc::now()))),
-                    Err(e) => warn!(%worker_id, error = %e, "ignoring undecodable worker frame"),
-                },
+                Some(Ok(Message::Text(t))) => {
+                    cp.record_frame(&worker_id, t.as_str());
+                    match WorkerMessage::decode(t.as_str()) {
+                        Ok(WorkerMessage::DebugArchiveLogsUploaded(a)) => cp.archive_acked(&worker_id, *a),
+                        Ok(m) => cp.apply(|s| ((), s.on_message(&worker_id, m, chrono::Utc::now()))),
+                        Err(e) => warn!(%worker_id, error = %e, "ignoring undecodable worker frame"),
+                    }
+                }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },

@@ -56,11 +56,53 @@ pub struct TaskAssignment {
     /// berth/1: hard wall-clock limit in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// PROTOCOL §8.3: export this execution's logs over OTLP. Absent: nothing is exported
+    /// and nothing about the run changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry_collection: Option<TelemetryCollection>,
     /// Trust data for the Oz CLI's lifecycle hooks (PROTOCOL.md §8.5), kept as received: it is
     /// decoded strictly at admission, where a bad one refuses the task instead of failing the
     /// whole message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oz_lifecycle_hooks: Option<RawJson>,
+}
+
+/// `telemetry_collection` (PROTOCOL §8.3): where and whether to export the execution's logs.
+/// Only `bootstrap_token` is optional on the wire; the other members are always sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryCollection {
+    /// OTLP/HTTP base URL; records go to `{endpoint}/v1/logs`.
+    #[serde(default)]
+    pub endpoint: String,
+    /// Export logs.
+    #[serde(default)]
+    pub logging_enabled: bool,
+    /// Export traces (berth exports no traces).
+    #[serde(default)]
+    pub tracing_enabled: bool,
+    /// A secret berth never uses for logs; registered for redaction only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token: Option<BootstrapToken>,
+}
+
+/// `telemetry_collection.bootstrap_token`; its `Debug` never shows the token.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapToken {
+    /// The secret.
+    #[serde(default)]
+    pub token: String,
+    /// RFC 3339, kept as text (berth never interprets it).
+    #[serde(default)]
+    pub expires_at: String,
+}
+
+impl std::fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapToken")
+            .field("token", &"[REDACTED]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// The `task` object of an assignment.

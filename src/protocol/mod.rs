@@ -18,9 +18,9 @@ mod worker;
 
 pub use archive::{ArchiveAck, ArchiveRequest};
 pub use assignment::{
-    AdditionalSidecar, AgentConfigSnapshot, AwsInference, CloneFrom, Harness, InferenceProviders,
-    InstanceShape, Owner, RawJson, RepositoryHead, RepositoryHeadOverride, SessionSharing, Task,
-    TaskAssignment, TaskDefinition,
+    AdditionalSidecar, AgentConfigSnapshot, AwsInference, BootstrapToken, CloneFrom, Harness,
+    InferenceProviders, InstanceShape, Owner, RawJson, RepositoryHead, RepositoryHeadOverride,
+    SessionSharing, Task, TaskAssignment, TaskDefinition, TelemetryCollection,
 };
 pub(crate) use envelope::frame;
 pub use envelope::{DecodeError, Envelope};

@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod engine_stop;
+mod logs;
 mod outcome;
 mod phases;
 pub mod provision;
@@ -67,6 +68,8 @@ pub struct TaskSettings {
     /// How long capture may drain the engine's log after the container stopped, besides
     /// `full_disk_patience`.
     pub capture_drain: Duration,
+    /// Task-log export (PROTOCOL §8.3).
+    pub task_logs: crate::config::TaskLogSettings,
 }
 
 /// Why a task was asked to stop before it finished on its own.
@@ -134,6 +137,8 @@ pub struct TaskEnv {
     pub gate: Option<Arc<crate::egress::Gate>>,
     /// Poster of setup-phase timings (PROTOCOL §7); `None` when it could not be built.
     pub setup_events: Option<Arc<crate::control::setup_events::SetupEvents>>,
+    /// The HTTP client of task-log export (PROTOCOL §8.3); `None` when it could not be built.
+    pub task_logs: Option<reqwest::Client>,
 }
 
 impl TaskEnv {
@@ -204,10 +209,12 @@ pub async fn run(env: Arc<TaskEnv>, exec: Execution, control: Arc<TaskControl>) 
     async move {
         // Task env values never reach the log, whatever its level (bollard's debug output
         // carries the container body).
-        let run = Run::new(&env, &exec, &control).with_setup_events();
+        let mut run = Run::new(&env, &exec, &control).with_setup_events();
+        run.logs = logs::start(&run, 0);
         let _secrets = crate::transcript::redaction::register(run.secrets());
         let outcome = phases::execute(&run).await;
-        finish(&env, &exec, &control, outcome).await
+        let task_logs = run.logs.take();
+        finish(&env, &exec, &control, outcome, task_logs).await
     }
     .instrument(span)
     .await
@@ -224,7 +231,10 @@ pub async fn resume(
     let span =
         info_span!("task", task_id = %exec.assignment.task_id, execution_id = %exec.execution_id);
     async move {
-        let run = Run::new(&env, &exec, &control);
+        let mut run = Run::new(&env, &exec, &control);
+        // Task-log export resumes where the previous worker recorded it got to.
+        let exported = env.journal.exported(&exec.execution_id).unwrap_or(0);
+        run.logs = logs::start(&run, exported);
         let _secrets = crate::transcript::redaction::register(run.secrets());
         info!(container = %container_id, "re-attaching to the task's container after a restart");
         // A worker killed while it held the container frozen for a resume anchor left it
@@ -239,11 +249,15 @@ pub async fn resume(
             t.saturating_sub(elapsed)
         });
         let outcome = supervise::supervise(&run, &container_id, timeout, None).await;
+        let task_logs = run.logs.take();
         if matches!(outcome, Supervised::Detached) {
+            if let Some(l) = task_logs {
+                l.detach(crate::tasklogs::exporter::FLUSH_BOUND).await;
+            }
             return RunEnd::Detached;
         }
         let outcome = cleanup(&run, &container_id, outcome).await;
-        finish(&env, &exec, &control, outcome).await
+        finish(&env, &exec, &control, outcome, task_logs).await
     }
     .instrument(span)
     .await
@@ -257,7 +271,14 @@ pub async fn fail(
     reason: FailureReason,
     detail: String,
 ) -> RunEnd {
-    finish(env, exec, control, Some(Outcome::Failed { reason, detail })).await
+    finish(
+        env,
+        exec,
+        control,
+        Some(Outcome::Failed { reason, detail }),
+        None,
+    )
+    .await
 }
 
 /// Ends an execution whose container was still held for provisioning when the previous worker
@@ -277,17 +298,23 @@ pub async fn abandon(
     });
     let run = Run::new(env, exec, control);
     let outcome = cleanup(&run, container_id, Supervised::Done(outcome)).await;
-    finish(env, exec, control, outcome).await
+    finish(env, exec, control, outcome, None).await
 }
 
-/// Records the end: exit line, final transcript marker, terminal message in the journal.
+/// Records the end: exit line, final transcript marker, the task logs flushed (bounded),
+/// terminal message in the journal.
 async fn finish(
     env: &TaskEnv,
     exec: &Execution,
     control: &TaskControl,
     outcome: Option<Outcome>,
+    task_logs: Option<crate::tasklogs::exporter::Handle>,
 ) -> RunEnd {
+    let bound = crate::tasklogs::exporter::FLUSH_BOUND;
     let Some(outcome) = outcome else {
+        if let Some(l) = task_logs {
+            l.detach(bound).await;
+        }
         return RunEnd::Detached;
     };
     let task_id = &exec.assignment.task_id;
@@ -347,6 +374,11 @@ async fn finish(
             *e = Some(ext)
         }
         _ => {}
+    }
+    // PROTOCOL §8.3: every exported record precedes the terminal message, which waits for
+    // them at most `bound`.
+    if let Some(l) = task_logs {
+        l.finish(bound).await;
     }
     // The durable outbox: once this is written the result cannot be lost. The cleanup grace
     // (debug archives, PROTOCOL §8.4) starts in the same write, before the message is queued.

@@ -10,11 +10,11 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::outcome::phase;
-use super::run::Run;
+use super::run::{Run, SetupSink};
 use super::supervise::{Supervised, cleanup, sample, short, supervise};
 use super::{Outcome, StopReason, TaskSettings, sleep_or_forever, system_line};
 use crate::backend::ImageInfo;
-use crate::control::setup_events::{self, RunEvents, Timed};
+use crate::control::setup_events::{self, Timed};
 use crate::control::shipper::Outbound;
 use crate::failure::FailureReason;
 use crate::protocol::{Started, WorkerMessage};
@@ -178,12 +178,11 @@ struct Created {
 /// Reports a setup phase that began at `start` and ended with `r` as a setup event; nothing
 /// for a phase a stop cut short (PROTOCOL §7).
 fn report<T>(
-    events: Option<&RunEvents>,
+    events: SetupSink<'_>,
     name: &'static str,
     start: chrono::DateTime<chrono::Utc>,
     r: &Phase<T>,
 ) {
-    let Some(events) = events else { return };
     let is_error = match r {
         Ok(_) => false,
         Err(Outcome::Interrupted) => return,
@@ -622,13 +621,11 @@ async fn provision(
     // Each stage (the clones, the setup commands) is reported as it ends; one a stop cuts
     // short never ends, so it is never reported.
     let on_stage = |kind: StepKind, start, is_error| {
-        if let Some(e) = events {
-            let name = match kind {
-                StepKind::Clone => setup_events::REPO_CLONE,
-                StepKind::Setup => setup_events::SETUP_COMMANDS,
-            };
-            e.post(Timed::until_now(name, start, is_error));
-        }
+        let name = match kind {
+            StepKind::Clone => setup_events::REPO_CLONE,
+            StepKind::Setup => setup_events::SETUP_COMMANDS,
+        };
+        events.post(Timed::until_now(name, start, is_error));
     };
     let provisioned = tokio::select! {
         r = crate::task::provision::provision(in_place, id, steps, &exec.spool, &secrets, on_stage) => Some(r),

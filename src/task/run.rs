@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Execution, TaskControl, TaskEnv, TaskSettings};
-use crate::control::setup_events::RunEvents;
+use crate::control::setup_events::{RunEvents, Timed};
+use crate::tasklogs::exporter::Handle as TaskLogs;
 
 /// One execution's run: the worker's task environment, the execution, its controls, and the
 /// operator settings it started with (a reload does not change a running task).
@@ -18,6 +19,28 @@ pub(super) struct Run<'a> {
     pub settings: Arc<TaskSettings>,
     /// Poster of this run's setup-phase timings (PROTOCOL §7), when the run reports them.
     events: Option<RunEvents>,
+    /// This execution's task-log exporter (PROTOCOL §8.3), when it exports.
+    pub logs: Option<TaskLogs>,
+}
+
+/// Where a setup phase's end is reported: the control plane's events endpoint and the
+/// task-log export, each when the run has it.
+#[derive(Clone, Copy)]
+pub(super) struct SetupSink<'a> {
+    events: Option<&'a RunEvents>,
+    logs: Option<&'a TaskLogs>,
+}
+
+impl SetupSink<'_> {
+    /// Reports one phase to both (never waits).
+    pub fn post(&self, t: Timed) {
+        if let Some(l) = self.logs {
+            l.setup_phase(&t);
+        }
+        if let Some(e) = self.events {
+            e.post(t);
+        }
+    }
 }
 
 impl<'a> Run<'a> {
@@ -30,6 +53,7 @@ impl<'a> Run<'a> {
             control,
             settings: env.settings(),
             events: None,
+            logs: None,
         }
     }
 
@@ -56,9 +80,12 @@ impl<'a> Run<'a> {
         self.control.token.is_cancelled() || self.env.detach.is_cancelled()
     }
 
-    /// The setup-event poster, if this run has one.
-    pub fn events(&self) -> Option<&RunEvents> {
-        self.events.as_ref()
+    /// Where setup phases are reported.
+    pub fn events(&self) -> SetupSink<'_> {
+        SetupSink {
+            events: self.events.as_ref(),
+            logs: self.logs.as_ref(),
+        }
     }
 
     /// The task's time limit (policy and assignment), from its claim.

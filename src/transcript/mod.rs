@@ -594,6 +594,15 @@ impl Record {
 }
 
 /// The system line announcing elided output, written before the kept tail.
+/// A `system` line that announces a hole in the output (elided, lost, or missing from the
+/// engine's log): readers that join output into lines must not join across it.
+pub fn announces_hole(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line);
+    text.starts_with("[berth] transcript exceeded transcript.max_bytes")
+        || text.contains("may be missing: the engine's log no longer holds")
+        || Loss::of_line(line.strip_suffix(b"\n").unwrap_or(line)).is_some()
+}
+
 pub fn elision_line(elided: u64, max_bytes: u64, tail: u64) -> Vec<u8> {
     format!(
         "[berth] transcript exceeded transcript.max_bytes ({max_bytes} bytes): {elided} bytes were elided; the last {tail} bytes follow\n"
@@ -605,6 +614,29 @@ pub fn elision_line(elided: u64, max_bytes: u64, tail: u64) -> Vec<u8> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_hole_announcement_is_recognised_and_ordinary_lines_are_not() {
+        assert!(announces_hole(&elision_line(10, 100, 20)));
+        assert!(announces_hole(&gap_line(
+            5,
+            &GapCause::Disk("ENOSPC".into())
+        )));
+        assert!(announces_hole(
+            b"[berth] output written between a and b may be missing: the engine's log no longer holds where capture left off"
+        ));
+        for ordinary in [
+            &b"[berth] stopping (cancelled): SIGTERM, SIGKILL in 10s\n"[..],
+            b"[berth] pulling image busybox\n",
+            b"hello\n",
+        ] {
+            assert!(
+                !announces_hole(ordinary),
+                "{}",
+                String::from_utf8_lossy(ordinary)
+            );
+        }
+    }
 
     /// `text` cut at `cuts` (any order, clamped to its length).
     fn split_at(text: &[u8], cuts: Vec<usize>) -> Vec<&[u8]> {

@@ -155,6 +155,7 @@ pub struct Worker {
     docker_root: Option<PathBuf>,
     catalog: Option<Arc<crate::control::catalog::Catalog>>,
     setup_events: Option<Arc<crate::control::setup_events::SetupEvents>>,
+    task_logs: Option<reqwest::Client>,
     docker_version: String,
     api: Option<crate::admin::api::Bound>,
     /// The journal as read at start-up and what reconciliation found of it.
@@ -283,6 +284,15 @@ impl Worker {
                 None
             }
         };
+        // Task-log export (PROTOCOL §8.3) is best effort too: without its client no execution
+        // exports, and every task runs as it would.
+        let task_logs = match crate::tasklogs::transport::client(tls.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(error = %e, "cannot build the task-log export client; task logs are not exported");
+                None
+            }
+        };
         let api = match &config.api.listen {
             Some(l) => Some(
                 crate::admin::api::bind(l, config.api.socket_group.as_deref(), &config.state_dir)
@@ -295,6 +305,7 @@ impl Worker {
             start,
             catalog,
             setup_events,
+            task_logs,
             api,
             docker_version: engine.version,
             config,
@@ -380,6 +391,7 @@ impl Worker {
             detach: CancellationToken::new(),
             catalog: self.catalog.clone(),
             setup_events: self.setup_events.clone(),
+            task_logs: self.task_logs.clone(),
         });
         let env_for_reload = env.clone();
         let (archive, archive_rx, archive_tx) = archive::service(
@@ -577,6 +589,7 @@ pub fn task_settings(c: &Config) -> TaskSettings {
         default_environment: c.default_environment.clone(),
         anchor_every: c.transcript.anchor_every,
         capture_drain: c.transcript.capture_drain,
+        task_logs: c.task_logs,
     }
 }
 

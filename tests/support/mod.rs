@@ -10,6 +10,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kubeapi;
+pub mod otlp;
+pub mod otlp_proto;
 pub mod upload;
 
 use std::io::Write;
@@ -288,6 +290,8 @@ pub struct EnvOptions {
     /// How long capture may drain the engine's log after the container stopped, besides
     /// `full_disk_patience` (not a config key; `None`: berth's default).
     pub capture_drain: Option<Duration>,
+    /// Whether the control plane asks for task-log export, and where (`berth dev --task-logs`).
+    pub task_logs: berth::devserver::TaskLogs,
 }
 
 impl Default for EnvOptions {
@@ -301,6 +305,7 @@ impl Default for EnvOptions {
             docker_yaml: String::new(),
             control_plane_yaml: String::new(),
             capture_drain: None,
+            task_logs: berth::devserver::TaskLogs::Off,
         }
     }
 }
@@ -414,7 +419,17 @@ impl Env {
         }
         berth::control::tls::install_default_provider();
         let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
-        let cp = control_plane(&api_key, opts.accept_berth, None).await;
+        let cp = ControlPlane::start(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerOptions {
+                api_key: api_key.clone(),
+                accept_berth: opts.accept_berth,
+                task_logs: opts.task_logs.clone(),
+                ..ServerOptions::default()
+            },
+        )
+        .await
+        .unwrap();
         opts.control_plane_yaml = opts.control_plane_yaml.replace("{http}", &cp.http_url());
         let worker_id = worker_id(name);
         let mut cfg = worker_config(&cp.ws_url(), &worker_id, &api_key, &opts);

@@ -29,6 +29,24 @@ pub struct EventHeaders<'a> {
 }
 
 impl State {
+    /// Whether `headers` carry run `id`'s own `WARP_API_KEY`, `WARP_WORKLOAD_TOKEN` and id
+    /// (setup events, and the identity token of task-log export).
+    pub fn check_run_tokens(&self, id: &str, headers: EventHeaders<'_>) -> Result<(), EventError> {
+        let t = self.tasks.get(id).ok_or(EventError::NotFound)?;
+        let env = t.assignment.as_ref().and_then(|a| a.env_vars.as_ref());
+        let var = |k: &str| env.and_then(|e| e.get(k)).map(String::as_str);
+        let ok = headers.bearer.is_some()
+            && headers.bearer == var("WARP_API_KEY")
+            && headers.workload.is_some()
+            && headers.workload == var("WARP_WORKLOAD_TOKEN")
+            && headers.agent_id == Some(id);
+        if ok {
+            Ok(())
+        } else {
+            Err(EventError::Unauthorized)
+        }
+    }
+
     /// Stores a setup-phase event the worker posted for run `id`, checking that it carries
     /// the run's own tokens (as the Oz server would).
     pub fn client_event(
@@ -37,17 +55,8 @@ impl State {
         headers: EventHeaders<'_>,
         event: ClientEvent,
     ) -> Result<(), EventError> {
+        self.check_run_tokens(id, headers)?;
         let t = self.tasks.get_mut(id).ok_or(EventError::NotFound)?;
-        let env = t.assignment.as_ref().and_then(|a| a.env_vars.as_ref());
-        let var = |k: &str| env.and_then(|e| e.get(k)).map(String::as_str);
-        let ok = headers.bearer.is_some()
-            && headers.bearer == var("WARP_API_KEY")
-            && headers.workload.is_some()
-            && headers.workload == var("WARP_WORKLOAD_TOKEN")
-            && headers.agent_id == Some(id);
-        if !ok {
-            return Err(EventError::Unauthorized);
-        }
         t.events.push(event);
         self.version += 1;
         Ok(())

@@ -48,6 +48,7 @@ impl State {
             command: (!req.command.is_empty()).then(|| req.command.clone()),
             environment: req.environment.clone(),
             timeout_secs: req.timeout_secs,
+            telemetry_collection: req.telemetry_collection.clone(),
             oz_lifecycle_hooks: req.oz_lifecycle_hooks.clone(),
         };
         let rec = TaskRecord {

@@ -1,0 +1,415 @@
+//! The follower of one execution's spool (PROTOCOL §8.3): reads transcript records from where
+//! export last got to, cuts them into lines, turns each into a redacted record, queues at most
+//! 1,024, and posts batches of at most 128 (as soon as 128 are ready, else every 5 s), one
+//! request at a time with a 5 s timeout and no retry. The spool is the buffer: a full queue
+//! only pauses reading (never the task's output), and how far export got is kept in the
+//! journal so a restarted worker resumes there.
+//!
+//! Ownership: the execution's run owns the [`Handle`]; the follower task ends on its own once
+//! the spool is finished and flushed, or when the handle asks it to stop (detach, shutdown),
+//! and is aborted if the handle is dropped.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::gates::Plan;
+use super::identity::{Identity, Unavailable};
+use super::lines::{Line, Streams};
+use super::otlp;
+use super::record::{self, Output, Record, Resource};
+use super::redaction::Redactor;
+use super::transport::{Exchange, SendError, send};
+use crate::control::setup_events::Timed;
+use crate::journal::Journal;
+use crate::protocol::Stream;
+use crate::transcript::spool::{SharedSpool, lock};
+
+/// Most records in one request.
+pub const BATCH: usize = 128;
+/// Most records queued; past it, reading the spool pauses.
+pub const QUEUE: usize = 1024;
+/// A partial batch waits at most this long.
+pub const BATCH_EVERY: Duration = Duration::from_secs(5);
+/// Longest an export request may take.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the end of an execution waits for its exporter to flush (PROTOCOL §8.3).
+pub const FLUSH_BOUND: Duration = Duration::from_secs(5);
+/// Spool bytes read at a time.
+const READ: usize = 64 << 10;
+/// Setup-phase records waiting to be queued; past it, they are dropped (counted).
+const EVENTS: usize = 16;
+/// Largest collector answer read (its text is never kept).
+const MAX_ANSWER: usize = 64 << 10;
+
+/// Why a batch was not delivered (recorded only as "task log export failed").
+#[derive(Debug, thiserror::Error)]
+enum ExportError {
+    #[error("no identity token: {0}")]
+    Token(Unavailable),
+    #[error("collector unreachable: {0}")]
+    Send(SendError),
+    #[error("collector answered HTTP {0}")]
+    Status(u16),
+    #[error("a header cannot be built")]
+    Header,
+}
+
+/// What one execution's export did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub exported: u64,
+    /// In batches the collector did not take (no retry).
+    pub failed: u64,
+    /// Setup-phase records and records left when the flush bound ran out.
+    pub dropped: u64,
+    /// Lines longer than 64 KiB.
+    pub too_long: u64,
+}
+
+/// What the follower of one execution needs.
+pub struct Start {
+    pub client: reqwest::Client,
+    pub journal: Arc<Journal>,
+    pub plan: Plan,
+    pub resource: Resource,
+    /// Every secret of the execution (the redactor adds their variants).
+    pub secrets: Vec<String>,
+    pub spool: SharedSpool,
+    /// Spool offset to resume from (0 for a new execution).
+    pub from: u64,
+}
+
+/// The run's end of an execution's exporter.
+pub struct Handle {
+    events: mpsc::Sender<Timed>,
+    dropped_events: Arc<AtomicU64>,
+    stop: CancellationToken,
+    join: Option<JoinHandle<Summary>>,
+}
+
+impl Handle {
+    /// Starts the follower.
+    pub fn spawn(s: Start) -> Handle {
+        let (tx, rx) = mpsc::channel(EVENTS);
+        let stop = CancellationToken::new();
+        let dropped_events = Arc::new(AtomicU64::new(0));
+        let task_id = s.resource.run_id.clone();
+        let redactor = Redactor::new(s.secrets.iter().map(String::as_str));
+        let f = Follower {
+            identity: Identity::new(s.client.clone(), s.plan.clone(), &task_id),
+            client: s.client,
+            journal: s.journal,
+            logs_url: s.plan.logs_url,
+            resource: s.resource,
+            redactor,
+            spool: s.spool,
+            read: s.from,
+            persisted: s.from,
+            streams: Streams::default(),
+            queue: VecDeque::new(),
+            events: rx,
+            summary: Summary::default(),
+            failing: false,
+            dropped_events: dropped_events.clone(),
+        };
+        let join = tokio::spawn(f.run(stop.clone()));
+        Handle {
+            events: tx,
+            dropped_events,
+            stop,
+            join: Some(join),
+        }
+    }
+
+    /// A setup phase ended: export it too. Never waits; dropped (counted) when full.
+    pub fn setup_phase(&self, t: &Timed) {
+        if self.events.try_send(t.clone()).is_err() {
+            self.dropped_events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The spool is finished: waits, at most `bound`, for everything to be read and sent.
+    /// Past the bound the follower is stopped and what it still held is dropped.
+    pub async fn finish(mut self, bound: Duration) -> Option<Summary> {
+        self.wait(bound).await
+    }
+
+    /// The run stops without finishing (the worker detaches): sends what is queued, at most
+    /// `bound`, and records how far it got so the next start resumes there.
+    pub async fn detach(mut self, bound: Duration) -> Option<Summary> {
+        self.stop.cancel();
+        self.wait(bound).await
+    }
+
+    async fn wait(&mut self, bound: Duration) -> Option<Summary> {
+        let join = self.join.as_mut()?;
+        let r = match tokio::time::timeout(bound, join).await {
+            Ok(r) => r.ok(),
+            Err(_) => {
+                warn!("task log export did not finish within its bound; the rest is dropped");
+                None
+            }
+        };
+        if let Some(j) = self.join.take() {
+            j.abort();
+        }
+        if let Some(s) = &r {
+            report(s);
+        }
+        r
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(j) = self.join.take() {
+            j.abort();
+        }
+    }
+}
+
+fn report(s: &Summary) {
+    if s.failed + s.dropped + s.too_long > 0 {
+        warn!(
+            exported = s.exported,
+            failed = s.failed,
+            dropped = s.dropped,
+            too_long = s.too_long,
+            "task log export finished with records not delivered"
+        );
+    } else {
+        debug!(exported = s.exported, "task log export finished");
+    }
+}
+
+/// The transcript's streams, each with its own line splitter (keyed by position here).
+const STREAMS: [Stream; 3] = [Stream::Stdout, Stream::Stderr, Stream::System];
+
+fn key(stream: Stream) -> u8 {
+    STREAMS.iter().position(|s| *s == stream).unwrap_or(0) as u8
+}
+
+struct Follower {
+    client: reqwest::Client,
+    journal: Arc<Journal>,
+    identity: Identity,
+    logs_url: url::Url,
+    resource: Resource,
+    redactor: Redactor,
+    spool: SharedSpool,
+    /// Spool offset read up to.
+    read: u64,
+    /// Offset last written to the journal.
+    persisted: u64,
+    streams: Streams<u8>,
+    queue: VecDeque<Record>,
+    events: mpsc::Receiver<Timed>,
+    summary: Summary,
+    /// The last batch failed (the warning is logged once per streak).
+    failing: bool,
+    dropped_events: Arc<AtomicU64>,
+}
+
+impl Follower {
+    async fn run(mut self, stop: CancellationToken) -> Summary {
+        let mut state = lock(&self.spool).subscribe();
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + BATCH_EVERY, BATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let s = *state.borrow_and_update();
+            self.read_spool(s.len);
+            let ended = s.finished && self.read >= s.len;
+            if ended {
+                self.flush_last_lines();
+            }
+            if ended || stop.is_cancelled() {
+                self.drain().await;
+                break;
+            }
+            if self.queue.len() >= BATCH {
+                self.export_batch().await;
+                continue;
+            }
+            let room = self.queue.len() < QUEUE;
+            tokio::select! {
+                r = state.changed() => if r.is_err() {
+                    // The spool's writer is gone: the streams ended too.
+                    self.flush_last_lines();
+                    self.drain().await;
+                    break
+                },
+                _ = tick.tick() => if !self.queue.is_empty() { self.export_batch().await },
+                Some(t) = self.events.recv(), if room => {
+                    self.queue.push_back(record::setup_phase(&t, &self.redactor));
+                }
+                _ = stop.cancelled() => {}
+            }
+        }
+        self.summary.too_long = self.streams.dropped();
+        self.summary.dropped += self.dropped_events.load(Ordering::Relaxed);
+        self.summary
+    }
+
+    /// Reads the spool up to `len`, or until the queue is full.
+    fn read_spool(&mut self, len: u64) {
+        while self.read < len && self.queue.len() < QUEUE {
+            let chunk = lock(&self.spool).read_chunk(self.read, READ);
+            let (stream, data) = match chunk {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(error = %e, "task log export cannot read the transcript spool");
+                    return;
+                }
+            };
+            // berth announces every hole in the output (elision, a full disk, rotation) with a
+            // system line, and the two sides of a hole may each hold part of a secret: no line
+            // is joined across one. (Other system lines, such as the exit status after an
+            // unterminated last line, cut nothing.)
+            if stream == Stream::System
+                && data
+                    .split(|b| *b == b'\n')
+                    .any(crate::transcript::announces_hole)
+            {
+                self.streams.discard_except(key(stream), self.read);
+            }
+            let room = QUEUE - self.queue.len();
+            let mut lines = Vec::new();
+            let used = match self.streams.get(key(stream)) {
+                Some(l) => l.feed_upto(self.read, &data, room, &mut lines),
+                None => data.len(),
+            };
+            for line in lines {
+                self.push_line(stream, line);
+            }
+            self.read += used as u64;
+            if used == 0 {
+                return;
+            }
+        }
+    }
+
+    fn push_line(&mut self, stream: Stream, line: Line) {
+        let now = chrono::Utc::now();
+        let r = match stream {
+            Stream::Stdout => record::container_line(
+                Output::Stdout,
+                &line.text,
+                line.at,
+                None,
+                now,
+                &self.redactor,
+            ),
+            Stream::Stderr => record::container_line(
+                Output::Stderr,
+                &line.text,
+                line.at,
+                None,
+                now,
+                &self.redactor,
+            ),
+            Stream::System => record::worker_line(&line.text, line.at, now, &self.redactor),
+        };
+        self.queue.push_back(r);
+    }
+
+    fn flush_last_lines(&mut self) {
+        for (k, line) in self.streams.finish() {
+            if let Some(stream) = STREAMS.get(usize::from(k)) {
+                self.push_line(*stream, line);
+            }
+        }
+        while let Ok(t) = self.events.try_recv() {
+            self.queue
+                .push_back(record::setup_phase(&t, &self.redactor));
+        }
+    }
+
+    /// Sends everything queued, batch after batch (the caller bounds how long).
+    async fn drain(&mut self) {
+        while !self.queue.is_empty() {
+            self.export_batch().await;
+        }
+        self.persist();
+    }
+
+    async fn export_batch(&mut self) {
+        let n = self.queue.len().min(BATCH);
+        let batch: Vec<Record> = self.queue.drain(..n).collect();
+        match self.post(&batch).await {
+            Ok(()) => {
+                self.summary.exported += n as u64;
+                if std::mem::take(&mut self.failing) {
+                    warn!("task log export recovered");
+                }
+            }
+            Err(e) => {
+                self.summary.failed += n as u64;
+                if !std::mem::replace(&mut self.failing, true) {
+                    // Only the kind of failure: never a token or the collector's answer.
+                    warn!(cause = %e, "task log export failed");
+                } else {
+                    debug!(cause = %e, "task log export failed");
+                }
+            }
+        }
+        self.persist();
+    }
+
+    async fn post(&mut self, batch: &[Record]) -> Result<(), ExportError> {
+        let issued = self.identity.token().await.map_err(ExportError::Token)?;
+        if issued.fresh {
+            self.redactor.register(issued.token.value.expose());
+        }
+        let body = otlp::export_request(&self.resource.attributes(&self.redactor), batch);
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(otlp::CONTENT_TYPE));
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", issued.token.value.expose()))
+            .map_err(|_| ExportError::Header)?;
+        auth.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth);
+        let x = Exchange {
+            method: Method::POST,
+            url: self.logs_url.clone(),
+            headers,
+            body: Bytes::from(body),
+        };
+        let a = send(&self.client, &x, TIMEOUT, MAX_ANSWER)
+            .await
+            .map_err(ExportError::Send)?;
+        if a.status.is_success() {
+            Ok(())
+        } else {
+            Err(ExportError::Status(a.status.as_u16()))
+        }
+    }
+
+    /// A spool offset where every stream is at a line start and nothing read is still
+    /// queued: a restart may resume there without cutting a line (so never exporting part of
+    /// a credential) and without losing one. `None` while that does not hold.
+    fn safe_offset(&self) -> Option<u64> {
+        (self.queue.is_empty() && self.streams.earliest_pending().is_none()).then_some(self.read)
+    }
+
+    fn persist(&mut self) {
+        let Some(at) = self.safe_offset().filter(|at| *at > self.persisted) else {
+            return;
+        };
+        let exec = self.resource.execution_id.clone();
+        match self.journal.set_exported(&exec, at) {
+            Ok(()) => self.persisted = at,
+            Err(e) => debug!(error = %e, "cannot record how far task log export got"),
+        }
+    }
+}
