@@ -46,6 +46,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub const FLUSH_BOUND: Duration = Duration::from_secs(5);
 /// Spool bytes read at a time.
 const READ: usize = 64 << 10;
+/// Most spool bytes read before the follower yields.
+const READ_SLICE: u64 = 1 << 20;
 /// Setup-phase records waiting to be queued; past it, they are dropped (counted).
 const EVENTS: usize = 16;
 /// Largest collector answer read (its text is never kept).
@@ -62,6 +64,8 @@ enum ExportError {
     Status(u16),
     #[error("a header cannot be built")]
     Header,
+    #[error("the flush bound before the task's result ran out")]
+    Deadline,
 }
 
 /// What one execution's export did.
@@ -93,6 +97,9 @@ pub struct Start {
 pub struct Handle {
     events: mpsc::Sender<Timed>,
     dropped_events: Arc<AtomicU64>,
+    /// When the flush must be over (set by `finish`/`detach`): the follower starts no request
+    /// that could outlive it, so no record reaches the collector after the result is queued.
+    deadline: Deadline,
     stop: CancellationToken,
     join: Option<JoinHandle<Summary>>,
 }
@@ -103,6 +110,7 @@ impl Handle {
         let (tx, rx) = mpsc::channel(EVENTS);
         let stop = CancellationToken::new();
         let dropped_events = Arc::new(AtomicU64::new(0));
+        let deadline = Deadline::default();
         let task_id = s.resource.run_id.clone();
         let redactor = Redactor::new(s.secrets.iter().map(String::as_str));
         let f = Follower {
@@ -121,11 +129,13 @@ impl Handle {
             summary: Summary::default(),
             failing: false,
             dropped_events: dropped_events.clone(),
+            deadline: deadline.clone(),
         };
         let join = tokio::spawn(f.run(stop.clone()));
         Handle {
             events: tx,
             dropped_events,
+            deadline,
             stop,
             join: Some(join),
         }
@@ -152,6 +162,7 @@ impl Handle {
     }
 
     async fn wait(&mut self, bound: Duration) -> Option<Summary> {
+        *self.deadline.0.lock() = Some(tokio::time::Instant::now() + bound);
         let join = self.join.as_mut()?;
         let r = match tokio::time::timeout(bound, join).await {
             Ok(r) => r.ok(),
@@ -199,6 +210,22 @@ fn key(stream: Stream) -> u8 {
     STREAMS.iter().position(|s| *s == stream).unwrap_or(0) as u8
 }
 
+/// The end of the flush bound, shared by the handle and its follower.
+#[derive(Clone, Default)]
+struct Deadline(Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>);
+
+impl Deadline {
+    /// How long the next request may take: [`TIMEOUT`], or less once the flush is bounded.
+    fn allows(&self) -> Duration {
+        match *self.0.lock() {
+            Some(end) => end
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(TIMEOUT),
+            None => TIMEOUT,
+        }
+    }
+}
+
 struct Follower {
     client: reqwest::Client,
     journal: Arc<Journal>,
@@ -218,6 +245,7 @@ struct Follower {
     /// The last batch failed (the warning is logged once per streak).
     failing: bool,
     dropped_events: Arc<AtomicU64>,
+    deadline: Deadline,
 }
 
 impl Follower {
@@ -228,7 +256,7 @@ impl Follower {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let s = *state.borrow_and_update();
-            self.read_spool(s.len);
+            let more = self.read_spool(s.len);
             let ended = s.finished && self.read >= s.len;
             if ended {
                 self.flush_last_lines();
@@ -239,6 +267,12 @@ impl Follower {
             }
             if self.queue.len() >= BATCH {
                 self.export_batch().await;
+                continue;
+            }
+            if more {
+                // A long stretch without lines (or a backlog after a restart) is read a slice
+                // at a time, so this task never holds a runtime thread for the whole spool.
+                tokio::task::yield_now().await;
                 continue;
             }
             let room = self.queue.len() < QUEUE;
@@ -261,16 +295,21 @@ impl Follower {
         self.summary
     }
 
-    /// Reads the spool up to `len`, or until the queue is full.
-    fn read_spool(&mut self, len: u64) {
+    /// Reads the spool up to `len`, until the queue is full, or [`READ_SLICE`] bytes; true
+    /// when it stopped for the slice with more to read.
+    fn read_spool(&mut self, len: u64) -> bool {
+        let until = self.read.saturating_add(READ_SLICE);
         while self.read < len && self.queue.len() < QUEUE {
+            if self.read >= until {
+                return true;
+            }
             let chunk = lock(&self.spool).read_chunk(self.read, READ);
             let (stream, data) = match chunk {
                 Ok(Some(c)) => c,
-                Ok(None) => return,
+                Ok(None) => return false,
                 Err(e) => {
                     warn!(error = %e, "task log export cannot read the transcript spool");
-                    return;
+                    return false;
                 }
             };
             // berth announces every hole in the output (elision, a full disk, rotation) with a
@@ -295,9 +334,10 @@ impl Follower {
             }
             self.read += used as u64;
             if used == 0 {
-                return;
+                return false;
             }
         }
+        false
     }
 
     fn push_line(&mut self, stream: Stream, line: Line) {
@@ -368,7 +408,12 @@ impl Follower {
     }
 
     async fn post(&mut self, batch: &[Record]) -> Result<(), ExportError> {
-        let issued = self.identity.token().await.map_err(ExportError::Token)?;
+        let limit = Some(self.deadline.allows()).filter(|d| !d.is_zero());
+        let issued =
+            tokio::time::timeout(limit.ok_or(ExportError::Deadline)?, self.identity.token())
+                .await
+                .map_err(|_| ExportError::Deadline)?
+                .map_err(ExportError::Token)?;
         if issued.fresh {
             self.redactor.register(issued.token.value.expose());
         }
@@ -385,9 +430,15 @@ impl Follower {
             headers,
             body: Bytes::from(body),
         };
-        let a = send(&self.client, &x, TIMEOUT, MAX_ANSWER)
-            .await
-            .map_err(ExportError::Send)?;
+        let limit = Some(self.deadline.allows()).filter(|d| !d.is_zero());
+        let a = send(
+            &self.client,
+            &x,
+            limit.ok_or(ExportError::Deadline)?,
+            MAX_ANSWER,
+        )
+        .await
+        .map_err(ExportError::Send)?;
         if a.status.is_success() {
             Ok(())
         } else {
@@ -411,5 +462,31 @@ impl Follower {
             Ok(()) => self.persisted = at,
             Err(e) => debug!(error = %e, "cannot record how far task log export got"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn no_request_may_outlive_the_flush_bound() {
+        let d = Deadline::default();
+        assert_eq!(d.allows(), TIMEOUT, "unbounded until the flush starts");
+        let now = tokio::time::Instant::now();
+        *d.0.lock() = Some(now + Duration::from_secs(2));
+        let left = d.allows();
+        assert!(
+            left <= Duration::from_secs(2) && left > Duration::from_secs(1),
+            "{left:?}"
+        );
+        *d.0.lock() = Some(now);
+        assert!(d.allows().is_zero(), "past the bound nothing starts");
+        *d.0.lock() = Some(now + Duration::from_secs(60));
+        assert_eq!(
+            d.allows(),
+            TIMEOUT,
+            "never longer than one request's timeout"
+        );
     }
 }
