@@ -330,7 +330,7 @@ async fn fetched_environments_are_cached_revalidated_and_used_stale_when_the_api
         "env-api",
         EnvOptions {
             control_plane_yaml:
-                "  environments_url: '{http}/api/v1/environments/{id}'\n  environments_ttl: 1s\n"
+                "  environments_url: '{http}/api/v1/environments/{id}'\n  environments_ttl: 5s\n"
                     .into(),
             ..EnvOptions::default()
         },
@@ -358,7 +358,8 @@ async fn fetched_environments_are_cached_revalidated_and_used_stale_when_the_api
         text.contains("api-setup\n") && text.contains("from-api=v1\n"),
         "{text}"
     );
-    // Within the TTL: no request at all.
+    // Within the TTL: no request at all. (5 s: a loaded CI machine took over 1 s to start the
+    // first run's container, so a 1 s TTL had expired before the second run asked.)
     let (_, text) = env.run(req("remote")).await;
     assert!(
         text.contains("[berth] environment api:remote: cached copy\n"),
@@ -366,7 +367,7 @@ async fn fetched_environments_are_cached_revalidated_and_used_stale_when_the_api
     );
     assert_eq!(env.cp.environment_requests(200), 1);
     // After the TTL: revalidated with the ETag (304).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     let (_, text) = env.run(req("remote")).await;
     assert!(text.contains("cached copy, still current"), "{text}");
     assert_eq!(env.cp.environment_requests(304), 1);
@@ -375,12 +376,12 @@ async fn fetched_environments_are_cached_revalidated_and_used_stale_when_the_api
         "remote",
         serde_json::json!({"image": BUSYBOX, "env": {"FROM_API": "v2"}}),
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     let (_, text) = env.run(req("remote")).await;
     assert!(text.contains("from-api=v2\n"), "{text}");
     // The API fails: the last copy is used, and the transcript says so.
     env.cp.set_environments_down(true);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     let (done, text) = env.run(req("remote")).await;
     assert_eq!(done.state, TaskState::Succeeded, "{done:?}\n{text}");
     assert!(
