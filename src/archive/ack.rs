@@ -52,15 +52,8 @@ fn base(ids: &Ids, outcome: Outcome, backend: &str) -> ArchiveAck {
         execution_id: ids.execution_id.clone(),
         outcome: outcome.as_str().to_string(),
         backend_kind: backend.to_string(),
-        bytes: None,
-        crc32c: None,
-        sha256: None,
-        truncated: false,
-        content_transformer_version: None,
-        capture_status: None,
-        warning_codes: Vec::new(),
-        reason_code: String::new(),
-        message: String::new(),
+        // Everything else starts absent: `truncated: false`, no warnings, empty reason.
+        ..ArchiveAck::default()
     }
 }
 

@@ -124,21 +124,8 @@ mod tests {
         ArchiveAck {
             protocol_version: 1,
             request_id: id.into(),
-            archive_id: String::new(),
-            collection_id: String::new(),
-            run_id: String::new(),
-            execution_id: String::new(),
             outcome: "uploaded".into(),
-            backend_kind: String::new(),
-            bytes: None,
-            crc32c: None,
-            sha256: None,
-            truncated: false,
-            content_transformer_version: None,
-            capture_status: None,
-            warning_codes: Vec::new(),
-            reason_code: String::new(),
-            message: String::new(),
+            ..ArchiveAck::default()
         }
     }
 

@@ -48,7 +48,7 @@ impl ArchiveRequest {
 /// `truncated`, `warning_codes`, `reason_code` and `message` always; the byte, checksum,
 /// transformer and capture fields only with `uploaded` (the builder in `archive::ack` is the
 /// only place that decides them).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveAck {
     /// Always 1.
     pub protocol_version: u32,
@@ -136,15 +136,9 @@ mod tests {
             execution_id: "e".into(),
             outcome: "failed".into(),
             backend_kind: "docker".into(),
-            bytes: None,
-            crc32c: None,
-            sha256: None,
-            truncated: false,
-            content_transformer_version: None,
-            capture_status: None,
-            warning_codes: Vec::new(),
             reason_code: "invalid_request".into(),
             message: "m".into(),
+            ..ArchiveAck::default()
         };
         let m = WorkerMessage::DebugArchiveLogsUploaded(Box::new(a));
         for berth in [false, true] {
