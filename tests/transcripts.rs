@@ -703,7 +703,7 @@ async fn a_restart_after_resume_anchors_resumes_from_the_anchor_with_no_byte_los
     let _cleanup = Cleanup(id.clone());
     let yaml = "transcript:\n  anchor_every: 1MiB\n";
     let debug = ["--log-level", "info,berth=debug", "--log-format", "json"];
-    let mut first = worker_process_with(&cp, &id, state.path(), &debug, yaml);
+    let mut first = Berth(worker_process_with(&cp, &id, state.path(), &debug, yaml));
     until("worker connected", || !cp.workers().is_empty()).await;
     let t = run_task(&cp, NUMBERED, &[]);
     let log = state.path().with_extension("log");
@@ -722,11 +722,11 @@ async fn a_restart_after_resume_anchors_resumes_from_the_anchor_with_no_byte_los
             .count()
     };
     until("two resume anchors placed", || anchored() >= 2).await;
-    first.kill().unwrap(); // SIGKILL
+    first.0.kill().unwrap(); // SIGKILL
     for l in lines() {
         eprintln!("{l}");
     }
-    first.wait().unwrap();
+    first.0.wait().unwrap();
     assert!(
         !cp.task(&t.id).unwrap().state.is_terminal(),
         "the task must outlive the worker"
@@ -741,8 +741,37 @@ async fn a_restart_after_resume_anchors_resumes_from_the_anchor_with_no_byte_los
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut second = worker_process_with(&cp, &id, state.path(), &debug, yaml);
-    let done = complete(&cp, &t.id).await;
+    let second = Berth(worker_process_with(&cp, &id, state.path(), &debug, yaml));
+    // A liveness bound, not a speed check. The restarted worker reads the engine's log from a
+    // minute before its marks, so the whole of this short task's 600,000 entries; Docker 20.10
+    // ends a follow early once the container exits, and the plain read after it goes over them
+    // again. A debug build does some 30,000 entries a second here, and half that with the rest
+    // of this file's tests on two cores: 60 s was too tight on CI.
+    let finished = tokio::time::timeout(Duration::from_secs(180), async {
+        while !cp.task(&t.id).is_some_and(|t| t.complete()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if finished.is_err() {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        for l in tail.into_iter().rev() {
+            eprintln!("{l}");
+        }
+        for c in containers_of(&id) {
+            let out = Command::new("docker")
+                .args(["inspect", "-f", "{{json .State}}", &c])
+                .output()
+                .unwrap();
+            eprintln!("container {c}: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        panic!(
+            "the restarted worker did not finish the task: {:?}",
+            cp.task(&t.id)
+        );
+    }
+    let done = cp.task(&t.id).unwrap();
     assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
     let got = stream_of(&cp, &t.id, Stream::Stdout);
     let want = numbered();
@@ -751,8 +780,7 @@ async fn a_restart_after_resume_anchors_resumes_from_the_anchor_with_no_byte_los
         "stdout differs from what the task wrote: {}",
         first_difference(&got, &want)
     );
-    second.kill().unwrap();
-    second.wait().unwrap();
+    stop(second);
     cp.shutdown();
 }
 

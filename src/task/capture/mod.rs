@@ -68,42 +68,20 @@ async fn capture_log(
     for follow in [true, false] {
         loop {
             st.start_read();
-            let mut logs = Box::pin(runtime.output(container_id, follow, st.since_secs()));
-            let mut failed = None;
-            let mut due: Option<tokio::time::Instant> = None;
-            loop {
-                // Batch entries into few large records: flush at BATCH bytes, or FLUSH_AFTER
-                // after the first unflushed entry (output reaches the sender quickly, and a
-                // chatty task does not turn every line into a record and a write).
-                let next = match due {
-                    None => logs.next().await,
-                    Some(at) => match tokio::time::timeout_at(at, logs.next()).await {
-                        Ok(n) => n,
-                        Err(_) => {
-                            st.flush(spool).await;
-                            due = None;
-                            continue;
-                        }
-                    },
-                };
-                match next {
-                    None => break,
-                    Some(Err(e)) => {
-                        failed = Some(e);
-                        break;
-                    }
-                    Some(Ok(e)) => {
-                        st.entry(e.stream, e.ts, &e.bytes);
-                        if st.pending() >= BATCH {
-                            st.flush(spool).await;
-                            due = None;
-                        } else if due.is_none() {
-                            due = Some(tokio::time::Instant::now() + FLUSH_AFTER);
-                        }
-                    }
-                }
-            }
+            let since = st.since_secs();
+            let began = std::time::Instant::now();
+            let logs = runtime.output(container_id, follow, since);
+            let (entries, failed) = read_into(logs, &mut st, spool).await;
             st.flush(spool).await;
+            debug!(
+                container = container_id,
+                follow,
+                since,
+                entries,
+                ms = began.elapsed().as_millis() as u64,
+                failed = failed.is_some(),
+                "container log read"
+            );
             for (from, to) in st.take_gaps() {
                 announce_gap(container_id, spool, from, to).await;
             }
@@ -128,6 +106,47 @@ async fn capture_log(
     st.flush(spool).await;
     debug!(container = container_id, "output captured");
     Ok(())
+}
+
+/// Reads one log stream into `st` to its end or first error, spooling in batches: at BATCH
+/// bytes, or FLUSH_AFTER after the first unflushed entry (output reaches the sender quickly,
+/// and a chatty task does not turn every line into a record and a write). Returns the entries
+/// read and the error that ended the stream, if one did.
+async fn read_into(
+    logs: crate::backend::LogStream,
+    st: &mut Replay,
+    spool: &SharedSpool,
+) -> (u64, Option<BackendError>) {
+    let mut logs = logs;
+    // One timer for the whole read, re-armed per batch: a fresh timeout per entry registers
+    // a timer (and wakes the driver) for each of a loud task's hundreds of thousands of lines.
+    let flush_due = tokio::time::sleep(FLUSH_AFTER);
+    tokio::pin!(flush_due);
+    let (mut armed, mut entries) = (false, 0u64);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut flush_due, if armed => {
+                st.flush(spool).await;
+                armed = false;
+            }
+            next = logs.next() => match next {
+                None => return (entries, None),
+                Some(Err(e)) => return (entries, Some(e)),
+                Some(Ok(e)) => {
+                    entries += 1;
+                    st.entry(e.stream, e.ts, &e.bytes);
+                    if st.pending() >= BATCH {
+                        st.flush(spool).await;
+                        armed = false;
+                    } else if !armed {
+                        flush_due.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
+                        armed = true;
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// Says in the transcript that the engine's log no longer holds where capture left off: what
