@@ -197,8 +197,16 @@ fn dev_keeps_one_state_dir_and_the_verbs_find_its_worker_across_runs() {
     );
     let api = std::fs::read_to_string(root.join("worker-api")).unwrap();
     assert!(dev.line("worker API").contains(api.trim()));
-    // status finds the dev worker without flags.
-    let status = ok(xdg.path(), &["status"]);
+    // status finds the dev worker without flags. The banner can come before the worker's
+    // first connection (CI saw "NOT connected (redialling)" at "up 0s"): ask until it is up.
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = ok(xdg.path(), &["status"]);
+        if status.contains("connected (berth/1)") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         status.contains(&worker) && status.contains("connected (berth/1)"),
         "{status}"
