@@ -260,14 +260,6 @@ async fn an_unreachable_engine_delays_execution_closed_and_a_repeated_cancel_rep
     proxy.up();
 }
 
-/// One unlabelled series of the worker's `/metrics`.
-async fn metric(env: &Env, name: &str) -> f64 {
-    let text = env.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_the_engine_refuses_delays_execution_closed_until_it_succeeds() {
     let proxy = Proxy::start();
@@ -282,14 +274,14 @@ async fn a_removal_the_engine_refuses_delays_execution_closed_until_it_succeeds(
     .await;
     let mut retried = 0.0;
     for _ in 0..100 {
-        retried = metric(&env, "berth_execution_closure_retries_total").await;
+        retried = env.metric("berth_execution_closure_retries_total").await;
         if retried >= 2.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(retried >= 2.0, "removal not retried: {retried}");
-    assert_eq!(metric(&env, "berth_execution_closures_pending").await, 1.0);
+    assert_eq!(env.metric("berth_execution_closures_pending").await, 1.0);
     let x = execution(cp, &t.id, &exec);
     assert_eq!(
         x.closed, 0,
@@ -303,8 +295,8 @@ async fn a_removal_the_engine_refuses_delays_execution_closed_until_it_succeeds(
     proxy.refuse_removals(false);
     closed_after_removal(cp, &t.id, &exec).await;
     closed_exactly_once(cp, &t.id, &exec).await;
-    assert_eq!(metric(&env, "berth_execution_closures_pending").await, 0.0);
-    assert_eq!(metric(&env, "berth_executions_closed_total").await, 1.0);
+    assert_eq!(env.metric("berth_execution_closures_pending").await, 0.0);
+    assert_eq!(env.metric("berth_executions_closed_total").await, 1.0);
     assert_eq!(execution(cp, &t.id, &exec).terminal_distinct, 1);
 }
 

@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::Duration;
 
 use berth::devserver::state::{SubmitRequest, TaskState};
@@ -119,6 +120,15 @@ async fn records_arrive_redacted_with_their_attributes_before_the_terminal_messa
     ] {
         assert!(bodies.contains(&want), "no record {want:?} in {bodies:#?}");
     }
+    // What the metrics say agrees with what the collector received.
+    let m = |r: &str| format!("berth_task_log_records_total{{result=\"{r}\"}}");
+    assert_eq!(env.metric(&m("exported")).await, rx.records().len() as f64);
+    assert_eq!(env.metric(&m("too_long")).await, 1.0);
+    assert_eq!(env.metric(&m("failed")).await, 0.0);
+    let ok = env
+        .metric("berth_task_log_requests_total{result=\"ok\"}")
+        .await;
+    assert_eq!(ok, rx.batches() as f64);
     // The long line is dropped whole: not one piece of it.
     assert!(
         !bodies.iter().any(|b| b.contains("xxxxxxxx")),
@@ -210,6 +220,10 @@ async fn a_failed_gate_exports_nothing_and_asks_for_no_token() {
     .await;
     assert!(rx.records_of(&t.id).is_empty());
     assert!(rx.identity_requests().iter().all(|r| r.task_id == ok.id));
+    let refused = env
+        .metric("berth_task_log_refusals_total{gate=\"no_workload_token\"}")
+        .await;
+    assert_eq!(refused, 1.0, "the refusal is counted, once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,11 +368,24 @@ async fn an_oz_server_sending_no_telemetry_collection_sees_exactly_todays_frames
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_berth_killed_mid_task_resumes_export_where_it_got_to_and_loses_no_line() {
+    killed_mid_export("otlp-kill9", false).await;
+}
+
+/// The task's second half is printed, and the task ends, while no berth runs: the next berth
+/// finds the exited container, reads the rest of its output and exports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_ends_while_berth_is_down_is_exported_to_its_last_line() {
+    killed_mid_export("otlp-down", true).await;
+}
+
+/// 400 numbered lines with a pause after 200; berth is killed once the first 200 are exported
+/// and recorded, and (`ends_while_down`) restarted only after the container has exited.
+async fn killed_mid_export(name: &str, ends_while_down: bool) {
     let _images = Images::acquire();
     let rx = Receiver::start().await;
     let cp = control_plane("proc-key", true, None).await;
     let state = tempfile::tempdir().unwrap();
-    let id = worker_id("otlp-kill9");
+    let id = worker_id(name);
     let _cleanup = Cleanup(id.clone());
     let yaml = format!("control_plane:\n  server_root_url: {}\n", rx.root());
     let first = Berth(worker_process_with(&cp, &id, state.path(), &[], &yaml));
@@ -383,6 +410,19 @@ async fn a_berth_killed_mid_task_resumes_export_where_it_got_to_and_loses_no_lin
     .await;
     stop(first); // SIGKILL
     assert!(!cp.task(&t.id).unwrap().state.is_terminal());
+    if ends_while_down {
+        until("the task's container exited", || {
+            containers_of(&id).iter().all(|c| {
+                let out = Command::new("docker")
+                    .args(["inspect", "-f", "{{.State.Status}}", c])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim() == "exited"
+            })
+        })
+        .await;
+        assert!(!rx.records_of(&t.id).iter().any(|r| r.body == "line-201"));
+    }
     let second = Berth(worker_process_with(&cp, &id, state.path(), &[], &yaml));
     let done = env_finished(&cp, &t.id).await;
     assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
@@ -489,6 +529,18 @@ async fn a_collector_outage_drops_the_refused_batch_and_nothing_else() {
         "a refused batch was retried (PROTOCOL §8.3: no retry)"
     );
     assert_eq!(rx.refused(), 1);
+    let refused = env
+        .metric("berth_task_log_requests_total{result=\"http_error\"}")
+        .await;
+    assert_eq!(refused, 1.0);
+    let failed = env
+        .metric("berth_task_log_records_total{result=\"failed\"}")
+        .await;
+    assert!(failed >= 1.0, "the refused batch's records: {failed}");
+    let exported = env
+        .metric("berth_task_log_records_total{result=\"exported\"}")
+        .await;
+    assert_eq!(exported, rx.records().len() as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,6 +574,19 @@ async fn a_collector_that_never_answers_delays_the_result_by_the_bound_only() {
         "the result waited {:?} for task logs (bound: 5 s)",
         started.elapsed()
     );
+    // Nothing reached a collector; what was read is counted as failed or dropped, and the
+    // requests as unreachable (the 5 s timeout) or cut by the flush bound.
+    let series = |f: &str, r: &str| format!("berth_task_log_{f}_total{{result=\"{r}\"}}");
+    assert_eq!(env.metric(&series("records", "exported")).await, 0.0);
+    let lost = env.metric(&series("records", "failed")).await
+        + env.metric(&series("records", "dropped")).await;
+    assert!(
+        lost >= 128.0,
+        "at least one full batch read and not delivered: {lost}"
+    );
+    let cut = env.metric(&series("requests", "unreachable")).await
+        + env.metric(&series("requests", "deadline")).await;
+    assert!(cut >= 1.0, "{cut}");
     held.abort();
 }
 

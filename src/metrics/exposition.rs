@@ -6,7 +6,9 @@ use std::fmt::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::histogram::Histogram;
-use super::{Gauges, Labelled, Metrics, RejectKind, failure_phase};
+use super::{
+    Gauges, Labelled, Metrics, RecordResult, Refusal, RejectKind, RequestResult, failure_phase,
+};
 use crate::failure::FailureReason;
 
 use Kind::{Counter, Gauge};
@@ -361,6 +363,43 @@ pub(super) static FAMILIES: &[Family] = &[
         kind: Gauge,
         help: "Cancelled executions whose execution_closed is still owed.",
         read: One(|v| Num::Int(v.g.closures_pending as u64)),
+    },
+    // Task-log export (PROTOCOL §8.3 names no metrics: berth's own).
+    Family {
+        name: "berth_task_log_records_total",
+        kind: Counter,
+        help: "Task-log records by what became of them: exported, failed (in a batch the collector did not take; never retried), dropped (never sent), too_long (a line over 64 KiB, dropped whole).",
+        read: By(|v| {
+            let c = &v.m.task_logs.records;
+            by(
+                "result",
+                RecordResult::ALL.map(|r| (r.label(), count(&c[r as usize]))),
+            )
+        }),
+    },
+    Family {
+        name: "berth_task_log_requests_total",
+        kind: Counter,
+        help: "Task-log export requests (one per batch) by how they ended.",
+        read: By(|v| {
+            let c = &v.m.task_logs.requests;
+            by(
+                "result",
+                RequestResult::ALL.map(|r| (r.label(), count(&c[r as usize]))),
+            )
+        }),
+    },
+    Family {
+        name: "berth_task_log_refusals_total",
+        kind: Counter,
+        help: "Executions that asked for task-log export and did not get it, by the gate that refused (counted at each start, so again after a restart).",
+        read: By(|v| {
+            let c = &v.m.task_logs.refused;
+            by(
+                "gate",
+                Refusal::ALL.map(|r| (r.label(), count(&c[r as usize]))),
+            )
+        }),
     },
     // Debug archives (PROTOCOL §8.4): the Go worker's names; labelled series appear once seen.
     Family {

@@ -12,10 +12,12 @@ use crate::protocol::WorkerMessage;
 mod archive;
 mod exposition;
 mod histogram;
+mod task_logs;
 
 use exposition::{FAMILIES, View};
 use histogram::Histogram;
 pub use histogram::{DURATION_BUCKETS, MEMORY_BUCKETS};
+pub use task_logs::{RecordResult, Refusal, RequestResult};
 
 /// Why an assignment was rejected (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -130,6 +132,7 @@ pub struct Metrics {
     archive_in_flight: AtomicU64,
     archive_capture_bytes: AtomicU64,
     grace_entries: AtomicU64,
+    task_logs: task_logs::Counters,
     labelled: Mutex<Labelled>,
 }
 
@@ -330,6 +333,9 @@ mod tests {
             "berth_api_connections_shed_total{reason=\"busy\"}",
             "berth_config_reloads_total{result=\"applied\"}",
             "berth_config_reloads_total{result=\"refused\"}",
+            "berth_task_log_records_total{result=\"exported\"}",
+            "berth_task_log_requests_total{result=\"deadline\"}",
+            "berth_task_log_refusals_total{gate=\"endpoint\"}",
             "process_resident_memory_bytes",
             "process_cpu_seconds_total",
             "process_open_fds",
@@ -494,6 +500,17 @@ mod tests {
         m.archive_capture_bytes(2048);
         m.grace_entries(3);
         m.grace_result("docker", "released");
+        m.task_log_records(RecordResult::Exported, 300);
+        m.task_log_records(RecordResult::Failed, 128);
+        m.task_log_records(RecordResult::TooLong, 1);
+        for r in [
+            RequestResult::Ok,
+            RequestResult::Ok,
+            RequestResult::Unreachable,
+        ] {
+            m.task_log_request(r);
+        }
+        m.task_log_refused(Refusal::NoWorkloadToken);
         let g = Gauges {
             worker_id: "w\\1\n\"x\"".into(),
             version: "0.9.1".into(),
@@ -708,6 +725,27 @@ berth_execution_closure_retries_total 1
 # HELP berth_execution_closures_pending Cancelled executions whose execution_closed is still owed.
 # TYPE berth_execution_closures_pending gauge
 berth_execution_closures_pending 1
+# HELP berth_task_log_records_total Task-log records by what became of them: exported, failed (in a batch the collector did not take; never retried), dropped (never sent), too_long (a line over 64 KiB, dropped whole).
+# TYPE berth_task_log_records_total counter
+berth_task_log_records_total{result="exported"} 300
+berth_task_log_records_total{result="failed"} 128
+berth_task_log_records_total{result="dropped"} 0
+berth_task_log_records_total{result="too_long"} 1
+# HELP berth_task_log_requests_total Task-log export requests (one per batch) by how they ended.
+# TYPE berth_task_log_requests_total counter
+berth_task_log_requests_total{result="ok"} 2
+berth_task_log_requests_total{result="token_unavailable"} 0
+berth_task_log_requests_total{result="unreachable"} 1
+berth_task_log_requests_total{result="http_error"} 0
+berth_task_log_requests_total{result="deadline"} 0
+# HELP berth_task_log_refusals_total Executions that asked for task-log export and did not get it, by the gate that refused (counted at each start, so again after a restart).
+# TYPE berth_task_log_refusals_total counter
+berth_task_log_refusals_total{gate="operator_disabled"} 0
+berth_task_log_refusals_total{gate="logging_disabled"} 0
+berth_task_log_refusals_total{gate="no_api_key"} 0
+berth_task_log_refusals_total{gate="no_workload_token"} 1
+berth_task_log_refusals_total{gate="endpoint"} 0
+berth_task_log_refusals_total{gate="server_root_url"} 0
 # HELP oz_worker_debug_archive_requests_total Debug-archive requests answered, by backend, ownership, outcome and reason.
 # TYPE oz_worker_debug_archive_requests_total counter
 oz_worker_debug_archive_requests_total{backend="docker",ownership="active",outcome="uploaded",reason=""} 1

@@ -23,6 +23,7 @@ pub(super) fn start(run: &Run<'_>, from: u64) -> Option<Handle> {
     let plan = match decision {
         Decision::Absent => return None,
         Decision::Refused(gate) => {
+            run.env.metrics.task_log_refused(gate.refusal());
             warn!(gate = %gate, "task logs are not exported");
             return None;
         }
@@ -32,6 +33,7 @@ pub(super) fn start(run: &Run<'_>, from: u64) -> Option<Handle> {
     Some(Handle::spawn(Start {
         client,
         journal: run.env.journal.clone(),
+        metrics: run.env.metrics.clone(),
         plan,
         resource: Resource {
             worker_id: s.worker_id.clone(),

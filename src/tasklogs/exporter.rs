@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use super::redaction::Redactor;
 use super::transport::{Exchange, SendError, send};
 use crate::control::setup_events::Timed;
 use crate::journal::Journal;
+use crate::metrics::{Metrics, RecordResult, RequestResult};
 use crate::protocol::Stream;
 use crate::transcript::spool::{SharedSpool, lock};
 
@@ -68,6 +69,17 @@ enum ExportError {
     Deadline,
 }
 
+impl ExportError {
+    fn result(&self) -> RequestResult {
+        match self {
+            ExportError::Token(_) | ExportError::Header => RequestResult::TokenUnavailable,
+            ExportError::Send(_) => RequestResult::Unreachable,
+            ExportError::Status(_) => RequestResult::HttpError,
+            ExportError::Deadline => RequestResult::Deadline,
+        }
+    }
+}
+
 /// What one execution's export did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -84,6 +96,7 @@ pub struct Summary {
 pub struct Start {
     pub client: reqwest::Client,
     pub journal: Arc<Journal>,
+    pub metrics: Arc<Metrics>,
     pub plan: Plan,
     pub resource: Resource,
     /// Every secret of the execution (the redactor adds their variants).
@@ -97,6 +110,9 @@ pub struct Start {
 pub struct Handle {
     events: mpsc::Sender<Timed>,
     dropped_events: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    /// What is lost if the flush bound runs out (see [`Unsent`]).
+    unsent: Arc<Unsent>,
     /// When the flush must be over (set by `finish`/`detach`): the follower starts no request
     /// that could outlive it, so no record reaches the collector after the result is queued.
     deadline: Deadline,
@@ -110,6 +126,7 @@ impl Handle {
         let (tx, rx) = mpsc::channel(EVENTS);
         let stop = CancellationToken::new();
         let dropped_events = Arc::new(AtomicU64::new(0));
+        let unsent = Arc::new(Unsent::default());
         let deadline = Deadline::default();
         let task_id = s.resource.run_id.clone();
         let redactor = Redactor::new(s.secrets.iter().map(String::as_str));
@@ -117,6 +134,9 @@ impl Handle {
             identity: Identity::new(s.client.clone(), s.plan.clone(), &task_id),
             client: s.client,
             journal: s.journal,
+            metrics: s.metrics.clone(),
+            unsent: unsent.clone(),
+            too_long: 0,
             logs_url: s.plan.logs_url,
             resource: s.resource,
             redactor,
@@ -135,6 +155,8 @@ impl Handle {
         Handle {
             events: tx,
             dropped_events,
+            metrics: s.metrics,
+            unsent,
             deadline,
             stop,
             join: Some(join),
@@ -145,6 +167,7 @@ impl Handle {
     pub fn setup_phase(&self, t: &Timed) {
         if self.events.try_send(t.clone()).is_err() {
             self.dropped_events.fetch_add(1, Ordering::Relaxed);
+            self.metrics.task_log_records(RecordResult::Dropped, 1);
         }
     }
 
@@ -163,21 +186,35 @@ impl Handle {
 
     async fn wait(&mut self, bound: Duration) -> Option<Summary> {
         *self.deadline.0.lock() = Some(tokio::time::Instant::now() + bound);
-        let join = self.join.as_mut()?;
-        let r = match tokio::time::timeout(bound, join).await {
+        let mut join = self.join.take()?;
+        let r = match tokio::time::timeout(bound, &mut join).await {
             Ok(r) => r.ok(),
             Err(_) => {
-                warn!("task log export did not finish within its bound; the rest is dropped");
+                // Stopped for good before counting, so nothing is counted twice.
+                join.abort();
+                let _ = join.await;
+                self.count_abandoned();
                 None
             }
         };
-        if let Some(j) = self.join.take() {
-            j.abort();
-        }
         if let Some(s) = &r {
             report(s);
         }
         r
+    }
+
+    /// The follower was stopped at the bound: what it held is dropped, and a request it was
+    /// waiting for was cut by the bound.
+    fn count_abandoned(&self) {
+        let lost = self.unsent.records.swap(0, Ordering::Relaxed);
+        self.metrics.task_log_records(RecordResult::Dropped, lost);
+        if self.unsent.posting.swap(false, Ordering::Relaxed) {
+            self.metrics.task_log_request(RequestResult::Deadline);
+        }
+        warn!(
+            dropped = lost,
+            "task log export did not finish within its bound; the rest is dropped"
+        );
     }
 }
 
@@ -210,6 +247,16 @@ fn key(stream: Stream) -> u8 {
     STREAMS.iter().position(|s| *s == stream).unwrap_or(0) as u8
 }
 
+/// What the follower has not yet counted, shared with the handle: if the flush bound runs out
+/// and the follower is aborted, the handle counts it.
+#[derive(Default)]
+struct Unsent {
+    /// Records queued or in flight.
+    records: AtomicU64,
+    /// A request is in flight.
+    posting: AtomicBool,
+}
+
 /// The end of the flush bound, shared by the handle and its follower.
 #[derive(Clone, Default)]
 struct Deadline(Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>);
@@ -229,6 +276,11 @@ impl Deadline {
 struct Follower {
     client: reqwest::Client,
     journal: Arc<Journal>,
+    metrics: Arc<Metrics>,
+    /// Shared with the handle.
+    unsent: Arc<Unsent>,
+    /// Long lines already counted in the metrics.
+    too_long: u64,
     identity: Identity,
     logs_url: url::Url,
     resource: Resource,
@@ -257,6 +309,7 @@ impl Follower {
         loop {
             let s = *state.borrow_and_update();
             let more = self.read_spool(s.len);
+            self.count_too_long();
             let ended = s.finished && self.read >= s.len;
             if ended {
                 self.flush_last_lines();
@@ -285,7 +338,8 @@ impl Follower {
                 },
                 _ = tick.tick() => if !self.queue.is_empty() { self.export_batch().await },
                 Some(t) = self.events.recv(), if room => {
-                    self.queue.push_back(record::setup_phase(&t, &self.redactor));
+                    let r = record::setup_phase(&t, &self.redactor);
+                    self.enqueue(r);
                 }
                 _ = stop.cancelled() => {}
             }
@@ -361,7 +415,22 @@ impl Follower {
             ),
             Stream::System => record::worker_line(&line.text, line.at, now, &self.redactor),
         };
+        self.enqueue(r);
+    }
+
+    fn enqueue(&mut self, r: Record) {
         self.queue.push_back(r);
+        self.unsent.records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts long lines dropped since the last call.
+    fn count_too_long(&mut self) {
+        let now = self.streams.dropped();
+        let new = now.saturating_sub(self.too_long);
+        if new > 0 {
+            self.metrics.task_log_records(RecordResult::TooLong, new);
+            self.too_long = now;
+        }
     }
 
     fn flush_last_lines(&mut self) {
@@ -371,9 +440,10 @@ impl Follower {
             }
         }
         while let Ok(t) = self.events.try_recv() {
-            self.queue
-                .push_back(record::setup_phase(&t, &self.redactor));
+            let r = record::setup_phase(&t, &self.redactor);
+            self.enqueue(r);
         }
+        self.count_too_long();
     }
 
     /// Sends everything queued, batch after batch (the caller bounds how long).
@@ -387,7 +457,21 @@ impl Follower {
     async fn export_batch(&mut self) {
         let n = self.queue.len().min(BATCH);
         let batch: Vec<Record> = self.queue.drain(..n).collect();
-        match self.post(&batch).await {
+        self.unsent.posting.store(true, Ordering::Relaxed);
+        let result = self.post(&batch).await;
+        self.unsent.posting.store(false, Ordering::Relaxed);
+        self.unsent.records.fetch_sub(n as u64, Ordering::Relaxed);
+        self.metrics.task_log_request(
+            result
+                .as_ref()
+                .map_or_else(ExportError::result, |()| RequestResult::Ok),
+        );
+        let counted = match result {
+            Ok(()) => RecordResult::Exported,
+            Err(_) => RecordResult::Failed,
+        };
+        self.metrics.task_log_records(counted, n as u64);
+        match result {
             Ok(()) => {
                 self.summary.exported += n as u64;
                 if std::mem::take(&mut self.failing) {

@@ -25,6 +25,21 @@ pub enum Gate {
     ServerRoot(UrlProblem),
 }
 
+impl Gate {
+    /// The gate's metric label.
+    pub fn refusal(&self) -> crate::metrics::Refusal {
+        use crate::metrics::Refusal;
+        match self {
+            Gate::OperatorDisabled => Refusal::OperatorDisabled,
+            Gate::LoggingDisabled => Refusal::LoggingDisabled,
+            Gate::NoApiKey => Refusal::NoApiKey,
+            Gate::NoWorkloadToken => Refusal::NoWorkloadToken,
+            Gate::Endpoint(_) => Refusal::Endpoint,
+            Gate::ServerRoot(_) => Refusal::ServerRoot,
+        }
+    }
+}
+
 /// Why a URL is not acceptable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum UrlProblem {

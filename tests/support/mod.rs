@@ -510,6 +510,15 @@ impl Env {
         reqwest::get(&url).await.unwrap().text().await.unwrap()
     }
 
+    /// One series of the worker's `/metrics`, named with its labels as exposed
+    /// (`name{label="value"}`).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in /metrics"))
+    }
+
     /// Stops the worker (shutdown signal) and waits for it.
     pub async fn stop_worker(&mut self) {
         self.shutdown.cancel();
