@@ -635,4 +635,14 @@ async fn no_line_is_joined_across_a_hole_in_the_output() {
         leaked.is_empty(),
         "parts of a secret were exported: {leaked:?}"
     );
+    // Each task's head stops at an arbitrary byte: at least the line it cuts is counted as
+    // cut (not as too long: no line here is).
+    let cut = env
+        .metric("berth_task_log_records_total{result=\"cut\"}")
+        .await;
+    assert!(cut >= 6.0, "{cut}");
+    let long = env
+        .metric("berth_task_log_records_total{result=\"too_long\"}")
+        .await;
+    assert_eq!(long, 0.0);
 }

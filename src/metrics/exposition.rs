@@ -368,7 +368,7 @@ pub(super) static FAMILIES: &[Family] = &[
     Family {
         name: "berth_task_log_records_total",
         kind: Counter,
-        help: "Task-log records by what became of them: exported, failed (in a batch the collector did not take; never retried), dropped (never sent), too_long (a line over 64 KiB, dropped whole).",
+        help: "Task-log records by what became of them: exported, failed (in a batch the collector refused or did not answer; never retried), dropped (never sent), too_long (a line over 64 KiB, dropped whole), cut (a line cut by a hole in the output, dropped).",
         read: By(|v| {
             let c = &v.m.task_logs.records;
             by(

@@ -503,6 +503,7 @@ mod tests {
         m.task_log_records(RecordResult::Exported, 300);
         m.task_log_records(RecordResult::Failed, 128);
         m.task_log_records(RecordResult::TooLong, 1);
+        m.task_log_records(RecordResult::Cut, 2);
         for r in [
             RequestResult::Ok,
             RequestResult::Ok,
@@ -725,12 +726,13 @@ berth_execution_closure_retries_total 1
 # HELP berth_execution_closures_pending Cancelled executions whose execution_closed is still owed.
 # TYPE berth_execution_closures_pending gauge
 berth_execution_closures_pending 1
-# HELP berth_task_log_records_total Task-log records by what became of them: exported, failed (in a batch the collector did not take; never retried), dropped (never sent), too_long (a line over 64 KiB, dropped whole).
+# HELP berth_task_log_records_total Task-log records by what became of them: exported, failed (in a batch the collector refused or did not answer; never retried), dropped (never sent), too_long (a line over 64 KiB, dropped whole), cut (a line cut by a hole in the output, dropped).
 # TYPE berth_task_log_records_total counter
 berth_task_log_records_total{result="exported"} 300
 berth_task_log_records_total{result="failed"} 128
 berth_task_log_records_total{result="dropped"} 0
 berth_task_log_records_total{result="too_long"} 1
+berth_task_log_records_total{result="cut"} 2
 # HELP berth_task_log_requests_total Task-log export requests (one per batch) by how they ended.
 # TYPE berth_task_log_requests_total counter
 berth_task_log_requests_total{result="ok"} 2

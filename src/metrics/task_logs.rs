@@ -12,19 +12,23 @@ pub enum RecordResult {
     Exported,
     /// In a batch the collector refused or never answered (not retried, §8.3).
     Failed,
-    /// Never sent: a setup phase past the event queue, or still queued when the flush bound
+    /// Never sent: a setup phase past the event queue, or still held when the flush bound
     /// before the task's result ran out.
     Dropped,
     /// A line longer than 64 KiB, dropped whole.
     TooLong,
+    /// A line cut by a hole in the output (elision, a full disk, rotation), dropped on both
+    /// sides of it.
+    Cut,
 }
 
 impl RecordResult {
-    pub const ALL: [RecordResult; 4] = [
+    pub const ALL: [RecordResult; 5] = [
         RecordResult::Exported,
         RecordResult::Failed,
         RecordResult::Dropped,
         RecordResult::TooLong,
+        RecordResult::Cut,
     ];
 
     pub fn label(self) -> &'static str {
@@ -33,6 +37,7 @@ impl RecordResult {
             RecordResult::Failed => "failed",
             RecordResult::Dropped => "dropped",
             RecordResult::TooLong => "too_long",
+            RecordResult::Cut => "cut",
         }
     }
 }
@@ -107,7 +112,7 @@ impl Refusal {
 /// The counters, one per label value, indexed by the enums above.
 #[derive(Debug, Default)]
 pub(super) struct Counters {
-    pub(super) records: [AtomicU64; 4],
+    pub(super) records: [AtomicU64; 5],
     pub(super) requests: [AtomicU64; 5],
     pub(super) refused: [AtomicU64; 6],
 }

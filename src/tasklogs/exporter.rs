@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +51,8 @@ const READ: usize = 64 << 10;
 const READ_SLICE: u64 = 1 << 20;
 /// Setup-phase records waiting to be queued; past it, they are dropped (counted).
 const EVENTS: usize = 16;
+/// How long an aborted follower is waited for before what it held is counted.
+const ABORT_WAIT: Duration = Duration::from_secs(1);
 /// Largest collector answer read (its text is never kept).
 const MAX_ANSWER: usize = 64 << 10;
 
@@ -67,6 +69,15 @@ enum ExportError {
     Header,
     #[error("the flush bound before the task's result ran out")]
     Deadline,
+}
+
+/// What became of a batch's records.
+fn outcome(r: &Result<(), ExportError>) -> RecordResult {
+    match r {
+        Ok(()) => RecordResult::Exported,
+        Err(ExportError::Deadline) => RecordResult::Dropped,
+        Err(_) => RecordResult::Failed,
+    }
 }
 
 impl ExportError {
@@ -90,6 +101,8 @@ pub struct Summary {
     pub dropped: u64,
     /// Lines longer than 64 KiB.
     pub too_long: u64,
+    /// Lines cut by a hole in the output (dropped on both sides of it).
+    pub cut: u64,
 }
 
 /// What the follower of one execution needs.
@@ -136,7 +149,7 @@ impl Handle {
             journal: s.journal,
             metrics: s.metrics.clone(),
             unsent: unsent.clone(),
-            too_long: 0,
+            lines_dropped: (0, 0),
             logs_url: s.plan.logs_url,
             resource: s.resource,
             redactor,
@@ -190,11 +203,16 @@ impl Handle {
         let r = match tokio::time::timeout(bound, &mut join).await {
             Ok(r) => r.ok(),
             Err(_) => {
-                // Stopped for good before counting, so nothing is counted twice.
+                // Stopped for good before counting, so nothing is counted twice (the abort
+                // lands at the follower's next await: a spool slice away at most).
                 join.abort();
-                let _ = join.await;
-                self.count_abandoned();
-                None
+                match tokio::time::timeout(ABORT_WAIT, join).await {
+                    Ok(Ok(s)) => Some(s), // it finished after all
+                    _ => {
+                        self.count_abandoned();
+                        None
+                    }
+                }
             }
         };
         if let Some(s) = &r {
@@ -203,16 +221,21 @@ impl Handle {
         r
     }
 
-    /// The follower was stopped at the bound: what it held is dropped, and a request it was
-    /// waiting for was cut by the bound.
+    /// The follower was stopped at the bound: the request it was waiting for was sent and
+    /// not answered (its records failed, the request cut by the bound); the rest it held was
+    /// never sent.
     fn count_abandoned(&self) {
-        let lost = self.unsent.records.swap(0, Ordering::Relaxed);
-        self.metrics.task_log_records(RecordResult::Dropped, lost);
-        if self.unsent.posting.swap(false, Ordering::Relaxed) {
+        let held = self.unsent.records.swap(0, Ordering::Relaxed);
+        let sent = self.unsent.in_flight.swap(0, Ordering::Relaxed).min(held);
+        self.metrics.task_log_records(RecordResult::Failed, sent);
+        self.metrics
+            .task_log_records(RecordResult::Dropped, held - sent);
+        if sent > 0 {
             self.metrics.task_log_request(RequestResult::Deadline);
         }
         warn!(
-            dropped = lost,
+            failed = sent,
+            dropped = held - sent,
             "task log export did not finish within its bound; the rest is dropped"
         );
     }
@@ -227,12 +250,13 @@ impl Drop for Handle {
 }
 
 fn report(s: &Summary) {
-    if s.failed + s.dropped + s.too_long > 0 {
+    if s.failed + s.dropped + s.too_long + s.cut > 0 {
         warn!(
             exported = s.exported,
             failed = s.failed,
             dropped = s.dropped,
             too_long = s.too_long,
+            cut = s.cut,
             "task log export finished with records not delivered"
         );
     } else {
@@ -253,8 +277,8 @@ fn key(stream: Stream) -> u8 {
 struct Unsent {
     /// Records queued or in flight.
     records: AtomicU64,
-    /// A request is in flight.
-    posting: AtomicBool,
+    /// Of those, the records of the request in flight.
+    in_flight: AtomicU64,
 }
 
 /// The end of the flush bound, shared by the handle and its follower.
@@ -262,6 +286,13 @@ struct Unsent {
 struct Deadline(Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>);
 
 impl Deadline {
+    /// The flush bound is set and over.
+    fn passed(&self) -> bool {
+        self.0
+            .lock()
+            .is_some_and(|end| tokio::time::Instant::now() >= end)
+    }
+
     /// How long the next request may take: [`TIMEOUT`], or less once the flush is bounded.
     fn allows(&self) -> Duration {
         match *self.0.lock() {
@@ -279,8 +310,8 @@ struct Follower {
     metrics: Arc<Metrics>,
     /// Shared with the handle.
     unsent: Arc<Unsent>,
-    /// Long lines already counted in the metrics.
-    too_long: u64,
+    /// Lines dropped (too long, cut) already counted in the metrics.
+    lines_dropped: (u64, u64),
     identity: Identity,
     logs_url: url::Url,
     resource: Resource,
@@ -307,9 +338,13 @@ impl Follower {
             tokio::time::interval_at(tokio::time::Instant::now() + BATCH_EVERY, BATCH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.deadline.passed() {
+                self.drop_queue();
+                break;
+            }
             let s = *state.borrow_and_update();
             let more = self.read_spool(s.len);
-            self.count_too_long();
+            self.count_dropped_lines();
             let ended = s.finished && self.read >= s.len;
             if ended {
                 self.flush_last_lines();
@@ -345,6 +380,7 @@ impl Follower {
             }
         }
         self.summary.too_long = self.streams.dropped();
+        self.summary.cut = self.streams.cut();
         self.summary.dropped += self.dropped_events.load(Ordering::Relaxed);
         self.summary
     }
@@ -423,14 +459,13 @@ impl Follower {
         self.unsent.records.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts long lines dropped since the last call.
-    fn count_too_long(&mut self) {
-        let now = self.streams.dropped();
-        let new = now.saturating_sub(self.too_long);
-        if new > 0 {
-            self.metrics.task_log_records(RecordResult::TooLong, new);
-            self.too_long = now;
-        }
+    /// Counts lines dropped (too long, or cut by a hole) since the last call.
+    fn count_dropped_lines(&mut self) {
+        let now = (self.streams.dropped(), self.streams.cut());
+        let (long, cut) = (now.0 - self.lines_dropped.0, now.1 - self.lines_dropped.1);
+        self.metrics.task_log_records(RecordResult::TooLong, long);
+        self.metrics.task_log_records(RecordResult::Cut, cut);
+        self.lines_dropped = now;
     }
 
     fn flush_last_lines(&mut self) {
@@ -443,43 +478,55 @@ impl Follower {
             let r = record::setup_phase(&t, &self.redactor);
             self.enqueue(r);
         }
-        self.count_too_long();
+        self.count_dropped_lines();
     }
 
     /// Sends everything queued, batch after batch (the caller bounds how long).
     async fn drain(&mut self) {
         while !self.queue.is_empty() {
+            if self.deadline.passed() {
+                self.drop_queue();
+                break;
+            }
             self.export_batch().await;
         }
         self.persist();
     }
 
+    /// The flush bound ran out: nothing queued can be sent any more.
+    fn drop_queue(&mut self) {
+        let n = self.queue.len() as u64;
+        self.queue.clear();
+        self.unsent.records.fetch_sub(n, Ordering::Relaxed);
+        self.metrics.task_log_records(RecordResult::Dropped, n);
+        self.summary.dropped += n;
+    }
+
     async fn export_batch(&mut self) {
         let n = self.queue.len().min(BATCH);
         let batch: Vec<Record> = self.queue.drain(..n).collect();
-        self.unsent.posting.store(true, Ordering::Relaxed);
+        self.unsent.in_flight.store(n as u64, Ordering::Relaxed);
         let result = self.post(&batch).await;
-        self.unsent.posting.store(false, Ordering::Relaxed);
+        self.unsent.in_flight.store(0, Ordering::Relaxed);
         self.unsent.records.fetch_sub(n as u64, Ordering::Relaxed);
         self.metrics.task_log_request(
             result
                 .as_ref()
                 .map_or_else(ExportError::result, |()| RequestResult::Ok),
         );
-        let counted = match result {
-            Ok(()) => RecordResult::Exported,
-            Err(_) => RecordResult::Failed,
-        };
-        self.metrics.task_log_records(counted, n as u64);
+        let (n, counted) = (n as u64, outcome(&result));
+        self.metrics.task_log_records(counted, n);
         match result {
             Ok(()) => {
-                self.summary.exported += n as u64;
+                self.summary.exported += n;
                 if std::mem::take(&mut self.failing) {
                     warn!("task log export recovered");
                 }
             }
+            // Never sent: the bound left no time for it.
+            Err(ExportError::Deadline) => self.summary.dropped += n,
             Err(e) => {
-                self.summary.failed += n as u64;
+                self.summary.failed += n;
                 if !std::mem::replace(&mut self.failing, true) {
                     // Only the kind of failure: never a token or the collector's answer.
                     warn!(cause = %e, "task log export failed");

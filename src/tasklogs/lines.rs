@@ -24,10 +24,21 @@ pub struct Lines {
     buf: Vec<u8>,
     /// Where the line in `buf` starts (spool offset), while one is pending.
     start: Option<u64>,
-    /// The pending line already passed [`MAX_LINE`]: its bytes are skipped to its end.
-    too_long: bool,
+    /// Why the pending line's bytes are skipped to its end, if they are.
+    skip: Option<Skip>,
     /// Lines dropped for their length.
     dropped: u64,
+    /// Lines dropped because a hole in the output cut them.
+    cut: u64,
+}
+
+/// Why a pending line is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// It passed [`MAX_LINE`].
+    TooLong,
+    /// A hole in the output cut it ([`Lines::discard`]).
+    Cut,
 }
 
 impl std::fmt::Debug for Line {
@@ -81,9 +92,14 @@ impl Lines {
         self.start
     }
 
-    /// Lines dropped so far: longer than [`MAX_LINE`], or cut by a hole in the output.
+    /// Lines dropped so far for being longer than [`MAX_LINE`].
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Lines dropped so far because a hole in the output cut them.
+    pub fn cut(&self) -> u64 {
+        self.cut
     }
 
     /// The output has a hole at spool offset `at` (elided, or lost to a full disk): the
@@ -92,16 +108,16 @@ impl Lines {
     pub fn discard(&mut self, at: u64) {
         self.buf = Vec::new();
         self.start.get_or_insert(at);
-        self.too_long = true;
+        self.skip = Some(Skip::Cut);
     }
 
     fn take(&mut self, at: u64, part: &[u8]) {
         self.start.get_or_insert(at);
-        if self.too_long {
+        if self.skip.is_some() {
             return;
         }
         if self.buf.len() + part.len() > MAX_LINE {
-            self.too_long = true;
+            self.skip = Some(Skip::TooLong);
             self.buf = Vec::new();
             return;
         }
@@ -111,11 +127,12 @@ impl Lines {
     fn end_line(&mut self) -> Option<Line> {
         let at = self.start.take()?;
         let text = std::mem::take(&mut self.buf);
-        if std::mem::take(&mut self.too_long) {
-            self.dropped += 1;
-            return None;
+        match self.skip.take() {
+            Some(Skip::TooLong) => self.dropped += 1,
+            Some(Skip::Cut) => self.cut += 1,
+            None => return Some(Line { text, at }),
         }
-        Some(Line { text, at })
+        None
     }
 }
 
@@ -165,6 +182,11 @@ impl<K: Ord + Copy> Streams<K> {
     /// Lines dropped for their length, over all streams.
     pub fn dropped(&self) -> u64 {
         self.map.values().map(Lines::dropped).sum()
+    }
+
+    /// Lines cut by holes in the output, over all streams.
+    pub fn cut(&self) -> u64 {
+        self.map.values().map(Lines::cut).sum()
     }
 }
 
@@ -224,6 +246,11 @@ mod tests {
         l.feed(20, b"et!\nnext\n", &mut out);
         let texts: Vec<&[u8]> = out.iter().map(|x| x.text.as_slice()).collect();
         assert_eq!(texts, [&b"ok"[..], &b"next"[..]]);
+        assert_eq!(
+            (l.cut(), l.dropped()),
+            (1, 0),
+            "counted as cut, not as too long"
+        );
         // At a line start too: what follows a hole may begin mid-line.
         let mut l = Lines::default();
         let mut out = Vec::new();
