@@ -164,6 +164,19 @@ async fn records_arrive_redacted_with_their_attributes_before_the_terminal_messa
         (9, "INFO")
     );
     let out = recs.iter().find(|r| r.body == "after-long").unwrap();
+    // The engine's generated name (adjective_surname), without its leading '/', on stdout
+    // and stderr records alike.
+    let name = out
+        .attr("container.name")
+        .expect("container.name on output");
+    let generated = name
+        .split_once('_')
+        .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    assert!(generated, "{name:?}");
+    assert_eq!(err.attr("container.name"), Some(name.clone()));
     assert_eq!(out.attr("log.source").as_deref(), Some("container.stdout"));
     assert_eq!(out.attr("log.iostream").as_deref(), Some("stdout"));
     assert_eq!(out.scope, "oz-agent-worker.task");
@@ -438,6 +451,10 @@ async fn killed_mid_export(name: &str, ends_while_down: bool) {
             );
         }
     }
+    // The restarted berth names the container on what it exports too.
+    let recs = rx.records_of(&t.id);
+    let last = recs.iter().find(|r| r.body == "line-400").unwrap();
+    assert!(last.attr("container.name").is_some_and(|n| !n.is_empty()));
     stop(second);
     cp.shutdown();
 }

@@ -162,6 +162,11 @@ pub trait Backend: Send + Sync {
     /// Without waiting: `None` when the sandbox no longer exists, else whether it runs and, if
     /// not, how it ended.
     async fn state(&self, id: &str) -> Result<Option<(bool, ExitStatus)>, BackendError>;
+    /// The sandbox's name as an operator sees it (Docker: the container's name), for task-log
+    /// records; `None` where it cannot be read or the backend has none to give.
+    async fn display_name(&self, _id: &str) -> Option<String> {
+        None
+    }
     /// The task's output from `since` (whole seconds, inclusive); `follow` keeps the stream
     /// open until the task ends.
     fn output(&self, id: &str, follow: bool, since: i64) -> LogStream;

@@ -294,6 +294,11 @@ pub trait Runtime: Send + Sync {
     /// The container's state without waiting: `None` when it no longer exists, else whether it
     /// runs and, if not, how it ended.
     async fn inspect_state(&self, id: &str) -> Result<Option<(bool, ExitStatus)>, RuntimeError>;
+    /// The container's name without its leading `/` (the engine names unnamed containers);
+    /// `None` when it cannot be read.
+    async fn container_name(&self, _id: &str) -> Option<String> {
+        None
+    }
     /// Stops gracefully: the stop signal, `grace`, then SIGKILL. A stopped or missing
     /// container is fine.
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;

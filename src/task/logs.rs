@@ -47,6 +47,17 @@ pub(super) fn start(run: &Run<'_>, from: u64) -> Option<Handle> {
     }))
 }
 
+/// Gives the exporter, if this run has one, the container's name for its records (one
+/// inspect of the container; none when nothing is exported).
+pub(super) async fn name_container(run: &Run<'_>, container_id: &str) {
+    let Some(logs) = run.logs.as_ref() else {
+        return;
+    };
+    if let Some(name) = run.env.backend.display_name(container_id).await {
+        logs.container_name(name);
+    }
+}
+
 /// Every secret PROTOCOL §8.3 registers (env values, the operator's task environment, the
 /// bootstrap token), plus berth's own API key and `transcript.redact` literals.
 fn secrets(run: &Run<'_>) -> Vec<String> {

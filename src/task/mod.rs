@@ -235,6 +235,7 @@ pub async fn resume(
         // Task-log export resumes where the previous worker recorded it got to.
         let exported = env.journal.exported(&exec.execution_id).unwrap_or(0);
         run.logs = logs::start(&run, exported);
+        logs::name_container(&run, &container_id).await;
         let _secrets = crate::transcript::redaction::register(run.secrets());
         info!(container = %container_id, "re-attaching to the task's container after a restart");
         // A worker killed while it held the container frozen for a resume anchor left it

@@ -213,6 +213,7 @@ pub(super) async fn execute(run: &Run<'_>) -> Option<Outcome> {
         Err(o) => return Some(o),
     };
     let id = created.id.clone();
+    super::logs::name_container(run, &id).await;
     // Attached before the command starts, so the live stream holds all of its output; without
     // it (an engine that refuses, or a backend without live output), the log is read instead.
     let live = match env.backend.live() {

@@ -126,6 +126,8 @@ pub struct Handle {
     metrics: Arc<Metrics>,
     /// What is lost if the flush bound runs out (see [`Unsent`]).
     unsent: Arc<Unsent>,
+    /// The container's name, once known (records' `container.name`).
+    container_name: Arc<std::sync::OnceLock<String>>,
     /// When the flush must be over (set by `finish`/`detach`): the follower starts no request
     /// that could outlive it, so no record reaches the collector after the result is queued.
     deadline: Deadline,
@@ -140,6 +142,7 @@ impl Handle {
         let stop = CancellationToken::new();
         let dropped_events = Arc::new(AtomicU64::new(0));
         let unsent = Arc::new(Unsent::default());
+        let container_name = Arc::new(std::sync::OnceLock::new());
         let deadline = Deadline::default();
         let task_id = s.resource.run_id.clone();
         let redactor = Redactor::new(s.secrets.iter().map(String::as_str));
@@ -149,6 +152,7 @@ impl Handle {
             journal: s.journal,
             metrics: s.metrics.clone(),
             unsent: unsent.clone(),
+            container_name: container_name.clone(),
             lines_dropped: (0, 0),
             logs_url: s.plan.logs_url,
             resource: s.resource,
@@ -170,6 +174,7 @@ impl Handle {
             dropped_events,
             metrics: s.metrics,
             unsent,
+            container_name,
             deadline,
             stop,
             join: Some(join),
@@ -182,6 +187,12 @@ impl Handle {
             self.dropped_events.fetch_add(1, Ordering::Relaxed);
             self.metrics.task_log_records(RecordResult::Dropped, 1);
         }
+    }
+
+    /// The container's name is known: container output records carry it from now on (lines
+    /// read before it was known go without, as PROTOCOL §8.3 allows).
+    pub fn container_name(&self, name: String) {
+        let _ = self.container_name.set(name);
     }
 
     /// The spool is finished: waits, at most `bound`, for everything to be read and sent.
@@ -310,6 +321,7 @@ struct Follower {
     metrics: Arc<Metrics>,
     /// Shared with the handle.
     unsent: Arc<Unsent>,
+    container_name: Arc<std::sync::OnceLock<String>>,
     /// Lines dropped (too long, cut) already counted in the metrics.
     lines_dropped: (u64, u64),
     identity: Identity,
@@ -432,23 +444,12 @@ impl Follower {
 
     fn push_line(&mut self, stream: Stream, line: Line) {
         let now = chrono::Utc::now();
+        let name = self.container_name.get().map(String::as_str);
+        let container =
+            |out| record::container_line(out, &line.text, line.at, name, now, &self.redactor);
         let r = match stream {
-            Stream::Stdout => record::container_line(
-                Output::Stdout,
-                &line.text,
-                line.at,
-                None,
-                now,
-                &self.redactor,
-            ),
-            Stream::Stderr => record::container_line(
-                Output::Stderr,
-                &line.text,
-                line.at,
-                None,
-                now,
-                &self.redactor,
-            ),
+            Stream::Stdout => container(Output::Stdout),
+            Stream::Stderr => container(Output::Stderr),
             Stream::System => record::worker_line(&line.text, line.at, now, &self.redactor),
         };
         self.enqueue(r);

@@ -133,6 +133,10 @@ impl Backend for DockerBackend {
         Ok(self.engine.inspect_state(id).await?)
     }
 
+    async fn display_name(&self, id: &str) -> Option<String> {
+        self.engine.container_name(id).await
+    }
+
     fn output(&self, id: &str, follow: bool, since: i64) -> LogStream {
         log_stream(self.engine.logs(id, follow, since))
     }

@@ -358,6 +358,14 @@ impl Docker {
         }
     }
 
+    /// The container's name without its leading `/`, if it can be read.
+    pub(super) async fn container_name(&self, id: &str) -> Option<String> {
+        let c = self.client.inspect_container(id, None).await.ok()?;
+        let name = c.name?;
+        let name = name.trim_start_matches('/');
+        (!name.is_empty()).then(|| name.to_string())
+    }
+
     /// The container's log from `since` (whole seconds, inclusive), each entry with its
     /// timestamp; `follow` keeps the stream open until the container stops.
     pub(super) fn logs(&self, id: &str, follow: bool, since: i64) -> LogStream {

@@ -294,6 +294,10 @@ impl Runtime for Docker {
         Docker::inspect_state(self, id).await
     }
 
+    async fn container_name(&self, id: &str) -> Option<String> {
+        Docker::container_name(self, id).await
+    }
+
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         Docker::stop(self, id, grace).await
     }
