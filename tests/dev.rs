@@ -171,8 +171,26 @@ fn wait_for_state(xdg: &Path, task: &str, want: &str) {
     }
 }
 
-#[test]
-fn dev_keeps_one_state_dir_and_the_verbs_find_its_worker_across_runs() {
+/// `berth submit --no-wait` of `sh -c cmd` in `image` to `server`: the task id.
+fn submit(xdg: &Path, server: &str, image: &str, cmd: &str) -> String {
+    let args = [
+        "submit",
+        "--server",
+        server,
+        "--image",
+        image,
+        "--no-wait",
+        "--",
+        "sh",
+        "-c",
+        cmd,
+    ];
+    ok(xdg, &args).trim().to_string()
+}
+
+/// A `berth dev` test's XDG home and its worker id and image name (`name` in both), whose
+/// containers and image go when the second is dropped.
+fn prepared(name: &str) -> (tempfile::TempDir, Cleanup) {
     if !Path::new(berth::runtime::docker::rootfs::DEFAULT_BUSYBOX).exists() {
         panic!(
             "this test builds berth dev's image from /bin/busybox: apt-get install busybox-static"
@@ -180,12 +198,17 @@ fn dev_keeps_one_state_dir_and_the_verbs_find_its_worker_across_runs() {
     }
     berth::control::tls::install_default_provider();
     let xdg = tempfile::tempdir().unwrap();
-    let worker = worker_id("dev");
-    let image = format!("berth-test-dev-{}:latest", std::process::id());
-    let _cleanup = Cleanup {
-        worker: worker.clone(),
-        image: image.clone(),
+    let cleanup = Cleanup {
+        worker: worker_id(name),
+        image: format!("berth-test-{name}-{}:latest", std::process::id()),
     };
+    (xdg, cleanup)
+}
+
+#[test]
+fn dev_keeps_one_state_dir_and_the_verbs_find_its_worker_across_runs() {
+    let (xdg, names) = prepared("dev");
+    let (worker, image) = (names.worker.clone(), names.image.clone());
     let root = xdg.path().join("berth/dev");
 
     let dev = Dev::start(xdg.path(), &worker, &image);
@@ -214,26 +237,12 @@ fn dev_keeps_one_state_dir_and_the_verbs_find_its_worker_across_runs() {
 
     // A task left running by Ctrl-C …
     let server = dev.server();
-    let submit = |server: &str, cmd: &str| {
-        ok(
-            xdg.path(),
-            &[
-                "submit",
-                "--server",
-                server,
-                "--image",
-                &image,
-                "--no-wait",
-                "--",
-                "sh",
-                "-c",
-                cmd,
-            ],
-        )
-        .trim()
-        .to_string()
-    };
-    let kept = submit(&server, "echo before; sleep 4; echo after");
+    let kept = submit(
+        xdg.path(),
+        &server,
+        &image,
+        "echo before; sleep 4; echo after",
+    );
     wait_for_state(xdg.path(), &kept, "running");
     dev.interrupt();
     assert!(
@@ -264,7 +273,7 @@ fn dev_keeps_one_state_dir_and_the_verbs_find_its_worker_across_runs() {
     assert_eq!(rec["state"], "succeeded", "{rec}");
 
     // cancel through the dev worker's local API, without flags.
-    let long = submit(&server, "sleep 300");
+    let long = submit(xdg.path(), &server, &image, "sleep 300");
     wait_for_state(xdg.path(), &long, "running");
     let out = cli(xdg.path(), &["cancel", &long]);
     assert!(
@@ -277,7 +286,7 @@ fn dev_keeps_one_state_dir_and_the_verbs_find_its_worker_across_runs() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("is not running on this worker"));
     // … and through the control plane's API.
-    let other = submit(&server, "sleep 300");
+    let other = submit(xdg.path(), &server, &image, "sleep 300");
     wait_for_state(xdg.path(), &other, "running");
     ok(xdg.path(), &["cancel", &other, "--server", &server]);
     wait_for_state(xdg.path(), &other, "cancelled");
@@ -338,39 +347,17 @@ fn the_demo_tells_berths_story_only_and_exits_once_its_result_is_acknowledged() 
 
 #[test]
 fn dev_asks_for_a_debug_archive_and_prints_where_it_landed() {
-    if !Path::new(berth::runtime::docker::rootfs::DEFAULT_BUSYBOX).exists() {
-        panic!(
-            "this test builds berth dev's image from /bin/busybox: apt-get install busybox-static"
-        );
-    }
-    berth::control::tls::install_default_provider();
-    let xdg = tempfile::tempdir().unwrap();
-    let worker = worker_id("dev-archive");
-    let image = format!("berth-test-dev-archive-{}:latest", std::process::id());
-    let _cleanup = Cleanup {
-        worker: worker.clone(),
-        image: image.clone(),
-    };
+    let (xdg, names) = prepared("dev-archive");
+    let (worker, image) = (names.worker.clone(), names.image.clone());
     let dev = Dev::start(xdg.path(), &worker, &image);
     assert!(dev.line("debug archive").contains("/debug-archive"));
     let server = dev.server();
-    let task = ok(
+    let task = submit(
         xdg.path(),
-        &[
-            "submit",
-            "--server",
-            &server,
-            "--image",
-            &image,
-            "--no-wait",
-            "--",
-            "sh",
-            "-c",
-            "echo archived-line; echo to-stderr >&2",
-        ],
-    )
-    .trim()
-    .to_string();
+        &server,
+        &image,
+        "echo archived-line; echo to-stderr >&2",
+    );
     wait_for_state(xdg.path(), &task, "succeeded");
     let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
         reqwest::Client::new()

@@ -299,9 +299,7 @@ struct Deadline(Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>);
 impl Deadline {
     /// The flush bound is set and over.
     fn passed(&self) -> bool {
-        self.0
-            .lock()
-            .is_some_and(|end| tokio::time::Instant::now() >= end)
+        self.allows().is_zero()
     }
 
     /// How long the next request may take: [`TIMEOUT`], or less once the flush is bounded.
